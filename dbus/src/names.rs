@@ -1,0 +1,18 @@
+//! Well-known names and paths of the kvmisolate D-Bus API.
+
+/// The well-known bus name the service owns on the system bus.
+pub const BUS_NAME: &str = "org.kvmisolate.Isolator1";
+/// The object path of the manager object.
+pub const OBJECT_PATH: &str = "/org/kvmisolate/Isolator1";
+/// The interface of the manager object.
+pub const INTERFACE: &str = "org.kvmisolate.Isolator1";
+/// The interface of each isolation object.
+pub const ISOLATION_INTERFACE: &str = "org.kvmisolate.Isolation1";
+/// The prefix of every isolation object's path; the encoded name follows.
+pub const ISOLATION_PATH_PREFIX: &str = "/org/kvmisolate/Isolator1/isolation";
+/// The prefix of every error name the service returns.
+pub const ERROR_PREFIX: &str = "org.kvmisolate.Error";
+/// The polkit action that guards `Isolate`.
+pub const ACTION_ISOLATE: &str = "org.kvmisolate.isolate";
+/// The polkit action that guards releasing another user's isolation.
+pub const ACTION_RELEASE: &str = "org.kvmisolate.release";

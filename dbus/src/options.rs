@@ -1,0 +1,137 @@
+//! Keys and values of the `Isolate(name, cpus, options)` options dictionary.
+//!
+//! Unknown keys are an error (`org.kvmisolate.Error.InvalidOption`), so a typo never silently
+//! falls back to a default. Later capabilities (libvirt domains, host tunings) add keys here.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// `unit` (s): partition an existing systemd unit's cgroup in place.
+pub const UNIT: &str = "unit";
+/// `pids` (au): move these processes into a new cgroup of kvmisolate's own.
+pub const PIDS: &str = "pids";
+/// `partition` (s): `isolated` or `root`.
+pub const PARTITION: &str = "partition";
+/// `release-when` (s): `target-exits`, `caller-disconnects` or `released`.
+pub const RELEASE_WHEN: &str = "release-when";
+/// `libvirt-domain` (s): a running libvirt domain (reserved for the libvirt capability).
+pub const LIBVIRT_DOMAIN: &str = "libvirt-domain";
+/// `tunings` (as): host tunings by name (reserved for the tunings capability).
+pub const TUNINGS: &str = "tunings";
+/// `profile` (s): a named bundle of tunings (reserved for the tunings capability).
+pub const PROFILE: &str = "profile";
+
+/// Every key the service accepts today.
+pub const KNOWN: &[&str] = &[UNIT, PIDS, PARTITION, RELEASE_WHEN];
+
+/// The most PIDs one request may carry.
+pub const MAX_PIDS: usize = 4096;
+/// The longest unit name accepted (systemd's own limit).
+pub const MAX_UNIT_LEN: usize = 255;
+
+/// The partition type written to `cpuset.cpus.partition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionType {
+    /// `root`: the CPUs are exclusive, the scheduler still balances load across them.
+    Root,
+    /// `isolated`: exclusive and without load balancing; each thread must be pinned.
+    Isolated,
+}
+
+impl PartitionType {
+    /// The word the kernel uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::Isolated => "isolated",
+        }
+    }
+}
+
+impl fmt::Display for PartitionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PartitionType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "root" => Ok(Self::Root),
+            "isolated" => Ok(Self::Isolated),
+            other => Err(format!("partition must be 'isolated' or 'root', not {other:?}")),
+        }
+    }
+}
+
+/// When an isolation ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseWhen {
+    /// When the target's processes are all gone (the default).
+    #[default]
+    TargetExits,
+    /// When the D-Bus connection that asked for it closes (or the target exits).
+    CallerDisconnects,
+    /// Only on an explicit `Release`.
+    Released,
+}
+
+impl ReleaseWhen {
+    /// The word used on the bus.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TargetExits => "target-exits",
+            Self::CallerDisconnects => "caller-disconnects",
+            Self::Released => "released",
+        }
+    }
+}
+
+impl fmt::Display for ReleaseWhen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ReleaseWhen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "target-exits" => Ok(Self::TargetExits),
+            "caller-disconnects" => Ok(Self::CallerDisconnects),
+            "released" => Ok(Self::Released),
+            other => Err(format!(
+                "release-when must be 'target-exits', 'caller-disconnects' or 'released', not {other:?}"
+            )),
+        }
+    }
+}
+
+/// The state of an isolation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationState {
+    /// Every partition reads back valid.
+    Active,
+    /// A partition was invalidated (hotplug, a foreign write); `StateReason` says why.
+    Degraded,
+}
+
+impl IsolationState {
+    /// The word used on the bus.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Degraded => "degraded",
+        }
+    }
+}
+
+impl fmt::Display for IsolationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,57 @@
+//! Keys of the dictionary `Status()` returns, and of each isolation entry in it.
+//!
+//! `Status()` is meant for shell scripts (`kvmisolate status --json` prints it), so the keys are
+//! stable, lower-case and kebab-cased.
+
+/// `version` (s): the service's version.
+pub const VERSION: &str = "version";
+/// `isolated-cpus` (s): CPUs held by active isolations.
+pub const ISOLATED_CPUS: &str = "isolated-cpus";
+/// `housekeeping-cpus` (s): online CPUs left to the host.
+pub const HOUSEKEEPING_CPUS: &str = "housekeeping-cpus";
+/// `online-cpus` (s): the host's online CPUs.
+pub const ONLINE_CPUS: &str = "online-cpus";
+/// `kernel-support` (a{sv}): same as the `KernelSupport` property.
+pub const KERNEL_SUPPORT: &str = "kernel-support";
+/// `isolations` (aa{sv}): one dictionary per isolation, keys below.
+pub const ISOLATIONS: &str = "isolations";
+/// `warnings` (as): anything the user should know.
+pub const WARNINGS: &str = "warnings";
+
+/// Isolation entry: `name` (s).
+pub const I_NAME: &str = "name";
+/// Isolation entry: `object-path` (o).
+pub const I_OBJECT_PATH: &str = "object-path";
+/// Isolation entry: `cpus` (s).
+pub const I_CPUS: &str = "cpus";
+/// Isolation entry: `target` (s), e.g. `unit:vm.scope` or `pids:1234,1235`.
+pub const I_TARGET: &str = "target";
+/// Isolation entry: `partition` (s).
+pub const I_PARTITION: &str = "partition";
+/// Isolation entry: `state` (s).
+pub const I_STATE: &str = "state";
+/// Isolation entry: `state-reason` (s).
+pub const I_STATE_REASON: &str = "state-reason";
+/// Isolation entry: `owner-uid` (u).
+pub const I_OWNER_UID: &str = "owner-uid";
+/// Isolation entry: `created` (t): microseconds since the Unix epoch.
+pub const I_CREATED: &str = "created";
+/// Isolation entry: `release-when` (s).
+pub const I_RELEASE_WHEN: &str = "release-when";
+/// Isolation entry: `cgroups` (as): the cgroups made partitions, relative to the cgroup root.
+pub const I_CGROUPS: &str = "cgroups";
+
+/// KernelSupport: `cgroup-v2` (b): a pure cgroup v2 hierarchy with the cpuset controller.
+pub const K_CGROUP_V2: &str = "cgroup-v2";
+/// KernelSupport: `partition-types` (as): accepted partition words (`root`, `isolated`).
+pub const K_PARTITION_TYPES: &str = "partition-types";
+/// KernelSupport: `remote-partitions` (b): `cpuset.cpus.exclusive` exists (6.7+).
+pub const K_REMOTE_PARTITIONS: &str = "remote-partitions";
+/// KernelSupport: `files` (as): the cpuset files found.
+pub const K_FILES: &str = "files";
+/// KernelSupport: `kernel-release` (s): `uname -r`, for information only.
+pub const K_KERNEL_RELEASE: &str = "kernel-release";
+/// KernelSupport: `systemd` (b): systemd manages the cgroup tree.
+pub const K_SYSTEMD: &str = "systemd";
+/// KernelSupport: `problems` (as): why isolation is impossible here, if it is.
+pub const K_PROBLEMS: &str = "problems";
