@@ -1,0 +1,93 @@
+# kvmisolate — build, install, test.
+#
+#   make                  build release binaries
+#   make install          install (PREFIX=/usr/local, DESTDIR honoured)
+#   make uninstall        remove what install put there
+#   make test             every test: host packages, lint, unit + bus tests, the real-kernel VM suite
+#   make demo             boot the test VM and show an isolation before/after (host untouched)
+
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+LIBEXECDIR  ?= $(PREFIX)/libexec
+MANDIR      ?= $(PREFIX)/share/man
+DOCDIR      ?= $(PREFIX)/share/doc/kvmisolate
+# systemd, dbus-daemon and polkitd only read their own directories, whatever PREFIX is.
+UNITDIR     ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+DBUSDIR     ?= /usr/share/dbus-1
+POLKITDIR   ?= /usr/share/polkit-1
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+CARGO       ?= cargo
+RELEASE     := target/release
+GEN         := target/generated
+
+.PHONY: all build generate install uninstall test test-host lint unit-test test-vm demo clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace --locked
+
+$(GEN)/stamp: build
+	rm -rf $(GEN) && mkdir -p $(GEN)/man $(GEN)/completions
+	$(RELEASE)/kvmisolate generate-man $(GEN)/man
+	$(RELEASE)/kvmisolate generate-completions $(GEN)/completions
+	$(RELEASE)/kvmisolated --generate-man $(GEN)/man
+	sed 's|@libexecdir@|$(LIBEXECDIR)|g' systemd/kvmisolated.service.in > $(GEN)/kvmisolated.service
+	sed 's|@libexecdir@|$(LIBEXECDIR)|g' dbus/data/org.kvmisolate.Isolator1.service.in > $(GEN)/org.kvmisolate.Isolator1.service
+	touch $@
+
+generate: $(GEN)/stamp
+
+install: $(GEN)/stamp
+	install -Dm0755 $(RELEASE)/kvmisolate $(DESTDIR)$(BINDIR)/kvmisolate
+	install -Dm0755 $(RELEASE)/kvmisolated $(DESTDIR)$(LIBEXECDIR)/kvmisolated
+	install -Dm0644 $(GEN)/kvmisolated.service $(DESTDIR)$(UNITDIR)/kvmisolated.service
+	install -Dm0644 dbus/data/org.kvmisolate.Isolator1.conf $(DESTDIR)$(DBUSDIR)/system.d/org.kvmisolate.Isolator1.conf
+	install -Dm0644 $(GEN)/org.kvmisolate.Isolator1.service $(DESTDIR)$(DBUSDIR)/system-services/org.kvmisolate.Isolator1.service
+	install -Dm0644 dbus/org.kvmisolate.Isolator1.xml $(DESTDIR)$(DBUSDIR)/interfaces/org.kvmisolate.Isolator1.xml
+	install -Dm0644 polkit/org.kvmisolate.policy $(DESTDIR)$(POLKITDIR)/actions/org.kvmisolate.policy
+	install -Dm0644 polkit/50-kvmisolate.rules.example $(DESTDIR)$(DOCDIR)/50-kvmisolate.rules.example
+	install -Dm0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	for f in $(GEN)/man/*.1; do install -Dm0644 $$f $(DESTDIR)$(MANDIR)/man1/$$(basename $$f); done
+	for f in $(GEN)/man/*.8; do install -Dm0644 $$f $(DESTDIR)$(MANDIR)/man8/$$(basename $$f); done
+	install -Dm0644 $(GEN)/completions/kvmisolate.bash $(DESTDIR)$(BASHCOMPDIR)/kvmisolate
+	install -Dm0644 $(GEN)/completions/_kvmisolate $(DESTDIR)$(ZSHCOMPDIR)/_kvmisolate
+	install -Dm0644 $(GEN)/completions/kvmisolate.fish $(DESTDIR)$(FISHCOMPDIR)/kvmisolate.fish
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/kvmisolate $(DESTDIR)$(LIBEXECDIR)/kvmisolated
+	rm -f $(DESTDIR)$(UNITDIR)/kvmisolated.service
+	rm -f $(DESTDIR)$(DBUSDIR)/system.d/org.kvmisolate.Isolator1.conf
+	rm -f $(DESTDIR)$(DBUSDIR)/system-services/org.kvmisolate.Isolator1.service
+	rm -f $(DESTDIR)$(DBUSDIR)/interfaces/org.kvmisolate.Isolator1.xml
+	rm -f $(DESTDIR)$(POLKITDIR)/actions/org.kvmisolate.policy
+	rm -rf $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(MANDIR)/man1/kvmisolate.1 $(DESTDIR)$(MANDIR)/man1/kvmisolate-*.1 $(DESTDIR)$(MANDIR)/man8/kvmisolated.8
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/kvmisolate $(DESTDIR)$(ZSHCOMPDIR)/_kvmisolate $(DESTDIR)$(FISHCOMPDIR)/kvmisolate.fish
+
+# Everything CI runs (.ci/run calls exactly this).
+test: test-host lint unit-test test-vm
+
+# Host packages the tests need (a fresh machine has none of them).
+test-host:
+	tests/setup-host
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# Unit tests and the bus tests (real dbus-daemon on a private socket).
+unit-test:
+	$(CARGO) test --workspace --locked
+
+# The real-kernel acceptance suite in QEMU: 6.12 with systemd, 6.12 without, 6.1.
+test-vm:
+	tests/vm/run --all
+
+demo:
+	tests/vm/run --demo
+
+clean:
+	$(CARGO) clean
