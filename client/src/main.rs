@@ -1,1 +1,426 @@
-fn main() {}
+//! `kvmisolate`: the command line of kvmisolate, a thin layer over the D-Bus proxies of
+//! `kvmisolate-dbus`. See `kvmisolate --help` and docs/ARCHITECTURE.md (the CLI contract).
+
+mod agent;
+mod cli;
+mod failure;
+mod generate;
+mod monitor;
+mod request;
+mod status;
+
+use std::ffi::CString;
+use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
+
+use clap::Parser as _;
+use futures_util::StreamExt as _;
+use kvmisolate_dbus::names;
+use kvmisolate_dbus::proxy::{Isolation1Proxy, Isolator1Proxy};
+use tokio::signal::unix::{SignalKind, signal};
+use zbus::proxy::{CacheProperties, MethodFlags};
+use zbus::{Connection, DynamicTuple, MatchRule, MessageStream, OwnedObjectPath};
+
+use crate::agent::TtyAgent;
+use crate::cli::{Cli, Command, IsolateArgs, ReleaseArgs, RunArgs, UntilArg};
+use crate::failure::{BusDescription, ExitCode, Failure, connect_failure, from_zbus};
+use crate::request::{IsolateRequest, Target};
+
+/// What every command needs: the bus, and whether it may ask for a password.
+struct Ctx<'a> {
+    address: Option<&'a str>,
+    interactive: bool,
+    quiet: bool,
+}
+
+impl Ctx<'_> {
+    fn bus(&self) -> BusDescription<'_> {
+        BusDescription {
+            address: self.address,
+        }
+    }
+
+    fn zbus_failure(&self, e: &zbus::Error) -> Failure {
+        from_zbus(e, self.bus())
+    }
+
+    async fn connect(&self) -> Result<Connection, Failure> {
+        let conn = match self.address {
+            Some(a) => zbus::connection::Builder::address(a).build().await,
+            None => Connection::system().await,
+        };
+        conn.map_err(|e| connect_failure(&e, self.bus()))
+    }
+
+    async fn isolator<'c>(&self, conn: &'c Connection) -> Result<Isolator1Proxy<'c>, Failure> {
+        Isolator1Proxy::builder(conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| self.zbus_failure(&e))
+    }
+
+    fn flags(&self) -> MethodFlags {
+        if self.interactive {
+            MethodFlags::ALLOW_INTERACTIVE_AUTH
+        } else {
+            MethodFlags::empty()
+        }
+    }
+
+    /// Calls a method of the manager that may need authorization: with the
+    /// ALLOW_INTERACTIVE_AUTHORIZATION flag unless `--no-ask-password`, and with a tty agent
+    /// running when that is useful.
+    async fn call_authorized<B, R>(
+        &self,
+        proxy: &Isolator1Proxy<'_>,
+        method: &'static str,
+        body: &B,
+    ) -> Result<R, Failure>
+    where
+        B: serde::Serialize + zbus::DynamicType,
+        R: for<'d> zbus::wire::DynamicDeserialize<'d>,
+    {
+        let agent = TtyAgent::start_if_useful(self.interactive);
+        let reply = proxy
+            .inner()
+            .call_with_flags(method, self.flags(), body)
+            .await;
+        drop(agent);
+        match reply {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(Failure::other(format!(
+                "kvmisolated sent no reply to {method}"
+            ))),
+            Err(e) => Err(self.zbus_failure(&e)),
+        }
+    }
+
+    fn say(&self, line: &str) {
+        if !self.quiet {
+            println!("{line}");
+        }
+    }
+}
+
+/// Sends `Isolate` for `req`; returns the object path and the one-line result.
+async fn isolate_request(
+    ctx: &Ctx<'_>,
+    conn: &Connection,
+    req: &IsolateRequest,
+) -> Result<(OwnedObjectPath, String), Failure> {
+    let proxy = ctx.isolator(conn).await?;
+    let path: OwnedObjectPath = ctx
+        .call_authorized(
+            &proxy,
+            "Isolate",
+            &DynamicTuple((req.name.as_str(), req.cpus.as_str(), req.options())),
+        )
+        .await?;
+    // What the service chose (the partition type) and reports (the target), for the result
+    // line; the isolation exists either way, so reading them is best effort.
+    let (mut partition, mut target) = (
+        req.partition
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        request::target_text(&req.target),
+    );
+    if let Ok(iso) = Isolation1Proxy::builder(conn)
+        .path(path.clone())
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+    {
+        if let Ok(p) = iso.partition().await {
+            partition = p;
+        }
+        if let Ok(t) = iso.target().await {
+            target = t;
+        }
+    }
+    let line = request::result_line(&req.cpus, req.name.as_str(), &partition, &target);
+    Ok((path, line))
+}
+
+async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
+    let target = match (args.unit, args.pids.is_empty()) {
+        (Some(u), _) => Target::Unit(u),
+        (None, false) => Target::Pids(args.pids),
+        (None, true) => {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                "isolate needs a target: --unit UNIT (a running systemd unit) or --pid PID...; \
+                 to start a program on isolated CPUs, use: kvmisolate run --cpus LIST -- COMMAND",
+            ));
+        }
+    };
+    let req = IsolateRequest::new(
+        &args.cpus,
+        args.name.as_deref(),
+        target,
+        args.partition.map(Into::into),
+        args.until.map(Into::into),
+    )?;
+    let conn = ctx.connect().await?;
+    if args.until != Some(UntilArg::Disconnect) {
+        let (_path, line) = isolate_request(ctx, &conn, &req).await?;
+        ctx.say(&line);
+        return Ok(());
+    }
+
+    // --until disconnect: subscribe to our own Released first, so nothing is missed.
+    let rule = MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(names::BUS_NAME)
+        .interface(names::INTERFACE)
+        .member("Released")
+        .path(names::OBJECT_PATH)
+        .arg(0, req.name.as_str())
+        .build();
+    let mut released = match rule {
+        Ok(rule) => MessageStream::for_match_rule(rule, &conn, None)
+            .await
+            .map_err(|e| ctx.zbus_failure(&e))?,
+        Err(e) => return Err(Failure::other(format!("bad match rule: {e}"))),
+    };
+    let (mut sigint, mut sigterm, mut sighup) = (
+        signal(SignalKind::interrupt()).map_err(signal_failure)?,
+        signal(SignalKind::terminate()).map_err(signal_failure)?,
+        signal(SignalKind::hangup()).map_err(signal_failure)?,
+    );
+    let (_path, line) = isolate_request(ctx, &conn, &req).await?;
+    ctx.say(&format!("{line}; until this command ends (Ctrl-C)"));
+    let _ = std::io::stdout().flush();
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+        _ = sighup.recv() => {}
+        msg = released.next() => {
+            let reason = msg
+                .and_then(Result::ok)
+                .and_then(|m| monitor::event_of(&m))
+                .and_then(|e| match e {
+                    monitor::Event::Released { reason, .. } => Some(reason),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "connection closed".to_owned());
+            if !ctx.quiet {
+                eprintln!("kvmisolate: the isolation \"{}\" ended ({reason})", req.name);
+            }
+            return Ok(());
+        }
+    }
+    // End the lease now rather than on disconnect, so that the CPUs are back when we exit.
+    // Our own isolation needs no authorization; if this fails, the disconnect still ends it.
+    let proxy = ctx.isolator(&conn).await?;
+    let body = DynamicTuple((req.name.as_str(),));
+    let call = proxy
+        .inner()
+        .call_with_flags::<_, _, ()>("Release", MethodFlags::empty(), &body);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), call).await {
+        Ok(Ok(_)) => ctx.say(&format!("Released \"{}\"", req.name)),
+        Ok(Err(e)) => {
+            let f = ctx.zbus_failure(&e);
+            if f.code != ExitCode::NotFound {
+                eprintln!("kvmisolate: {f} (disconnecting ends the isolation anyway)");
+            }
+        }
+        Err(_) => eprintln!("kvmisolate: no answer to Release; disconnecting ends the isolation"),
+    }
+    Ok(())
+}
+
+fn signal_failure(e: std::io::Error) -> Failure {
+    Failure::other(format!("cannot install signal handlers: {e}"))
+}
+
+async fn cmd_release(ctx: &Ctx<'_>, args: ReleaseArgs) -> Result<(), Failure> {
+    let conn = ctx.connect().await?;
+    let proxy = ctx.isolator(&conn).await?;
+    if args.all {
+        let () = ctx.call_authorized(&proxy, "ReleaseAll", &()).await?;
+        ctx.say("Released all isolations");
+        return Ok(());
+    }
+    let Some(name) = args.name else {
+        return Err(Failure::new(ExitCode::Usage, "pass NAME or --all"));
+    };
+    kvmisolate_dbus::IsolationName::new(&name)
+        .map_err(|e| Failure::new(ExitCode::BadRequest, e.to_string()))?;
+    let () = ctx
+        .call_authorized(&proxy, "Release", &DynamicTuple((name.as_str(),)))
+        .await?;
+    ctx.say(&format!("Released \"{name}\""));
+    Ok(())
+}
+
+async fn cmd_status(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
+    let conn = ctx.connect().await?;
+    let proxy = ctx.isolator(&conn).await?;
+    let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
+    let value = status::status_to_json(&st);
+    if json {
+        let text = serde_json::to_string_pretty(&value)
+            .map_err(|e| Failure::other(format!("cannot write JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", status::format_status(&value, now_micros()));
+    }
+    Ok(())
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+async fn cmd_run(ctx: &Ctx<'_>, args: RunArgs) -> Result<(), Failure> {
+    let argv: Vec<CString> = args
+        .command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Failure::new(ExitCode::Usage, "the command contains a NUL byte"))?;
+    let Some(program) = argv.first().cloned() else {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            "run needs a COMMAND after --",
+        ));
+    };
+    let req = IsolateRequest::new(
+        &args.cpus,
+        args.name.as_deref(),
+        Target::Pids(vec![std::process::id()]),
+        args.partition.map(Into::into),
+        Some(kvmisolate_dbus::options::ReleaseWhen::TargetExits),
+    )?;
+    let conn = ctx.connect().await?;
+    let (_path, line) = isolate_request(ctx, &conn, &req).await?;
+    if !ctx.quiet {
+        // stderr: the command's stdout is its own.
+        eprintln!("{line}");
+    }
+    let _ = std::io::stdout().flush();
+    let err = match nix::unistd::execvp(&program, &argv) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    // Still here: the command did not start. Give the CPUs back, then report.
+    let proxy = ctx.isolator(&conn).await?;
+    let released = proxy
+        .inner()
+        .call_with_flags::<_, _, ()>(
+            "Release",
+            MethodFlags::empty(),
+            &DynamicTuple((req.name.as_str(),)),
+        )
+        .await;
+    let cmd = args.command[0].to_string_lossy();
+    let mut msg = format!("cannot run {cmd}: {}", err.desc());
+    if let Err(e) = released {
+        msg.push_str(&format!(
+            "; releasing \"{}\" failed too: {} (run: kvmisolate release {})",
+            req.name,
+            ctx.zbus_failure(&e),
+            req.name
+        ));
+    }
+    Err(Failure::other(msg))
+}
+
+async fn cmd_monitor(ctx: &Ctx<'_>) -> Result<(), Failure> {
+    let conn = ctx.connect().await?;
+    let service_rule = MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(names::BUS_NAME)
+        .path_namespace(names::OBJECT_PATH)
+        .build();
+    let owner_rule = MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.freedesktop.DBus")
+        .interface("org.freedesktop.DBus")
+        .member("NameOwnerChanged")
+        .arg(0, names::BUS_NAME)
+        .build();
+    let (Ok(service_rule), Ok(owner_rule)) = (service_rule, owner_rule) else {
+        return Err(Failure::other("cannot build the match rules"));
+    };
+    let service = MessageStream::for_match_rule(service_rule, &conn, None)
+        .await
+        .map_err(|e| ctx.zbus_failure(&e))?;
+    let owner = MessageStream::for_match_rule(owner_rule, &conn, None)
+        .await
+        .map_err(|e| ctx.zbus_failure(&e))?;
+    let mut messages = futures_util::stream::select(service, owner);
+    let (mut sigint, mut sigterm) = (
+        signal(SignalKind::interrupt()).map_err(signal_failure)?,
+        signal(SignalKind::terminate()).map_err(signal_failure)?,
+    );
+    if !ctx.quiet {
+        eprintln!("Watching {} (Ctrl-C to stop)", names::BUS_NAME);
+    }
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            msg = messages.next() => match msg {
+                None => return Err(Failure::new(ExitCode::Unreachable, "the bus connection closed")),
+                Some(Err(e)) => return Err(ctx.zbus_failure(&e)),
+                Some(Ok(m)) => {
+                    if let Some(event) = monitor::event_of(&m) {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{} {}", monitor::timestamp(now_micros()), monitor::describe(&event));
+                        let _ = out.flush();
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Ctx {
+        address: cli.address.as_deref(),
+        interactive: !cli.no_ask_password,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Isolate(a) => cmd_isolate(&ctx, a).await,
+        Command::Release(a) => cmd_release(&ctx, a).await,
+        Command::Status(a) => cmd_status(&ctx, a.json).await,
+        Command::Run(a) => cmd_run(&ctx, a).await,
+        Command::Monitor => cmd_monitor(&ctx).await,
+        Command::GenerateMan { dir } => generate::man_pages(&dir)
+            .map(|files| report_files(&ctx, &files))
+            .map_err(|e| {
+                Failure::other(format!("cannot write man pages to {}: {e}", dir.display()))
+            }),
+        Command::GenerateCompletions { dir } => generate::completions(&dir)
+            .map(|files| report_files(&ctx, &files))
+            .map_err(|e| {
+                Failure::other(format!(
+                    "cannot write completions to {}: {e}",
+                    dir.display()
+                ))
+            }),
+    }
+}
+
+fn report_files(ctx: &Ctx<'_>, files: &[std::path::PathBuf]) {
+    for f in files {
+        ctx.say(&f.display().to_string());
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("kvmisolate: {}", f.message);
+            std::process::ExitCode::from(f.code as u8)
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The command line, as clap definitions.
+//!
+//! Everything the man pages and shell completions say comes from here (`kvmisolate
+//! generate-man DIR`, `kvmisolate generate-completions DIR`), so help texts are written for
+//! both `--help` and `man kvmisolate`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kvmisolate_dbus::options::{PartitionType, ReleaseWhen};
+
+/// The exit codes, shown after `--help` and in the man page (`EXTRA` section).
+pub const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0  success
+  1  other failure (the service failed, a command could not be started...)
+  2  usage error (unknown option, missing argument)
+  3  bad request: invalid CPU list or name, unknown option, CPUs busy or reserved, too few
+     housekeeping CPUs left, an isolation of that name exists already
+  4  not authorized (polkit refused, or authentication needed with --no-ask-password)
+  5  not found: no such isolation, or the unit or process to isolate does not exist
+  6  this host cannot do it: unsupported host (cgroup v1, no cpuset partitions), or the
+     kernel rejected the partition (its reason is printed)
+  7  the service is unreachable (kvmisolated not installed or not running, no D-Bus)
+
+Authorization:
+  Isolate and release go through polkit (actions org.kvmisolate.isolate and
+  org.kvmisolate.release). On a terminal kvmisolate starts pkttyagent so that a password can
+  be asked for. To let a group do it without a password, install
+  /usr/share/doc/kvmisolate/50-kvmisolate.rules.example in /etc/polkit-1/rules.d/.
+
+Environment:
+  KVMISOLATE_BUS_ADDRESS  the D-Bus address to use instead of the system bus (like --address)";
+
+/// Isolate host CPUs for a VM or a program with cgroup v2 cpuset partitions.
+///
+/// kvmisolate asks the kvmisolated service (org.kvmisolate.Isolator1 on the system bus) to
+/// give CPUs exclusively to a systemd unit, a set of processes or a command: the kernel moves
+/// every other task, including unbound kernel threads, off them. Each isolation is a named
+/// lease that ends when its target exits, when the caller disconnects, or when it is released.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvmisolate",
+    version,
+    propagate_version = true,
+    after_help = EXIT_CODES_HELP,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Never ask for a password: fail with exit status 4 if polkit would need one.
+    #[arg(long, global = true)]
+    pub no_ask_password: bool,
+
+    /// Talk to the service on this D-Bus address instead of the system bus
+    /// (e.g. unix:path=/run/test/bus).
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        env = "KVMISOLATE_BUS_ADDRESS"
+    )]
+    pub address: Option<String>,
+
+    /// Print nothing on success (errors are still printed).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Isolate CPUs for a running systemd unit or for processes.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Isolate(IsolateArgs),
+
+    /// Release an isolation (or all of them): give the CPUs back to the host.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Release(ReleaseArgs),
+
+    /// Show isolated and housekeeping CPUs, every isolation, warnings and kernel support.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Status(StatusArgs),
+
+    /// Run a command on isolated CPUs; the isolation ends when the command exits.
+    ///
+    /// kvmisolate joins a new isolation itself, then executes COMMAND in its place, so COMMAND
+    /// and all its children run in the isolated cgroup.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+
+    /// Print one line per change (isolations created, released or degraded; CPUs) until
+    /// interrupted.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Monitor,
+
+    /// Write man pages (kvmisolate.1, kvmisolate-SUBCOMMAND.1) into DIR.
+    #[command(hide = true)]
+    GenerateMan {
+        /// The directory to write the pages to (created if missing).
+        dir: PathBuf,
+    },
+
+    /// Write shell completions into DIR/bash-completion/completions/kvmisolate,
+    /// DIR/zsh/site-functions/_kvmisolate and DIR/fish/vendor_completions.d/kvmisolate.fish.
+    #[command(hide = true)]
+    GenerateCompletions {
+        /// The base directory, typically $(PREFIX)/share.
+        dir: PathBuf,
+    },
+}
+
+/// The partition type, as a command line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PartitionArg {
+    /// Exclusive CPUs; the scheduler still balances load between them.
+    Root,
+    /// Exclusive CPUs without load balancing: pin every thread to its own CPU.
+    Isolated,
+}
+
+impl From<PartitionArg> for PartitionType {
+    fn from(p: PartitionArg) -> Self {
+        match p {
+            PartitionArg::Root => PartitionType::Root,
+            PartitionArg::Isolated => PartitionType::Isolated,
+        }
+    }
+}
+
+/// When an isolation ends, as a command line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UntilArg {
+    /// When the unit's or processes' last task exits (the service's default).
+    Exit,
+    /// When this kvmisolate command ends: it keeps running until interrupted (Ctrl-C).
+    Disconnect,
+    /// Only when released with `kvmisolate release NAME`.
+    Release,
+}
+
+impl From<UntilArg> for ReleaseWhen {
+    fn from(u: UntilArg) -> Self {
+        match u {
+            UntilArg::Exit => ReleaseWhen::TargetExits,
+            UntilArg::Disconnect => ReleaseWhen::CallerDisconnects,
+            UntilArg::Release => ReleaseWhen::Released,
+        }
+    }
+}
+
+/// `kvmisolate isolate`.
+#[derive(Debug, Args)]
+pub struct IsolateArgs {
+    /// The CPUs to isolate, as a kernel cpulist (2-5, 3,5,7-9).
+    #[arg(long, value_name = "LIST")]
+    pub cpus: String,
+
+    /// The isolation's name (1-64 characters of A-Z a-z 0-9 _ . -).
+    /// Default: cpus- and the list with ',' written as '_' (cpus-2-5, cpus-3_5_7-9).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Partition the cgroup of this running systemd unit in place (e.g. a VM's scope).
+    #[arg(long, value_name = "UNIT", conflicts_with = "pids")]
+    pub unit: Option<String>,
+
+    /// Move these processes into a new cgroup and isolate that (repeat the option or separate
+    /// PIDs with commas).
+    #[arg(
+        long = "pid",
+        value_name = "PID",
+        num_args = 1..,
+        value_delimiter = ',',
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub pids: Vec<u32>,
+
+    /// The partition type. Default: chosen by the service (root for a multi-CPU target).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub partition: Option<PartitionArg>,
+
+    /// When the isolation ends. Default: exit.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub until: Option<UntilArg>,
+}
+
+/// `kvmisolate release`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The isolation to release.
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub name: Option<String>,
+
+    /// Release every isolation.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `kvmisolate status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the service's Status() dictionary as a JSON object (stable keys, for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kvmisolate run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The CPUs to isolate, as a kernel cpulist (2-5, 3,5,7-9).
+    #[arg(long, value_name = "LIST")]
+    pub cpus: String,
+
+    /// The isolation's name. Default: cpus- and the list with ',' written as '_'.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The partition type. Default: chosen by the service.
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub partition: Option<PartitionArg>,
+
+    /// The command to run, and its arguments (after --).
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        last = true,
+        value_hint = clap::ValueHint::CommandWithArguments
+    )]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// The clap command, for generators.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kvmisolate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn isolate_full() {
+        let cli = parse(&[
+            "isolate",
+            "--cpus",
+            "2-3",
+            "--name",
+            "win10",
+            "--pid",
+            "1234",
+            "--pid",
+            "5,6",
+            "--partition",
+            "isolated",
+            "--until",
+            "disconnect",
+            "-q",
+        ])
+        .unwrap();
+        assert!(cli.quiet);
+        let Command::Isolate(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.cpus, "2-3");
+        assert_eq!(a.name.as_deref(), Some("win10"));
+        assert_eq!(a.pids, vec![1234, 5, 6]);
+        assert_eq!(a.partition, Some(PartitionArg::Isolated));
+        assert_eq!(a.until, Some(UntilArg::Disconnect));
+        assert_eq!(a.unit, None);
+    }
+
+    #[test]
+    fn isolate_several_pids_after_one_flag() {
+        let cli = parse(&["isolate", "--cpus", "2", "--pid", "10", "11"]).unwrap();
+        let Command::Isolate(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.pids, vec![10, 11]);
+    }
+
+    #[test]
+    fn isolate_rejects_bad_usage() {
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(
+            kind(&["isolate", "--cpus", "2", "--unit", "a.scope", "--pid", "1"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind(&["isolate", "--unit", "a.scope"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["isolate", "--cpus", "2", "--pid", "0"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["isolate", "--cpus", "2", "--pid", "x"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["isolate", "--cpus", "2", "--partition", "x"]),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(
+            kind(&["isolate", "--cpus", "2", "--until", "never"]),
+            ErrorKind::InvalidValue
+        );
+        // clap's usage errors exit with 2, as the contract wants.
+        assert_eq!(parse(&["isolate"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn globals_anywhere() {
+        let cli = parse(&[
+            "--address",
+            "unix:path=/x",
+            "status",
+            "--json",
+            "--no-ask-password",
+        ])
+        .unwrap();
+        assert_eq!(cli.address.as_deref(), Some("unix:path=/x"));
+        assert!(cli.no_ask_password);
+        let Command::Status(s) = cli.command else {
+            panic!()
+        };
+        assert!(s.json);
+    }
+
+    #[test]
+    fn release_forms() {
+        let Command::Release(r) = parse(&["release", "win10"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(r.name.as_deref(), Some("win10"));
+        let Command::Release(r) = parse(&["release", "--all"]).unwrap().command else {
+            panic!()
+        };
+        assert!(r.all && r.name.is_none());
+        assert!(parse(&["release"]).is_err());
+        assert!(parse(&["release", "a", "--all"]).is_err());
+    }
+
+    #[test]
+    fn run_takes_command_after_dashes() {
+        let Command::Run(r) = parse(&[
+            "run", "--cpus", "2-3", "--", "qemu", "-m", "4G", "--name", "x",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(r.cpus, "2-3");
+        assert_eq!(r.name, None);
+        assert_eq!(r.command, ["qemu", "-m", "4G", "--name", "x"]);
+        assert!(parse(&["run", "--cpus", "2"]).is_err());
+    }
+
+    #[test]
+    fn generators_are_hidden() {
+        let cmd = command();
+        for hidden in ["generate-man", "generate-completions"] {
+            let sub = cmd.find_subcommand(hidden).unwrap();
+            assert!(sub.is_hide_set());
+        }
+        let Command::GenerateMan { dir } = parse(&["generate-man", "/tmp/m"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(dir, PathBuf::from("/tmp/m"));
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = command().render_long_help().to_string();
+        assert!(help.contains("7  the service is unreachable"), "{help}");
+    }
+}

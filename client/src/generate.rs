@@ -1,0 +1,94 @@
+//! Man pages and shell completions from the clap definitions, for `make install`.
+
+use std::path::{Path, PathBuf};
+
+use clap_complete::Shell;
+
+/// Writes `kvmisolate.1` and `kvmisolate-SUBCOMMAND.1` (visible subcommands) into `dir`.
+pub fn man_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let cmd = crate::cli::command();
+    clap_mangen::generate_to(cmd.clone(), dir)?;
+    let mut files = vec![dir.join("kvmisolate.1")];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        files.push(dir.join(format!("kvmisolate-{}.1", sub.get_name())));
+    }
+    Ok(files)
+}
+
+/// Writes completions where distributions look for them, below `dir` (typically
+/// `$(PREFIX)/share`): `bash-completion/completions/kvmisolate`, `zsh/site-functions/_kvmisolate`
+/// and `fish/vendor_completions.d/kvmisolate.fish`.
+pub fn completions(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let targets = [
+        (Shell::Bash, "bash-completion/completions", "kvmisolate"),
+        (Shell::Zsh, "zsh/site-functions", "_kvmisolate"),
+        (Shell::Fish, "fish/vendor_completions.d", "kvmisolate.fish"),
+    ];
+    let mut files = Vec::new();
+    for (shell, sub, file) in targets {
+        let sub = dir.join(sub);
+        std::fs::create_dir_all(&sub)?;
+        let mut text = Vec::new();
+        let mut cmd = crate::cli::command();
+        clap_complete::generate(shell, &mut cmd, "kvmisolate", &mut text);
+        let path = sub.join(file);
+        std::fs::write(&path, text)?;
+        files.push(path);
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_man_pages_for_every_visible_subcommand() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = man_pages(dir.path()).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "kvmisolate-isolate.1",
+                "kvmisolate-monitor.1",
+                "kvmisolate-release.1",
+                "kvmisolate-run.1",
+                "kvmisolate-status.1",
+                "kvmisolate.1"
+            ]
+        );
+        assert!(files.iter().all(|f| f.exists()));
+        let main = std::fs::read_to_string(dir.path().join("kvmisolate.1")).unwrap();
+        assert!(
+            main.contains("unreachable"),
+            "exit codes reach the man page"
+        );
+        assert!(
+            !main.contains("generate\\-man"),
+            "hidden commands stay hidden"
+        );
+    }
+
+    #[test]
+    fn writes_completions() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = completions(dir.path()).unwrap();
+        assert_eq!(files.len(), 3);
+        let bash =
+            std::fs::read_to_string(dir.path().join("bash-completion/completions/kvmisolate"))
+                .unwrap();
+        assert!(bash.contains("isolate"));
+        assert!(dir.path().join("zsh/site-functions/_kvmisolate").exists());
+        assert!(
+            dir.path()
+                .join("fish/vendor_completions.d/kvmisolate.fish")
+                .exists()
+        );
+    }
+}

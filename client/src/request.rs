@@ -1,0 +1,243 @@
+//! Building an `Isolate` request: local validation, the default name, the options dictionary.
+
+use std::collections::HashMap;
+
+use kvmisolate_dbus::options::{self, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::{CpuSet, IsolationName};
+use zbus::Variant;
+
+use crate::failure::{ExitCode, Failure};
+
+/// What to isolate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A running systemd unit, partitioned in place.
+    Unit(String),
+    /// Processes moved into a new cgroup.
+    Pids(Vec<u32>),
+}
+
+/// A validated `Isolate` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsolateRequest {
+    /// The isolation's name.
+    pub name: IsolationName,
+    /// The cpulist as given (validated).
+    pub cpus: String,
+    /// What to isolate.
+    pub target: Target,
+    /// The partition type, when chosen.
+    pub partition: Option<PartitionType>,
+    /// When it ends, when chosen.
+    pub release_when: Option<ReleaseWhen>,
+}
+
+/// The default name for a cpulist: `cpus-` and the list with `,` written as `_`.
+pub fn default_name(cpus: &str) -> String {
+    format!("cpus-{}", cpus.replace(',', "_"))
+}
+
+impl IsolateRequest {
+    /// Validates the cpulist and the name (or makes the default name) as the service would,
+    /// with the same messages; failures are bad requests (exit code 3).
+    pub fn new(
+        cpus: &str,
+        name: Option<&str>,
+        target: Target,
+        partition: Option<PartitionType>,
+        release_when: Option<ReleaseWhen>,
+    ) -> Result<Self, Failure> {
+        let cpus = cpus.strip_suffix('\n').unwrap_or(cpus);
+        let set =
+            CpuSet::parse(cpus).map_err(|e| Failure::new(ExitCode::BadRequest, e.to_string()))?;
+        if set.is_empty() {
+            return Err(Failure::new(
+                ExitCode::BadRequest,
+                "the CPU list is empty; pass the CPUs to isolate, e.g. --cpus 2-3",
+            ));
+        }
+        let name = match name {
+            Some(n) => IsolationName::new(n)
+                .map_err(|e| Failure::new(ExitCode::BadRequest, e.to_string()))?,
+            None => IsolationName::new(&default_name(cpus)).map_err(|e| {
+                Failure::new(
+                    ExitCode::BadRequest,
+                    format!("cannot make a name from the CPU list ({e}); pass --name NAME"),
+                )
+            })?,
+        };
+        if let Target::Pids(p) = &target
+            && p.len() > options::MAX_PIDS
+        {
+            return Err(Failure::new(
+                ExitCode::BadRequest,
+                format!(
+                    "{} PIDs given; at most {} are allowed",
+                    p.len(),
+                    options::MAX_PIDS
+                ),
+            ));
+        }
+        Ok(Self {
+            name,
+            cpus: cpus.to_owned(),
+            target,
+            partition,
+            release_when,
+        })
+    }
+
+    /// The `options` argument of `Isolate`.
+    pub fn options(&self) -> HashMap<&'static str, Variant<'static>> {
+        let mut o = HashMap::new();
+        match &self.target {
+            Target::Unit(u) => {
+                o.insert(options::UNIT, Variant::from(u.clone()));
+            }
+            Target::Pids(p) => {
+                o.insert(options::PIDS, Variant::from(p.clone()));
+            }
+        }
+        if let Some(p) = self.partition {
+            o.insert(options::PARTITION, Variant::from(p.as_str()));
+        }
+        if let Some(r) = self.release_when {
+            o.insert(options::RELEASE_WHEN, Variant::from(r.as_str()));
+        }
+        o
+    }
+}
+
+/// `unit:NAME` → `unit NAME`, `pids:1,2` → `pids 1,2`, for the one-line result.
+pub fn describe_target(target: &str) -> String {
+    match target.split_once(':') {
+        Some((kind, what)) if !kind.is_empty() => format!("{kind} {what}"),
+        _ => target.to_owned(),
+    }
+}
+
+/// The one-line result of a successful `Isolate`.
+pub fn result_line(cpus: &str, name: &str, partition: &str, target: &str) -> String {
+    let mut details = Vec::new();
+    if !partition.is_empty() {
+        details.push(format!("partition {partition}"));
+    }
+    if !target.is_empty() {
+        details.push(describe_target(target));
+    }
+    if details.is_empty() {
+        format!("Isolated CPUs {cpus} as \"{name}\"")
+    } else {
+        format!(
+            "Isolated CPUs {cpus} as \"{name}\" ({})",
+            details.join(", ")
+        )
+    }
+}
+
+/// The target text the service would report, for when its properties cannot be read.
+pub fn target_text(target: &Target) -> String {
+    match target {
+        Target::Unit(u) => format!("unit:{u}"),
+        Target::Pids(p) => format!(
+            "pids:{}",
+            p.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_follow_the_contract() {
+        assert_eq!(default_name("2-3"), "cpus-2-3");
+        assert_eq!(default_name("3,5,7-9"), "cpus-3_5_7-9");
+        let r = IsolateRequest::new("3,5,7-9", None, Target::Pids(vec![1]), None, None).unwrap();
+        assert_eq!(r.name.as_str(), "cpus-3_5_7-9");
+        assert_eq!(r.cpus, "3,5,7-9");
+    }
+
+    #[test]
+    fn local_validation_uses_the_contract_messages() {
+        let e = IsolateRequest::new("5-2", None, Target::Pids(vec![1]), None, None).unwrap_err();
+        assert_eq!(e.code, ExitCode::BadRequest);
+        assert_eq!(
+            e.message,
+            kvmisolate_dbus::CpuSet::parse("5-2")
+                .unwrap_err()
+                .to_string()
+        );
+        let e =
+            IsolateRequest::new("2", Some("a/b"), Target::Pids(vec![1]), None, None).unwrap_err();
+        assert_eq!(e.code, ExitCode::BadRequest);
+        assert_eq!(
+            e.message,
+            IsolationName::new("a/b").unwrap_err().to_string()
+        );
+        let e = IsolateRequest::new("", None, Target::Pids(vec![1]), None, None).unwrap_err();
+        assert_eq!(e.code, ExitCode::BadRequest);
+        let long = (0..40)
+            .map(|i| (i * 2).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = IsolateRequest::new(&long, None, Target::Pids(vec![1]), None, None).unwrap_err();
+        assert!(e.message.contains("--name"), "{}", e.message);
+        let many = Target::Pids((1..=5000).collect());
+        assert!(IsolateRequest::new("2", None, many, None, None).is_err());
+    }
+
+    #[test]
+    fn options_dict() {
+        let r = IsolateRequest::new(
+            "2-3",
+            Some("win10"),
+            Target::Pids(vec![1234, 99]),
+            Some(PartitionType::Isolated),
+            Some(ReleaseWhen::CallerDisconnects),
+        )
+        .unwrap();
+        let o = r.options();
+        assert_eq!(o.len(), 3);
+        assert_eq!(o[options::PIDS], Variant::from(vec![1234u32, 99]));
+        assert_eq!(o[options::PIDS].value_signature().to_string(), "au");
+        assert_eq!(o[options::PARTITION], Variant::from("isolated"));
+        assert_eq!(
+            o[options::RELEASE_WHEN],
+            Variant::from("caller-disconnects")
+        );
+
+        let r =
+            IsolateRequest::new("2", None, Target::Unit("vm.scope".into()), None, None).unwrap();
+        let o = r.options();
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[options::UNIT], Variant::from("vm.scope"));
+        for k in o.keys() {
+            assert!(options::KNOWN.contains(k));
+        }
+        for (until, word) in [
+            (crate::cli::UntilArg::Exit, "target-exits"),
+            (crate::cli::UntilArg::Disconnect, "caller-disconnects"),
+            (crate::cli::UntilArg::Release, "released"),
+        ] {
+            let r = IsolateRequest::new("2", None, Target::Pids(vec![1]), None, Some(until.into()))
+                .unwrap();
+            assert_eq!(r.options()[options::RELEASE_WHEN], Variant::from(word));
+        }
+    }
+
+    #[test]
+    fn result_lines() {
+        assert_eq!(
+            result_line("2-3", "win10", "isolated", "pids:1234"),
+            "Isolated CPUs 2-3 as \"win10\" (partition isolated, pids 1234)"
+        );
+        assert_eq!(
+            result_line("2", "x", "root", "unit:vm.scope"),
+            "Isolated CPUs 2 as \"x\" (partition root, unit vm.scope)"
+        );
+        assert_eq!(result_line("2", "x", "", ""), "Isolated CPUs 2 as \"x\"");
+        assert_eq!(target_text(&Target::Pids(vec![1, 2])), "pids:1,2");
+    }
+}
