@@ -40,7 +40,8 @@ impl TtyAgent {
     /// Starts `pkttyagent` if `allowed`, stdin is a terminal and it is installed; returns
     /// `None` otherwise or if it cannot be started (the call then goes on without an agent).
     pub fn start_if_useful(allowed: bool) -> Option<Self> {
-        if !allowed || !std::io::stdin().is_terminal() {
+        // root is always authorized by polkit, and needs no agent (systemctl does the same).
+        if !allowed || nix::unistd::geteuid().is_root() || !std::io::stdin().is_terminal() {
             return None;
         }
         let program = find_pkttyagent()?;

@@ -96,21 +96,6 @@ pub enum Command {
     /// interrupted.
     #[command(after_help = EXIT_CODES_HELP)]
     Monitor,
-
-    /// Write man pages (kvmisolate.1, kvmisolate-SUBCOMMAND.1) into DIR.
-    #[command(hide = true)]
-    GenerateMan {
-        /// The directory to write the pages to (created if missing).
-        dir: PathBuf,
-    },
-
-    /// Write shell completions into DIR/bash-completion/completions/kvmisolate,
-    /// DIR/zsh/site-functions/_kvmisolate and DIR/fish/vendor_completions.d/kvmisolate.fish.
-    #[command(hide = true)]
-    GenerateCompletions {
-        /// The base directory, typically $(PREFIX)/share.
-        dir: PathBuf,
-    },
 }
 
 /// The partition type, as a command line value.
@@ -238,9 +223,71 @@ pub struct RunArgs {
     pub command: Vec<std::ffi::OsString>,
 }
 
-/// The clap command, for generators.
+/// The documented command line, for the man pages and completions.
 pub fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
+}
+
+/// What the binary parses: the documented command line plus the hidden build-time generators
+/// (`generate-man DIR`, `generate-completions DIR`), kept out of [`Cli`] so that no completion
+/// script or man page mentions them.
+pub fn command_with_generators() -> clap::Command {
+    let dir = || {
+        clap::Arg::new("dir")
+            .value_name("DIR")
+            .required(true)
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("The directory to write to (created if missing)")
+    };
+    command()
+        .subcommand(
+            clap::Command::new(GENERATE_MAN)
+                .hide(true)
+                .about("Write man pages (kvmisolate.1, kvmisolate-SUBCOMMAND.1) into DIR")
+                .arg(dir()),
+        )
+        .subcommand(
+            clap::Command::new(GENERATE_COMPLETIONS)
+                .hide(true)
+                .about("Write kvmisolate.bash, _kvmisolate (zsh) and kvmisolate.fish into DIR")
+                .arg(dir()),
+        )
+}
+
+/// The hidden subcommand that writes man pages.
+pub const GENERATE_MAN: &str = "generate-man";
+/// The hidden subcommand that writes shell completions.
+pub const GENERATE_COMPLETIONS: &str = "generate-completions";
+
+/// What to do, after parsing.
+#[derive(Debug)]
+pub enum Invocation {
+    /// A documented command.
+    Cli(Cli),
+    /// `generate-man DIR`.
+    GenerateMan(PathBuf),
+    /// `generate-completions DIR`.
+    GenerateCompletions(PathBuf),
+}
+
+/// Parses `args` (the program name first).
+pub fn try_parse_from<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command_with_generators().try_get_matches_from(args)?;
+    let dir = |m: &clap::ArgMatches| m.get_one::<PathBuf>("dir").cloned().unwrap_or_default();
+    Ok(match matches.subcommand() {
+        Some((GENERATE_MAN, m)) => Invocation::GenerateMan(dir(m)),
+        Some((GENERATE_COMPLETIONS, m)) => Invocation::GenerateCompletions(dir(m)),
+        _ => Invocation::Cli(<Cli as clap::FromArgMatches>::from_arg_matches(&matches)?),
+    })
+}
+
+/// Parses the process's arguments; on error, prints it and exits (status 2 for usage errors).
+pub fn parse() -> Invocation {
+    try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
 }
 
 #[cfg(test)]
@@ -255,6 +302,7 @@ mod tests {
     #[test]
     fn definition_is_consistent() {
         command().debug_assert();
+        command_with_generators().debug_assert();
     }
 
     #[test]
@@ -378,16 +426,24 @@ mod tests {
 
     #[test]
     fn generators_are_hidden() {
-        let cmd = command();
-        for hidden in ["generate-man", "generate-completions"] {
-            let sub = cmd.find_subcommand(hidden).unwrap();
-            assert!(sub.is_hide_set());
+        assert!(command().find_subcommand(GENERATE_MAN).is_none());
+        let cmd = command_with_generators();
+        for hidden in [GENERATE_MAN, GENERATE_COMPLETIONS] {
+            assert!(cmd.find_subcommand(hidden).unwrap().is_hide_set());
         }
-        let Command::GenerateMan { dir } = parse(&["generate-man", "/tmp/m"]).unwrap().command
-        else {
-            panic!()
+        let inv = |args: &[&str]| {
+            try_parse_from(std::iter::once("kvmisolate").chain(args.iter().copied()))
         };
-        assert_eq!(dir, PathBuf::from("/tmp/m"));
+        assert!(matches!(
+            inv(&["generate-man", "/tmp/m"]).unwrap(),
+            Invocation::GenerateMan(d) if d == std::path::Path::new("/tmp/m")
+        ));
+        assert!(matches!(
+            inv(&["-q", "generate-completions", "/tmp/c"]).unwrap(),
+            Invocation::GenerateCompletions(d) if d == std::path::Path::new("/tmp/c")
+        ));
+        assert!(inv(&["generate-man"]).is_err());
+        assert!(matches!(inv(&["status"]).unwrap(), Invocation::Cli(_)));
     }
 
     #[test]

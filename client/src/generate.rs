@@ -16,23 +16,21 @@ pub fn man_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Writes completions where distributions look for them, below `dir` (typically
-/// `$(PREFIX)/share`): `bash-completion/completions/kvmisolate`, `zsh/site-functions/_kvmisolate`
-/// and `fish/vendor_completions.d/kvmisolate.fish`.
+/// Writes `kvmisolate.bash`, `_kvmisolate` (zsh) and `kvmisolate.fish` into `dir`; install
+/// them as `bash-completion/completions/kvmisolate`, `zsh/site-functions/_kvmisolate` and
+/// `fish/vendor_completions.d/kvmisolate.fish` below `$(PREFIX)/share`.
 pub fn completions(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let targets = [
-        (Shell::Bash, "bash-completion/completions", "kvmisolate"),
-        (Shell::Zsh, "zsh/site-functions", "_kvmisolate"),
-        (Shell::Fish, "fish/vendor_completions.d", "kvmisolate.fish"),
-    ];
+    std::fs::create_dir_all(dir)?;
     let mut files = Vec::new();
-    for (shell, sub, file) in targets {
-        let sub = dir.join(sub);
-        std::fs::create_dir_all(&sub)?;
+    for (shell, file) in [
+        (Shell::Bash, "kvmisolate.bash"),
+        (Shell::Zsh, "_kvmisolate"),
+        (Shell::Fish, "kvmisolate.fish"),
+    ] {
         let mut text = Vec::new();
         let mut cmd = crate::cli::command();
         clap_complete::generate(shell, &mut cmd, "kvmisolate", &mut text);
-        let path = sub.join(file);
+        let path = dir.join(file);
         std::fs::write(&path, text)?;
         files.push(path);
     }
@@ -80,15 +78,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = completions(dir.path()).unwrap();
         assert_eq!(files.len(), 3);
-        let bash =
-            std::fs::read_to_string(dir.path().join("bash-completion/completions/kvmisolate"))
-                .unwrap();
+        let bash = std::fs::read_to_string(dir.path().join("kvmisolate.bash")).unwrap();
         assert!(bash.contains("isolate"));
-        assert!(dir.path().join("zsh/site-functions/_kvmisolate").exists());
         assert!(
-            dir.path()
-                .join("fish/vendor_completions.d/kvmisolate.fish")
-                .exists()
+            !bash.contains("generate-man"),
+            "hidden commands are not completed"
         );
+        assert!(dir.path().join("_kvmisolate").exists());
+        assert!(dir.path().join("kvmisolate.fish").exists());
     }
 }

@@ -13,7 +13,6 @@ use std::ffi::CString;
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
 
-use clap::Parser as _;
 use futures_util::StreamExt as _;
 use kvmisolate_dbus::names;
 use kvmisolate_dbus::proxy::{Isolation1Proxy, Isolator1Proxy};
@@ -22,7 +21,7 @@ use zbus::proxy::{CacheProperties, MethodFlags};
 use zbus::{Connection, DynamicTuple, MatchRule, MessageStream, OwnedObjectPath};
 
 use crate::agent::TtyAgent;
-use crate::cli::{Cli, Command, IsolateArgs, ReleaseArgs, RunArgs, UntilArg};
+use crate::cli::{Cli, Command, Invocation, IsolateArgs, ReleaseArgs, RunArgs, UntilArg};
 use crate::failure::{BusDescription, ExitCode, Failure, connect_failure, from_zbus};
 use crate::request::{IsolateRequest, Target};
 
@@ -98,7 +97,7 @@ impl Ctx<'_> {
 
     fn say(&self, line: &str) {
         if !self.quiet {
-            println!("{line}");
+            emit(&format!("{line}\n"));
         }
     }
 }
@@ -230,6 +229,18 @@ async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Writes `text` to stdout and flushes it.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Writes `text` to stdout; a closed pipe (`kvmisolate status | head -1`) is not an error.
+fn emit(text: &str) {
+    let _ = write_stdout(text);
+}
+
 fn signal_failure(e: std::io::Error) -> Failure {
     Failure::other(format!("cannot install signal handlers: {e}"))
 }
@@ -262,9 +273,9 @@ async fn cmd_status(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
     if json {
         let text = serde_json::to_string_pretty(&value)
             .map_err(|e| Failure::other(format!("cannot write JSON: {e}")))?;
-        println!("{text}");
+        emit(&format!("{text}\n"));
     } else {
-        print!("{}", status::format_status(&value, now_micros()));
+        emit(&status::format_status(&value, now_micros()));
     }
     Ok(())
 }
@@ -369,9 +380,11 @@ async fn cmd_monitor(ctx: &Ctx<'_>) -> Result<(), Failure> {
                 Some(Err(e)) => return Err(ctx.zbus_failure(&e)),
                 Some(Ok(m)) => {
                     if let Some(event) = monitor::event_of(&m) {
-                        let mut out = std::io::stdout().lock();
-                        let _ = writeln!(out, "{} {}", monitor::timestamp(now_micros()), monitor::describe(&event));
-                        let _ = out.flush();
+                        let line = format!("{} {}\n", monitor::timestamp(now_micros()), monitor::describe(&event));
+                        if write_stdout(&line).is_err() {
+                            // The reader is gone (`kvmisolate monitor | head`): done.
+                            return Ok(());
+                        }
                     }
                 }
             }
@@ -391,32 +404,34 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(a) => cmd_status(&ctx, a.json).await,
         Command::Run(a) => cmd_run(&ctx, a).await,
         Command::Monitor => cmd_monitor(&ctx).await,
-        Command::GenerateMan { dir } => generate::man_pages(&dir)
-            .map(|files| report_files(&ctx, &files))
-            .map_err(|e| {
-                Failure::other(format!("cannot write man pages to {}: {e}", dir.display()))
-            }),
-        Command::GenerateCompletions { dir } => generate::completions(&dir)
-            .map(|files| report_files(&ctx, &files))
-            .map_err(|e| {
-                Failure::other(format!(
-                    "cannot write completions to {}: {e}",
-                    dir.display()
-                ))
-            }),
     }
 }
 
-fn report_files(ctx: &Ctx<'_>, files: &[std::path::PathBuf]) {
-    for f in files {
-        ctx.say(&f.display().to_string());
-    }
+/// The hidden build-time generators (no bus needed).
+fn run_generator(invocation: Invocation) -> Result<(), Failure> {
+    let (what, dir, result) = match invocation {
+        Invocation::GenerateMan(dir) => {
+            let r = generate::man_pages(&dir);
+            ("man pages", dir, r)
+        }
+        Invocation::GenerateCompletions(dir) => {
+            let r = generate::completions(&dir);
+            ("completions", dir, r)
+        }
+        Invocation::Cli(_) => return Ok(()),
+    };
+    result
+        .map(|_files| ())
+        .map_err(|e| Failure::other(format!("cannot write {what} to {}: {e}", dir.display())))
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    let result = match cli::parse() {
+        Invocation::Cli(cli) => run(cli).await,
+        other => run_generator(other),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("kvmisolate: {}", f.message);

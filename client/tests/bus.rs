@@ -758,7 +758,6 @@ async fn until_disconnect_holds_until_signalled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_prints_changes() {
     let Some(bus) = start_bus() else { return };
-    let (_conn, _calls) = serve(&bus).await;
 
     let mut child = tokio::process::Command::new(BIN)
         .args(["--address", &bus.address, "monitor"])
@@ -774,6 +773,8 @@ async fn monitor_prints_changes() {
         .unwrap()
         .unwrap();
     assert!(ready.starts_with("Watching"), "{ready}");
+    // The service appears after the monitor started.
+    let (conn, _calls) = serve(&bus).await;
 
     let out = cli(
         &bus,
@@ -786,7 +787,7 @@ async fn monitor_prints_changes() {
 
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
-    while seen.len() < 4 {
+    while seen.len() < 5 {
         let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
             .await
             .unwrap_or_else(|_| panic!("only got {seen:?}"))
@@ -815,4 +816,6 @@ async fn monitor_prints_changes() {
         "{seen:?}"
     );
     assert!(seen.contains(&"vm-1: removed".to_owned()), "{seen:?}");
+    assert_eq!(seen[0], "service: started", "{seen:?}");
+    drop(conn);
 }
