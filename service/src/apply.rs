@@ -1,0 +1,935 @@
+//! Performing plans: journal first, every write read back, rollback on failure; releasing
+//! isolations; replaying the journal at start-up.
+//!
+//! The engine is synchronous (cgroupfs and the journal are local files); call it from a
+//! blocking context (`tokio::task::spawn_blocking`) and never run two of its operations at
+//! once: the caller serializes `apply`, `release` and `replay` (one lock for all).
+//!
+//! # Crash consistency
+//! Each step is persisted with the original state it changes *before* it is performed. Undo
+//! of every step kind is safe whether or not the step was performed (restoring a value that
+//! is already there is a no-op), so a record can always be rolled back, whatever point a
+//! SIGKILL interrupted: [`Engine::replay`] adopts isolations that are `active` with a living
+//! target and releases everything else.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kvmisolate_dbus::options::PartitionType;
+use kvmisolate_dbus::{CpuSet, Error};
+
+use crate::cgroupfs::{CgroupError, CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
+use crate::journal::{Journal, JournalError, JournalStep, Loaded, Phase, Record};
+use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
+use crate::plan::{ExternalStep, Plan, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target};
+
+/// Effects outside cgroupfs (systemd), journalled as [`Step::External`].
+///
+/// `undo` must be safe whether or not `perform` ran (or ran to the end): after a crash the
+/// engine undoes steps that were recorded but maybe not performed.
+pub trait ExternalEffects {
+    /// Called right before the step is journalled: fill in originals (e.g. a unit property's
+    /// current value). The returned step is what gets journalled and performed.
+    fn prepare(&self, step: &ExternalStep) -> Result<ExternalStep, Error> {
+        Ok(step.clone())
+    }
+    /// Performs the step.
+    fn perform(&self, step: &ExternalStep) -> Result<(), Error>;
+    /// Undoes the step.
+    fn undo(&self, step: &ExternalStep) -> Result<(), Error>;
+}
+
+/// Accepts every external step and does nothing (hosts without systemd, tests).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoExternalEffects;
+
+impl ExternalEffects for NoExternalEffects {
+    fn perform(&self, _: &ExternalStep) -> Result<(), Error> {
+        Ok(())
+    }
+    fn undo(&self, _: &ExternalStep) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// The state `cpuset.cpus.partition` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionState {
+    /// `member`.
+    Member,
+    /// A valid partition of this type.
+    Valid(PartitionType),
+    /// `<type> invalid (<reason>)`; `reason` is the kernel's text (empty on 5.15).
+    Invalid {
+        /// The type word (`root`, `isolated`).
+        word: String,
+        /// The kernel's reason, verbatim.
+        reason: String,
+    },
+    /// Anything else.
+    Other(String),
+}
+
+/// Parses the content of `cpuset.cpus.partition`.
+pub fn parse_partition(text: &str) -> PartitionState {
+    let text = text.trim();
+    let mut words = text.splitn(2, ' ');
+    let word = words.next().unwrap_or("");
+    let rest = words.next().unwrap_or("").trim();
+    if let Some(after) = rest.strip_prefix("invalid") {
+        let after = after.trim();
+        let reason = after
+            .strip_prefix('(')
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or(after);
+        return PartitionState::Invalid {
+            word: word.to_owned(),
+            reason: reason.to_owned(),
+        };
+    }
+    if !rest.is_empty() {
+        return PartitionState::Other(text.to_owned());
+    }
+    match word {
+        "member" => PartitionState::Member,
+        "root" => PartitionState::Valid(PartitionType::Root),
+        "isolated" => PartitionState::Valid(PartitionType::Isolated),
+        _ => PartitionState::Other(text.to_owned()),
+    }
+}
+
+/// Why a release did not restore everything. The record stays in the journal (phase
+/// `releasing`) so the next start retries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("releasing '{name}' left things unrestored: {}", failures.join("; "))]
+pub struct ReleaseError {
+    /// The isolation.
+    pub name: String,
+    /// One sentence per step that could not be undone (or journal problem).
+    pub failures: Vec<String>,
+}
+
+impl From<ReleaseError> for Error {
+    fn from(e: ReleaseError) -> Self {
+        Error::Failed(e.to_string())
+    }
+}
+
+/// What [`Engine::replay`] did.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Records `active` with a living target: adopt them (same name, same object path).
+    pub adopted: Vec<Record>,
+    /// Isolations restored and dropped.
+    pub released: Vec<String>,
+    /// Isolations that could not be fully restored (their record stays for the next start).
+    pub failed: Vec<ReleaseError>,
+    /// Journal warnings (corrupt records set aside...).
+    pub warnings: Vec<String>,
+}
+
+/// Where a simulated crash may happen (tests only; production uses `crash_after_step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Point {
+    /// Step n (1-based) is journalled (done=false) but not performed.
+    BeforePerform(usize),
+    /// Step n is performed but not yet marked done.
+    AfterPerform(usize),
+    /// Step n is marked done.
+    AfterDone(usize),
+}
+
+struct StepFailure {
+    error: Error,
+    /// Whether the step may have had an effect (and so must be undone).
+    touched: bool,
+}
+
+impl StepFailure {
+    fn touched(error: Error) -> Self {
+        Self {
+            error,
+            touched: true,
+        }
+    }
+    fn untouched(error: Error) -> Self {
+        Self {
+            error,
+            touched: false,
+        }
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Failed(e.to_string())
+}
+
+fn journal_failed(e: JournalError) -> Error {
+    Error::Failed(e.to_string())
+}
+
+/// Appends `extra` to the message of `e`, keeping its variant.
+pub fn with_context(e: Error, extra: &str) -> Error {
+    let add = |m: String| format!("{m}; {extra}");
+    match e {
+        Error::ZBus(z) => Error::Failed(add(z.to_string())),
+        Error::InvalidCpuList(m) => Error::InvalidCpuList(add(m)),
+        Error::CpuNotAvailable(m) => Error::CpuNotAvailable(add(m)),
+        Error::CpusBusy(m) => Error::CpusBusy(add(m)),
+        Error::HousekeepingTooSmall(m) => Error::HousekeepingTooSmall(add(m)),
+        Error::CpuReserved(m) => Error::CpuReserved(add(m)),
+        Error::InvalidName(m) => Error::InvalidName(add(m)),
+        Error::NameExists(m) => Error::NameExists(add(m)),
+        Error::NoSuchIsolation(m) => Error::NoSuchIsolation(add(m)),
+        Error::TargetNotFound(m) => Error::TargetNotFound(add(m)),
+        Error::UnsupportedHost(m) => Error::UnsupportedHost(add(m)),
+        Error::PartitionRejected(m) => Error::PartitionRejected(add(m)),
+        Error::InvalidOption(m) => Error::InvalidOption(add(m)),
+        Error::Failed(m) => Error::Failed(add(m)),
+    }
+}
+
+fn is_cpulist_file(file: &str) -> bool {
+    file != PARTITION_FILE && (file.starts_with("cpuset.cpus") || file.starts_with("cpuset.mems"))
+}
+
+fn first_word(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or("")
+}
+
+fn has_word(text: &str, word: &str) -> bool {
+    text.split_whitespace().any(|w| w == word)
+}
+
+/// The partition engine: cgroupfs, `/proc`, the journal and the external effects.
+pub struct Engine {
+    /// The cgroup tree.
+    pub fs: CgroupFs,
+    /// `/proc` (injectable for tests).
+    pub proc_root: PathBuf,
+    /// The journal.
+    pub journal: Journal,
+    /// Effects outside cgroupfs.
+    pub effects: Box<dyn ExternalEffects + Send + Sync>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("fs", &self.fs)
+            .field("proc_root", &self.proc_root)
+            .field("journal", &self.journal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine.
+    pub fn new(
+        fs: CgroupFs,
+        proc_root: impl Into<PathBuf>,
+        journal: Journal,
+        effects: Box<dyn ExternalEffects + Send + Sync>,
+    ) -> Self {
+        Self {
+            fs,
+            proc_root: proc_root.into(),
+            journal,
+            effects,
+        }
+    }
+
+    /// Reads what [`crate::plan::plan`] needs about `target`: the files of every existing
+    /// cgroup from the root down to the target ([`Snapshot::FILES`]) and, for engine-created
+    /// pids targets, each pid's cgroup (`TargetNotFound` if a process does not exist).
+    pub fn snapshot(&self, target: &Target) -> Result<Snapshot, Error> {
+        let mut snap = Snapshot::default();
+        let cg = target.cgroup();
+        let mut path = cg.ancestors();
+        path.push(cg.clone());
+        for p in path {
+            if !self.fs.exists(&p) {
+                continue;
+            }
+            let mut files = BTreeMap::new();
+            for f in Snapshot::FILES {
+                if let Some(text) = self.fs.read_opt(&p, f).map_err(failed)? {
+                    files.insert((*f).to_owned(), text);
+                }
+            }
+            snap.cgroups.insert(p, files);
+        }
+        if let Target::Own { pids, .. } = target {
+            for &pid in pids {
+                match cgroup_of_pid(&self.proc_root, pid) {
+                    Ok(c) => {
+                        snap.pid_cgroups.insert(pid, c);
+                    }
+                    Err(e) if e.is_not_found() => {
+                        return Err(Error::TargetNotFound(format!(
+                            "process {pid} does not exist"
+                        )));
+                    }
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    /// The state of a partition cgroup (`None` if the cgroup or file is gone).
+    pub fn partition_state(&self, cgroup: &CgroupPath) -> Option<PartitionState> {
+        self.fs
+            .read_opt(cgroup, PARTITION_FILE)
+            .ok()
+            .flatten()
+            .map(|t| parse_partition(&t))
+    }
+
+    /// Performs `plan` for `request`: the record is journalled first, each step is journalled
+    /// (with its original state) before it is performed and read back after. On any failure
+    /// everything done so far is undone in reverse order and the record removed; the original
+    /// error is returned (with the rollback's failures appended if it could not restore
+    /// everything, in which case the record stays for the next start to retry).
+    ///
+    /// `crash_after_step` (from `KVMISOLATED_CRASH_AFTER_STEP`): SIGKILL the process right after
+    /// performing that step (1-based), before it is marked done. A test hook.
+    pub fn apply(
+        &self,
+        request: &Request,
+        plan: &Plan,
+        crash_after_step: Option<usize>,
+    ) -> Result<Record, Error> {
+        let mut hook = |p: Point| {
+            if let (Point::AfterPerform(n), Some(k)) = (p, crash_after_step)
+                && n == k
+            {
+                tracing::warn!(step = n, "KVMISOLATED_CRASH_AFTER_STEP: killing myself");
+                let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
+            }
+            false
+        };
+        self.apply_with(request, plan, &mut hook)
+            .map_err(|e| e.unwrap_or_else(|| failed("interrupted")))
+    }
+
+    /// `apply` with a hook called at every [`Point`]; the hook returning `true` simulates a
+    /// crash there (return at once, journal left as is): `Err(None)`.
+    pub(crate) fn apply_with(
+        &self,
+        request: &Request,
+        plan: &Plan,
+        hook: &mut dyn FnMut(Point) -> bool,
+    ) -> Result<Record, Option<Error>> {
+        let name = &request.name;
+        if self.journal.contains(name) {
+            return Err(Some(Error::NameExists(format!(
+                "an isolation named '{name}' exists already (it has a journal record); release \
+                 it first or choose another name"
+            ))));
+        }
+        let others = self.others(name).map_err(Some)?;
+        let mut record = Record::new(request, plan);
+        self.journal
+            .save(&record)
+            .map_err(|e| Some(journal_failed(e)))?;
+        for (i, step) in plan.steps.iter().enumerate() {
+            let n = i + 1;
+            let prepared = match self.prepare(step, &others) {
+                Ok(s) => s,
+                Err(f) => return Err(Some(self.abort(record, &others, f.error))),
+            };
+            record.steps.push(JournalStep {
+                step: prepared.clone(),
+                done: false,
+            });
+            if let Err(e) = self.journal.save(&record) {
+                record.steps.pop();
+                return Err(Some(self.abort(record, &others, journal_failed(e))));
+            }
+            if hook(Point::BeforePerform(n)) {
+                return Err(None);
+            }
+            tracing::debug!(isolation = %name, step = n, "{}", prepared.describe());
+            if let Err(f) = self.perform(&prepared, &others) {
+                if !f.touched {
+                    record.steps.pop();
+                }
+                return Err(Some(self.abort(record, &others, f.error)));
+            }
+            if hook(Point::AfterPerform(n)) {
+                return Err(None);
+            }
+            if let Some(last) = record.steps.last_mut() {
+                last.done = true;
+            }
+            if let Err(e) = self.journal.save(&record) {
+                return Err(Some(self.abort(record, &others, journal_failed(e))));
+            }
+            if hook(Point::AfterDone(n)) {
+                return Err(None);
+            }
+        }
+        record.phase = Phase::Active;
+        if let Err(e) = self.journal.save(&record) {
+            return Err(Some(self.abort(record, &others, journal_failed(e))));
+        }
+        Ok(record)
+    }
+
+    /// The other records in the journal (shared steps look at them).
+    fn others(&self, name: &kvmisolate_dbus::IsolationName) -> Result<Vec<Record>, Error> {
+        let Loaded { records, warnings } = self.journal.load_all().map_err(journal_failed)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(records.into_iter().filter(|r| r.name() != name).collect())
+    }
+
+    /// Rolls back after a failed apply and builds the error to return.
+    fn abort(&self, mut record: Record, others: &[Record], error: Error) -> Error {
+        tracing::warn!(isolation = %record.name(), "isolation failed, rolling back: {error:?}");
+        record.phase = Phase::Releasing;
+        let _ = self.journal.save(&record);
+        let failures = self.undo_all(&mut record, others);
+        if failures.is_empty() {
+            match self.journal.remove(record.name()) {
+                Ok(()) => error,
+                Err(e) => with_context(
+                    error,
+                    &format!("and removing its journal record failed: {e}"),
+                ),
+            }
+        } else {
+            with_context(
+                error,
+                &format!(
+                    "rolling back also failed: {}; kvmisolated will retry at its next start",
+                    failures.join("; ")
+                ),
+            )
+        }
+    }
+
+    /// Undoes every recorded step in reverse order, continuing past failures. Steps undone
+    /// are removed from the record (persisted as it goes); returns the failures.
+    fn undo_all(&self, record: &mut Record, others: &[Record]) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut i = record.steps.len();
+        while i > 0 {
+            i -= 1;
+            let step = record.steps[i].step.clone();
+            match self.undo(&step, others) {
+                Ok(()) => {
+                    record.steps.remove(i);
+                    if let Err(e) = self.journal.save(record) {
+                        tracing::warn!("{e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(isolation = %record.name(), "cannot undo \"{}\": {e}", step.describe());
+                    failures.push(format!("cannot undo \"{}\": {e}", step.describe()));
+                }
+            }
+        }
+        failures
+    }
+
+    /// Releases an isolation: undoes every recorded step in reverse order (continuing past
+    /// failures), then deletes the record. On failure the record stays (phase `releasing`,
+    /// holding only the steps not undone) and the failures are reported.
+    pub fn release(&self, record: &Record) -> Result<(), ReleaseError> {
+        let name = record.name().to_string();
+        let mut failures = Vec::new();
+        let others = match self.others(record.name()) {
+            Ok(o) => o,
+            Err(e) => {
+                return Err(ReleaseError {
+                    name,
+                    failures: vec![e.to_string()],
+                });
+            }
+        };
+        let mut rec = record.clone();
+        rec.phase = Phase::Releasing;
+        if let Err(e) = self.journal.save(&rec) {
+            failures.push(e.to_string());
+        }
+        failures.extend(self.undo_all(&mut rec, &others));
+        if failures.is_empty()
+            && let Err(e) = self.journal.remove(rec.name())
+        {
+            failures.push(e.to_string());
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ReleaseError { name, failures })
+        }
+    }
+
+    /// Start-up: records that are `active` and whose target `is_target_alive` are returned
+    /// for adoption; every other record (applying, releasing, or target gone) is released.
+    pub fn replay(&self, is_target_alive: impl Fn(&Record) -> bool) -> ReplayReport {
+        let mut report = ReplayReport::default();
+        let loaded = match self.journal.load_all() {
+            Ok(l) => l,
+            Err(e) => {
+                report.warnings.push(e.to_string());
+                return report;
+            }
+        };
+        report.warnings = loaded.warnings;
+        let mut to_release = Vec::new();
+        for record in loaded.records {
+            if record.phase == Phase::Active && is_target_alive(&record) {
+                report.adopted.push(record);
+            } else {
+                to_release.push(record);
+            }
+        }
+        // Newest first: the reverse of the order they were made in.
+        to_release.sort_by_key(|r| std::cmp::Reverse(r.request.created_usec));
+        for record in to_release {
+            match self.release(&record) {
+                Ok(()) => report.released.push(record.name().to_string()),
+                Err(e) => report.failed.push(e),
+            }
+        }
+        report
+    }
+
+    /// Fills in a step's original state, read right before it is journalled. Shared steps
+    /// inherit the original from another isolation's record of the same shared state.
+    fn prepare(&self, step: &Step, others: &[Record]) -> Result<Step, StepFailure> {
+        let inherited = others
+            .iter()
+            .flat_map(|r| &r.steps)
+            .map(|s| &s.step)
+            .find(|s| s.shares_state_with(step));
+        let read = |path: &CgroupPath, file: &str| {
+            self.fs
+                .read(path, file)
+                .map_err(|e| StepFailure::untouched(failed(e)))
+        };
+        Ok(match step {
+            Step::Mkdir { path, .. } => Step::Mkdir {
+                path: path.clone(),
+                existed: match inherited {
+                    Some(Step::Mkdir { existed, .. }) => *existed,
+                    _ => self.fs.exists(path),
+                },
+            },
+            Step::Write {
+                path, file, value, ..
+            } => Step::Write {
+                path: path.clone(),
+                file: file.clone(),
+                original: read(path, file)?,
+                value: value.clone(),
+            },
+            Step::SharedAdd {
+                path, file, added, ..
+            } => Step::SharedAdd {
+                path: path.clone(),
+                file: file.clone(),
+                original: read(path, file)?,
+                added: added.clone(),
+            },
+            Step::SharedPartition { path, .. } => Step::SharedPartition {
+                path: path.clone(),
+                original: match inherited {
+                    Some(Step::SharedPartition { original, .. }) => original.clone(),
+                    _ => read(path, PARTITION_FILE)?,
+                },
+            },
+            Step::EnableController {
+                path, controller, ..
+            } => Step::EnableController {
+                path: path.clone(),
+                controller: controller.clone(),
+                was_present: match inherited {
+                    Some(Step::EnableController { was_present, .. }) => *was_present,
+                    _ => has_word(&read(path, SUBTREE_CONTROL_FILE)?, controller),
+                },
+            },
+            Step::MoveProcs { to, from } => {
+                let mut now = BTreeMap::new();
+                for &pid in from.keys() {
+                    match cgroup_of_pid(&self.proc_root, pid) {
+                        Ok(c) => {
+                            now.insert(pid, c);
+                        }
+                        Err(e) if e.is_not_found() => {
+                            return Err(StepFailure::untouched(Error::TargetNotFound(format!(
+                                "process {pid} has exited"
+                            ))));
+                        }
+                        Err(e) => return Err(StepFailure::untouched(failed(e))),
+                    }
+                }
+                Step::MoveProcs {
+                    to: to.clone(),
+                    from: now,
+                }
+            }
+            Step::External(e) => {
+                Step::External(self.effects.prepare(e).map_err(StepFailure::untouched)?)
+            }
+        })
+    }
+
+    fn perform(&self, step: &Step, _others: &[Record]) -> Result<(), StepFailure> {
+        match step {
+            Step::Mkdir { path, .. } => {
+                if !self.fs.exists(path) {
+                    self.fs
+                        .mkdir(path)
+                        .map_err(|e| StepFailure::untouched(failed(e)))?;
+                }
+                Ok(())
+            }
+            Step::Write {
+                path, file, value, ..
+            } => self.write_checked(path, file, value),
+            Step::SharedAdd {
+                path, file, added, ..
+            } => {
+                let current = self.read_cpus(path, file).map_err(StepFailure::touched)?;
+                let wanted = current.union(added);
+                if wanted != current {
+                    self.write_checked(path, file, &wanted.to_string())?;
+                }
+                Ok(())
+            }
+            Step::SharedPartition { path, .. } => {
+                let current = self
+                    .fs
+                    .read(path, PARTITION_FILE)
+                    .map_err(|e| StepFailure::touched(failed(e)))?;
+                if parse_partition(&current) != PartitionState::Valid(PartitionType::Root) {
+                    self.write_checked(path, PARTITION_FILE, "root")?;
+                }
+                Ok(())
+            }
+            Step::EnableController {
+                path, controller, ..
+            } => {
+                let current = self
+                    .fs
+                    .read(path, SUBTREE_CONTROL_FILE)
+                    .map_err(|e| StepFailure::touched(failed(e)))?;
+                if !has_word(&current, controller) {
+                    self.write_checked(path, SUBTREE_CONTROL_FILE, &format!("+{controller}"))?;
+                }
+                Ok(())
+            }
+            Step::MoveProcs { to, from } => {
+                for &pid in from.keys() {
+                    self.fs
+                        .write(to, "cgroup.procs", &pid.to_string())
+                        .map_err(|e| {
+                            StepFailure::touched(if e.is_not_found() {
+                                Error::TargetNotFound(format!("process {pid} has exited"))
+                            } else {
+                                failed(e)
+                            })
+                        })?;
+                    let now = cgroup_of_pid(&self.proc_root, pid)
+                        .map_err(|e| StepFailure::touched(failed(e)))?;
+                    if now != *to {
+                        return Err(StepFailure::touched(Error::Failed(format!(
+                            "moved process {pid} into {to} but it is in {now}"
+                        ))));
+                    }
+                }
+                Ok(())
+            }
+            Step::External(e) => self.effects.perform(e).map_err(StepFailure::touched),
+        }
+    }
+
+    fn read_cpus(&self, path: &CgroupPath, file: &str) -> Result<CpuSet, Error> {
+        let text = self.fs.read(path, file).map_err(failed)?;
+        CpuSet::parse(&text)
+            .map_err(|e| Error::Failed(format!("{path}/{file} holds {:?}: {e}", text.trim_end())))
+    }
+
+    /// Writes and checks the read-back.
+    fn write_checked(&self, path: &CgroupPath, file: &str, value: &str) -> Result<(), StepFailure> {
+        let back = self
+            .fs
+            .write(path, file, value)
+            .map_err(|e| StepFailure::touched(write_error(path, file, value, &e)))?;
+        verify(path, file, value, &back).map_err(StepFailure::touched)
+    }
+
+    /// Undoes one step; safe whether or not it was performed.
+    fn undo(&self, step: &Step, others: &[Record]) -> Result<(), String> {
+        let shared = others
+            .iter()
+            .flat_map(|r| &r.steps)
+            .any(|s| s.step.shares_state_with(step));
+        let gone = |e: &CgroupError| e.is_not_found();
+        match step {
+            Step::Mkdir { path, existed } => {
+                if *existed || shared {
+                    return Ok(());
+                }
+                match self.fs.rmdir(path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if gone(&e) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Step::Write {
+                path,
+                file,
+                original,
+                ..
+            } => {
+                let current = match self.fs.read(path, file) {
+                    Ok(c) => c,
+                    Err(e) if gone(&e) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                if file == PARTITION_FILE {
+                    let word = first_word(original);
+                    let word = if word.is_empty() { "member" } else { word };
+                    if current.trim() == word {
+                        return Ok(());
+                    }
+                    self.restore(path, file, word, |back| first_word(back) == word)
+                } else if is_cpulist_file(file) {
+                    let want = CpuSet::parse(original).map_err(|e| {
+                        format!("the recorded original {original:?} of {path}/{file}: {e}")
+                    })?;
+                    if current == *original || CpuSet::parse(&current).ok().as_ref() == Some(&want)
+                    {
+                        return Ok(());
+                    }
+                    self.restore(path, file, original, |back| {
+                        CpuSet::parse(back).ok().as_ref() == Some(&want)
+                    })
+                } else {
+                    if current.trim_end() == original.trim_end() {
+                        return Ok(());
+                    }
+                    self.restore(path, file, original, |back| {
+                        back.trim_end() == original.trim_end()
+                    })
+                }
+            }
+            Step::SharedAdd {
+                path,
+                file,
+                original,
+                added,
+            } => {
+                let current_text = match self.fs.read(path, file) {
+                    Ok(c) => c,
+                    Err(e) if gone(&e) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                let current = CpuSet::parse(&current_text)
+                    .map_err(|e| format!("{path}/{file} holds {current_text:?}: {e}"))?;
+                let orig = CpuSet::parse(original).map_err(|e| {
+                    format!("the recorded original {original:?} of {path}/{file}: {e}")
+                })?;
+                let wanted = current.difference(added).union(&orig.intersection(added));
+                if wanted == current {
+                    return Ok(());
+                }
+                // Byte for byte where possible: the original text if that is the result.
+                let text = if wanted == orig {
+                    original.clone()
+                } else {
+                    wanted.to_string()
+                };
+                self.restore(path, file, &text, |back| {
+                    CpuSet::parse(back).ok().as_ref() == Some(&wanted)
+                })
+            }
+            Step::SharedPartition { path, original } => {
+                if shared {
+                    return Ok(());
+                }
+                let current = match self.fs.read(path, PARTITION_FILE) {
+                    Ok(c) => c,
+                    Err(e) if gone(&e) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                let word = first_word(original);
+                let word = if word.is_empty() { "member" } else { word };
+                if current.trim() == word {
+                    return Ok(());
+                }
+                self.restore(path, PARTITION_FILE, word, |back| first_word(back) == word)
+            }
+            Step::EnableController {
+                path,
+                controller,
+                was_present,
+            } => {
+                if *was_present || shared {
+                    return Ok(());
+                }
+                let current = match self.fs.read(path, SUBTREE_CONTROL_FILE) {
+                    Ok(c) => c,
+                    Err(e) if gone(&e) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                if !has_word(&current, controller) {
+                    return Ok(());
+                }
+                match self
+                    .fs
+                    .write(path, SUBTREE_CONTROL_FILE, &format!("-{controller}"))
+                {
+                    Ok(back) if !has_word(&back, controller) => Ok(()),
+                    Ok(back) => Err(format!(
+                        "{path}/{SUBTREE_CONTROL_FILE} still reads {:?}",
+                        back.trim_end()
+                    )),
+                    Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
+                        // Something below uses the controller now (systemd enabled it for a
+                        // unit); it is no longer ours to take away.
+                        tracing::info!(
+                            "leaving {controller} enabled in {path}/{SUBTREE_CONTROL_FILE}: a \
+                             cgroup below uses it"
+                        );
+                        Ok(())
+                    }
+                    Err(e) if gone(&e) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Step::MoveProcs { to, from } => {
+                let mut errors = Vec::new();
+                for (&pid, orig) in from {
+                    if !pid_alive(&self.proc_root, pid) {
+                        continue;
+                    }
+                    // Only a process still in our cgroup is ours (the pid may have been reused).
+                    match cgroup_of_pid(&self.proc_root, pid) {
+                        Ok(now) if now == *to => {}
+                        _ => continue,
+                    }
+                    // The original cgroup may be gone: use its nearest existing ancestor.
+                    let mut dest = orig.clone();
+                    while !dest.is_root() && !self.fs.exists(&dest) {
+                        dest = dest.parent().unwrap_or_default();
+                    }
+                    match self.fs.write(&dest, "cgroup.procs", &pid.to_string()) {
+                        Ok(_) => {}
+                        Err(e) if gone(&e) => {}
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors.join("; "))
+                }
+            }
+            Step::External(e) => self.effects.undo(e).map_err(|e| format!("{e:?}")),
+        }
+    }
+
+    fn restore(
+        &self,
+        path: &CgroupPath,
+        file: &str,
+        value: &str,
+        ok: impl Fn(&str) -> bool,
+    ) -> Result<(), String> {
+        match self.fs.write(path, file, value) {
+            Ok(back) if ok(&back) => Ok(()),
+            Ok(back) => Err(format!(
+                "wrote {:?} to {path}/{file} but it reads back {:?}",
+                value.trim_end(),
+                back.trim_end()
+            )),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Maps a failed write to the contract error.
+fn write_error(path: &CgroupPath, file: &str, value: &str, e: &CgroupError) -> Error {
+    let einval = e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32);
+    let ebusy = e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32);
+    if file == PARTITION_FILE && einval {
+        let hint = if value == "isolated" {
+            "; this kernel may not support isolated partitions (Linux 6.1+): try --partition root"
+        } else {
+            ""
+        };
+        return Error::PartitionRejected(format!(
+            "the kernel refused to make {path} a {value} partition ({e}){hint}"
+        ));
+    }
+    if file == EXCLUSIVE_FILE && einval {
+        return Error::PartitionRejected(format!(
+            "the kernel refused CPUs {value} in {path}/{EXCLUSIVE_FILE} ({e}): another cgroup \
+             beside it may hold some of them exclusively, or its parent's \
+             cpuset.cpus.exclusive lacks them"
+        ));
+    }
+    if file == SUBTREE_CONTROL_FILE && ebusy {
+        return Error::Failed(format!(
+            "cannot enable the cpuset controller in {path} ({e}): it has processes of its own \
+             (cgroup v2's no-internal-processes rule)"
+        ));
+    }
+    Error::Failed(e.to_string())
+}
+
+/// Compares a read-back with what was written.
+fn verify(path: &CgroupPath, file: &str, value: &str, back: &str) -> Result<(), Error> {
+    let mismatch = || {
+        Error::Failed(format!(
+            "wrote {value:?} to {path}/{file} but it reads back {:?}",
+            back.trim_end()
+        ))
+    };
+    if file == PARTITION_FILE {
+        return match parse_partition(back) {
+            PartitionState::Invalid { word, reason } if word == value => {
+                Err(Error::PartitionRejected(format!(
+                    "the kernel made {path} an invalid {value} partition: {}",
+                    if reason.is_empty() {
+                        "(this kernel gives no reason)"
+                    } else {
+                        &reason
+                    }
+                )))
+            }
+            PartitionState::Valid(t) if t.as_str() == value => Ok(()),
+            PartitionState::Member if value == "member" => Ok(()),
+            _ => Err(mismatch()),
+        };
+    }
+    if file == SUBTREE_CONTROL_FILE {
+        let (sign, name) = value.split_at(1);
+        let present = has_word(back, name);
+        return if (sign == "+") == present {
+            Ok(())
+        } else {
+            Err(mismatch())
+        };
+    }
+    if is_cpulist_file(file) {
+        let want = CpuSet::parse(value).map_err(failed)?;
+        return match CpuSet::parse(back) {
+            Ok(got) if got == want => Ok(()),
+            _ => Err(mismatch()),
+        };
+    }
+    if back.trim_end() == value.trim_end() {
+        Ok(())
+    } else {
+        Err(mismatch())
+    }
+}

@@ -1,0 +1,24 @@
+//! `kvmisolated`: the system service that isolates CPUs with cgroup v2 cpuset partitions.
+//!
+//! The daemon is a library plus a thin binary. The library holds the partition engine:
+//!
+//! - [`host`]: the host's CPUs (present, online, possible);
+//! - [`cgroupfs`]: cgroup attribute files under an injectable root, every write read back;
+//! - [`kernel`]: what the running kernel supports, detected from the files that exist;
+//! - [`plan`]: pure planning: a request plus a snapshot of the host becomes a list of steps,
+//!   or a contract [`kvmisolate_dbus::Error`] that names the problem and the fix;
+//! - [`journal`]: one crash-safe JSON record per isolation under the run directory;
+//! - [`apply`]: performs a plan step by step (journal first), rolls back on failure, releases
+//!   isolations and replays the journal at start-up.
+//!
+//! Data flow: D-Bus request → authorization → [`plan::plan`] → [`apply::apply`] → report.
+
+pub mod apply;
+pub mod cgroupfs;
+pub mod host;
+pub mod journal;
+pub mod kernel;
+pub mod plan;
+
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -1,0 +1,620 @@
+//! Planning: a request plus a snapshot of the host becomes a list of [`Step`]s, or a contract
+//! [`Error`] whose sentence names the problem and the fix. Pure: no I/O happens here; the
+//! caller reads the host (see [`crate::apply::Engine::snapshot`]) and passes it in.
+//!
+//! # Remote partitions (`cpuset.cpus.exclusive` exists, 6.7+)
+//! For each ancestor from the root down to the target's parent: `+cpuset` in its
+//! `cgroup.subtree_control` ([`Step::EnableController`]) and, below the root, its
+//! `cpuset.cpus.exclusive` grows by the CPUs ([`Step::SharedAdd`]). Then the target gets
+//! `cpuset.cpus`, `cpuset.cpus.exclusive` and last `cpuset.cpus.partition`.
+//!
+//! # Local partitions (6.1-6.6)
+//! Every ancestor below the root must itself be a partition root: its `cpuset.cpus` grows by the
+//! CPUs and it becomes `root` ([`Step::SharedPartition`]). That is only acceptable in
+//! kvmisolate's own subtree, so only [`Target::Own`] can be planned there.
+//!
+//! # Shared steps
+//! Steps on ancestors can be shared by several isolations. [`Step::SharedAdd`] undoes by
+//! arithmetic (`(current − added) ∪ (original ∩ added)`), so releases in any order restore the
+//! original. [`Step::Mkdir`], [`Step::SharedPartition`] and [`Step::EnableController`] are
+//! planned where the snapshot shows them needed *or* where another active isolation lies below
+//! the same cgroup; at apply time their original state is inherited from the other isolation's
+//! journal record, and on release only the last isolation that shares them restores it.
+
+use std::collections::BTreeMap;
+
+use kvmisolate_dbus::options::{PartitionType, ReleaseWhen};
+use kvmisolate_dbus::{CpuSet, Error, IsolationName};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroupfs::CgroupPath;
+use crate::host::HostCpus;
+use crate::kernel::{EXCLUSIVE_FILE, KernelSupport, PARTITION_FILE};
+
+/// `cpuset.cpus`.
+pub const CPUS_FILE: &str = "cpuset.cpus";
+/// `cgroup.subtree_control`.
+pub const SUBTREE_CONTROL_FILE: &str = "cgroup.subtree_control";
+/// The cgroup kvmisolate creates under the root on hosts without systemd.
+pub const OWN_SUBTREE: &str = "kvmisolate";
+
+/// What gets partitioned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Target {
+    /// An existing systemd unit's cgroup, partitioned in place (needs remote partitions).
+    Unit {
+        /// The unit name (`vm.scope`), for display.
+        unit: String,
+        /// Its cgroup (systemd's `ControlGroup`, via [`CgroupPath::from_absolute`]).
+        cgroup: CgroupPath,
+    },
+    /// A cgroup of kvmisolate's own that holds `pids`.
+    Own {
+        /// The cgroup: `kvmisolate.slice/kvmisolate-<name>.scope` on systemd hosts,
+        /// `kvmisolate/<name>` ([`Target::own_cgroup`]) without systemd.
+        cgroup: CgroupPath,
+        /// The processes isolated (watched for exit; moved by the engine if `create`).
+        pids: Vec<u32>,
+        /// `true`: the engine creates the missing cgroups itself (mkdir) and moves `pids` into
+        /// the target (no systemd). `false`: the cgroup is made by the request's
+        /// [`Request::pre_steps`] (a systemd transient scope with the pids attached) or exists.
+        create: bool,
+    },
+}
+
+impl Target {
+    /// The cgroup that becomes the partition.
+    pub fn cgroup(&self) -> &CgroupPath {
+        match self {
+            Self::Unit { cgroup, .. } | Self::Own { cgroup, .. } => cgroup,
+        }
+    }
+
+    /// `<root>/kvmisolate/<name>`: the engine-created cgroup of a pids target without systemd.
+    pub fn own_cgroup(name: &IsolationName) -> CgroupPath {
+        CgroupPath::new(&format!("{OWN_SUBTREE}/{name}")).unwrap_or_default()
+    }
+
+    /// The `target` text of `Status()`: `unit:vm.scope` or `pids:1234,1235`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Unit { unit, .. } => format!("unit:{unit}"),
+            Self::Own { pids, .. } => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("pids:{}", list.join(","))
+            }
+        }
+    }
+}
+
+/// A step whose effect lives outside cgroupfs (systemd: StartTransientUnit,
+/// SetUnitProperties, AttachProcessesToUnit...). `kind` and `data` belong to whoever performs
+/// it ([`crate::apply::ExternalEffects`]); the engine journals them like any other step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalStep {
+    /// What to do (`start-transient-scope`, ...).
+    pub kind: String,
+    /// Everything needed to do and undo it, originals included.
+    pub data: serde_json::Value,
+}
+
+/// One effect, recorded in the journal (with its original state) before it is performed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Step {
+    /// Create a cgroup. Undo: remove it, unless it `existed` before (or another active
+    /// isolation still shares it).
+    Mkdir {
+        /// The cgroup.
+        path: CgroupPath,
+        /// Whether it existed before (filled in at apply time).
+        existed: bool,
+    },
+    /// Write `value` to `file`. Undo: write `original` back.
+    Write {
+        /// The cgroup.
+        path: CgroupPath,
+        /// The attribute file.
+        file: String,
+        /// Its content before (as read at apply time).
+        original: String,
+        /// What to write.
+        value: String,
+    },
+    /// Add CPUs to a cpulist file shared with other isolations. Undo: write
+    /// `(current − added) ∪ (original ∩ added)`, which never removes another isolation's CPUs.
+    SharedAdd {
+        /// The cgroup.
+        path: CgroupPath,
+        /// The cpulist file (`cpuset.cpus.exclusive`, or `cpuset.cpus` for local partitions).
+        file: String,
+        /// Its content before (as read at apply time).
+        original: String,
+        /// The CPUs added.
+        added: CpuSet,
+    },
+    /// Make an ancestor a `root` partition (local partitions). Undo: write `original` back
+    /// unless another active isolation still needs it.
+    SharedPartition {
+        /// The cgroup.
+        path: CgroupPath,
+        /// `cpuset.cpus.partition` before.
+        original: String,
+    },
+    /// Enable a controller in `cgroup.subtree_control`. Undo: disable it if it was absent
+    /// before and no other active isolation depends on it.
+    EnableController {
+        /// The cgroup.
+        path: CgroupPath,
+        /// The controller (`cpuset`).
+        controller: String,
+        /// Whether it was enabled before (filled in at apply time).
+        was_present: bool,
+    },
+    /// Move processes into `to` (engine-created cgroups). Undo: move each process still in
+    /// `to` back to its original cgroup.
+    MoveProcs {
+        /// The destination.
+        to: CgroupPath,
+        /// Each pid's cgroup before.
+        from: BTreeMap<u32, CgroupPath>,
+    },
+    /// An effect outside cgroupfs.
+    External(ExternalStep),
+}
+
+impl Step {
+    /// A one-line description for logs and error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Mkdir { path, .. } => format!("create cgroup {path}"),
+            Self::Write {
+                path, file, value, ..
+            } => format!("write {value} to {path}/{file}"),
+            Self::SharedAdd {
+                path, file, added, ..
+            } => format!("add {added} to {path}/{file}"),
+            Self::SharedPartition { path, .. } => {
+                format!("make {path} a root partition")
+            }
+            Self::EnableController {
+                path, controller, ..
+            } => format!("enable {controller} in {path}/{SUBTREE_CONTROL_FILE}"),
+            Self::MoveProcs { to, from } => {
+                let pids: Vec<String> = from.keys().map(u32::to_string).collect();
+                format!("move processes {} into {to}", pids.join(","))
+            }
+            Self::External(e) => format!("{} {}", e.kind, e.data),
+        }
+    }
+
+    /// Whether this writes `cpuset.cpus.partition`.
+    pub fn is_partition_write(&self) -> bool {
+        matches!(self, Self::SharedPartition { .. })
+            || matches!(self, Self::Write { file, .. } if file == PARTITION_FILE)
+    }
+
+    /// Whether `self` and `other` act on the same shared state (same cgroup created, same
+    /// ancestor partition, same controller enabled), so only the last holder may undo it.
+    pub fn shares_state_with(&self, other: &Step) -> bool {
+        match (self, other) {
+            (Self::Mkdir { path: a, .. }, Self::Mkdir { path: b, .. }) => a == b,
+            (Self::SharedPartition { path: a, .. }, Self::SharedPartition { path: b, .. }) => {
+                a == b
+            }
+            (
+                Self::EnableController {
+                    path: a,
+                    controller: ca,
+                    ..
+                },
+                Self::EnableController {
+                    path: b,
+                    controller: cb,
+                    ..
+                },
+            ) => a == b && ca == cb,
+            _ => false,
+        }
+    }
+}
+
+/// An isolation request, as the D-Bus layer validated it. Stored in the journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The isolation's name.
+    pub name: IsolationName,
+    /// The CPUs to isolate.
+    pub cpus: CpuSet,
+    /// What to partition.
+    pub target: Target,
+    /// The partition type asked for; `None` = `root` for several CPUs, `isolated` for one.
+    pub partition: Option<PartitionType>,
+    /// When the isolation ends by itself.
+    pub release_when: ReleaseWhen,
+    /// The caller's uid.
+    pub owner_uid: u32,
+    /// The caller's unique bus name (for `caller-disconnects`).
+    pub caller: Option<String>,
+    /// Creation time, µs since the Unix epoch.
+    pub created_usec: u64,
+    /// External steps performed first (and undone last), e.g. creating a systemd scope.
+    #[serde(default)]
+    pub pre_steps: Vec<ExternalStep>,
+}
+
+/// The content of the cgroup files along the target's path, read by the caller beforehand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// cgroup → file name → content. A cgroup absent from the map does not exist; a file
+    /// absent from its map does not exist.
+    pub cgroups: BTreeMap<CgroupPath, BTreeMap<String, String>>,
+    /// For a pids target: each pid's current cgroup.
+    pub pid_cgroups: BTreeMap<u32, CgroupPath>,
+}
+
+impl Snapshot {
+    /// The files read for each cgroup on the path.
+    pub const FILES: &'static [&'static str] = &[
+        "cgroup.controllers",
+        SUBTREE_CONTROL_FILE,
+        CPUS_FILE,
+        "cpuset.cpus.effective",
+        EXCLUSIVE_FILE,
+        PARTITION_FILE,
+        crate::kernel::ISOLATED_FILE,
+    ];
+
+    /// Whether the cgroup exists.
+    pub fn exists(&self, path: &CgroupPath) -> bool {
+        self.cgroups.contains_key(path)
+    }
+
+    /// A file's content, if it was read.
+    pub fn file(&self, path: &CgroupPath, file: &str) -> Option<&str> {
+        self.cgroups.get(path)?.get(file).map(String::as_str)
+    }
+
+    /// A cpulist file's content, if it was read and parses.
+    pub fn cpus(&self, path: &CgroupPath, file: &str) -> Option<CpuSet> {
+        CpuSet::parse(self.file(path, file)?).ok()
+    }
+}
+
+/// Configuration that limits what may be isolated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// Fewest online CPUs the host must keep (`--min-housekeeping`, default 1).
+    pub min_housekeeping: usize,
+    /// Whether CPU 0 may be isolated (`--allow-cpu0`, default false).
+    pub allow_cpu0: bool,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        Self {
+            min_housekeeping: 1,
+            allow_cpu0: false,
+        }
+    }
+}
+
+/// What the planner needs to know about an isolation that is already active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveIsolation {
+    /// Its name.
+    pub name: IsolationName,
+    /// Its CPUs.
+    pub cpus: CpuSet,
+    /// The cgroups it made partitions.
+    pub cgroups: Vec<CgroupPath>,
+}
+
+/// How partitions are made on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionMode {
+    /// `cpuset.cpus.exclusive` on the ancestors; the parent need not be a partition (6.7+).
+    Remote,
+    /// Every ancestor is a partition root (6.1-6.6).
+    Local,
+}
+
+/// A validated plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The partition type chosen.
+    pub partition: PartitionType,
+    /// Remote or local partitions.
+    pub mode: PartitionMode,
+    /// The steps, in the order they are performed.
+    pub steps: Vec<Step>,
+    /// The cgroups that become partitions.
+    pub partitions: Vec<CgroupPath>,
+}
+
+/// "CPU 7" / "CPUs 7-9".
+pub fn cpus_phrase(set: &CpuSet) -> String {
+    if set.len() == 1 {
+        format!("CPU {set}")
+    } else {
+        format!("CPUs {set}")
+    }
+}
+
+fn first_word(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or("")
+}
+
+/// Plans `req`. See the module documentation for the steps; refusals are contract errors.
+pub fn plan(
+    req: &Request,
+    host: &HostCpus,
+    kernel: &KernelSupport,
+    snapshot: &Snapshot,
+    config: &PlanConfig,
+    active: &[ActiveIsolation],
+) -> Result<Plan, Error> {
+    let cpus = &req.cpus;
+    let name = &req.name;
+    if cpus.is_empty() {
+        return Err(Error::InvalidCpuList(
+            "the CPU list is empty; name at least one CPU, e.g. 2-3".to_owned(),
+        ));
+    }
+    if active.iter().any(|a| a.name == *name) {
+        return Err(Error::NameExists(format!(
+            "an isolation named '{name}' exists already; release it first (kvmisolate release \
+             {name}) or choose another name"
+        )));
+    }
+    kernel.check_usable()?;
+
+    let missing = cpus.difference(&host.present);
+    if !missing.is_empty() {
+        let verb = if missing.len() == 1 { "does" } else { "do" };
+        return Err(Error::CpuNotAvailable(format!(
+            "{} {verb} not exist; this host has CPUs {}",
+            cpus_phrase(&missing),
+            host.present
+        )));
+    }
+    let offline = cpus.difference(&host.online);
+    if let Some(first) = offline.first() {
+        let verb = if offline.len() == 1 { "is" } else { "are" };
+        return Err(Error::CpuNotAvailable(format!(
+            "{} {verb} offline; bring it online with 'echo 1 > \
+             /sys/devices/system/cpu/cpu{first}/online' or choose online CPUs ({})",
+            cpus_phrase(&offline),
+            host.online
+        )));
+    }
+    if cpus.contains(0) && !config.allow_cpu0 {
+        return Err(Error::CpuReserved(
+            "CPU 0 is reserved for the host; choose other CPUs, or start kvmisolated with \
+             --allow-cpu0"
+                .to_owned(),
+        ));
+    }
+    for a in active {
+        let busy = cpus.intersection(&a.cpus);
+        if !busy.is_empty() {
+            let verb = if busy.len() == 1 { "is" } else { "are" };
+            return Err(Error::CpusBusy(format!(
+                "{} {verb} already held by isolation '{}'; release it (kvmisolate release {}) \
+                 or choose other CPUs",
+                cpus_phrase(&busy),
+                a.name,
+                a.name
+            )));
+        }
+    }
+    let held: CpuSet = active
+        .iter()
+        .fold(CpuSet::new(), |acc, a| acc.union(&a.cpus));
+    let root = CgroupPath::root();
+    if let Some(effective) = snapshot.cpus(&root, "cpuset.cpus.effective") {
+        let foreign = cpus.difference(&effective).difference(&held);
+        if !foreign.is_empty() {
+            return Err(Error::CpusBusy(format!(
+                "{} {} not in the root cgroup's cpuset.cpus.effective ({effective}): a cpuset \
+                 partition kvmisolate does not manage holds them; remove that partition or \
+                 choose other CPUs",
+                cpus_phrase(&foreign),
+                if foreign.len() == 1 { "is" } else { "are" },
+            )));
+        }
+    }
+    let housekeeping = host.online.difference(&held.union(cpus));
+    if housekeeping.is_empty() {
+        return Err(Error::HousekeepingTooSmall(format!(
+            "isolating {} would leave no online CPU for the host (online: {}{}); isolate fewer CPUs",
+            cpus_phrase(cpus),
+            host.online,
+            if held.is_empty() {
+                String::new()
+            } else {
+                format!(", already isolated: {held}")
+            }
+        )));
+    }
+    if housekeeping.len() < config.min_housekeeping {
+        return Err(Error::HousekeepingTooSmall(format!(
+            "isolating {} would leave {} housekeeping CPU{} ({housekeeping}), fewer than the \
+             minimum of {}; isolate fewer CPUs or lower kvmisolated's --min-housekeeping",
+            cpus_phrase(cpus),
+            housekeeping.len(),
+            if housekeeping.len() == 1 { "" } else { "s" },
+            config.min_housekeeping
+        )));
+    }
+
+    let partition = req.partition.unwrap_or(if cpus.len() == 1 {
+        PartitionType::Isolated
+    } else {
+        PartitionType::Root
+    });
+    if !kernel.supports(partition) {
+        return Err(Error::UnsupportedHost(format!(
+            "this kernel does not offer {partition} partitions (it offers: {}); {}",
+            kernel.partition_type_words().join(", "),
+            if partition == PartitionType::Isolated {
+                "isolated partitions need Linux 6.1+; use --partition root"
+            } else {
+                "use another partition type"
+            }
+        )));
+    }
+
+    let target_cg = req.target.cgroup();
+    if target_cg.is_root() {
+        return Err(Error::Failed(
+            "the root cgroup cannot become a partition; name a unit or processes".to_owned(),
+        ));
+    }
+    for a in active {
+        if let Some(c) = a.cgroups.iter().find(|c| c.overlaps(target_cg)) {
+            return Err(Error::Failed(format!(
+                "cgroup {target_cg} overlaps cgroup {c} of isolation '{}'; isolations cannot be \
+                 nested; release '{}' first",
+                a.name, a.name
+            )));
+        }
+    }
+    let mode = if kernel.remote_partitions {
+        PartitionMode::Remote
+    } else {
+        PartitionMode::Local
+    };
+    let (create, pids) = match &req.target {
+        Target::Unit { unit, cgroup } => {
+            if mode == PartitionMode::Local {
+                return Err(Error::UnsupportedHost(
+                    "partitioning a unit in place needs remote partitions (cpuset.cpus.exclusive, \
+                     Linux 6.7+); on this kernel use --pid instead"
+                        .to_owned(),
+                ));
+            }
+            if !snapshot.exists(cgroup) {
+                return Err(Error::TargetNotFound(format!(
+                    "the cgroup {cgroup} of unit {unit} does not exist; is the unit running?"
+                )));
+            }
+            (false, &[][..])
+        }
+        Target::Own { pids, create, .. } => (*create, &pids[..]),
+    };
+    if let Some(state) = snapshot.file(target_cg, PARTITION_FILE)
+        && first_word(state) != "member"
+    {
+        return Err(Error::Failed(format!(
+            "cgroup {target_cg} is already a cpuset partition ({}); something other than \
+             kvmisolate manages it",
+            state.trim()
+        )));
+    }
+    let mut from = BTreeMap::new();
+    if create {
+        for &pid in pids {
+            let Some(cg) = snapshot.pid_cgroups.get(&pid) else {
+                return Err(Error::TargetNotFound(format!(
+                    "process {pid} does not exist"
+                )));
+            };
+            from.insert(pid, cg.clone());
+        }
+    }
+
+    let shared = |p: &CgroupPath| {
+        active
+            .iter()
+            .flat_map(|a| &a.cgroups)
+            .any(|c| p.is_ancestor_of(c))
+    };
+    let original = |p: &CgroupPath, file: &str, default: &str| {
+        snapshot.file(p, file).unwrap_or(default).to_owned()
+    };
+    let mut steps: Vec<Step> = req.pre_steps.iter().cloned().map(Step::External).collect();
+    for anc in target_cg.ancestors() {
+        if !anc.is_root() {
+            if create && (!snapshot.exists(&anc) || shared(&anc)) {
+                steps.push(Step::Mkdir {
+                    path: anc.clone(),
+                    existed: snapshot.exists(&anc),
+                });
+            }
+            match mode {
+                PartitionMode::Remote => steps.push(Step::SharedAdd {
+                    path: anc.clone(),
+                    file: EXCLUSIVE_FILE.to_owned(),
+                    original: original(&anc, EXCLUSIVE_FILE, "\n"),
+                    added: cpus.clone(),
+                }),
+                PartitionMode::Local => {
+                    steps.push(Step::SharedAdd {
+                        path: anc.clone(),
+                        file: CPUS_FILE.to_owned(),
+                        original: original(&anc, CPUS_FILE, "\n"),
+                        added: cpus.clone(),
+                    });
+                    let state = original(&anc, PARTITION_FILE, "member\n");
+                    if state.trim() != "root" || shared(&anc) {
+                        steps.push(Step::SharedPartition {
+                            path: anc.clone(),
+                            original: state,
+                        });
+                    }
+                }
+            }
+        }
+        let enabled = snapshot
+            .file(&anc, SUBTREE_CONTROL_FILE)
+            .is_some_and(|c| c.split_whitespace().any(|w| w == "cpuset"));
+        if !enabled || shared(&anc) {
+            steps.push(Step::EnableController {
+                path: anc.clone(),
+                controller: "cpuset".to_owned(),
+                was_present: enabled,
+            });
+        }
+    }
+    if create {
+        steps.push(Step::Mkdir {
+            path: target_cg.clone(),
+            existed: snapshot.exists(target_cg),
+        });
+    }
+    steps.push(Step::Write {
+        path: target_cg.clone(),
+        file: CPUS_FILE.to_owned(),
+        original: original(target_cg, CPUS_FILE, "\n"),
+        value: cpus.to_string(),
+    });
+    if mode == PartitionMode::Remote {
+        steps.push(Step::Write {
+            path: target_cg.clone(),
+            file: EXCLUSIVE_FILE.to_owned(),
+            original: original(target_cg, EXCLUSIVE_FILE, "\n"),
+            value: cpus.to_string(),
+        });
+    }
+    if !from.is_empty() {
+        steps.push(Step::MoveProcs {
+            to: target_cg.clone(),
+            from,
+        });
+    }
+    steps.push(Step::Write {
+        path: target_cg.clone(),
+        file: PARTITION_FILE.to_owned(),
+        original: original(target_cg, PARTITION_FILE, "member\n"),
+        value: partition.as_str().to_owned(),
+    });
+    Ok(Plan {
+        partition,
+        mode,
+        steps,
+        partitions: vec![target_cg.clone()],
+    })
+}
