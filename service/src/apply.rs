@@ -414,13 +414,29 @@ impl Engine {
     /// Undoes every recorded step in reverse order, continuing past failures. Steps undone
     /// are removed from the record (persisted as it goes); returns the failures.
     fn undo_all(&self, record: &mut Record, others: &[Record]) -> Vec<String> {
+        self.undo_steps(record, others, None).0
+    }
+
+    /// `undo_all`, stopping (a simulated crash) after `stop_after` successful undos; the
+    /// second value tells whether it stopped.
+    fn undo_steps(
+        &self,
+        record: &mut Record,
+        others: &[Record],
+        stop_after: Option<usize>,
+    ) -> (Vec<String>, bool) {
         let mut failures = Vec::new();
+        let mut undone = 0;
         let mut i = record.steps.len();
         while i > 0 {
+            if stop_after == Some(undone) {
+                return (failures, true);
+            }
             i -= 1;
             let step = record.steps[i].step.clone();
             match self.undo(&step, others) {
                 Ok(()) => {
+                    undone += 1;
                     record.steps.remove(i);
                     if let Err(e) = self.journal.save(record) {
                         tracing::warn!("{e}");
@@ -432,13 +448,22 @@ impl Engine {
                 }
             }
         }
-        failures
+        (failures, false)
     }
 
     /// Releases an isolation: undoes every recorded step in reverse order (continuing past
     /// failures), then deletes the record. On failure the record stays (phase `releasing`,
     /// holding only the steps not undone) and the failures are reported.
     pub fn release(&self, record: &Record) -> Result<(), ReleaseError> {
+        self.release_with(record, None)
+    }
+
+    /// `release`, simulating a crash after `stop_after` steps are undone (tests).
+    pub(crate) fn release_with(
+        &self,
+        record: &Record,
+        stop_after: Option<usize>,
+    ) -> Result<(), ReleaseError> {
         let name = record.name().to_string();
         let mut failures = Vec::new();
         let others = match self.others(record.name()) {
@@ -455,7 +480,14 @@ impl Engine {
         if let Err(e) = self.journal.save(&rec) {
             failures.push(e.to_string());
         }
-        failures.extend(self.undo_all(&mut rec, &others));
+        let (undo_failures, stopped) = self.undo_steps(&mut rec, &others, stop_after);
+        if stopped {
+            return Err(ReleaseError {
+                name,
+                failures: vec!["simulated crash".to_owned()],
+            });
+        }
+        failures.extend(undo_failures);
         if failures.is_empty()
             && let Err(e) = self.journal.remove(rec.name())
         {
@@ -788,15 +820,16 @@ impl Engine {
                 {
                     Ok(back) if !has_word(&back, controller) => Ok(()),
                     Ok(back) => Err(format!(
-                        "{path}/{SUBTREE_CONTROL_FILE} still reads {:?}",
+                        "{} still reads {:?}",
+                        path.file_display(SUBTREE_CONTROL_FILE),
                         back.trim_end()
                     )),
                     Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
                         // Something below uses the controller now (systemd enabled it for a
                         // unit); it is no longer ours to take away.
                         tracing::info!(
-                            "leaving {controller} enabled in {path}/{SUBTREE_CONTROL_FILE}: a \
-                             cgroup below uses it"
+                            "leaving {controller} enabled in {}: a cgroup below uses it",
+                            path.file_display(SUBTREE_CONTROL_FILE)
                         );
                         Ok(())
                     }
@@ -846,8 +879,9 @@ impl Engine {
         match self.fs.write(path, file, value) {
             Ok(back) if ok(&back) => Ok(()),
             Ok(back) => Err(format!(
-                "wrote {:?} to {path}/{file} but it reads back {:?}",
+                "wrote {:?} to {} but it reads back {:?}",
                 value.trim_end(),
+                path.file_display(file),
                 back.trim_end()
             )),
             Err(e) if e.is_not_found() => Ok(()),
@@ -890,7 +924,8 @@ fn write_error(path: &CgroupPath, file: &str, value: &str, e: &CgroupError) -> E
 fn verify(path: &CgroupPath, file: &str, value: &str, back: &str) -> Result<(), Error> {
     let mismatch = || {
         Error::Failed(format!(
-            "wrote {value:?} to {path}/{file} but it reads back {:?}",
+            "wrote {value:?} to {} but it reads back {:?}",
+            path.file_display(file),
             back.trim_end()
         ))
     };
@@ -931,5 +966,124 @@ fn verify(path: &CgroupPath, file: &str, value: &str, back: &str) -> Result<(), 
         Ok(())
     } else {
         Err(mismatch())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroupfs::EmulatedKernel;
+    use crate::testutil::*;
+
+    const REASON: &str = "Cpu list in cpuset.cpus not exclusive";
+
+    #[test]
+    fn parses_partition_states() {
+        assert_eq!(parse_partition("member\n"), PartitionState::Member);
+        assert_eq!(
+            parse_partition("isolated\n"),
+            PartitionState::Valid(PartitionType::Isolated)
+        );
+        assert_eq!(
+            parse_partition("isolated invalid (Cpu list in cpuset.cpus not exclusive)\n"),
+            PartitionState::Invalid {
+                word: "isolated".into(),
+                reason: REASON.into()
+            }
+        );
+        assert_eq!(
+            parse_partition("root invalid\n"),
+            PartitionState::Invalid {
+                word: "root".into(),
+                reason: String::new()
+            }
+        );
+        assert!(matches!(parse_partition("bogus"), PartitionState::Other(_)));
+    }
+
+    #[test]
+    fn unit_remote_isolate_and_release_restore_byte_for_byte() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        let rec = t.isolate(&t.unit_request("vm", "2-3")).unwrap();
+        assert_eq!(rec.phase, Phase::Active);
+        assert!(rec.steps.iter().all(|s| s.done));
+        assert_eq!(t.read("machine.slice/vm.scope", PARTITION_FILE), "root\n");
+        assert_eq!(t.read("machine.slice/vm.scope", EXCLUSIVE_FILE), "2-3\n");
+        assert_eq!(t.read("machine.slice/vm.scope", "cpuset.cpus"), "2-3\n");
+        assert_eq!(t.read("machine.slice", EXCLUSIVE_FILE), "2-3\n");
+        assert!(has_word(&t.read("", SUBTREE_CONTROL_FILE), "cpuset"));
+        assert!(has_word(
+            &t.read("machine.slice", SUBTREE_CONTROL_FILE),
+            "cpuset"
+        ));
+        assert_eq!(t.engine.journal.load(rec.name()).unwrap().unwrap(), rec);
+        assert_eq!(
+            t.engine.partition_state(&cg("machine.slice/vm.scope")),
+            Some(PartitionState::Valid(PartitionType::Root))
+        );
+        t.engine.release(&rec).unwrap();
+        assert_eq!(t.state(), before);
+        assert!(!t.engine.journal.contains(rec.name()));
+    }
+
+    #[test]
+    fn pids_targets_without_systemd_restore_byte_for_byte() {
+        for kernel in [EmulatedKernel::LINUX_6_12, EmulatedKernel::LINUX_6_1] {
+            let t = FakeTree::new(kernel);
+            let before = t.state();
+            let rec = t.isolate(&t.pids_request("x", "4", &[100, 101])).unwrap();
+            assert_eq!(rec.partition, PartitionType::Isolated);
+            assert_eq!(t.read("kvmisolate/x", PARTITION_FILE), "isolated\n");
+            assert_eq!(t.read("kvmisolate/x", "cgroup.procs"), "100\n101\n");
+            assert_eq!(t.read("user.slice/session-1.scope", "cgroup.procs"), "");
+            assert_eq!(
+                cgroup_of_pid(&t.proc_root, 100).unwrap(),
+                cg("kvmisolate/x")
+            );
+            if kernel.exclusive {
+                assert_eq!(t.read("kvmisolate", EXCLUSIVE_FILE), "4\n");
+                assert_eq!(t.read("kvmisolate", PARTITION_FILE), "member\n");
+            } else {
+                assert_eq!(t.read("kvmisolate", "cpuset.cpus"), "4\n");
+                assert_eq!(t.read("kvmisolate", PARTITION_FILE), "root\n");
+            }
+            t.engine.release(&rec).unwrap();
+            assert_eq!(t.state(), before, "{kernel:?}");
+        }
+    }
+
+    #[test]
+    fn rejected_partition_rolls_back_partition_first() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        let vm = cg("machine.slice/vm.scope");
+        t.fs().emulate_reject_partition(&vm, Some(REASON));
+        let req = t.unit_request("vm", "2");
+        let err = t.isolate(&req).unwrap_err();
+        let Error::PartitionRejected(msg) = err else {
+            panic!("expected PartitionRejected, got {err:?}");
+        };
+        assert!(msg.contains(REASON), "{msg}");
+        assert!(msg.contains("/machine.slice/vm.scope"), "{msg}");
+        assert_eq!(t.state(), before);
+        assert!(!t.engine.journal.contains(&req.name));
+        let writes = t.fs().emulated_writes();
+        let expected = [
+            "/cgroup.subtree_control=+cpuset",
+            "/machine.slice/cpuset.cpus.exclusive=2",
+            "/machine.slice/cgroup.subtree_control=+cpuset",
+            "/machine.slice/vm.scope/cpuset.cpus=2",
+            "/machine.slice/vm.scope/cpuset.cpus.exclusive=2",
+            "/machine.slice/vm.scope/cpuset.cpus.partition=isolated",
+            // Rollback: strictly reverse, the partition first.
+            "/machine.slice/vm.scope/cpuset.cpus.partition=member",
+            "/machine.slice/vm.scope/cpuset.cpus.exclusive=",
+            "/machine.slice/vm.scope/cpuset.cpus=",
+            "/machine.slice/cgroup.subtree_control=-cpuset",
+            "/machine.slice/cpuset.cpus.exclusive=",
+            "/cgroup.subtree_control=-cpuset",
+        ];
+        assert_eq!(writes, expected);
     }
 }

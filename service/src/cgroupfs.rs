@@ -180,6 +180,15 @@ impl CgroupPath {
         out
     }
 
+    /// `/path/file` for messages (`/file` for the root).
+    pub fn file_display(&self, file: &str) -> String {
+        if self.is_root() {
+            format!("/{file}")
+        } else {
+            format!("/{}/{file}", self.0)
+        }
+    }
+
     /// Whether `self` is a strict ancestor of `other`.
     pub fn is_ancestor_of(&self, other: &CgroupPath) -> bool {
         if self.is_root() {
@@ -432,6 +441,15 @@ impl CgroupFs {
         if let Some(emu) = &self.emulation {
             emu.reject_partition(path, reason);
         }
+    }
+
+    /// Emulation only: the successful writes since the last call (`/path/file=value`, in
+    /// order), for tests that check ordering. Empty on real cgroupfs.
+    pub fn emulated_writes(&self) -> Vec<String> {
+        self.emulation
+            .as_ref()
+            .map(emulate::Emulation::take_log)
+            .unwrap_or_default()
     }
 
     /// Emulation only: make writes of `value` (any value if `None`) to `path`/`file` fail with

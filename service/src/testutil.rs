@@ -125,6 +125,7 @@ impl FakeTree {
             .unwrap();
         fs.write(&cg("machine.slice/vm.scope"), "cgroup.procs", "200")
             .unwrap();
+        fs.emulated_writes();
         let journal = Journal::open(tmp.path().join("run/isolations")).unwrap();
         let engine = Engine::new(fs, &proc_root, journal, effects);
         Self {

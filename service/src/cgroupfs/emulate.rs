@@ -100,6 +100,7 @@ pub(super) struct Emulation {
     proc_root: Option<PathBuf>,
     rejects: Mutex<BTreeMap<CgroupPath, String>>,
     failures: Mutex<Vec<Failure>>,
+    log: Mutex<Vec<String>>,
 }
 
 fn os_err(op: &str, path: &Path, errno: nix::errno::Errno) -> CgroupError {
@@ -117,6 +118,7 @@ impl Emulation {
             proc_root,
             rejects: Mutex::new(BTreeMap::new()),
             failures: Mutex::new(Vec::new()),
+            log: Mutex::new(Vec::new()),
         }
     }
 
@@ -164,7 +166,26 @@ impl Emulation {
         std::fs::write(path, text).map_err(|e| CgroupError::io("write", path, e))
     }
 
+    pub(super) fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub(super) fn write(
+        &self,
+        fs: &CgroupFs,
+        path: &CgroupPath,
+        file: &str,
+        text: &str,
+    ) -> Result<(), CgroupError> {
+        self.write_inner(fs, path, file, text)?;
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{}={}", path.file_display(file), text.trim_end()));
+        Ok(())
+    }
+
+    fn write_inner(
         &self,
         fs: &CgroupFs,
         path: &CgroupPath,
