@@ -157,11 +157,37 @@ pub enum Step {
     MoveProcs {
         /// The destination.
         to: CgroupPath,
-        /// Each pid's cgroup before.
+        /// Each pid's cgroup before (journalled as a list of `[pid, cgroup]` pairs).
+        #[serde(with = "pid_map")]
         from: BTreeMap<u32, CgroupPath>,
     },
     /// An effect outside cgroupfs.
     External(ExternalStep),
+}
+
+/// Serializes a pid map as a list of pairs: integer map keys do not survive the buffering
+/// that serde's internally tagged enums do.
+mod pid_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::cgroupfs::CgroupPath;
+
+    pub(super) fn serialize<S: Serializer>(
+        map: &BTreeMap<u32, CgroupPath>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let pairs: Vec<(&u32, &CgroupPath)> = map.iter().collect();
+        pairs.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u32, CgroupPath>, D::Error> {
+        let pairs = Vec::<(u32, CgroupPath)>::deserialize(d)?;
+        Ok(pairs.into_iter().collect())
+    }
 }
 
 impl Step {
@@ -617,4 +643,503 @@ pub fn plan(
         steps,
         partitions: vec![target_cg.clone()],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroupfs::EmulatedKernel;
+    use crate::testutil::*;
+    use proptest::prelude::*;
+
+    fn ops(plan: &Plan) -> Vec<String> {
+        plan.steps
+            .iter()
+            .map(|s| match s {
+                Step::Mkdir { path, .. } => format!("mkdir {path}"),
+                Step::Write {
+                    path, file, value, ..
+                } => format!("write {} {value}", path.file_display(file)),
+                Step::SharedAdd {
+                    path, file, added, ..
+                } => format!("add {} {added}", path.file_display(file)),
+                Step::SharedPartition { path, .. } => format!("partition {path}"),
+                Step::EnableController { path, .. } => format!("enable {path}"),
+                Step::MoveProcs { to, from } => format!("move {from:?} {to}"),
+                Step::External(e) => format!("external {}", e.kind),
+            })
+            .collect()
+    }
+
+    fn plan_with(t: &FakeTree, req: &Request, config: &PlanConfig) -> Result<Plan, Error> {
+        let active: Vec<_> = t
+            .engine
+            .journal
+            .load_all()
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.to_active())
+            .collect();
+        let snap = t.engine.snapshot(&req.target)?;
+        plan(req, &t.host(), &t.kernel_support(), &snap, config, &active)
+    }
+
+    #[test]
+    fn remote_unit_plan() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let p = t.plan(&t.unit_request("vm", "2-3")).unwrap();
+        assert_eq!(p.mode, PartitionMode::Remote);
+        assert_eq!(
+            p.partition,
+            PartitionType::Root,
+            "several CPUs: root by default"
+        );
+        assert_eq!(p.partitions, vec![cg("machine.slice/vm.scope")]);
+        assert_eq!(
+            ops(&p),
+            [
+                "enable /",
+                "add /machine.slice/cpuset.cpus.exclusive 2-3",
+                "enable /machine.slice",
+                "write /machine.slice/vm.scope/cpuset.cpus 2-3",
+                "write /machine.slice/vm.scope/cpuset.cpus.exclusive 2-3",
+                "write /machine.slice/vm.scope/cpuset.cpus.partition root",
+            ]
+        );
+    }
+
+    #[test]
+    fn enable_controller_only_where_missing() {
+        let t = FakeTree::with_cpuset(EmulatedKernel::LINUX_6_12);
+        let p = t.plan(&t.unit_request("vm", "2")).unwrap();
+        assert_eq!(
+            p.partition,
+            PartitionType::Isolated,
+            "one CPU: isolated by default"
+        );
+        assert_eq!(
+            ops(&p),
+            [
+                "add /machine.slice/cpuset.cpus.exclusive 2",
+                "enable /machine.slice",
+                "write /machine.slice/vm.scope/cpuset.cpus 2",
+                "write /machine.slice/vm.scope/cpuset.cpus.exclusive 2",
+                "write /machine.slice/vm.scope/cpuset.cpus.partition isolated",
+            ]
+        );
+        let mut req = t.unit_request("vm", "2");
+        req.partition = Some(PartitionType::Root);
+        assert_eq!(t.plan(&req).unwrap().partition, PartitionType::Root);
+    }
+
+    #[test]
+    fn local_pids_plan_makes_ancestors_partition_roots() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_1);
+        let p = t.plan(&t.pids_request("x", "2-3", &[100])).unwrap();
+        assert_eq!(p.mode, PartitionMode::Local);
+        assert_eq!(
+            ops(&p),
+            [
+                "enable /",
+                "mkdir /kvmisolate",
+                "add /kvmisolate/cpuset.cpus 2-3",
+                "partition /kvmisolate",
+                "enable /kvmisolate",
+                "mkdir /kvmisolate/x",
+                "write /kvmisolate/x/cpuset.cpus 2-3",
+                "move {100: CgroupPath(/user.slice/session-1.scope)} /kvmisolate/x",
+                "write /kvmisolate/x/cpuset.cpus.partition root",
+            ]
+        );
+    }
+
+    #[test]
+    fn remote_pids_plan() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let p = t.plan(&t.pids_request("x", "4", &[100, 101])).unwrap();
+        assert_eq!(
+            ops(&p),
+            [
+                "enable /",
+                "mkdir /kvmisolate",
+                "add /kvmisolate/cpuset.cpus.exclusive 4",
+                "enable /kvmisolate",
+                "mkdir /kvmisolate/x",
+                "write /kvmisolate/x/cpuset.cpus 4",
+                "write /kvmisolate/x/cpuset.cpus.exclusive 4",
+                "move {100: CgroupPath(/user.slice/session-1.scope), 101: CgroupPath(/user.slice/session-1.scope)} /kvmisolate/x",
+                "write /kvmisolate/x/cpuset.cpus.partition isolated",
+            ]
+        );
+    }
+
+    #[test]
+    fn systemd_scope_plan_runs_external_steps_first() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let mut req = t.request(
+            "x",
+            "2-3",
+            Target::Own {
+                cgroup: cg("kvmisolate.slice/kvmisolate-x.scope"),
+                pids: vec![100],
+                create: false,
+            },
+        );
+        req.pre_steps = vec![ExternalStep {
+            kind: "start-transient-scope".into(),
+            data: serde_json::json!({"unit": "kvmisolate-x.scope", "pids": [100]}),
+        }];
+        let p = t.plan(&req).unwrap();
+        assert_eq!(
+            ops(&p),
+            [
+                "external start-transient-scope",
+                "enable /",
+                "add /kvmisolate.slice/cpuset.cpus.exclusive 2-3",
+                "enable /kvmisolate.slice",
+                "write /kvmisolate.slice/kvmisolate-x.scope/cpuset.cpus 2-3",
+                "write /kvmisolate.slice/kvmisolate-x.scope/cpuset.cpus.exclusive 2-3",
+                "write /kvmisolate.slice/kvmisolate-x.scope/cpuset.cpus.partition root",
+            ]
+        );
+    }
+
+    #[test]
+    fn second_isolation_shares_ancestors() {
+        for kernel in [EmulatedKernel::LINUX_6_12, EmulatedKernel::LINUX_6_1] {
+            let t = FakeTree::new(kernel);
+            t.isolate(&t.pids_request("a", "2", &[100])).unwrap();
+            let p = t.plan(&t.pids_request("b", "3", &[101])).unwrap();
+            let o = ops(&p);
+            // Shared state is planned again so that its original is inherited and only the
+            // last isolation restores it.
+            assert_eq!(o[0], "enable /");
+            assert_eq!(o[1], "mkdir /kvmisolate");
+            assert!(o[2].starts_with("add /kvmisolate/cpuset.cpus") && o[2].ends_with(" 3"));
+            if kernel.exclusive {
+                assert_eq!(o[3], "enable /kvmisolate");
+            } else {
+                assert_eq!(o[3], "partition /kvmisolate");
+                assert_eq!(o[4], "enable /kvmisolate");
+            }
+            assert!(matches!(p.steps[1], Step::Mkdir { existed: true, .. }));
+        }
+    }
+
+    fn expect_err(t: &FakeTree, req: &Request, config: &PlanConfig) -> Error {
+        match plan_with(t, req, config) {
+            Ok(p) => panic!("expected an error, got {p:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn refusals_name_problem_and_fix() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let c = PlanConfig::default();
+        let msg = |e: Error| format!("{e:?}");
+
+        let e = expect_err(&t, &t.unit_request("vm", ""), &c);
+        assert!(
+            matches!(e, Error::InvalidCpuList(ref m) if m.contains("empty")),
+            "{e:?}"
+        );
+
+        let e = expect_err(&t, &t.unit_request("vm", "9"), &c);
+        assert!(
+            matches!(e, Error::CpuNotAvailable(ref m) if m == "CPU 9 does not exist; this host has CPUs 0-5"),
+            "{e:?}"
+        );
+        let e = expect_err(&t, &t.unit_request("vm", "5-7"), &c);
+        assert!(
+            matches!(e, Error::CpuNotAvailable(ref m) if m.starts_with("CPUs 6-7 do not exist")),
+            "{e:?}"
+        );
+
+        std::fs::write(t.sysfs.join("devices/system/cpu/online"), "0-4\n").unwrap();
+        let e = expect_err(&t, &t.unit_request("vm", "4-5"), &c);
+        assert!(
+            matches!(e, Error::CpuNotAvailable(ref m) if m.starts_with("CPU 5 is offline; bring it online with")
+                && m.contains("cpu5/online") && m.contains("0-4")),
+            "{e:?}"
+        );
+        std::fs::write(t.sysfs.join("devices/system/cpu/online"), "0-5\n").unwrap();
+
+        let e = expect_err(&t, &t.unit_request("vm", "0-1"), &c);
+        assert!(
+            matches!(e, Error::CpuReserved(ref m) if m.contains("--allow-cpu0")),
+            "{e:?}"
+        );
+
+        let all = PlanConfig {
+            allow_cpu0: true,
+            ..PlanConfig::default()
+        };
+        let e = expect_err(&t, &t.unit_request("vm", "0-5"), &all);
+        assert!(
+            matches!(e, Error::HousekeepingTooSmall(ref m) if m.contains("no online CPU")),
+            "{e:?}"
+        );
+        let two = PlanConfig {
+            min_housekeeping: 2,
+            ..PlanConfig::default()
+        };
+        let e = expect_err(&t, &t.unit_request("vm", "1-5"), &two);
+        assert!(
+            matches!(e, Error::HousekeepingTooSmall(ref m) if m.contains("leave 1 housekeeping CPU (0)")
+                && m.contains("minimum of 2") && m.contains("--min-housekeeping")),
+            "{e:?}"
+        );
+        assert!(
+            plan_with(&t, &t.unit_request("vm", "1-5"), &c).is_ok(),
+            "one CPU left is enough"
+        );
+
+        let e = expect_err(
+            &t,
+            &t.request(
+                "vm",
+                "2",
+                Target::Unit {
+                    unit: "gone.scope".into(),
+                    cgroup: cg("machine.slice/gone.scope"),
+                },
+            ),
+            &c,
+        );
+        assert!(
+            matches!(e, Error::TargetNotFound(ref m) if m.contains("gone.scope")),
+            "{e:?}"
+        );
+
+        let e = expect_err(&t, &t.pids_request("p", "2", &[999]), &c);
+        assert!(
+            matches!(e, Error::TargetNotFound(ref m) if m.contains("999")),
+            "{e:?}"
+        );
+
+        t.isolate(&t.pids_request("a", "2-3", &[100])).unwrap();
+        let e = expect_err(&t, &t.pids_request("a", "4", &[101]), &c);
+        assert!(
+            matches!(e, Error::NameExists(ref m) if m.contains("'a'")),
+            "{e:?}"
+        );
+        let e = expect_err(&t, &t.unit_request("vm", "3-4"), &c);
+        assert!(
+            matches!(e, Error::CpusBusy(ref m) if m.starts_with("CPU 3 is already held by isolation 'a'")),
+            "{e:?}"
+        );
+        let e = expect_err(&t, &t.unit_request("vm", "1,4-5"), &two);
+        assert!(matches!(e, Error::HousekeepingTooSmall(_)), "{}", msg(e));
+        let e = expect_err(&t, &t.unit_request("vm", "0-1,4-5"), &all);
+        assert!(
+            matches!(e, Error::HousekeepingTooSmall(ref m) if m.contains("already isolated: 2-3")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn foreign_partitions_are_busy() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        std::fs::write(t.fs().root().join("cpuset.cpus.effective"), "0-3\n").unwrap();
+        let e = expect_err(&t, &t.unit_request("vm", "3-4"), &PlanConfig::default());
+        assert!(
+            matches!(e, Error::CpusBusy(ref m) if m.starts_with("CPU 4 is not in the root cgroup's cpuset.cpus.effective")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unsupported_hosts() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_1);
+        let e = expect_err(&t, &t.unit_request("vm", "2"), &PlanConfig::default());
+        assert_eq!(
+            e,
+            Error::UnsupportedHost(
+                "partitioning a unit in place needs remote partitions (cpuset.cpus.exclusive, \
+                 Linux 6.7+); on this kernel use --pid instead"
+                    .into()
+            )
+        );
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        std::fs::write(
+            t.fs().root().join("cgroup.controllers"),
+            "cpu memory pids\n",
+        )
+        .unwrap();
+        let e = expect_err(&t, &t.unit_request("vm", "2"), &PlanConfig::default());
+        assert!(
+            matches!(e, Error::UnsupportedHost(ref m) if m.contains("cpuset controller")),
+            "{e:?}"
+        );
+
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let mut ks = t.kernel_support();
+        ks.partition_types = vec![PartitionType::Root];
+        let snap = t
+            .engine
+            .snapshot(&t.unit_request("vm", "2").target)
+            .unwrap();
+        let e = plan(
+            &t.unit_request("vm", "2"),
+            &t.host(),
+            &ks,
+            &snap,
+            &PlanConfig::default(),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::UnsupportedHost(ref m) if m.contains("--partition root")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_nesting_and_foreign_partitions_and_the_root() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        t.isolate(&t.unit_request("vm", "2")).unwrap();
+        let inner = t.request(
+            "inner",
+            "3",
+            Target::Unit {
+                unit: "vm.scope".into(),
+                cgroup: cg("machine.slice/vm.scope"),
+            },
+        );
+        let e = expect_err(&t, &inner, &PlanConfig::default());
+        assert!(
+            matches!(e, Error::Failed(ref m) if m.contains("nested")),
+            "{e:?}"
+        );
+
+        let t = FakeTree::with_cpuset(EmulatedKernel::LINUX_6_12);
+        t.fs()
+            .write(&cg("system.slice"), "cpuset.cpus.partition", "root")
+            .unwrap();
+        let e = expect_err(
+            &t,
+            &t.request(
+                "s",
+                "2",
+                Target::Unit {
+                    unit: "system.slice".into(),
+                    cgroup: cg("system.slice"),
+                },
+            ),
+            &PlanConfig::default(),
+        );
+        assert!(
+            matches!(e, Error::Failed(ref m) if m.contains("already a cpuset partition")),
+            "{e:?}"
+        );
+
+        let e = expect_err(
+            &t,
+            &t.request(
+                "r",
+                "2",
+                Target::Unit {
+                    unit: "-.slice".into(),
+                    cgroup: CgroupPath::root(),
+                },
+            ),
+            &PlanConfig::default(),
+        );
+        assert!(
+            matches!(e, Error::Failed(ref m) if m.contains("root cgroup")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn targets_describe_and_own_cgroup() {
+        assert_eq!(
+            Target::own_cgroup(&name("vm-1")).as_str(),
+            "kvmisolate/vm-1"
+        );
+        let t = Target::Own {
+            cgroup: cg("a"),
+            pids: vec![1, 2],
+            create: true,
+        };
+        assert_eq!(t.describe(), "pids:1,2");
+        let u = Target::Unit {
+            unit: "vm.scope".into(),
+            cgroup: cg("a"),
+        };
+        assert_eq!(u.describe(), "unit:vm.scope");
+        let json = serde_json::to_string(&u).unwrap();
+        assert_eq!(serde_json::from_str::<Target>(&json).unwrap(), u);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the CPUs and the isolations already active, a plan that succeeds never
+        /// overlaps them, leaves enough housekeeping CPUs, writes the partition last, touches
+        /// only the target and its ancestors, and adds exactly the requested CPUs.
+        #[test]
+        fn plans_keep_invariants(
+            want in proptest::collection::btree_set(0u32..8, 0..5),
+            held in proptest::collection::btree_set(0u32..6, 0..3),
+            min_hk in 1usize..3,
+            allow_cpu0 in any::<bool>(),
+            local in any::<bool>(),
+        ) {
+            let kernel = if local { EmulatedKernel::LINUX_6_1 } else { EmulatedKernel::LINUX_6_12 };
+            let t = FakeTree::new(kernel);
+            let held: CpuSet = held.into_iter().collect();
+            let active = if held.is_empty() { vec![] } else {
+                vec![ActiveIsolation { name: name("other"), cpus: held.clone(), cgroups: vec![cg("kvmisolate/other")] }]
+            };
+            let want: CpuSet = want.into_iter().collect();
+            let req = Request { cpus: want.clone(), ..t.pids_request("x", "2", &[100]) };
+            let config = PlanConfig { min_housekeeping: min_hk, allow_cpu0 };
+            let snap = t.engine.snapshot(&req.target).unwrap();
+            match plan(&req, &t.host(), &t.kernel_support(), &snap, &config, &active) {
+                Ok(p) => {
+                    prop_assert!(!want.is_empty());
+                    prop_assert!(want.is_disjoint(&held));
+                    prop_assert!(allow_cpu0 || !want.contains(0));
+                    prop_assert!(want.iter().all(|c| c < 6));
+                    let hk = t.host().online.difference(&want.union(&held));
+                    prop_assert!(hk.len() >= min_hk);
+                    let last = p.steps.last().unwrap();
+                    prop_assert!(last.is_partition_write());
+                    let target = req.target.cgroup();
+                    for s in &p.steps {
+                        let path = match s {
+                            Step::Mkdir { path, .. } | Step::Write { path, .. }
+                            | Step::SharedAdd { path, .. } | Step::SharedPartition { path, .. }
+                            | Step::EnableController { path, .. } => path,
+                            Step::MoveProcs { to, .. } => to,
+                            Step::External(_) => continue,
+                        };
+                        prop_assert!(path == target || path.is_ancestor_of(target));
+                        if let Step::SharedAdd { added, .. } = s {
+                            prop_assert_eq!(added, &want);
+                        }
+                    }
+                    // The target's partition write comes after all its other writes.
+                    let pos = p.steps.iter().position(|s| s.is_partition_write() && matches!(s, Step::Write { .. })).unwrap();
+                    prop_assert_eq!(pos, p.steps.len() - 1);
+                }
+                Err(e) => {
+                    let ok = match &e {
+                        Error::InvalidCpuList(_) => want.is_empty(),
+                        Error::CpuNotAvailable(_) => want.iter().any(|c| c >= 6),
+                        Error::CpuReserved(_) => want.contains(0) && !allow_cpu0,
+                        Error::CpusBusy(_) => !want.is_disjoint(&held),
+                        Error::HousekeepingTooSmall(_) => {
+                            t.host().online.difference(&want.union(&held)).len() < min_hk
+                        }
+                        _ => false,
+                    };
+                    prop_assert!(ok, "unexpected {:?} for {} (held {})", e, want, held);
+                }
+            }
+        }
+    }
 }
