@@ -99,7 +99,7 @@ mod tests {
         let script = dir.path().join("fake-agent");
         std::fs::write(
             &script,
-            "#!/bin/sh\necho ready > \"$0.log\"\neval \"exec $2>&-\"\nexec sleep 30\n",
+            "#!/bin/bash\necho ready > \"$0.log\"\neval \"exec $2>&-\"\nexec sleep 30\n",
         )
         .unwrap();
         use std::os::unix::fs::PermissionsExt as _;

@@ -182,12 +182,13 @@ async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
             .map_err(|e| ctx.zbus_failure(&e))?,
         Err(e) => return Err(Failure::other(format!("bad match rule: {e}"))),
     };
+    let (_path, line) = isolate_request(ctx, &conn, &req).await?;
+    // Handlers only now: a Ctrl-C at the password prompt simply ends the command.
     let (mut sigint, mut sigterm, mut sighup) = (
         signal(SignalKind::interrupt()).map_err(signal_failure)?,
         signal(SignalKind::terminate()).map_err(signal_failure)?,
         signal(SignalKind::hangup()).map_err(signal_failure)?,
     );
-    let (_path, line) = isolate_request(ctx, &conn, &req).await?;
     ctx.say(&format!("{line}; until this command ends (Ctrl-C)"));
     let _ = std::io::stdout().flush();
     tokio::select! {
