@@ -1023,7 +1023,7 @@ mod tests {
             Some(PartitionState::Valid(PartitionType::Root))
         );
         t.engine.release(&rec).unwrap();
-        assert_eq!(t.state(), before);
+        t.assert_state(&before, "state");
         assert!(!t.engine.journal.contains(rec.name()));
     }
 
@@ -1049,7 +1049,7 @@ mod tests {
                 assert_eq!(t.read("kvmisolate", PARTITION_FILE), "root\n");
             }
             t.engine.release(&rec).unwrap();
-            assert_eq!(t.state(), before, "{kernel:?}");
+            t.assert_state(&before, &format!("{kernel:?}"));
         }
     }
 
@@ -1066,7 +1066,7 @@ mod tests {
         };
         assert!(msg.contains(REASON), "{msg}");
         assert!(msg.contains("/machine.slice/vm.scope"), "{msg}");
-        assert_eq!(t.state(), before);
+        t.assert_state(&before, "state");
         assert!(!t.engine.journal.contains(&req.name));
         let writes = t.fs().emulated_writes();
         let expected = [
@@ -1085,5 +1085,589 @@ mod tests {
             "/cgroup.subtree_control=-cpuset",
         ];
         assert_eq!(writes, expected);
+    }
+
+    fn names(v: &[Record]) -> Vec<String> {
+        v.iter().map(|r| r.name().to_string()).collect()
+    }
+
+    #[test]
+    fn systemd_scope_target_runs_external_first_and_undoes_it_last() {
+        for kernel in [EmulatedKernel::LINUX_6_12, EmulatedKernel::LINUX_6_1] {
+            let t = FakeTree::new(kernel);
+            let before = t.state();
+            let req = t.scope_request("c", "2-3", &[100]);
+            let rec = t.isolate(&req).unwrap();
+            assert!(
+                matches!(&rec.steps[0].step, Step::External(e) if e.data["from"]["100"] == "user.slice/session-1.scope")
+            );
+            let scope = "kvmisolate.slice/kvmisolate-c.scope";
+            assert_eq!(t.read(scope, PARTITION_FILE), "root\n");
+            assert_eq!(t.read(scope, "cgroup.procs"), "100\n");
+            t.fs().emulated_writes();
+            t.engine.release(&rec).unwrap();
+            let writes = t.fs().emulated_writes();
+            assert_eq!(writes[0], format!("/{scope}/cpuset.cpus.partition=member"));
+            assert_eq!(writes.last().unwrap(), "/cgroup.subtree_control=-cpuset");
+            // The scope is stopped (pids moved back, cgroup removed) after every cgroup write.
+            assert_eq!(
+                *t.systemd_log.lock().unwrap(),
+                [
+                    "perform start-scope",
+                    "undo start-scope (cgroup.subtree_control of / is \"memory pids\")"
+                ]
+            );
+            t.assert_state(&before, &format!("{kernel:?}"));
+        }
+    }
+
+    #[test]
+    fn failing_external_step_rolls_back_what_came_before() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        let mut req = t.scope_request("c", "2-3", &[100]);
+        req.pre_steps.push(crate::plan::ExternalStep {
+            kind: "fail".into(),
+            data: serde_json::Value::Null,
+        });
+        let err = t.isolate(&req).unwrap_err();
+        assert_eq!(err, Error::Failed("external step failed".into()));
+        t.assert_state(&before, "state");
+        assert!(!t.engine.journal.contains(&req.name));
+    }
+
+    #[test]
+    fn write_failures_roll_back_and_map_to_contract_errors() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        t.fs().emulate_fail_write(
+            &cg("machine.slice"),
+            EXCLUSIVE_FILE,
+            Some("2-3"),
+            nix::errno::Errno::EINVAL as i32,
+        );
+        let err = t.isolate(&t.unit_request("vm", "2-3")).unwrap_err();
+        assert!(
+            matches!(&err, Error::PartitionRejected(m) if m.contains("/machine.slice/cpuset.cpus.exclusive") && m.contains("exclusively")),
+            "{err:?}"
+        );
+        t.assert_state(&before, "state");
+
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        t.fs().emulate_fail_write(
+            &cg("machine.slice/vm.scope"),
+            PARTITION_FILE,
+            Some("isolated"),
+            nix::errno::Errno::EINVAL as i32,
+        );
+        let err = t.isolate(&t.unit_request("vm", "2")).unwrap_err();
+        assert!(
+            matches!(&err, Error::PartitionRejected(m) if m.contains("--partition root")),
+            "{err:?}"
+        );
+        t.assert_state(&before, "state");
+
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        t.fs().emulate_fail_write(
+            &cg("machine.slice/vm.scope"),
+            "cpuset.cpus",
+            Some("2"),
+            nix::errno::Errno::EACCES as i32,
+        );
+        let err = t.isolate(&t.unit_request("vm", "2")).unwrap_err();
+        assert!(
+            matches!(&err, Error::Failed(m) if m.contains("Permission denied")),
+            "{err:?}"
+        );
+        t.assert_state(&before, "state");
+    }
+
+    #[test]
+    fn failed_rollback_keeps_the_record_for_the_next_start() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        let vm = cg("machine.slice/vm.scope");
+        t.fs().emulate_reject_partition(&vm, Some(REASON));
+        // The rollback cannot restore the partition file...
+        t.fs().emulate_fail_write(
+            &vm,
+            PARTITION_FILE,
+            Some("member"),
+            nix::errno::Errno::EIO as i32,
+        );
+        let req = t.unit_request("vm", "2");
+        let err = t.isolate(&req).unwrap_err();
+        let Error::PartitionRejected(msg) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            msg.contains(REASON)
+                && msg.contains("rolling back also failed")
+                && msg.contains("retry"),
+            "{msg}"
+        );
+        let kept = t.engine.journal.load(&req.name).unwrap().unwrap();
+        assert_eq!(kept.phase, Phase::Releasing);
+        assert_eq!(
+            kept.steps.len(),
+            1,
+            "only the step that could not be undone stays"
+        );
+        // ...until the next start, when it can.
+        t.fs()
+            .emulate_fail_write(&vm, PARTITION_FILE, Some("member"), 0);
+        let report = t.engine.replay(|_| true);
+        assert_eq!(report.released, ["vm"]);
+        t.assert_state(&before, "state");
+    }
+
+    #[test]
+    fn release_continues_past_failures_and_reports_them() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        let rec = t.isolate(&t.unit_request("vm", "2-3")).unwrap();
+        let vm = cg("machine.slice/vm.scope");
+        t.fs()
+            .emulate_fail_write(&vm, EXCLUSIVE_FILE, None, nix::errno::Errno::EIO as i32);
+        let err = t.engine.release(&rec).unwrap_err();
+        assert_eq!(err.failures.len(), 1, "{err}");
+        assert!(err.to_string().contains("cpuset.cpus.exclusive"), "{err}");
+        // Everything else was restored.
+        assert_eq!(t.read("", SUBTREE_CONTROL_FILE), "memory pids\n");
+        let kept = t.engine.journal.load(rec.name()).unwrap().unwrap();
+        assert_eq!(kept.steps.len(), 1);
+        t.fs().emulate_fail_write(&vm, EXCLUSIVE_FILE, None, 0);
+        t.engine.release(&kept).unwrap();
+        t.assert_state(&before, "state");
+    }
+
+    #[test]
+    fn overlapping_ancestors_restore_in_either_release_order() {
+        for kernel in [EmulatedKernel::LINUX_6_12, EmulatedKernel::LINUX_6_1] {
+            for first_released in [0, 1] {
+                let t = FakeTree::new(kernel);
+                let before = t.state();
+                let reqs = if kernel.exclusive {
+                    [
+                        t.unit_request_for("vm.scope", "a", "2-3"),
+                        t.unit_request_for("vm2.scope", "b", "4-5"),
+                    ]
+                } else {
+                    [
+                        t.pids_request("a", "2-3", &[100]),
+                        t.pids_request("b", "4-5", &[101]),
+                    ]
+                };
+                let ra = t.isolate(&reqs[0]).unwrap();
+                let after_a = t.state();
+                let rb = t.isolate(&reqs[1]).unwrap();
+                let shared = if kernel.exclusive {
+                    ("machine.slice", EXCLUSIVE_FILE)
+                } else {
+                    ("kvmisolate", "cpuset.cpus")
+                };
+                assert_eq!(t.read(shared.0, shared.1), "2-5\n");
+                let recs = [ra, rb];
+                t.engine.release(&recs[first_released]).unwrap();
+                let left = if first_released == 0 {
+                    "4-5\n"
+                } else {
+                    "2-3\n"
+                };
+                assert_eq!(t.read(shared.0, shared.1), left);
+                // The other isolation is intact.
+                let other = &recs[1 - first_released];
+                assert_eq!(
+                    t.engine.partition_state(&other.partitions[0]),
+                    Some(PartitionState::Valid(PartitionType::Root))
+                );
+                if !kernel.exclusive {
+                    assert_eq!(
+                        t.read("kvmisolate", PARTITION_FILE),
+                        "root\n",
+                        "still needed"
+                    );
+                }
+                if first_released == 1 {
+                    t.assert_state(
+                        &after_a,
+                        "releasing the second gives back the state after the first",
+                    );
+                }
+                t.engine.release(other).unwrap();
+                t.assert_state(
+                    &before,
+                    &format!("{kernel:?} first released {first_released}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn shared_add_keeps_cpus_that_were_there_before() {
+        let t = FakeTree::with_cpuset(EmulatedKernel::LINUX_6_12);
+        t.fs()
+            .write(&cg("machine.slice"), EXCLUSIVE_FILE, "3")
+            .unwrap();
+        let before = t.state();
+        let a = t
+            .isolate(&t.unit_request_for("vm.scope", "a", "2-3"))
+            .unwrap();
+        assert_eq!(t.read("machine.slice", EXCLUSIVE_FILE), "2-3\n");
+        t.engine.release(&a).unwrap();
+        assert_eq!(t.read("machine.slice", EXCLUSIVE_FILE), "3\n");
+        t.assert_state(&before, "state");
+    }
+
+    type MakeReq = fn(&FakeTree) -> Request;
+
+    struct Scenario {
+        what: &'static str,
+        kernel: EmulatedKernel,
+        prior: &'static [MakeReq],
+        req: MakeReq,
+    }
+
+    fn scenarios() -> Vec<Scenario> {
+        let k12 = EmulatedKernel::LINUX_6_12;
+        let k61 = EmulatedKernel::LINUX_6_1;
+        vec![
+            Scenario {
+                what: "unit 6.12",
+                kernel: k12,
+                prior: &[],
+                req: |t| t.unit_request("vm", "2-3"),
+            },
+            Scenario {
+                what: "pids 6.12",
+                kernel: k12,
+                prior: &[],
+                req: |t| t.pids_request("x", "4", &[100, 101]),
+            },
+            Scenario {
+                what: "pids 6.1",
+                kernel: k61,
+                prior: &[],
+                req: |t| t.pids_request("x", "4", &[100, 101]),
+            },
+            Scenario {
+                what: "scope 6.12",
+                kernel: k12,
+                prior: &[],
+                req: |t| t.scope_request("c", "2-3", &[100]),
+            },
+            Scenario {
+                what: "scope 6.1",
+                kernel: k61,
+                prior: &[],
+                req: |t| t.scope_request("c", "2-3", &[100]),
+            },
+            Scenario {
+                what: "second unit 6.12",
+                kernel: k12,
+                prior: &[|t| t.unit_request_for("vm.scope", "a", "2-3")],
+                req: |t| t.unit_request_for("vm2.scope", "b", "4-5"),
+            },
+            Scenario {
+                what: "second pids 6.12",
+                kernel: k12,
+                prior: &[|t| t.pids_request("a", "2", &[100])],
+                req: |t| t.pids_request("b", "3-4", &[101]),
+            },
+            Scenario {
+                what: "second pids 6.1",
+                kernel: k61,
+                prior: &[|t| t.pids_request("a", "2", &[100])],
+                req: |t| t.pids_request("b", "3-4", &[101]),
+            },
+            Scenario {
+                what: "second scope 6.1",
+                kernel: k61,
+                prior: &[|t| t.scope_request("a", "2", &[100])],
+                req: |t| t.scope_request("b", "3-4", &[101]),
+            },
+        ]
+    }
+
+    /// SIGKILL at every point of an Isolate (step k journalled but not performed, performed but
+    /// not marked done, marked done), then a restart: the isolation is fully restored and the
+    /// ones made before are adopted untouched.
+    #[test]
+    fn replay_restores_after_a_crash_at_every_step() {
+        for sc in scenarios() {
+            let probe = FakeTree::new(sc.kernel);
+            for p in sc.prior {
+                probe.isolate(&p(&probe)).unwrap();
+            }
+            let n = probe.plan(&(sc.req)(&probe)).unwrap().steps.len();
+            let mut points = Vec::new();
+            for k in 1..=n {
+                points.extend([
+                    Point::BeforePerform(k),
+                    Point::AfterPerform(k),
+                    Point::AfterDone(k),
+                ]);
+            }
+            for point in points {
+                let t = FakeTree::new(sc.kernel);
+                let pristine = t.state();
+                let prior: Vec<Record> = sc
+                    .prior
+                    .iter()
+                    .map(|p| t.isolate(&p(&t)).unwrap())
+                    .collect();
+                let before = t.state();
+                let req = (sc.req)(&t);
+                let plan = t.plan(&req).unwrap();
+                let r = t.engine.apply_with(&req, &plan, &mut |p| p == point);
+                assert!(matches!(r, Err(None)), "{}: {point:?}: {r:?}", sc.what);
+                let rec = t.engine.journal.load(&req.name).unwrap().unwrap();
+                assert_eq!(rec.phase, Phase::Applying);
+                let report = t.engine.replay(|_| true);
+                assert_eq!(
+                    names(&report.adopted),
+                    names(&prior),
+                    "{}: {point:?}",
+                    sc.what
+                );
+                assert_eq!(
+                    report.released,
+                    [req.name.to_string()],
+                    "{}: {point:?}",
+                    sc.what
+                );
+                assert!(
+                    report.failed.is_empty(),
+                    "{}: {point:?}: {:?}",
+                    sc.what,
+                    report.failed
+                );
+                t.assert_state(&before, &format!("{}: {point:?}", sc.what));
+                for p in &prior {
+                    t.engine.release(p).unwrap();
+                }
+                t.assert_state(&pristine, &format!("{}: {point:?}", sc.what));
+            }
+        }
+    }
+
+    /// SIGKILL after k steps of a Release, for every k, then a restart: fully restored.
+    #[test]
+    fn replay_restores_after_a_crash_during_release() {
+        for sc in scenarios() {
+            let probe = FakeTree::new(sc.kernel);
+            for p in sc.prior {
+                probe.isolate(&p(&probe)).unwrap();
+            }
+            let n = probe.isolate(&(sc.req)(&probe)).unwrap().steps.len();
+            for k in 0..n {
+                let t = FakeTree::new(sc.kernel);
+                let prior: Vec<Record> = sc
+                    .prior
+                    .iter()
+                    .map(|p| t.isolate(&p(&t)).unwrap())
+                    .collect();
+                let before = t.state();
+                let rec = t.isolate(&(sc.req)(&t)).unwrap();
+                assert!(t.engine.release_with(&rec, Some(k)).is_err());
+                let left = t.engine.journal.load(rec.name()).unwrap().unwrap();
+                assert_eq!(left.phase, Phase::Releasing);
+                assert_eq!(left.steps.len(), n - k);
+                let report = t.engine.replay(|_| true);
+                assert_eq!(names(&report.adopted), names(&prior));
+                assert_eq!(report.released, [rec.name().to_string()]);
+                t.assert_state(&before, &format!("{}: crash after {k} undos", sc.what));
+            }
+        }
+    }
+
+    #[test]
+    fn replay_adopts_living_targets_and_releases_dead_ones() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        let a = t
+            .isolate(&t.unit_request_for("vm.scope", "a", "2-3"))
+            .unwrap();
+        let after_a = t.state();
+        let b = t.isolate(&t.pids_request("b", "4", &[101])).unwrap();
+        let report = t.engine.replay(|r| r.name().as_str() == "a");
+        assert_eq!(names(&report.adopted), ["a"]);
+        assert_eq!(report.adopted[0], a);
+        assert_eq!(report.released, [b.name().to_string()]);
+        t.assert_state(&after_a, "state");
+        // Adoption changes nothing; a second replay adopts again.
+        let again = t.engine.replay(|_| true);
+        assert_eq!(names(&again.adopted), ["a"]);
+        t.assert_state(&after_a, "state");
+        t.engine.release(&a).unwrap();
+        t.assert_state(&before, "state");
+        assert!(t.engine.journal.load_all().unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_target_that_vanished_is_released_cleanly() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        t.isolate(&t.unit_request("vm", "2-3")).unwrap();
+        // The unit stops: systemd removes its cgroup (procs gone first).
+        let vm = cg("machine.slice/vm.scope");
+        t.fs()
+            .write(&CgroupPath::root(), "cgroup.procs", "200")
+            .unwrap();
+        t.fs().rmdir(&vm).unwrap();
+        let report = t.engine.replay(|_| false);
+        assert_eq!(report.released, ["vm"]);
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert!(!t.fs().exists(&vm));
+        assert_eq!(t.read("", SUBTREE_CONTROL_FILE), "memory pids\n");
+    }
+
+    #[test]
+    fn name_with_a_record_is_refused_by_apply() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let req = t.unit_request("vm", "2");
+        let plan = t.plan(&req).unwrap();
+        t.engine.apply(&req, &plan, None).unwrap();
+        let err = t.engine.apply(&req, &plan, None).unwrap_err();
+        assert!(matches!(err, Error::NameExists(_)), "{err:?}");
+    }
+
+    #[test]
+    fn moved_processes_that_left_are_not_moved_back() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let rec = t.isolate(&t.pids_request("x", "4", &[100, 101])).unwrap();
+        // 100 moved elsewhere by someone else, 101 exited.
+        t.fs()
+            .write(&cg("system.slice/dbus.service"), "cgroup.procs", "100")
+            .unwrap();
+        t.fs()
+            .write(&CgroupPath::root(), "cgroup.procs", "101")
+            .unwrap();
+        std::fs::remove_dir_all(t.proc_root.join("101")).unwrap();
+        t.engine.release(&rec).unwrap();
+        assert_eq!(
+            cgroup_of_pid(&t.proc_root, 100).unwrap(),
+            cg("system.slice/dbus.service")
+        );
+        assert!(!t.fs().exists(&cg("kvmisolate")));
+    }
+
+    mod sequences {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Isolate {
+                target: u8,
+                cpus: Vec<u32>,
+                reject: bool,
+            },
+            Crash {
+                target: u8,
+                cpus: Vec<u32>,
+                at: usize,
+            },
+            Release(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let cpus = proptest::collection::vec(1u32..6, 1..3);
+            prop_oneof![
+                (0u8..5, cpus.clone(), proptest::bool::weighted(0.15)).prop_map(
+                    |(target, cpus, reject)| Op::Isolate {
+                        target,
+                        cpus,
+                        reject
+                    }
+                ),
+                (0u8..5, cpus, 0usize..30).prop_map(|(target, cpus, at)| Op::Crash {
+                    target,
+                    cpus,
+                    at
+                }),
+                (0usize..4).prop_map(Op::Release),
+            ]
+        }
+
+        fn request(t: &FakeTree, target: u8, cpus: &[u32]) -> Request {
+            let list: CpuSet = cpus.iter().copied().collect();
+            let c = list.to_string();
+            match target {
+                0 => t.unit_request_for("vm.scope", "u1", &c),
+                1 => t.unit_request_for("vm2.scope", "u2", &c),
+                2 => t.pids_request("p1", &c, &[100]),
+                3 => t.pids_request("p2", &c, &[101]),
+                _ => t.scope_request("s1", &c, &[1]),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            /// Random isolate / crash-and-restart / release sequences over a fake tree: every
+            /// refusal or rollback leaves the tree as it was, a crash plus replay as it was
+            /// before the crashed request, and releasing what is left restores the original
+            /// byte for byte.
+            #[test]
+            fn random_sequences_end_restored(local in any::<bool>(), ops in proptest::collection::vec(op(), 1..10)) {
+                let kernel = if local { EmulatedKernel::LINUX_6_1 } else { EmulatedKernel::LINUX_6_12 };
+                let t = FakeTree::new(kernel);
+                let pristine = t.state();
+                let mut active: Vec<Record> = Vec::new();
+                for op in ops {
+                    let before = t.state();
+                    match op {
+                        Op::Isolate { target, cpus, reject } => {
+                            let req = request(&t, target, &cpus);
+                            if reject {
+                                t.fs().emulate_reject_partition(req.target.cgroup(), Some(REASON));
+                            }
+                            match t.isolate(&req) {
+                                Ok(rec) => {
+                                    prop_assert!(!reject);
+                                    prop_assert!(active.iter().all(|a| a.cpus().is_disjoint(rec.cpus())));
+                                    active.push(rec);
+                                }
+                                Err(_) => t.assert_state(&before, "after a refused isolate"),
+                            }
+                            t.fs().emulate_reject_partition(req.target.cgroup(), None);
+                        }
+                        Op::Crash { target, cpus, at } => {
+                            let req = request(&t, target, &cpus);
+                            if let Ok(plan) = t.plan(&req) {
+                                let k = at % (3 * plan.steps.len());
+                                let point = match k % 3 {
+                                    0 => Point::BeforePerform(k / 3 + 1),
+                                    1 => Point::AfterPerform(k / 3 + 1),
+                                    _ => Point::AfterDone(k / 3 + 1),
+                                };
+                                let r = t.engine.apply_with(&req, &plan, &mut |p| p == point);
+                                prop_assert!(matches!(r, Err(None)));
+                                let report = t.engine.replay(|_| true);
+                                prop_assert_eq!(report.adopted.len(), active.len());
+                                prop_assert!(report.failed.is_empty());
+                                t.assert_state(&before, "after the op");
+                            }
+                        }
+                        Op::Release(i) => {
+                            if !active.is_empty() {
+                                let rec = active.remove(i % active.len());
+                                t.engine.release(&rec).unwrap();
+                                for a in &active {
+                                    let state = t.engine.partition_state(&a.partitions[0]);
+                                    prop_assert!(matches!(state, Some(PartitionState::Valid(_))));
+                                }
+                            }
+                        }
+                    }
+                }
+                for rec in active.iter().rev() {
+                    t.engine.release(rec).unwrap();
+                }
+                t.assert_state(&pristine, "at the end");
+            }
+        }
     }
 }

@@ -138,6 +138,7 @@ pub struct Loaded {
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    fsync: bool,
 }
 
 impl Journal {
@@ -150,7 +151,13 @@ impl Journal {
             .mode(0o700)
             .create(&dir)
             .map_err(io_err("create", &dir))?;
-        Ok(Self { dir })
+        Ok(Self { dir, fsync: true })
+    }
+
+    /// Turns the fsyncs off (tests only: durability is what the journal is for).
+    #[cfg(test)]
+    pub(crate) fn set_fsync(&mut self, on: bool) {
+        self.fsync = on;
     }
 
     /// The directory.
@@ -181,7 +188,9 @@ impl Journal {
             let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
             f.write_all(&bytes).map_err(io_err("write", &tmp))?;
             f.write_all(b"\n").map_err(io_err("write", &tmp))?;
-            f.sync_all().map_err(io_err("fsync", &tmp))?;
+            if self.fsync {
+                f.sync_all().map_err(io_err("fsync", &tmp))?;
+            }
         }
         fs::rename(&tmp, &target).map_err(io_err("rename", &target))?;
         self.sync_dir()
@@ -281,8 +290,199 @@ impl Journal {
     }
 
     fn sync_dir(&self) -> Result<(), JournalError> {
+        if !self.fsync {
+            return Ok(());
+        }
         fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("fsync", &self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{ExternalStep, Plan, Target};
+    use crate::testutil::{cg, cpus, name};
+    use kvmisolate_dbus::options::ReleaseWhen;
+
+    fn record(n: &str) -> Record {
+        let request = Request {
+            name: name(n),
+            cpus: cpus("2-3"),
+            target: Target::Own {
+                cgroup: cg(&format!("kvmisolate/{n}")),
+                pids: vec![100, 101],
+                create: true,
+            },
+            partition: Some(PartitionType::Isolated),
+            release_when: ReleaseWhen::CallerDisconnects,
+            owner_uid: 1000,
+            caller: Some(":1.7".into()),
+            created_usec: 1_700_000_000_000_000,
+            pre_steps: vec![],
+        };
+        let plan = Plan {
+            partition: PartitionType::Isolated,
+            mode: PartitionMode::Local,
+            steps: vec![],
+            partitions: vec![cg(&format!("kvmisolate/{n}"))],
+        };
+        let mut r = Record::new(&request, &plan);
+        let steps = vec![
+            Step::External(ExternalStep {
+                kind: "start-transient-scope".into(),
+                data: serde_json::json!({"unit": "x.scope", "properties": [["Delegate", true]]}),
+            }),
+            Step::EnableController {
+                path: CgroupPath::root(),
+                controller: "cpuset".into(),
+                was_present: false,
+            },
+            Step::Mkdir {
+                path: cg("kvmisolate"),
+                existed: false,
+            },
+            Step::SharedAdd {
+                path: cg("kvmisolate"),
+                file: "cpuset.cpus".into(),
+                original: "\n".into(),
+                added: cpus("2-3"),
+            },
+            Step::SharedPartition {
+                path: cg("kvmisolate"),
+                original: "member\n".into(),
+            },
+            Step::MoveProcs {
+                to: cg("kvmisolate/x"),
+                from: [(100, cg("user.slice/a.scope")), (101, CgroupPath::root())].into(),
+            },
+            Step::Write {
+                path: cg("kvmisolate/x"),
+                file: "cpuset.cpus.partition".into(),
+                original: "member\n".into(),
+                value: "isolated".into(),
+            },
+        ];
+        r.steps = steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, step)| JournalStep {
+                step,
+                done: i % 2 == 0,
+            })
+            .collect();
+        r
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn every_step_kind_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::open(tmp.path().join("run/isolations")).unwrap();
+        let r = record("x");
+        j.save(&r).unwrap();
+        assert_eq!(j.load(r.name()).unwrap().unwrap(), r);
+        let all = j.load_all().unwrap();
+        assert_eq!(all.records, vec![r.clone()]);
+        assert!(all.warnings.is_empty(), "{:?}", all.warnings);
+        // Saved atomically: no temporary file is left, and the directory is private.
+        assert_eq!(files(j.dir()), ["x.json"]);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            fs::metadata(j.dir()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // A save replaces the record.
+        let mut r2 = r.clone();
+        r2.phase = Phase::Active;
+        j.save(&r2).unwrap();
+        assert_eq!(j.load(r.name()).unwrap().unwrap().phase, Phase::Active);
+        j.remove(r.name()).unwrap();
+        j.remove(r.name()).unwrap();
+        assert!(!j.contains(r.name()));
+        assert_eq!(j.load(r.name()).unwrap(), None);
+    }
+
+    #[test]
+    fn corrupt_records_are_set_aside_and_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::open(tmp.path()).unwrap();
+        j.save(&record("good")).unwrap();
+        fs::write(
+            j.dir().join("bad.json"),
+            b"{\"version\": 1, \"request\": tru",
+        )
+        .unwrap();
+        fs::write(j.dir().join("empty.json"), b"").unwrap();
+        // A record whose name does not match its file name is not trusted either.
+        let mut other = record("zed");
+        other.request.name = name("someone-else");
+        fs::write(
+            j.dir().join("zed.json"),
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap();
+        let mut future = record("future");
+        future.version = 99;
+        fs::write(
+            j.dir().join("future.json"),
+            serde_json::to_vec(&future).unwrap(),
+        )
+        .unwrap();
+        // An interrupted save of "good" leaves a temporary file and the old record intact.
+        fs::write(j.dir().join(".good.json.tmp"), b"{half").unwrap();
+        fs::write(j.dir().join("README"), b"not a record").unwrap();
+
+        let loaded = j.load_all().unwrap();
+        assert_eq!(loaded.records, vec![record("good")]);
+        assert_eq!(loaded.warnings.len(), 5, "{:#?}", loaded.warnings);
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("bad.json") && w.contains("bad.json.corrupt"))
+        );
+        assert!(loaded.warnings.iter().any(|w| w.contains("someone-else")));
+        assert!(loaded.warnings.iter().any(|w| w.contains("version 99")));
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("interrupted save"))
+        );
+        assert_eq!(
+            files(j.dir()),
+            [
+                "README",
+                "bad.json.corrupt",
+                "empty.json.corrupt",
+                "future.json.corrupt",
+                "good.json",
+                "zed.json.corrupt"
+            ]
+        );
+        // Loading again is quiet.
+        let again = j.load_all().unwrap();
+        assert_eq!(again.records.len(), 1);
+        assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    }
+
+    #[test]
+    fn active_view() {
+        let r = record("x");
+        let a = r.to_active();
+        assert_eq!(a.name, name("x"));
+        assert_eq!(a.cpus, cpus("2-3"));
+        assert_eq!(a.cgroups, vec![cg("kvmisolate/x")]);
+        assert_eq!(r.cpus(), &cpus("2-3"));
     }
 }

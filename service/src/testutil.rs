@@ -15,25 +15,108 @@ use crate::journal::Journal;
 use crate::kernel::KernelSupport;
 use crate::plan::{ExternalStep, Plan, PlanConfig, Request, Target};
 
-/// Records external steps performed and undone.
-#[derive(Debug, Default)]
-pub struct RecordingEffects {
-    pub log: Mutex<Vec<String>>,
+/// A stand-in for the systemd layer: `start-scope` creates a scope cgroup (and its slice) and
+/// moves pids into it, recording their original cgroups in `prepare`; undo moves the living
+/// pids back and removes what it created. `fail` always fails.
+#[derive(Debug)]
+pub struct FakeSystemd {
+    pub fs: CgroupFs,
+    pub proc_root: PathBuf,
+    pub log: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
-impl ExternalEffects for std::sync::Arc<RecordingEffects> {
+fn fail(e: impl std::fmt::Display) -> Error {
+    Error::Failed(e.to_string())
+}
+
+impl ExternalEffects for FakeSystemd {
+    fn prepare(&self, step: &ExternalStep) -> Result<ExternalStep, Error> {
+        let mut step = step.clone();
+        if step.kind == "start-scope" {
+            let cgroup = cg(step.data["cgroup"].as_str().unwrap());
+            let slice = cgroup.parent().unwrap();
+            let mut from = serde_json::Map::new();
+            for pid in step.data["pids"].as_array().unwrap() {
+                let pid = pid.as_u64().unwrap() as u32;
+                let c = crate::cgroupfs::cgroup_of_pid(&self.proc_root, pid).map_err(fail)?;
+                from.insert(pid.to_string(), c.as_str().into());
+            }
+            step.data["from"] = from.into();
+            step.data["slice_existed"] = self.fs.exists(&slice).into();
+        }
+        Ok(step)
+    }
+
     fn perform(&self, step: &ExternalStep) -> Result<(), Error> {
         self.log
             .lock()
             .unwrap()
             .push(format!("perform {}", step.kind));
-        if step.kind == "fail" {
-            return Err(Error::Failed("external step failed".into()));
+        match step.kind.as_str() {
+            "start-scope" => {
+                let cgroup = cg(step.data["cgroup"].as_str().unwrap());
+                let slice = cgroup.parent().unwrap();
+                if !self.fs.exists(&slice) {
+                    self.fs.mkdir(&slice).map_err(fail)?;
+                }
+                self.fs.mkdir(&cgroup).map_err(fail)?;
+                for pid in step.data["pids"].as_array().unwrap() {
+                    self.fs
+                        .write(&cgroup, "cgroup.procs", &pid.to_string())
+                        .map_err(fail)?;
+                }
+                Ok(())
+            }
+            "fail" => Err(Error::Failed("external step failed".into())),
+            _ => Ok(()),
         }
-        Ok(())
     }
+
     fn undo(&self, step: &ExternalStep) -> Result<(), Error> {
-        self.log.lock().unwrap().push(format!("undo {}", step.kind));
+        if step.kind != "start-scope" {
+            self.log.lock().unwrap().push(format!("undo {}", step.kind));
+            return Ok(());
+        }
+        let root_control = self
+            .fs
+            .read(&CgroupPath::root(), "cgroup.subtree_control")
+            .unwrap();
+        self.log.lock().unwrap().push(format!(
+            "undo {} (cgroup.subtree_control of / is {:?})",
+            step.kind,
+            root_control.trim_end()
+        ));
+        let cgroup = cg(step.data["cgroup"].as_str().unwrap());
+        let slice = cgroup.parent().unwrap();
+        if let Some(from) = step.data.get("from").and_then(|f| f.as_object()) {
+            for (pid, orig) in from {
+                let pid: u32 = pid.parse().unwrap();
+                if crate::cgroupfs::cgroup_of_pid(&self.proc_root, pid).ok() == Some(cgroup.clone())
+                {
+                    self.fs
+                        .write(
+                            &cg(orig.as_str().unwrap()),
+                            "cgroup.procs",
+                            &pid.to_string(),
+                        )
+                        .map_err(fail)?;
+                }
+            }
+        }
+        if self.fs.exists(&cgroup) {
+            self.fs.rmdir(&cgroup).map_err(fail)?;
+        }
+        let slice_existed = step
+            .data
+            .get("slice_existed")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        if !slice_existed
+            && self.fs.exists(&slice)
+            && self.fs.children(&slice).map_err(fail)?.is_empty()
+        {
+            self.fs.rmdir(&slice).map_err(fail)?;
+        }
         Ok(())
     }
 }
@@ -44,6 +127,7 @@ pub struct FakeTree {
     pub sysfs: PathBuf,
     pub proc_root: PathBuf,
     pub kernel: EmulatedKernel,
+    pub systemd_log: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
 pub fn cg(p: &str) -> CgroupPath {
@@ -68,20 +152,25 @@ fn put(p: &Path, text: &str) {
 impl FakeTree {
     /// Six CPUs (0-5), root `cgroup.subtree_control` = `memory pids` (boot state).
     pub fn new(kernel: EmulatedKernel) -> Self {
-        Self::build(kernel, false, Box::new(crate::apply::NoExternalEffects))
+        Self::build(kernel, false)
     }
 
     /// Same, with the cpuset controller already enabled at the root.
     pub fn with_cpuset(kernel: EmulatedKernel) -> Self {
-        Self::build(kernel, true, Box::new(crate::apply::NoExternalEffects))
+        Self::build(kernel, true)
     }
 
-    pub fn build(
-        kernel: EmulatedKernel,
-        cpuset_enabled: bool,
-        effects: Box<dyn ExternalEffects + Send + Sync>,
-    ) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
+    pub fn build(kernel: EmulatedKernel, cpuset_enabled: bool) -> Self {
+        // A tmpfs when there is one: thousands of trees are built by the crash tests.
+        let shm = Path::new("/dev/shm");
+        let tmp = if shm.is_dir() {
+            tempfile::Builder::new()
+                .prefix("kvmisolated-test")
+                .tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .unwrap();
         let root = tmp.path().join("cgroup");
         let proc_root = tmp.path().join("proc");
         let sysfs = tmp.path().join("sys");
@@ -99,7 +188,7 @@ impl FakeTree {
         if kernel.exclusive {
             put(&root.join("cpuset.cpus.isolated"), "\n");
         }
-        for pid in [1u32, 100, 101, 200] {
+        for pid in [1u32, 100, 101, 200, 201] {
             put(&proc_root.join(pid.to_string()).join("cgroup"), "0::/\n");
         }
         let fs = CgroupFs::emulated(&root, kernel, Some(proc_root.clone()));
@@ -115,6 +204,7 @@ impl FakeTree {
             "user.slice/session-1.scope",
             "machine.slice",
             "machine.slice/vm.scope",
+            "machine.slice/vm2.scope",
         ] {
             fs.mkdir(&cg(p)).unwrap();
         }
@@ -126,14 +216,23 @@ impl FakeTree {
         fs.write(&cg("machine.slice/vm.scope"), "cgroup.procs", "200")
             .unwrap();
         fs.emulated_writes();
-        let journal = Journal::open(tmp.path().join("run/isolations")).unwrap();
-        let engine = Engine::new(fs, &proc_root, journal, effects);
+        let mut journal = Journal::open(tmp.path().join("run/isolations")).unwrap();
+        // fsync makes the exhaustive crash tests slow and proves nothing on a tmpfs.
+        journal.set_fsync(false);
+        let systemd = FakeSystemd {
+            fs: CgroupFs::emulated(&root, kernel, Some(proc_root.clone())),
+            proc_root: proc_root.clone(),
+            log: Default::default(),
+        };
+        let systemd_log = systemd.log.clone();
+        let engine = Engine::new(fs, &proc_root, journal, Box::new(systemd));
         Self {
             tmp,
             engine,
             sysfs,
             proc_root,
             kernel,
+            systemd_log,
         }
     }
 
@@ -170,6 +269,33 @@ impl FakeTree {
         out
     }
 
+    /// Asserts that the tree is in `expected` state, listing only the differences.
+    #[track_caller]
+    pub fn assert_state(&self, expected: &BTreeMap<String, Vec<u8>>, context: &str) {
+        let now = self.state();
+        if now == *expected {
+            return;
+        }
+        let root = self.tmp.path().display().to_string();
+        let mut diff = Vec::new();
+        for (k, v) in expected {
+            match now.get(k) {
+                None => diff.push(format!("missing {}", k.replace(&root, ""))),
+                Some(n) if n != v => diff.push(format!(
+                    "{}: {:?} instead of {:?}",
+                    k.replace(&root, ""),
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                )),
+                _ => {}
+            }
+        }
+        for k in now.keys().filter(|k| !expected.contains_key(*k)) {
+            diff.push(format!("extra {}", k.replace(&root, "")));
+        }
+        panic!("{context}: the tree differs:\n  {}", diff.join("\n  "));
+    }
+
     pub fn request(&self, n: &str, c: &str, target: Target) -> Request {
         Request {
             name: name(n),
@@ -185,14 +311,38 @@ impl FakeTree {
     }
 
     pub fn unit_request(&self, n: &str, c: &str) -> Request {
+        self.unit_request_for("vm.scope", n, c)
+    }
+
+    pub fn unit_request_for(&self, unit: &str, n: &str, c: &str) -> Request {
         self.request(
             n,
             c,
             Target::Unit {
-                unit: "vm.scope".into(),
-                cgroup: cg("machine.slice/vm.scope"),
+                unit: unit.into(),
+                cgroup: cg(&format!("machine.slice/{unit}")),
             },
         )
+    }
+
+    /// A pids target the way the systemd layer does it: an external step creates the scope
+    /// `kvmisolate.slice/kvmisolate-<n>.scope` with the pids in it.
+    pub fn scope_request(&self, n: &str, c: &str, pids: &[u32]) -> Request {
+        let cgroup = cg(&format!("kvmisolate.slice/kvmisolate-{n}.scope"));
+        let mut req = self.request(
+            n,
+            c,
+            Target::Own {
+                cgroup: cgroup.clone(),
+                pids: pids.to_vec(),
+                create: false,
+            },
+        );
+        req.pre_steps = vec![ExternalStep {
+            kind: "start-scope".into(),
+            data: serde_json::json!({"cgroup": cgroup.as_str(), "pids": pids}),
+        }];
+        req
     }
 
     pub fn pids_request(&self, n: &str, c: &str, pids: &[u32]) -> Request {

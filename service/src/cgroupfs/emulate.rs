@@ -330,8 +330,12 @@ impl Emulation {
             }
             stack.extend(fs.children(&cg)?);
         }
-        let mut content = fs.read(path, "cgroup.procs")?;
-        content.push_str(&format!("{pid}\n"));
+        // Listed in pid order (the kernel's order is unspecified).
+        let mut pids: Vec<u32> = fs.procs(path)?;
+        pids.push(pid);
+        pids.sort_unstable();
+        pids.dedup();
+        let content: String = pids.iter().map(|p| format!("{p}\n")).collect();
         self.put(&p, &content)?;
         if let Some(proc_root) = &self.proc_root {
             self.put(
