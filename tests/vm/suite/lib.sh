@@ -131,35 +131,51 @@ PF_NO_SETAFFINITY=$((0x04000000))
 # per-CPU kthreads and workqueue rescuers, which nobody can move). Tasks that vanish while
 # being read are left out. No forks per task (bash builtins only), so it is cheap under TCG.
 all_affinities() {
-    local st stat rest tid pid ppid flags kind cpus comm line
-    for st in /proc/[0-9]*/task/[0-9]*; do
-        { read -r stat < "$st/stat"; } 2>/dev/null || continue
-        tid=${st##*/}; pid=${st#/proc/}; pid=${pid%%/*}
-        comm=${stat#*(}; comm=${comm%)*}; comm=${comm// /_}
-        rest=${stat##*) }
-        read -r _ ppid _ _ _ _ flags _ <<<"$rest"
-        cpus=
-        while read -r line; do
-            case $line in Cpus_allowed_list:*) cpus=${line#*:}; cpus=${cpus//[[:space:]]/}; break ;; esac
-        done 2>/dev/null < "$st/status"
-        [ -n "$cpus" ] || continue
-        if (( flags & PF_KTHREAD )); then
-            if (( flags & PF_NO_SETAFFINITY )); then kind=kpinned; else kind=kthread; fi
-        else kind=user; fi
-        printf '%s %s %s %s %s %s\n' "$tid" "$pid" "$ppid" "$kind" "$cpus" "$comm"
-    done
+    {
+        grep -s -H '' /proc/[0-9]*/task/[0-9]*/stat
+        grep -s -H '^Cpus_allowed_list:' /proc/[0-9]*/task/[0-9]*/status
+    } | awk -v PFK="$PF_KTHREAD" -v PFN="$PF_NO_SETAFFINITY" '
+        function bit(v, b) { return int(v / b) % 2 }
+        {
+            c = index($0, ":"); path = substr($0, 1, c - 1); rest = substr($0, c + 1)
+            split(path, pp, "/"); key = pp[3] " " pp[5]          # pid tid
+            if (pp[6] == "status") { sub(/^Cpus_allowed_list:[ \t]*/, "", rest); cpus[key] = rest; next }
+            o = index(rest, "("); e = 0
+            for (i = length(rest); i > o; i--) if (substr(rest, i, 1) == ")") { e = i; break }
+            comm = substr(rest, o + 1, e - o - 1); gsub(/ /, "_", comm)
+            n = split(substr(rest, e + 2), f, " ")                # f[1] state, f[2] ppid, f[7] flags
+            kind = "user"
+            if (bit(f[7], PFK)) kind = bit(f[7], PFN) ? "kpinned" : "kthread"
+            info[key] = f[2] " " kind; name[key] = comm
+        }
+        END {
+            for (k in info) if (k in cpus) {
+                split(k, kk, " ")
+                split(info[k], ik, " ")
+                printf "%s %s %s %s %s %s\n", kk[2], kk[1], ik[1], ik[2], cpus[k], name[k]
+            }
+        }' | sort -n
 }
 
 # affinity_offenders ALLOWED [EXCLUDE_PID...]: tasks (other than kpinned kthreads and the
 # excluded processes' threads) allowed on a CPU outside ALLOWED. Prints "comm(tid):cpus".
 affinity_offenders() {
     local allowed=$1; shift
-    local ex=" $* " tid pid ppid kind cpus comm
-    all_affinities | while read -r tid pid ppid kind cpus comm; do
-        [ "$kind" = kpinned ] && continue
-        [[ $ex == *" $pid "* ]] && continue
-        cpulist_subset "$cpus" "$allowed" || printf '%s(%s):%s\n' "$comm" "$tid" "$cpus"
-    done
+    all_affinities | awk -v allowed="$allowed" -v ex=" $* " '
+        function expand(list, set,   n, parts, i, ab, a, b) {
+            n = split(list, parts, ",")
+            for (i = 1; i <= n; i++) {
+                if (split(parts[i], ab, "-") == 2) { a = ab[1] + 0; b = ab[2] + 0 } else { a = b = parts[i] + 0 }
+                for (; a <= b; a++) set[a] = 1
+            }
+        }
+        BEGIN { expand(allowed, ok) }
+        $4 == "kpinned" { next }
+        index(ex, " " $2 " ") { next }
+        {
+            delete c; expand($5, c)
+            for (k in c) if (!(k in ok)) { printf "%s(%s):%s\n", $6, $1, $5; next }
+        }'
 }
 # task_cpus TID-or-PID
 task_cpus() { awk '/^Cpus_allowed_list:/ {print $2}' "/proc/$1/status"; }
@@ -230,7 +246,7 @@ all_cpus_online() {
 # snapshots of every value kvmisolate may change
 # ---------------------------------------------------------------------------------------------
 SNAP_SYSCTLS="vm/stat_interval kernel/timer_migration kernel/sched_rt_runtime_us kernel/watchdog_cpumask"
-# snapshot FILE: "PATH<TAB>VALUE" lines, sorted. Covers every cpuset.* file and
+# snapshot FILE: "PATH<TAB>VALUE" lines, sorted (an empty value is written "(empty)"). Covers every cpuset.* file and
 # cgroup.subtree_control under the cgroup root (recursively), the workqueue masks, IRQ
 # affinities, default_smp_affinity and the sysctls above.
 snapshot() {
@@ -238,19 +254,19 @@ snapshot() {
     {
         while IFS= read -r -d '' f; do
             v=; IFS= read -r v 2>/dev/null < "$f" || true
-            printf '%s\t%s\n' "$f" "$v"
+            printf '%s\t%s\n' "$f" "${v:-(empty)}"
         done < <(find "$CG" \( -name 'cpuset.*' -o -name cgroup.subtree_control \) -type f -print0 2>/dev/null)
         for f in /sys/devices/virtual/workqueue/cpumask /sys/devices/virtual/workqueue/cpumask_requested \
                  /sys/bus/workqueue/devices/writeback/cpumask /proc/irq/default_smp_affinity \
                  /proc/irq/*/smp_affinity_list; do
             [ -e "$f" ] || continue
             v=; IFS= read -r v 2>/dev/null < "$f" || true
-            printf '%s\t%s\n' "$f" "$v"
+            printf '%s\t%s\n' "$f" "${v:-(empty)}"
         done
         for f in $SNAP_SYSCTLS; do
             [ -e "/proc/sys/$f" ] || continue
             v=; IFS= read -r v 2>/dev/null < "/proc/sys/$f" || true
-            printf '%s\t%s\n' "/proc/sys/$f" "$v"
+            printf '%s\t%s\n' "/proc/sys/$f" "${v:-(empty)}"
         done
     } | LC_ALL=C sort > "$out"
 }
@@ -272,7 +288,7 @@ snapshot_diff() {
             n = base(p)
             if (v == "<absent>") return 1
             if (n == "cpuset.cpus.partition") return v == "member"
-            if (n == "cpuset.cpus" || n == "cpuset.cpus.exclusive" || n == "cpuset.mems") return v == ""
+            if (n == "cpuset.cpus" || n == "cpuset.cpus.exclusive" || n == "cpuset.mems") return v == "(empty)"
             if (n ~ /\.effective$/ || n == "cgroup.subtree_control") return 1
             return 0
         }

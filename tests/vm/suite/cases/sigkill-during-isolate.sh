@@ -2,6 +2,7 @@
 # journalled step of an Isolate (KVMISOLATED_CRASH_AFTER_STEP=N); started again it must end
 # either fully isolated (the isolation adopted, active, partition valid) or fully restored
 # (snapshot equal to before). Stops at the first N where Isolate completes (N > steps).
+# timeout: 480
 MAX_STEPS=${KT_MAX_CRASH_STEPS:-40}
 cleanup() { daemon_clear_env; daemon_restart >/dev/null 2>&1 || true; }
 run() {
