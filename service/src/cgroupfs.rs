@@ -516,6 +516,7 @@ pub fn pid_alive(proc_root: &Path, pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroupfs::EmulatedKernel;
 
     #[test]
     fn paths_are_validated() {
@@ -591,6 +592,166 @@ mod tests {
             fs.rmdir(&cg).is_err(),
             "plain rmdir of a non-empty directory fails"
         );
+    }
+
+    fn emulated() -> (tempfile::TempDir, CgroupFs) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("cg");
+        let proc_root = tmp.path().join("proc");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpuset cpu memory pids\n").unwrap();
+        std::fs::write(root.join("cgroup.subtree_control"), "memory\n").unwrap();
+        std::fs::write(root.join("cgroup.procs"), "1\n7\n").unwrap();
+        for pid in [1, 7] {
+            std::fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
+            std::fs::write(proc_root.join(format!("{pid}/cgroup")), "0::/\n").unwrap();
+        }
+        let fs = CgroupFs::emulated(&root, EmulatedKernel::LINUX_6_12, Some(proc_root));
+        (tmp, fs)
+    }
+
+    #[test]
+    fn emulated_tree_behaves_like_cgroupfs() {
+        let (tmp, fs) = emulated();
+        assert!(fs.is_emulated());
+        assert!(!is_cgroup2_mount(tmp.path()));
+        let root = CgroupPath::root();
+        let a = CgroupPath::new("a").unwrap();
+        let b = CgroupPath::new("a/b").unwrap();
+        fs.mkdir(&a).unwrap();
+        assert_eq!(fs.read(&a, "cgroup.controllers").unwrap(), "memory\n");
+        assert!(
+            !fs.has_file(&a, "cpuset.cpus"),
+            "cpuset not enabled in the parent"
+        );
+        // Enabling the controller gives the children its files, in the kernel's order.
+        assert_eq!(
+            fs.write(&root, "cgroup.subtree_control", "+cpuset")
+                .unwrap(),
+            "cpuset memory\n"
+        );
+        assert_eq!(fs.read(&a, "cpuset.cpus.partition").unwrap(), "member\n");
+        assert_eq!(fs.read(&a, "cpuset.cpus.exclusive").unwrap(), "\n");
+        assert!(fs.write(&root, "cgroup.subtree_control", "+bogus").is_err());
+        // cpulists are stored in canonical form; bad ones are EINVAL.
+        assert_eq!(fs.write(&a, "cpuset.cpus", "3,2,4").unwrap(), "2-4\n");
+        let err = fs.write(&a, "cpuset.cpus", "4-2").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::EINVAL as i32));
+        let err = fs.write(&a, "cpuset.cpus.partition", "bogus").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::EINVAL as i32));
+        // Moving a process updates cgroup.procs, /proc/PID/cgroup and cgroup.events.
+        fs.mkdir(&b).unwrap();
+        fs.write(&b, "cgroup.procs", "7").unwrap();
+        assert_eq!(fs.read(&root, "cgroup.procs").unwrap(), "1\n");
+        assert_eq!(fs.procs(&b).unwrap(), vec![7]);
+        assert_eq!(cgroup_of_pid(&tmp.path().join("proc"), 7).unwrap(), b);
+        assert!(
+            fs.read(&a, "cgroup.events")
+                .unwrap()
+                .contains("populated 1")
+        );
+        assert!(
+            fs.read(&b, "cgroup.events")
+                .unwrap()
+                .contains("populated 1")
+        );
+        let err = fs.write(&b, "cgroup.procs", "99").unwrap_err();
+        assert!(
+            err.is_not_found(),
+            "ESRCH for a pid that does not exist: {err}"
+        );
+        // No internal processes: b has a process, so it cannot enable controllers.
+        fs.write(&a, "cgroup.subtree_control", "+cpuset").unwrap();
+        let err = fs
+            .write(&b, "cgroup.subtree_control", "+cpuset")
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::EBUSY as i32));
+        // A parent cannot drop a controller a child still enables... (a enables it for b)
+        let err = fs
+            .write(&root, "cgroup.subtree_control", "-cpuset")
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::EBUSY as i32));
+        // ...and a populated or non-leaf cgroup cannot be removed.
+        assert_eq!(
+            fs.rmdir(&a).unwrap_err().raw_os_error(),
+            Some(nix::errno::Errno::EBUSY as i32)
+        );
+        assert_eq!(
+            fs.rmdir(&b).unwrap_err().raw_os_error(),
+            Some(nix::errno::Errno::EBUSY as i32)
+        );
+        fs.write(&root, "cgroup.procs", "7").unwrap();
+        assert!(
+            fs.read(&a, "cgroup.events")
+                .unwrap()
+                .contains("populated 0")
+        );
+        fs.rmdir(&b).unwrap();
+        assert!(fs.rmdir(&b).unwrap_err().is_not_found());
+        fs.write(&a, "cgroup.subtree_control", "-cpuset").unwrap();
+        fs.write(&root, "cgroup.subtree_control", "-cpuset")
+            .unwrap();
+        assert!(!fs.has_file(&a, "cpuset.cpus"));
+        assert_eq!(
+            fs.read(&root, "cgroup.subtree_control").unwrap(),
+            "memory\n"
+        );
+        fs.rmdir(&a).unwrap();
+        assert!(!fs.exists(&a));
+    }
+
+    #[test]
+    fn emulated_rejections_and_failures() {
+        let (_tmp, fs) = emulated();
+        let root = CgroupPath::root();
+        let a = CgroupPath::new("a").unwrap();
+        fs.write(&root, "cgroup.subtree_control", "+cpuset")
+            .unwrap();
+        fs.mkdir(&a).unwrap();
+        fs.emulate_reject_partition(&a, Some("Parent is not a partition root"));
+        assert_eq!(
+            fs.write(&a, "cpuset.cpus.partition", "isolated").unwrap(),
+            "isolated invalid (Parent is not a partition root)\n"
+        );
+        assert_eq!(
+            fs.write(&a, "cpuset.cpus.partition", "member").unwrap(),
+            "member\n"
+        );
+        fs.emulate_reject_partition(&a, None);
+        assert_eq!(
+            fs.write(&a, "cpuset.cpus.partition", "root").unwrap(),
+            "root\n"
+        );
+        fs.emulate_fail_write(&a, "cpuset.cpus", Some("2"), nix::errno::Errno::EIO as i32);
+        assert!(fs.write(&a, "cpuset.cpus", "2").is_err());
+        assert!(fs.write(&a, "cpuset.cpus", "3").is_ok());
+        fs.emulate_fail_write(&a, "cpuset.cpus", Some("2"), 0);
+        assert!(fs.write(&a, "cpuset.cpus", "2").is_ok());
+        let log = fs.emulated_writes();
+        assert_eq!(
+            log.first().map(String::as_str),
+            Some("/cgroup.subtree_control=+cpuset")
+        );
+        assert_eq!(log.last().map(String::as_str), Some("/a/cpuset.cpus=2"));
+        assert!(fs.emulated_writes().is_empty());
+    }
+
+    #[test]
+    fn open_infers_the_emulated_kernel() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("cgroup.controllers"), "cpuset\n").unwrap();
+        assert_eq!(EmulatedKernel::infer(tmp.path()), EmulatedKernel::LINUX_6_1);
+        std::fs::write(tmp.path().join("cpuset.cpus.isolated"), "\n").unwrap();
+        assert_eq!(
+            EmulatedKernel::infer(tmp.path()),
+            EmulatedKernel::LINUX_6_12
+        );
+        std::fs::create_dir(tmp.path().join("x")).unwrap();
+        std::fs::write(tmp.path().join("x/cpuset.cpus"), "\n").unwrap();
+        std::fs::write(tmp.path().join("x/cpuset.cpus.partition"), "member\n").unwrap();
+        assert_eq!(EmulatedKernel::infer(tmp.path()), EmulatedKernel::LINUX_6_1);
+        let fs = CgroupFs::open(tmp.path(), None);
+        assert!(fs.is_emulated());
     }
 
     #[test]

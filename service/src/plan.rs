@@ -1075,6 +1075,45 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Planning is pure (the same inputs give the same plan) and a second isolation's plan
+        /// never writes into the first one's partition cgroup, nor takes its CPUs.
+        #[test]
+        fn second_plans_are_pure_and_keep_off_the_first(
+            first in 0u8..3,
+            second in 0u8..3,
+            want in proptest::collection::btree_set(1u32..6, 1..3),
+            local in any::<bool>(),
+        ) {
+            let kernel = if local { EmulatedKernel::LINUX_6_1 } else { EmulatedKernel::LINUX_6_12 };
+            let t = FakeTree::new(kernel);
+            let make = |which: u8, n: &str, c: &str| match which {
+                0 => t.unit_request_for("vm.scope", n, c),
+                1 => t.pids_request(n, c, &[100]),
+                _ => t.scope_request(n, c, &[101]),
+            };
+            let Ok(a) = t.isolate(&make(first, "a", "1")) else {
+                prop_assume!(false);
+                unreachable!()
+            };
+            let want: CpuSet = want.into_iter().collect();
+            let req = make(second, "b", &want.to_string());
+            let p1 = t.plan(&req);
+            let p2 = t.plan(&req);
+            prop_assert_eq!(&p1, &p2);
+            if let Ok(p) = p1 {
+                prop_assert!(!want.contains(1));
+                for s in &p.steps {
+                    if let Step::Write { path, .. } | Step::SharedPartition { path, .. } = s {
+                        prop_assert!(!a.partitions.contains(path), "{:?} touches {:?}", s, a.partitions);
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         /// Whatever the CPUs and the isolations already active, a plan that succeeds never

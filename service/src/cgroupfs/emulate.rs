@@ -343,7 +343,38 @@ impl Emulation {
                 &format!("0::{path}\n"),
             )?;
         }
-        Ok(())
+        self.update_populated(fs, &CgroupPath::root()).map(|_| ())
+    }
+
+    /// Rewrites the `populated` line of `cgroup.events` below `path` (processes in the cgroup
+    /// or any descendant); returns whether `path` is populated.
+    fn update_populated(&self, fs: &CgroupFs, path: &CgroupPath) -> Result<bool, CgroupError> {
+        let mut populated = !fs
+            .read_opt(path, "cgroup.procs")?
+            .unwrap_or_default()
+            .trim()
+            .is_empty();
+        for child in fs.children(path)? {
+            populated |= self.update_populated(fs, &child)?;
+        }
+        if let Some(events) = fs.read_opt(path, "cgroup.events")? {
+            let line = format!("populated {}", u8::from(populated));
+            let updated: String = events
+                .lines()
+                .map(|l| {
+                    if l.starts_with("populated ") {
+                        line.clone()
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .map(|l| l + "\n")
+                .collect();
+            if updated != events {
+                self.put(&fs.dir(path).join("cgroup.events"), &updated)?;
+            }
+        }
+        Ok(populated)
     }
 
     pub(super) fn populate(&self, fs: &CgroupFs, path: &CgroupPath) -> Result<(), CgroupError> {
