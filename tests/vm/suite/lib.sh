@@ -207,7 +207,7 @@ start_fake_vm() {
     f=$(mktemp "$KT_STATE/fakevm.XXXXXX")
     chmod 666 "$f"
     if [ -n "${KT_FAKEVM_AS:-}" ]; then
-        as_user "$KT_FAKEVM_AS" sh -c 'exec "$0" "$1" "$2" > "$3"' "$KT_DIR/fakevm" "$n" "$busy" "$f" 2>/dev/null < /dev/null &
+        as_user "$KT_FAKEVM_AS" sh -c 'exec "$0" "$1" "$2" > "$3"' "$KT_DIR/fakevm" "$n" "$busy" "$f" > /dev/null 2>&1 < /dev/null &
     else
         "$KT_DIR/fakevm" "$n" "$busy" > "$f" 2>/dev/null < /dev/null &
     fi
@@ -324,8 +324,10 @@ KVMI_TIMEOUT=${KVMI_TIMEOUT:-90}
 # kvmi ARGS...: run the CLI (bounded); prints its stdout+stderr to $KT_STATE/last-output too
 kvmi() {
     local rc=0
+    echo "    \$ kvmisolate $*" >&2
     timeout -k 5 "$KVMI_TIMEOUT" kvmisolate "$@" > "$KT_STATE/last-output" 2>&1 || rc=$?
     sed 's/^/    | /' "$KT_STATE/last-output" >&2
+    [ "$rc" = 0 ] || echo "    (exit $rc)" >&2
     return $rc
 }
 # kvmi_rc ARGS...: prints the exit code, never fails
@@ -429,8 +431,10 @@ need_kvmisolate() {
 # kvmi_as USER ARGS...: the CLI as USER (bounded), output in last-output, returns its status
 kvmi_as() {
     local u=$1 rc=0; shift
+    echo "    $u\$ kvmisolate $*" >&2
     as_user "$u" timeout -k 5 "$KVMI_TIMEOUT" kvmisolate "$@" > "$KT_STATE/last-output" 2>&1 || rc=$?
     sed "s/^/    $u| /" "$KT_STATE/last-output" >&2
+    [ "$rc" = 0 ] || echo "    (exit $rc)" >&2
     return $rc
 }
 # isolate_ok ARGS...: `kvmisolate isolate --no-ask-password ARGS` must succeed
