@@ -71,7 +71,10 @@ impl CpuSet {
                 list: body.to_owned(),
             };
             let (lo, hi) = match item.split_once('-') {
-                Some((a, b)) => (parse_cpu(a, item).ok_or_else(bad)??, parse_cpu(b, item).ok_or_else(bad)??),
+                Some((a, b)) => (
+                    parse_cpu(a, item).ok_or_else(bad)??,
+                    parse_cpu(b, item).ok_or_else(bad)??,
+                ),
                 None => {
                     let n = parse_cpu(item, item).ok_or_else(bad)??;
                     (n, n)
@@ -274,7 +277,10 @@ mod tests {
 
     #[test]
     fn parses_kernel_forms() {
-        assert_eq!(CpuSet::parse("0-3,8,10-11").unwrap().to_string(), "0-3,8,10-11");
+        assert_eq!(
+            CpuSet::parse("0-3,8,10-11").unwrap().to_string(),
+            "0-3,8,10-11"
+        );
         assert_eq!(CpuSet::parse("3,5,7-9\n").unwrap().to_string(), "3,5,7-9");
         assert_eq!(CpuSet::parse("").unwrap(), CpuSet::new());
         assert_eq!(CpuSet::parse("\n").unwrap(), CpuSet::new());
@@ -285,21 +291,53 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         for bad in [
-            "2-", "-2", "5-2", "1,,2", ",1", "1,", " 1", "1 ", "1, 2", "1\t", "a", "0x3", "1-2-3",
-            "8192", "99999999999999999999", "1-99999", "01", "+1", "1\n\n", "1:2/4",
+            "2-",
+            "-2",
+            "5-2",
+            "1,,2",
+            ",1",
+            "1,",
+            " 1",
+            "1 ",
+            "1, 2",
+            "1\t",
+            "a",
+            "0x3",
+            "1-2-3",
+            "8192",
+            "99999999999999999999",
+            "1-99999",
+            "01",
+            "+1",
+            "1\n\n",
+            "1:2/4",
         ] {
             assert!(CpuSet::parse(bad).is_err(), "{bad:?} should be rejected");
         }
-        assert!(matches!(CpuSet::parse("5-2"), Err(CpuListError::Reversed(_))));
-        assert!(matches!(CpuSet::parse("9000"), Err(CpuListError::TooLarge(_))));
+        assert!(matches!(
+            CpuSet::parse("5-2"),
+            Err(CpuListError::Reversed(_))
+        ));
+        assert!(matches!(
+            CpuSet::parse("9000"),
+            Err(CpuListError::TooLarge(_))
+        ));
         let long = "1,".repeat(MAX_TEXT_LEN);
-        assert!(matches!(CpuSet::parse(&long), Err(CpuListError::TooLong(_))));
+        assert!(matches!(
+            CpuSet::parse(&long),
+            Err(CpuListError::TooLong(_))
+        ));
     }
 
     #[test]
     fn hex_masks() {
         assert_eq!(CpuSet::from_hex_mask("3f\n").unwrap().to_string(), "0-5");
-        assert_eq!(CpuSet::from_hex_mask("00000000,00000023").unwrap().to_string(), "0-1,5");
+        assert_eq!(
+            CpuSet::from_hex_mask("00000000,00000023")
+                .unwrap()
+                .to_string(),
+            "0-1,5"
+        );
         assert_eq!(CpuSet::parse("0-1,5").unwrap().to_hex_mask(), "23");
         assert_eq!(CpuSet::parse("0,33").unwrap().to_hex_mask(), "2,00000001");
         assert_eq!(CpuSet::new().to_hex_mask(), "0");

@@ -91,12 +91,17 @@ impl From<crate::isolation_name::NameError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zbus::DBusError as _;
 
     #[test]
     fn names_match_constants() {
-        assert_eq!(Error::InvalidCpuList(String::new()).name().as_str(), name::INVALID_CPU_LIST);
-        assert_eq!(Error::PartitionRejected(String::new()).name().as_str(), name::PARTITION_REJECTED);
+        assert_eq!(
+            Error::InvalidCpuList(String::new()).name().as_str(),
+            name::INVALID_CPU_LIST
+        );
+        assert_eq!(
+            Error::PartitionRejected(String::new()).name().as_str(),
+            name::PARTITION_REJECTED
+        );
         assert_eq!(Error::Failed(String::new()).name().as_str(), name::FAILED);
     }
 }

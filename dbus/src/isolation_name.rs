@@ -109,8 +109,13 @@ mod tests {
     #[test]
     fn rejects_hostile_names() {
         assert_eq!(IsolationName::new(""), Err(NameError::Empty));
-        assert!(matches!(IsolationName::new(&"x".repeat(65)), Err(NameError::TooLong(65))));
-        for bad in ["a/b", "..", ".", ".hidden", "-rf", "a\0b", "a b", "é", "a\nb", "../etc"] {
+        assert!(matches!(
+            IsolationName::new(&"x".repeat(65)),
+            Err(NameError::TooLong(65))
+        ));
+        for bad in [
+            "a/b", "..", ".", ".hidden", "-rf", "a\0b", "a b", "é", "a\nb", "../etc",
+        ] {
             assert!(IsolationName::new(bad).is_err(), "{bad:?}");
         }
     }

@@ -20,7 +20,7 @@ pub mod options;
 pub mod proxy;
 pub mod status;
 
-pub use cpulist::{CpuSet, CpuListError};
+pub use cpulist::{CpuListError, CpuSet};
 pub use error::Error;
 pub use isolation_name::IsolationName;
 

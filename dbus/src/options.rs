@@ -61,13 +61,17 @@ impl FromStr for PartitionType {
         match s {
             "root" => Ok(Self::Root),
             "isolated" => Ok(Self::Isolated),
-            other => Err(format!("partition must be 'isolated' or 'root', not {other:?}")),
+            other => Err(format!(
+                "partition must be 'isolated' or 'root', not {other:?}"
+            )),
         }
     }
 }
 
 /// When an isolation ends by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReleaseWhen {
     /// When the target's processes are all gone (the default).

@@ -11,14 +11,30 @@
 //! - [`apply`]: performs a plan step by step (journal first), rolls back on failure, releases
 //!   isolations and replays the journal at start-up.
 //!
+//! and the D-Bus side:
+//!
+//! - [`request`]: the validation of `Isolate` arguments;
+//! - the [`polkit`] module: authorization;
+//! - [`backend`]: glue from requests to the engine, health of isolations;
+//! - [`systemd`], [`systemd_effects`]: transient scopes and unit properties;
+//! - [`watch`]: inotify on partition and `cgroup.events` files;
+//! - [`isolator`]: the `org.kvmisolate.Isolator1`/`Isolation1` objects.
+//!
 //! Data flow: D-Bus request → authorization → [`plan::plan`] → [`apply::apply`] → report.
 
 pub mod apply;
+pub mod backend;
 pub mod cgroupfs;
 pub mod host;
+pub mod isolator;
 pub mod journal;
 pub mod kernel;
 pub mod plan;
+pub mod polkit;
+pub mod request;
+pub mod systemd;
+pub mod systemd_effects;
+pub mod watch;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -1,0 +1,443 @@
+//! The glue between the D-Bus objects and the partition engine: turns a validated request into
+//! an engine [`Request`] (resolving systemd units, creating kvmisolate's scope through
+//! systemd), runs the engine off the async thread, and reads an isolation's health back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kvmisolate_dbus::options::{IsolationState, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::status as keys;
+use kvmisolate_dbus::{CpuSet, Error, IsolationName};
+use zbus::{Connection, OwnedVariant, Variant};
+
+use crate::apply::{Engine, ExternalEffects, NoExternalEffects, PartitionState};
+use crate::cgroupfs::{CgroupFs, CgroupPath, pid_alive};
+use crate::host::HostCpus;
+use crate::journal::{Journal, Record};
+use crate::kernel::{KernelSupport, kernel_release};
+use crate::plan::{self, PlanConfig, Request, Target};
+use crate::polkit::Caller;
+use crate::request::{IsolateRequest, TargetRequest};
+use crate::systemd::{self, Systemd};
+use crate::systemd_effects::SystemdEffects;
+
+/// The service's settings (from its command line).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// cgroup v2 mount point.
+    pub cgroup_root: PathBuf,
+    /// sysfs mount point.
+    pub sysfs_root: PathBuf,
+    /// procfs mount point.
+    pub proc_root: PathBuf,
+    /// Where the journal lives.
+    pub run_dir: PathBuf,
+    /// Fewest CPUs the host keeps.
+    pub min_housekeeping: usize,
+    /// Whether CPU 0 may be isolated.
+    pub allow_cpu0: bool,
+    /// Use systemd when it runs.
+    pub use_systemd: bool,
+    /// Test hook: SIGKILL after this step of an Isolate.
+    pub crash_after_step: Option<usize>,
+    /// Test mode: `cgroup_root` is a plain directory with kernel behaviour emulated.
+    pub fake_kernel: bool,
+}
+
+/// One isolation as the D-Bus layer shows it.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The isolation's name.
+    pub name: IsolationName,
+    /// Its CPUs.
+    pub cpus: CpuSet,
+    /// `unit:NAME` or `pids:N,...`.
+    pub target: String,
+    /// The partition type in force.
+    pub partition: PartitionType,
+    /// `active` or `degraded`.
+    pub state: IsolationState,
+    /// Why it is degraded (empty when active).
+    pub state_reason: String,
+    /// The creator's uid.
+    pub owner_uid: u32,
+    /// µs since the epoch.
+    pub created_usec: u64,
+    /// When it ends by itself.
+    pub release_when: ReleaseWhen,
+    /// The unique bus name of the creator.
+    pub caller: String,
+    /// The partitioned cgroups (relative to the cgroup root).
+    pub cgroups: Vec<String>,
+    /// The journal record (what to restore).
+    pub record: Record,
+}
+
+impl Lease {
+    fn from_record(record: Record) -> Self {
+        let r = &record.request;
+        Self {
+            name: r.name.clone(),
+            cpus: r.cpus.clone(),
+            target: r.target.describe(),
+            partition: record.partition,
+            state: IsolationState::Active,
+            state_reason: String::new(),
+            owner_uid: r.owner_uid,
+            created_usec: r.created_usec,
+            release_when: r.release_when,
+            caller: r.caller.clone().unwrap_or_default(),
+            cgroups: record
+                .partitions
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+            record,
+        }
+    }
+}
+
+/// What [`Backend::health`] found.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Whether the target still has processes.
+    pub target_alive: bool,
+    /// The isolation's state.
+    pub state: IsolationState,
+    /// Why (empty when active).
+    pub reason: String,
+}
+
+/// The engine plus everything needed to drive it from the bus.
+pub struct Backend {
+    engine: Arc<Engine>,
+    config: Config,
+    kernel: KernelSupport,
+    systemd: Option<Systemd>,
+    plan_config: PlanConfig,
+    fake_reject: Option<String>,
+}
+
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Failed(e.to_string())
+}
+
+fn now_usec() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Backend {
+    /// Detects the host and opens the journal.
+    pub async fn new(config: Config, conn: Connection) -> anyhow::Result<Self> {
+        let fs = if config.fake_kernel {
+            CgroupFs::open(&config.cgroup_root, Some(config.proc_root.clone()))
+        } else {
+            CgroupFs::new(&config.cgroup_root)
+        };
+        let kernel = KernelSupport::detect(&fs, &kernel_release(&config.proc_root));
+        for problem in &kernel.problems {
+            tracing::warn!("this host cannot isolate CPUs: {problem}");
+        }
+        for note in &kernel.notes {
+            tracing::info!("{note}");
+        }
+        let systemd = (config.use_systemd && systemd::booted(std::path::Path::new("/")))
+            .then(|| Systemd::new(conn.clone()));
+        let effects: Box<dyn ExternalEffects + Send + Sync> = match &systemd {
+            Some(s) => Box::new(SystemdEffects::new(
+                s.clone(),
+                tokio::runtime::Handle::current(),
+                config.cgroup_root.clone(),
+                config.proc_root.clone(),
+            )),
+            None => Box::new(NoExternalEffects),
+        };
+        let journal = Journal::open(config.run_dir.join("isolations"))?;
+        let engine = Arc::new(Engine::new(fs, config.proc_root.clone(), journal, effects));
+        let plan_config = PlanConfig {
+            min_housekeeping: config.min_housekeeping,
+            allow_cpu0: config.allow_cpu0,
+        };
+        let fake_reject = config
+            .fake_kernel
+            .then(|| std::env::var("KVMISOLATED_TEST_FAKE_REJECT").ok())
+            .flatten();
+        Ok(Self {
+            engine,
+            config,
+            kernel,
+            systemd,
+            plan_config,
+            fake_reject,
+        })
+    }
+
+    /// The host's online CPUs now (empty if sysfs cannot be read).
+    pub fn online_cpus(&self) -> CpuSet {
+        HostCpus::read(&self.config.sysfs_root)
+            .map(|h| h.online)
+            .unwrap_or_default()
+    }
+
+    /// `KernelSupport` as a D-Bus dictionary.
+    pub fn kernel_support_dict(&self) -> std::collections::HashMap<String, OwnedVariant> {
+        let k = &self.kernel;
+        let mut m = std::collections::HashMap::new();
+        let mut put = |key: &str, v: Variant<'_>| {
+            if let Ok(v) = OwnedVariant::try_from(v) {
+                m.insert(key.to_owned(), v);
+            }
+        };
+        put(
+            keys::K_CGROUP_V2,
+            Variant::from(k.cgroup_v2 && k.cpuset_controller),
+        );
+        put(
+            keys::K_PARTITION_TYPES,
+            Variant::from(k.partition_type_words()),
+        );
+        put(
+            keys::K_REMOTE_PARTITIONS,
+            Variant::from(k.remote_partitions),
+        );
+        put(keys::K_FILES, Variant::from(k.files.clone()));
+        put(
+            keys::K_KERNEL_RELEASE,
+            Variant::from(k.kernel_release.as_str()),
+        );
+        put(keys::K_SYSTEMD, Variant::from(self.systemd.is_some()));
+        let mut problems = k.problems.clone();
+        problems.extend(k.notes.iter().map(|n| format!("note: {n}")));
+        put(keys::K_PROBLEMS, Variant::from(problems));
+        m
+    }
+
+    /// Plans and applies an isolation. `active` are the isolations held now.
+    pub async fn isolate(
+        &self,
+        req: &IsolateRequest,
+        caller: &Caller,
+        active: &[&Lease],
+    ) -> Result<Lease, Error> {
+        let (target, pre_steps) = self.resolve_target(req).await?;
+        let request = Request {
+            name: req.name.clone(),
+            cpus: req.cpus.clone(),
+            target,
+            partition: req.partition,
+            release_when: req.release_when,
+            owner_uid: caller.uid,
+            caller: Some(caller.bus_name.clone()),
+            created_usec: now_usec(),
+            pre_steps,
+        };
+        // The journal, not the lease table, is the truth about what is held: an isolation
+        // whose release failed is still in it, and its CPUs are still taken.
+        let mut active: Vec<_> = active.iter().map(|l| l.record.to_active()).collect();
+        if let Ok(loaded) = self.engine.journal.load_all() {
+            for r in loaded.records {
+                if !active.iter().any(|a| a.name == *r.name()) {
+                    active.push(r.to_active());
+                }
+            }
+        }
+        let engine = self.engine.clone();
+        let kernel = self.kernel.clone();
+        let plan_config = self.plan_config.clone();
+        let sysfs = self.config.sysfs_root.clone();
+        let crash = self.config.crash_after_step;
+        let reject = self.fake_reject.clone();
+        let record = tokio::task::spawn_blocking(move || {
+            let host = HostCpus::read(&sysfs).map_err(failed)?;
+            let snapshot = engine.snapshot(&request.target)?;
+            let plan = plan::plan(&request, &host, &kernel, &snapshot, &plan_config, &active)?;
+            if let Some(reason) = &reject {
+                for p in &plan.partitions {
+                    engine.fs.emulate_reject_partition(p, Some(reason));
+                }
+            }
+            engine.apply(&request, &plan, crash)
+        })
+        .await
+        .map_err(failed)??;
+        Ok(Lease::from_record(record))
+    }
+
+    async fn resolve_target(
+        &self,
+        req: &IsolateRequest,
+    ) -> Result<(Target, Vec<plan::ExternalStep>), Error> {
+        match &req.target {
+            TargetRequest::Unit(unit) => {
+                let Some(systemd) = &self.systemd else {
+                    return Err(Error::UnsupportedHost(
+                        "isolating a systemd unit needs systemd, which does not manage this host; use pids instead"
+                            .into(),
+                    ));
+                };
+                let cgroup = systemd.unit_cgroup(unit).await.map_err(|e| match e {
+                    systemd::SystemdError::NoSuchUnit(_) => Error::TargetNotFound(format!(
+                        "no running systemd unit {unit:?} (systemctl status {unit})"
+                    )),
+                    other => failed(other),
+                })?;
+                let cgroup = CgroupPath::new(&cgroup).map_err(failed)?;
+                let pre = vec![crate::systemd_effects::set_allowed_cpus_step(
+                    unit, &req.cpus,
+                )];
+                Ok((
+                    Target::Unit {
+                        unit: unit.clone(),
+                        cgroup,
+                    },
+                    pre,
+                ))
+            }
+            TargetRequest::Pids(pids) => {
+                for &pid in pids {
+                    if !pid_alive(&self.config.proc_root, pid) {
+                        return Err(Error::TargetNotFound(format!(
+                            "process {pid} does not exist"
+                        )));
+                    }
+                }
+                match &self.systemd {
+                    Some(_) => {
+                        let unit = req.name.scope_unit();
+                        let cgroup = CgroupPath::new(&format!("{}/{unit}", systemd::SLICE))
+                            .map_err(failed)?;
+                        let pre = vec![crate::systemd_effects::start_scope_step(
+                            &unit, &req.name, pids,
+                        )];
+                        Ok((
+                            Target::Own {
+                                cgroup,
+                                pids: pids.clone(),
+                                create: false,
+                            },
+                            pre,
+                        ))
+                    }
+                    None => Ok((
+                        Target::Own {
+                            cgroup: Target::own_cgroup(&req.name),
+                            pids: pids.clone(),
+                            create: true,
+                        },
+                        Vec::new(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Restores everything `lease` changed.
+    pub async fn release(&self, lease: &Lease, _others: &[&Lease]) -> Result<(), Error> {
+        let engine = self.engine.clone();
+        let record = lease.record.clone();
+        tokio::task::spawn_blocking(move || engine.release(&record))
+            .await
+            .map_err(failed)?
+            .map_err(Error::from)
+    }
+
+    /// Reads the partition states and whether the target still runs.
+    pub fn health(&self, lease: &Lease) -> Health {
+        let target = lease.record.request.target.cgroup();
+        let target_alive = self.target_alive(&lease.record);
+        let mut state = IsolationState::Active;
+        let mut reasons = Vec::new();
+        for cg in &lease.record.partitions {
+            match self.engine.partition_state(cg) {
+                Some(PartitionState::Valid(_)) => {}
+                Some(PartitionState::Invalid { word, reason }) => {
+                    state = IsolationState::Degraded;
+                    reasons.push(format!("{cg}: {word} invalid: {reason}"));
+                }
+                Some(PartitionState::Member) => {
+                    state = IsolationState::Degraded;
+                    reasons.push(format!(
+                        "{cg}: the partition was reset to member by someone else"
+                    ));
+                }
+                Some(PartitionState::Other(text)) => {
+                    state = IsolationState::Degraded;
+                    reasons.push(format!("{cg}: unexpected partition state {text:?}"));
+                }
+                None if cg == target => {}
+                None => {
+                    state = IsolationState::Degraded;
+                    reasons.push(format!("{cg}: the cgroup is gone"));
+                }
+            }
+        }
+        Health {
+            target_alive,
+            state,
+            reason: reasons.join("; "),
+        }
+    }
+
+    fn target_alive(&self, record: &Record) -> bool {
+        let cg = record.request.target.cgroup();
+        match self.engine.fs.read_opt(cg, "cgroup.events") {
+            Ok(Some(events)) => events.lines().any(|l| l.trim() == "populated 1"),
+            Ok(None) => false,
+            // Unreadable is not proof of death: keep the isolation.
+            Err(_) => true,
+        }
+    }
+
+    /// The files whose changes matter for `lease`.
+    pub fn watch_paths(&self, lease: &Lease) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for cg in &lease.record.partitions {
+            if let Ok(p) = self.engine.fs.file_path(cg, crate::kernel::PARTITION_FILE) {
+                out.push(p);
+            }
+        }
+        if let Ok(p) = self
+            .engine
+            .fs
+            .file_path(lease.record.request.target.cgroup(), "cgroup.events")
+        {
+            out.push(p);
+        }
+        out
+    }
+
+    /// Start-up: replays the journal. Returns the isolations to adopt and warnings.
+    pub async fn recover(&self) -> (Vec<Lease>, Vec<String>) {
+        let engine = self.engine.clone();
+        let this_fs_alive = {
+            let engine = self.engine.clone();
+            move |r: &Record| {
+                let cg = r.request.target.cgroup();
+                matches!(engine.fs.read_opt(cg, "cgroup.events"), Ok(Some(e)) if e.lines().any(|l| l.trim() == "populated 1"))
+            }
+        };
+        let report = match tokio::task::spawn_blocking(move || engine.replay(this_fs_alive)).await {
+            Ok(r) => r,
+            Err(e) => return (Vec::new(), vec![format!("journal replay failed: {e}")]),
+        };
+        let mut warnings = report.warnings;
+        for name in &report.released {
+            tracing::info!(
+                name,
+                "restored an isolation left by a previous run (target gone or unfinished)"
+            );
+        }
+        for f in &report.failed {
+            tracing::error!(error = %f, "could not restore an isolation from the journal");
+            warnings.push(f.to_string());
+        }
+        (
+            report.adopted.into_iter().map(Lease::from_record).collect(),
+            warnings,
+        )
+    }
+}

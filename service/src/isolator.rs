@@ -1,0 +1,583 @@
+//! The D-Bus objects: `org.kvmisolate.Isolator1` (the manager) and one
+//! `org.kvmisolate.Isolation1` per isolation, and the event handling that keeps them current
+//! (partition changes, target exit, caller disconnect) without polling.
+//!
+//! Flow of a call: parse and validate the arguments (no lock, no prompt) → authorize with
+//! polkit (no lock held) → take the state lock → plan and apply through the [`Backend`] →
+//! publish the object and announce the change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use kvmisolate_dbus::options::{IsolationState, ReleaseWhen};
+use kvmisolate_dbus::status as keys;
+use kvmisolate_dbus::{CpuSet, Error, names};
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::{BoxDBusError, Connection, OwnedObjectPath, OwnedVariant, Variant, fdo, interface};
+
+use crate::backend::{Backend, Lease};
+use crate::polkit;
+use crate::request;
+use crate::watch::Watcher;
+
+/// State shared by every object and event handler.
+pub struct Shared {
+    conn: Connection,
+    backend: Backend,
+    leases: tokio::sync::Mutex<BTreeMap<String, Lease>>,
+    watcher: Watcher,
+    /// Woken on every change, for the idle-exit timer.
+    pub activity: tokio::sync::Notify,
+    warnings: std::sync::Mutex<Vec<String>>,
+}
+
+fn boxed<E: zbus::DBusError + Send + Sync + 'static>(e: E) -> BoxDBusError {
+    Box::new(e)
+}
+
+fn path_of(lease: &Lease) -> OwnedObjectPath {
+    // Names are validated, so their encoded paths always are valid object paths.
+    OwnedObjectPath::try_from(lease.name.object_path()).unwrap_or_else(|_| {
+        OwnedObjectPath::try_from(names::ISOLATION_PATH_PREFIX).unwrap_or_default()
+    })
+}
+
+/// `org.kvmisolate.Isolator1`.
+pub struct Isolator {
+    shared: Arc<Shared>,
+}
+
+#[interface(name = "org.kvmisolate.Isolator1")]
+impl Isolator {
+    /// Creates an isolation.
+    #[zbus(out_args("isolation"))]
+    async fn isolate(
+        &self,
+        name: &str,
+        cpus: &str,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OwnedObjectPath, BoxDBusError> {
+        self.shared.activity.notify_one();
+        let req = request::parse(name, cpus, &options).map_err(boxed)?;
+        let caller = polkit::caller(&self.shared.conn, &header)
+            .await
+            .map_err(boxed)?;
+        polkit::authorize(&self.shared.conn, &header, &caller, names::ACTION_ISOLATE)
+            .await
+            .map_err(boxed)?;
+        self.shared.isolate(req, caller).await.map_err(boxed)
+    }
+
+    /// Releases one isolation.
+    async fn release(
+        &self,
+        name: &str,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BoxDBusError> {
+        self.shared.activity.notify_one();
+        self.shared.release_checked(name, &header).await
+    }
+
+    /// Releases every isolation.
+    async fn release_all(&self, #[zbus(header)] header: Header<'_>) -> Result<(), BoxDBusError> {
+        self.shared.activity.notify_one();
+        let caller = polkit::caller(&self.shared.conn, &header)
+            .await
+            .map_err(boxed)?;
+        let foreign = {
+            let leases = self.shared.leases.lock().await;
+            leases.values().any(|l| l.owner_uid != caller.uid)
+        };
+        if foreign {
+            polkit::authorize(&self.shared.conn, &header, &caller, names::ACTION_RELEASE)
+                .await
+                .map_err(boxed)?;
+        }
+        let names: Vec<String> = self.shared.leases.lock().await.keys().cloned().collect();
+        let mut failures = Vec::new();
+        for name in names {
+            match self.shared.release(&name, "released").await {
+                Ok(()) | Err(Error::NoSuchIsolation(_)) => {}
+                Err(e) => failures.push(format!("{name}: {e:?}")),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(boxed(Error::Failed(format!(
+                "some isolations could not be fully released: {}",
+                failures.join("; ")
+            ))))
+        }
+    }
+
+    /// Everything in one dictionary.
+    #[zbus(out_args("status"))]
+    async fn status(&self) -> HashMap<String, OwnedVariant> {
+        self.shared.status().await
+    }
+
+    /// Emitted when an isolation ends.
+    #[zbus(signal)]
+    async fn released(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        path: zbus::ObjectPath<'_>,
+        reason: &str,
+    ) -> zbus::Result<()>;
+
+    /// CPUs held by active isolations.
+    #[zbus(property)]
+    async fn isolated_cpus(&self) -> String {
+        self.shared.isolated_cpus().await.to_string()
+    }
+
+    /// Online CPUs left to the host.
+    #[zbus(property)]
+    async fn housekeeping_cpus(&self) -> String {
+        let isolated = self.shared.isolated_cpus().await;
+        self.shared
+            .backend
+            .online_cpus()
+            .difference(&isolated)
+            .to_string()
+    }
+
+    /// The isolation objects.
+    #[zbus(property)]
+    async fn isolations(&self) -> Vec<OwnedObjectPath> {
+        self.shared
+            .leases
+            .lock()
+            .await
+            .values()
+            .map(path_of)
+            .collect()
+    }
+
+    /// What the kernel supports.
+    #[zbus(property)]
+    async fn kernel_support(&self) -> HashMap<String, OwnedVariant> {
+        self.shared.backend.kernel_support_dict()
+    }
+}
+
+/// `org.kvmisolate.Isolation1`: a snapshot of one lease, replaced on every change.
+pub struct IsolationObject {
+    lease: Lease,
+    shared: Arc<Shared>,
+}
+
+#[interface(name = "org.kvmisolate.Isolation1")]
+impl IsolationObject {
+    /// Releases this isolation.
+    async fn release(&self, #[zbus(header)] header: Header<'_>) -> Result<(), BoxDBusError> {
+        self.shared.activity.notify_one();
+        let name = self.lease.name.as_str().to_owned();
+        self.shared.release_checked(&name, &header).await
+    }
+
+    /// The isolation's name.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn name(&self) -> String {
+        self.lease.name.to_string()
+    }
+    /// The isolated CPUs.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn cpus(&self) -> String {
+        self.lease.cpus.to_string()
+    }
+    /// What was isolated.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn target(&self) -> String {
+        self.lease.target.clone()
+    }
+    /// `isolated` or `root`.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn partition(&self) -> String {
+        self.lease.partition.to_string()
+    }
+    /// `active` or `degraded`.
+    #[zbus(property)]
+    fn state(&self) -> String {
+        self.lease.state.to_string()
+    }
+    /// Why the state is what it is.
+    #[zbus(property)]
+    fn state_reason(&self) -> String {
+        self.lease.state_reason.clone()
+    }
+    /// The creator's uid.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn owner_uid(&self) -> u32 {
+        self.lease.owner_uid
+    }
+    /// Creation time in µs since the epoch.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn created(&self) -> u64 {
+        self.lease.created_usec
+    }
+    /// When it ends by itself.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn release_when(&self) -> String {
+        self.lease.release_when.to_string()
+    }
+}
+
+impl Shared {
+    /// Builds the shared state, adopts isolations that survived a restart and publishes the
+    /// objects. Returns the shared state and the receiver of watcher events.
+    pub async fn start(conn: Connection, backend: Backend) -> anyhow::Result<Arc<Self>> {
+        let (watcher, mut changes) = Watcher::start()?;
+        let shared = Arc::new(Self {
+            conn: conn.clone(),
+            backend,
+            leases: tokio::sync::Mutex::new(BTreeMap::new()),
+            watcher,
+            activity: tokio::sync::Notify::new(),
+            warnings: std::sync::Mutex::new(Vec::new()),
+        });
+        let server = conn.object_server();
+        server.at(names::OBJECT_PATH, fdo::ObjectManager).await?;
+        server
+            .at(
+                names::OBJECT_PATH,
+                Isolator {
+                    shared: shared.clone(),
+                },
+            )
+            .await?;
+
+        let (adopted, warnings) = shared.backend.recover().await;
+        if let Ok(mut w) = shared.warnings.lock() {
+            w.extend(warnings);
+        }
+        for lease in adopted {
+            tracing::info!(name = %lease.name, cpus = %lease.cpus, "adopted isolation from the journal");
+            shared
+                .leases
+                .lock()
+                .await
+                .insert(lease.name.to_string(), lease.clone());
+            shared.publish(&lease).await;
+        }
+        // Re-check every adopted lease once: the world may have moved while we were down.
+        let names: Vec<String> = shared.leases.lock().await.keys().cloned().collect();
+        for name in names {
+            shared.recheck(&name).await;
+        }
+
+        let s = shared.clone();
+        tokio::spawn(async move {
+            while let Some(name) = changes.recv().await {
+                s.recheck(&name).await;
+            }
+        });
+        let s = shared.clone();
+        tokio::spawn(async move { s.follow_callers().await });
+        Ok(shared)
+    }
+
+    /// Whether no isolation is held (for the idle exit).
+    pub async fn is_idle(&self) -> bool {
+        self.leases.lock().await.is_empty()
+    }
+
+    async fn isolated_cpus(&self) -> CpuSet {
+        self.leases
+            .lock()
+            .await
+            .values()
+            .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus))
+    }
+
+    async fn isolate(
+        self: &Arc<Self>,
+        req: request::IsolateRequest,
+        caller: polkit::Caller,
+    ) -> Result<OwnedObjectPath, Error> {
+        let mut leases = self.leases.lock().await;
+        if leases.contains_key(req.name.as_str()) {
+            return Err(Error::NameExists(format!(
+                "an isolation named {:?} exists already; release it first or pick another name",
+                req.name.as_str()
+            )));
+        }
+        let active: Vec<&Lease> = leases.values().collect();
+        let lease = self.backend.isolate(&req, &caller, &active).await?;
+        tracing::info!(
+            name = %lease.name, cpus = %lease.cpus, target = %lease.target, partition = %lease.partition,
+            uid = caller.uid, "isolated"
+        );
+        let path = path_of(&lease);
+        leases.insert(lease.name.to_string(), lease.clone());
+        // Never call into the object server with the lease lock held: it dispatches property
+        // reads (which take this lock) under its own lock.
+        drop(leases);
+        self.publish(&lease).await;
+        self.manager_changed().await;
+        Ok(path)
+    }
+
+    /// Registers the object of `lease` and its watches.
+    async fn publish(self: &Arc<Self>, lease: &Lease) {
+        for path in self.backend.watch_paths(lease) {
+            if let Err(e) = self.watcher.watch(lease.name.as_str(), &path) {
+                tracing::warn!(name = %lease.name, path = %path.display(), error = %e, "cannot watch; changes there go unnoticed");
+            }
+        }
+        let obj = IsolationObject {
+            lease: lease.clone(),
+            shared: self.clone(),
+        };
+        if let Err(e) = self.conn.object_server().at(path_of(lease), obj).await {
+            tracing::error!(name = %lease.name, error = %e, "cannot publish the isolation object");
+        }
+    }
+
+    async fn release_checked(&self, name: &str, header: &Header<'_>) -> Result<(), BoxDBusError> {
+        let caller = polkit::caller(&self.conn, header).await.map_err(boxed)?;
+        let owner = {
+            let leases = self.leases.lock().await;
+            leases.get(name).map(|l| l.owner_uid)
+        };
+        let Some(owner) = owner else {
+            return Err(boxed(no_such(name)));
+        };
+        if owner != caller.uid {
+            polkit::authorize(&self.conn, header, &caller, names::ACTION_RELEASE)
+                .await
+                .map_err(boxed)?;
+        }
+        self.release(name, "released").await.map_err(boxed)
+    }
+
+    /// Releases `name`, restoring everything, and announces it with `reason`.
+    pub async fn release(&self, name: &str, reason: &str) -> Result<(), Error> {
+        let mut leases = self.leases.lock().await;
+        let Some(lease) = leases.get(name).cloned() else {
+            return Err(no_such(name));
+        };
+        let others: Vec<&Lease> = leases.values().filter(|l| l.name != lease.name).collect();
+        let result = self.backend.release(&lease, &others).await;
+        match result {
+            Ok(()) => {
+                leases.remove(name);
+                drop(leases);
+                self.watcher.unwatch(name);
+                let path = path_of(&lease);
+                let _ = self
+                    .conn
+                    .object_server()
+                    .remove::<IsolationObject, _>(&path)
+                    .await;
+                tracing::info!(name, reason, "released");
+                if let Ok(iface) = self
+                    .conn
+                    .object_server()
+                    .interface::<_, Isolator>(names::OBJECT_PATH)
+                    .await
+                {
+                    let _ = Isolator::released(iface.signal_emitter(), name, path.as_ref(), reason)
+                        .await;
+                }
+                self.manager_changed().await;
+                self.activity.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(name, error = ?e, "release incomplete; the journal keeps what is left to restore");
+                if let Some(l) = leases.get_mut(name) {
+                    l.state = IsolationState::Degraded;
+                    l.state_reason = format!("release incomplete: {e:?}");
+                    let updated = l.clone();
+                    drop(leases);
+                    self.update_object(&updated).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-reads the state of `name` after a watcher event, and releases it when its target is
+    /// gone (unless only an explicit Release may end it).
+    async fn recheck(&self, name: &str) {
+        let health = {
+            let leases = self.leases.lock().await;
+            let Some(lease) = leases.get(name) else {
+                return;
+            };
+            (
+                self.backend.health(lease),
+                lease.release_when,
+                lease.state,
+                lease.state_reason.clone(),
+            )
+        };
+        let (health, release_when, old_state, old_reason) = health;
+        if !health.target_alive && release_when != ReleaseWhen::Released {
+            if let Err(e) = self.release(name, "target-exited").await {
+                tracing::error!(name, error = ?e, "automatic release after the target exited failed");
+            }
+            return;
+        }
+        if health.state != old_state || health.reason != old_reason {
+            let updated = {
+                let mut leases = self.leases.lock().await;
+                let Some(lease) = leases.get_mut(name) else {
+                    return;
+                };
+                lease.state = health.state;
+                lease.state_reason = health.reason.clone();
+                lease.clone()
+            };
+            tracing::warn!(name, state = %updated.state, reason = %updated.state_reason, "isolation state changed");
+            self.update_object(&updated).await;
+        }
+    }
+
+    async fn update_object(&self, lease: &Lease) {
+        let path = path_of(lease);
+        let Ok(iface) = self
+            .conn
+            .object_server()
+            .interface::<_, IsolationObject>(&path)
+            .await
+        else {
+            return;
+        };
+        iface.get_mut().await.lease = lease.clone();
+        // State and its reason travel in one PropertiesChanged, so a GUI never shows a new
+        // state with a stale reason.
+        let changed = HashMap::from([
+            ("State", Variant::from(lease.state.as_str())),
+            ("StateReason", Variant::from(lease.state_reason.as_str())),
+        ]);
+        let iface_name =
+            zbus::names::InterfaceName::from_static_str_unchecked(names::ISOLATION_INTERFACE);
+        let _ = fdo::Properties::properties_changed(
+            iface.signal_emitter(),
+            iface_name,
+            changed,
+            std::borrow::Cow::Borrowed(&[]),
+        )
+        .await;
+    }
+
+    async fn manager_changed(&self) {
+        let Ok(iface) = self
+            .conn
+            .object_server()
+            .interface::<_, Isolator>(names::OBJECT_PATH)
+            .await
+        else {
+            return;
+        };
+        let obj = iface.get().await;
+        let emitter = iface.signal_emitter();
+        let _ = obj.isolations_changed(emitter).await;
+        let _ = obj.isolated_cpus_changed(emitter).await;
+        let _ = obj.housekeeping_cpus_changed(emitter).await;
+    }
+
+    /// Releases `caller-disconnects` leases whose caller left the bus.
+    async fn follow_callers(self: Arc<Self>) {
+        use futures_util::StreamExt;
+        let Ok(dbus) = fdo::DBusProxy::new(&self.conn).await else {
+            return;
+        };
+        let Ok(mut stream) = dbus.receive_name_owner_changed().await else {
+            return;
+        };
+        while let Some(signal) = stream.next().await {
+            let Ok(args) = signal.args() else { continue };
+            if args.new_owner().is_some() {
+                continue;
+            }
+            let gone = args.name().to_string();
+            let names: Vec<String> = self
+                .leases
+                .lock()
+                .await
+                .values()
+                .filter(|l| l.release_when == ReleaseWhen::CallerDisconnects && l.caller == gone)
+                .map(|l| l.name.to_string())
+                .collect();
+            for name in names {
+                if let Err(e) = self.release(&name, "caller-disconnected").await {
+                    tracing::error!(name, error = ?e, "release after the caller disconnected failed");
+                }
+            }
+        }
+    }
+
+    async fn status(&self) -> HashMap<String, OwnedVariant> {
+        let leases = self.leases.lock().await;
+        let isolated = leases
+            .values()
+            .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus));
+        let online = self.backend.online_cpus();
+        let mut out: HashMap<String, OwnedVariant> = HashMap::new();
+        let mut put = |k: &str, v: Variant<'_>| {
+            if let Ok(v) = OwnedVariant::try_from(v) {
+                out.insert(k.to_owned(), v);
+            }
+        };
+        put(keys::VERSION, Variant::from(env!("CARGO_PKG_VERSION")));
+        put(keys::ISOLATED_CPUS, Variant::from(isolated.to_string()));
+        put(
+            keys::HOUSEKEEPING_CPUS,
+            Variant::from(online.difference(&isolated).to_string()),
+        );
+        put(keys::ONLINE_CPUS, Variant::from(online.to_string()));
+        let entries: Vec<HashMap<String, OwnedVariant>> =
+            leases.values().map(lease_entry).collect();
+        put(keys::ISOLATIONS, Variant::from(entries));
+        put(
+            keys::KERNEL_SUPPORT,
+            Variant::from(self.backend.kernel_support_dict()),
+        );
+        let mut warnings = self.warnings.lock().map(|w| w.clone()).unwrap_or_default();
+        for l in leases
+            .values()
+            .filter(|l| l.state == IsolationState::Degraded)
+        {
+            warnings.push(format!(
+                "isolation {} is degraded: {}",
+                l.name, l.state_reason
+            ));
+        }
+        put(keys::WARNINGS, Variant::from(warnings));
+        out
+    }
+}
+
+fn lease_entry(l: &Lease) -> HashMap<String, OwnedVariant> {
+    let mut m = HashMap::new();
+    let mut put = |k: &str, v: Variant<'_>| {
+        if let Ok(v) = OwnedVariant::try_from(v) {
+            m.insert(k.to_owned(), v);
+        }
+    };
+    put(keys::I_NAME, Variant::from(l.name.as_str()));
+    put(keys::I_OBJECT_PATH, Variant::from(path_of(l)));
+    put(keys::I_CPUS, Variant::from(l.cpus.to_string()));
+    put(keys::I_TARGET, Variant::from(l.target.as_str()));
+    put(keys::I_PARTITION, Variant::from(l.partition.as_str()));
+    put(keys::I_STATE, Variant::from(l.state.as_str()));
+    put(keys::I_STATE_REASON, Variant::from(l.state_reason.as_str()));
+    put(keys::I_OWNER_UID, Variant::from(l.owner_uid));
+    put(keys::I_CREATED, Variant::from(l.created_usec));
+    put(keys::I_RELEASE_WHEN, Variant::from(l.release_when.as_str()));
+    put(keys::I_CGROUPS, Variant::from(l.cgroups.clone()));
+    m
+}
+
+fn no_such(name: &str) -> Error {
+    let shown: String = name.chars().take(64).collect();
+    Error::NoSuchIsolation(format!(
+        "no isolation is named {shown:?}; `kvmisolate status` lists them"
+    ))
+}

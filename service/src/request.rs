@@ -1,0 +1,245 @@
+//! Turning an `Isolate(name, cpus, options)` call into a validated [`IsolateRequest`].
+//!
+//! Pure: no I/O besides nothing at all. Everything a caller can get wrong is caught here with an
+//! error naming the key and the fix, before authorization prompts anyone and before any lock.
+
+use std::collections::{BTreeSet, HashMap};
+
+use kvmisolate_dbus::options::{self, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::{CpuSet, Error, IsolationName};
+use zbus::OwnedVariant;
+
+/// What to isolate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetRequest {
+    /// An existing systemd unit, partitioned in place.
+    Unit(String),
+    /// Processes moved into a cgroup of kvmisolate's own.
+    Pids(Vec<u32>),
+}
+
+impl TargetRequest {
+    /// The `Target` property text: `unit:NAME` or `pids:1,2,3`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Unit(u) => format!("unit:{u}"),
+            Self::Pids(p) => {
+                let list: Vec<String> = p.iter().map(u32::to_string).collect();
+                format!("pids:{}", list.join(","))
+            }
+        }
+    }
+}
+
+/// A validated `Isolate` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsolateRequest {
+    /// The isolation's name.
+    pub name: IsolationName,
+    /// The CPUs to isolate (non-empty).
+    pub cpus: CpuSet,
+    /// What to isolate.
+    pub target: TargetRequest,
+    /// The partition type asked for; `None` lets the service choose.
+    pub partition: Option<PartitionType>,
+    /// When it ends by itself.
+    pub release_when: ReleaseWhen,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidOption(msg.into())
+}
+
+fn string_option(key: &str, value: &OwnedVariant) -> Result<String, Error> {
+    String::try_from(value.clone())
+        .map_err(|_| invalid(format!("option {key:?} must be a string (type s)")))
+}
+
+/// Validates the arguments of `Isolate`.
+pub fn parse(
+    name: &str,
+    cpus: &str,
+    options: &HashMap<String, OwnedVariant>,
+) -> Result<IsolateRequest, Error> {
+    let name = IsolationName::new(name)?;
+    let cpus = CpuSet::parse(cpus)?;
+    if cpus.is_empty() {
+        return Err(Error::InvalidCpuList(
+            "the CPU list is empty; give the CPUs to isolate, e.g. 2-5".into(),
+        ));
+    }
+    let mut unit = None;
+    let mut pids = None;
+    let mut partition = None;
+    let mut release_when = ReleaseWhen::default();
+    for (key, value) in options {
+        match key.as_str() {
+            options::UNIT => {
+                let u = string_option(key, value)?;
+                crate::systemd::validate_unit_name(&u).map_err(invalid)?;
+                unit = Some(u);
+            }
+            options::PIDS => {
+                let list = Vec::<u32>::try_from(value.clone()).map_err(|_| {
+                    invalid("option \"pids\" must be an array of process IDs (type au)")
+                })?;
+                pids = Some(validate_pids(list)?);
+            }
+            options::PARTITION => {
+                partition = Some(
+                    string_option(key, value)?
+                        .parse::<PartitionType>()
+                        .map_err(invalid)?,
+                );
+            }
+            options::RELEASE_WHEN => {
+                release_when = string_option(key, value)?
+                    .parse::<ReleaseWhen>()
+                    .map_err(invalid)?;
+            }
+            options::LIBVIRT_DOMAIN | options::TUNINGS | options::PROFILE => {
+                return Err(invalid(format!(
+                    "option {key:?} is not supported by this version of kvmisolated"
+                )));
+            }
+            other => {
+                let shown: String = other.chars().take(64).collect();
+                return Err(invalid(format!(
+                    "unknown option {shown:?}; known options: {}",
+                    options::KNOWN.join(", ")
+                )));
+            }
+        }
+    }
+    let target = match (unit, pids) {
+        (Some(_), Some(_)) => return Err(invalid("give either \"unit\" or \"pids\", not both")),
+        (Some(u), None) => TargetRequest::Unit(u),
+        (None, Some(p)) => TargetRequest::Pids(p),
+        (None, None) => {
+            return Err(invalid(
+                "no target: give the option \"unit\" (a systemd unit) or \"pids\" (processes)",
+            ));
+        }
+    };
+    Ok(IsolateRequest {
+        name,
+        cpus,
+        target,
+        partition,
+        release_when,
+    })
+}
+
+fn validate_pids(list: Vec<u32>) -> Result<Vec<u32>, Error> {
+    if list.is_empty() {
+        return Err(invalid(
+            "option \"pids\" is empty; give at least one process ID",
+        ));
+    }
+    if list.len() > options::MAX_PIDS {
+        return Err(invalid(format!(
+            "option \"pids\" has {} entries; at most {} are accepted (give the main process; its threads and children follow)",
+            list.len(),
+            options::MAX_PIDS
+        )));
+    }
+    if list.contains(&0) {
+        return Err(invalid(
+            "option \"pids\" contains 0, which is not a process ID",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for &pid in &list {
+        if !seen.insert(pid) {
+            return Err(invalid(format!(
+                "option \"pids\" lists process {pid} twice"
+            )));
+        }
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::Variant;
+
+    fn opts(items: &[(&str, Variant<'static>)]) -> HashMap<String, OwnedVariant> {
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OwnedVariant::try_from(v.clone()).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn accepts_a_pids_request() {
+        let r = parse(
+            "vm",
+            "2-3",
+            &opts(&[("pids", Variant::from(vec![10u32, 11]))]),
+        )
+        .unwrap();
+        assert_eq!(r.target, TargetRequest::Pids(vec![10, 11]));
+        assert_eq!(r.cpus.to_string(), "2-3");
+        assert_eq!(r.partition, None);
+        assert_eq!(r.release_when, ReleaseWhen::TargetExits);
+        assert_eq!(r.target.describe(), "pids:10,11");
+    }
+
+    #[test]
+    fn accepts_a_unit_request_with_all_options() {
+        let r = parse(
+            "vm",
+            "4",
+            &opts(&[
+                ("unit", Variant::from("vm.service")),
+                ("partition", Variant::from("isolated")),
+                ("release-when", Variant::from("released")),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.target, TargetRequest::Unit("vm.service".into()));
+        assert_eq!(r.partition, Some(PartitionType::Isolated));
+        assert_eq!(r.release_when, ReleaseWhen::Released);
+    }
+
+    #[test]
+    fn rejects_bad_input_with_the_right_error() {
+        let pids = || ("pids", Variant::from(vec![10u32]));
+        assert!(matches!(
+            parse("a/b", "2", &opts(&[pids()])),
+            Err(Error::InvalidName(_))
+        ));
+        assert!(matches!(
+            parse("vm", "2-", &opts(&[pids()])),
+            Err(Error::InvalidCpuList(_))
+        ));
+        assert!(matches!(
+            parse("vm", "", &opts(&[pids()])),
+            Err(Error::InvalidCpuList(_))
+        ));
+        for bad in [
+            vec![],
+            vec![("bogus", Variant::from(1u32))],
+            vec![pids(), ("unit", Variant::from("x.service"))],
+            vec![("pids", Variant::from("10"))],
+            vec![("pids", Variant::from(Vec::<u32>::new()))],
+            vec![("pids", Variant::from(vec![0u32]))],
+            vec![("pids", Variant::from(vec![5u32, 5]))],
+            vec![("pids", Variant::from((1..=10_000u32).collect::<Vec<_>>()))],
+            vec![pids(), ("partition", Variant::from("member"))],
+            vec![pids(), ("partition", Variant::from(1u32))],
+            vec![pids(), ("release-when", Variant::from("never"))],
+            vec![("unit", Variant::from("../../etc.service"))],
+            vec![("unit", Variant::from("x.timer"))],
+            vec![pids(), ("libvirt-domain", Variant::from("win10"))],
+        ] {
+            let r = parse("vm", "2", &opts(&bad));
+            assert!(
+                matches!(r, Err(Error::InvalidOption(_))),
+                "{bad:?} gave {r:?}"
+            );
+        }
+    }
+}

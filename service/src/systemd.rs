@@ -1,0 +1,319 @@
+//! systemd over D-Bus: the transient scope of a `pids` target, a unit's cgroup, moving
+//! processes back to their unit, and runtime unit properties.
+//!
+//! kvmisolate respects systemd's single-writer rule: it creates its own delegated scope rather
+//! than cgroups under systemd's tree, and it asks systemd (not cgroupfs) to move processes
+//! between units.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use zbus::{Connection, OwnedObjectPath, Variant, proxy};
+
+/// The slice holding kvmisolate's own scopes.
+pub const SLICE: &str = "kvmisolate.slice";
+/// How long to wait for systemd to run a start/stop job.
+const JOB_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Errors from talking to systemd.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// A D-Bus call failed.
+    #[error("systemd: {0}")]
+    Bus(#[from] zbus::Error),
+    /// A standard-interface call failed.
+    #[error("systemd: {0}")]
+    Fdo(#[from] zbus::fdo::Error),
+    /// systemd has no such unit loaded.
+    #[error("no systemd unit {0:?} is loaded")]
+    NoSuchUnit(String),
+    /// A job did not finish in time or failed.
+    #[error("systemd job for {unit} ended with {result:?}")]
+    Job {
+        /// The unit.
+        unit: String,
+        /// systemd's result word (`done`, `failed`, `timeout`...).
+        result: String,
+    },
+}
+
+#[proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Variant<'_>)],
+        aux: &[(&str, &[(&str, Variant<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn attach_processes_to_unit(
+        &self,
+        unit: &str,
+        subcgroup: &str,
+        pids: &[u32],
+    ) -> zbus::Result<()>;
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Variant<'_>)],
+    ) -> zbus::Result<()>;
+    fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: zbus::ObjectPath<'_>,
+        unit: &str,
+        result: &str,
+    ) -> zbus::Result<()>;
+}
+
+#[proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+}
+
+/// systemd's manager, reached over `conn` (the system bus).
+#[derive(Clone)]
+pub struct Systemd {
+    conn: Connection,
+}
+
+impl Systemd {
+    /// Wraps a connection to the bus systemd is on.
+    pub fn new(conn: Connection) -> Self {
+        Self { conn }
+    }
+
+    async fn manager(&self) -> zbus::Result<ManagerProxy<'static>> {
+        ManagerProxy::new(&self.conn).await
+    }
+
+    /// The cgroup (relative to the cgroup root, without a leading `/`) of a loaded unit.
+    pub async fn unit_cgroup(&self, unit: &str) -> Result<String, SystemdError> {
+        let manager = self.manager().await?;
+        let path = manager
+            .get_unit(unit)
+            .await
+            .map_err(|e| no_such_unit(e, unit))?;
+        let iface =
+            unit_type_interface(unit).ok_or_else(|| SystemdError::NoSuchUnit(unit.to_owned()))?;
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")
+            .path(path)
+            .build()
+            .await?;
+        let iface_name = zbus::names::InterfaceName::try_from(iface)?;
+        let value = props.get(iface_name, "ControlGroup").await?;
+        let cgroup: String = String::try_from(value)?;
+        if cgroup.is_empty() {
+            return Err(SystemdError::NoSuchUnit(unit.to_owned()));
+        }
+        Ok(cgroup.trim_start_matches('/').to_owned())
+    }
+
+    /// Starts the delegated transient scope `unit` in [`SLICE`] holding `pids`, and waits for
+    /// the job. Returns the scope's cgroup (relative).
+    pub async fn start_scope(
+        &self,
+        unit: &str,
+        description: &str,
+        pids: &[u32],
+    ) -> Result<String, SystemdError> {
+        let manager = self.manager().await?;
+        manager.subscribe().await.ok();
+        let mut removed = manager.receive_job_removed().await?;
+        let props: Vec<(&str, Variant<'_>)> = vec![
+            ("Description", Variant::from(description)),
+            ("Slice", Variant::from(SLICE)),
+            ("Delegate", Variant::from(true)),
+            ("PIDs", Variant::from(pids.to_vec())),
+            ("CollectMode", Variant::from("inactive-or-failed")),
+        ];
+        let job = manager
+            .start_transient_unit(unit, "fail", &props, &[])
+            .await?;
+        wait_job(&mut removed, &job, unit).await?;
+        Ok(format!("{}/{unit}", SLICE))
+    }
+
+    /// Stops `unit` (ignoring a unit that is already gone) and waits for the job.
+    pub async fn stop_unit(&self, unit: &str) -> Result<(), SystemdError> {
+        let manager = self.manager().await?;
+        manager.subscribe().await.ok();
+        let mut removed = manager.receive_job_removed().await?;
+        match manager.stop_unit(unit, "replace").await {
+            Ok(job) => wait_job(&mut removed, &job, unit).await,
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves `pids` into `unit`'s cgroup (or its `subcgroup`), the way systemd allows.
+    pub async fn attach_processes(
+        &self,
+        unit: &str,
+        subcgroup: &str,
+        pids: &[u32],
+    ) -> Result<(), SystemdError> {
+        self.manager()
+            .await?
+            .attach_processes_to_unit(unit, subcgroup, pids)
+            .await?;
+        Ok(())
+    }
+
+    /// A unit's `AllowedCPUs` (a CPU bitmask, byte N bit M = CPU 8N+M; empty = not set).
+    pub async fn allowed_cpus(&self, unit: &str) -> Result<Vec<u8>, SystemdError> {
+        let manager = self.manager().await?;
+        let path = manager
+            .get_unit(unit)
+            .await
+            .map_err(|e| no_such_unit(e, unit))?;
+        let iface =
+            unit_type_interface(unit).ok_or_else(|| SystemdError::NoSuchUnit(unit.to_owned()))?;
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")
+            .path(path)
+            .build()
+            .await?;
+        let iface_name = zbus::names::InterfaceName::try_from(iface)?;
+        let value = props.get(iface_name, "AllowedCPUs").await?;
+        Ok(Vec::<u8>::try_from(value)?)
+    }
+
+    /// Sets a unit's `AllowedCPUs` at runtime (systemd then writes the unit's `cpuset.cpus`
+    /// and keeps the cpuset controller enabled on its ancestors).
+    pub async fn set_allowed_cpus(&self, unit: &str, mask: &[u8]) -> Result<(), SystemdError> {
+        let manager = self.manager().await?;
+        manager
+            .set_unit_properties(unit, true, &[("AllowedCPUs", Variant::from(mask.to_vec()))])
+            .await
+            .map_err(|e| no_such_unit(e, unit))
+    }
+
+    /// The unit a process belongs to.
+    pub async fn unit_of_pid(&self, pid: u32) -> Result<String, SystemdError> {
+        let manager = self.manager().await?;
+        let path = manager.get_unit_by_pid(pid).await?;
+        let unit = UnitProxy::builder(&self.conn).path(path).build().await?;
+        Ok(unit.id().await?)
+    }
+}
+
+async fn wait_job(
+    removed: &mut JobRemovedStream,
+    job: &OwnedObjectPath,
+    unit: &str,
+) -> Result<(), SystemdError> {
+    let wait = async {
+        while let Some(signal) = removed.next().await {
+            let Ok(args) = signal.args() else { continue };
+            if args.job().as_str() == job.as_str() {
+                return if *args.result() == "done" {
+                    Ok(())
+                } else {
+                    Err(SystemdError::Job {
+                        unit: unit.to_owned(),
+                        result: args.result().to_string(),
+                    })
+                };
+            }
+        }
+        Err(SystemdError::Job {
+            unit: unit.to_owned(),
+            result: "connection closed".into(),
+        })
+    };
+    tokio::time::timeout(JOB_TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| {
+            Err(SystemdError::Job {
+                unit: unit.to_owned(),
+                result: "timeout".into(),
+            })
+        })
+}
+
+fn no_such_unit(e: zbus::Error, unit: &str) -> SystemdError {
+    match e {
+        zbus::Error::MethodError(ref name, _, _) if name.as_str().ends_with("NoSuchUnit") => {
+            SystemdError::NoSuchUnit(unit.to_owned())
+        }
+        other => SystemdError::Bus(other),
+    }
+}
+
+/// The type-specific interface that carries `ControlGroup` for a unit name.
+fn unit_type_interface(unit: &str) -> Option<&'static str> {
+    let suffix = unit.rsplit_once('.')?.1;
+    Some(match suffix {
+        "service" => "org.freedesktop.systemd1.Service",
+        "scope" => "org.freedesktop.systemd1.Scope",
+        "slice" => "org.freedesktop.systemd1.Slice",
+        "socket" => "org.freedesktop.systemd1.Socket",
+        "mount" => "org.freedesktop.systemd1.Mount",
+        "swap" => "org.freedesktop.systemd1.Swap",
+        _ => return None,
+    })
+}
+
+/// Whether the host runs systemd as its init (the check sd_booted() makes).
+pub fn booted(root: &std::path::Path) -> bool {
+    root.join("run/systemd/system").is_dir()
+}
+
+/// Validates a unit name given by a caller: systemd's characters, a known type, at most 255
+/// bytes. Returns a sentence naming the problem.
+pub fn validate_unit_name(unit: &str) -> Result<(), String> {
+    if unit.is_empty() || unit.len() > kvmisolate_dbus::options::MAX_UNIT_LEN {
+        return Err(format!(
+            "unit name must be 1-{} characters",
+            kvmisolate_dbus::options::MAX_UNIT_LEN
+        ));
+    }
+    if !unit
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c))
+    {
+        return Err(format!("{unit:?} is not a valid systemd unit name"));
+    }
+    if unit_type_interface(unit).is_none() {
+        return Err(format!(
+            "{unit:?} has no cgroup of its own; give a .service, .scope or .slice unit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names() {
+        assert!(validate_unit_name("machine-qemu\\x2d1\\x2dwin10.scope").is_ok());
+        assert!(validate_unit_name("vm.service").is_ok());
+        assert!(validate_unit_name("vm").is_err());
+        assert!(validate_unit_name("../x.service").is_err());
+        assert!(validate_unit_name("a b.service").is_err());
+        assert!(validate_unit_name(&"a".repeat(300)).is_err());
+        assert!(validate_unit_name("x.timer").is_err());
+    }
+}

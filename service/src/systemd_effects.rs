@@ -1,0 +1,262 @@
+//! The systemd side of an isolation, as journalled external steps
+//! ([`crate::plan::ExternalStep`]) the engine performs and undoes like any other step:
+//!
+//! - `start-transient-scope`: kvmisolate's delegated scope for a `pids` target. Undo moves any
+//!   process still in it back to the unit it came from, then stops the scope.
+//! - `set-allowed-cpus`: a unit target's `AllowedCPUs` at runtime, so that systemd itself keeps
+//!   the cpuset controller enabled down to the unit (a `daemon-reload` then never disables it
+//!   under an active partition). Undo restores the original value.
+//!
+//! The engine is synchronous and runs on a blocking thread; these calls hop back onto the
+//! runtime with [`tokio::runtime::Handle::block_on`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kvmisolate_dbus::{CpuSet, Error, IsolationName};
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+
+use crate::apply::ExternalEffects;
+use crate::cgroupfs::{CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
+use crate::plan::ExternalStep;
+use crate::systemd::{self, Systemd};
+
+const START_SCOPE: &str = "start-transient-scope";
+const SET_ALLOWED_CPUS: &str = "set-allowed-cpus";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ScopeData {
+    unit: String,
+    description: String,
+    pids: Vec<u32>,
+    /// pid → (unit, cgroup) it was in before, filled in by `prepare`.
+    #[serde(default)]
+    origins: BTreeMap<String, (String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AllowedCpusData {
+    unit: String,
+    cpus: CpuSet,
+    /// The unit's AllowedCPUs before (a bitmask), filled in by `prepare`.
+    #[serde(default)]
+    original: Option<Vec<u8>>,
+}
+
+/// The step that creates kvmisolate's scope `unit` for `pids`.
+pub fn start_scope_step(unit: &str, name: &IsolationName, pids: &[u32]) -> ExternalStep {
+    let data = ScopeData {
+        unit: unit.to_owned(),
+        description: format!("kvmisolate isolation {name}"),
+        pids: pids.to_vec(),
+        origins: BTreeMap::new(),
+    };
+    ExternalStep {
+        kind: START_SCOPE.into(),
+        data: serde_json::to_value(data).unwrap_or_default(),
+    }
+}
+
+/// The step that sets `unit`'s AllowedCPUs to `cpus` for the isolation's lifetime.
+pub fn set_allowed_cpus_step(unit: &str, cpus: &CpuSet) -> ExternalStep {
+    let data = AllowedCpusData {
+        unit: unit.to_owned(),
+        cpus: cpus.clone(),
+        original: None,
+    };
+    ExternalStep {
+        kind: SET_ALLOWED_CPUS.into(),
+        data: serde_json::to_value(data).unwrap_or_default(),
+    }
+}
+
+/// A CPU set as systemd's `ay` bitmask.
+pub fn cpu_mask(cpus: &CpuSet) -> Vec<u8> {
+    let Some(last) = cpus.iter().last() else {
+        return Vec::new();
+    };
+    let mut mask = vec![0u8; (last / 8 + 1) as usize];
+    for cpu in cpus.iter() {
+        mask[(cpu / 8) as usize] |= 1 << (cpu % 8);
+    }
+    mask
+}
+
+/// Performs the systemd steps.
+pub struct SystemdEffects {
+    systemd: Systemd,
+    handle: Handle,
+    cgroup_root: PathBuf,
+    proc_root: PathBuf,
+}
+
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Failed(e.to_string())
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(step: &ExternalStep) -> Result<T, Error> {
+    serde_json::from_value(step.data.clone())
+        .map_err(|e| failed(format!("bad {} step: {e}", step.kind)))
+}
+
+fn to_step<T: Serialize>(kind: &str, data: &T) -> Result<ExternalStep, Error> {
+    Ok(ExternalStep {
+        kind: kind.to_owned(),
+        data: serde_json::to_value(data).map_err(failed)?,
+    })
+}
+
+impl SystemdEffects {
+    /// Effects through `systemd`, blocking on `handle`.
+    pub fn new(systemd: Systemd, handle: Handle, cgroup_root: PathBuf, proc_root: PathBuf) -> Self {
+        Self {
+            systemd,
+            handle,
+            cgroup_root,
+            proc_root,
+        }
+    }
+
+    fn undo_scope(&self, data: &ScopeData) -> Result<(), Error> {
+        let scope_cg = format!("{}/{}", systemd::SLICE, data.unit);
+        let fs = CgroupFs::new(&self.cgroup_root);
+        let mut stuck = Vec::new();
+        for (pid, (unit, cgroup)) in &data.origins {
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            if !pid_alive(&self.proc_root, pid) {
+                continue;
+            }
+            let in_scope = cgroup_of_pid(&self.proc_root, pid)
+                .map(|c| c.as_str().starts_with(&scope_cg))
+                .unwrap_or(false);
+            if !in_scope {
+                continue;
+            }
+            let attached = self
+                .handle
+                .block_on(self.systemd.attach_processes(unit, "", &[pid]));
+            if let Err(e) = attached {
+                tracing::warn!(pid, unit, error = %e, "systemd would not move the process back; writing cgroup.procs");
+                let back = CgroupPath::new(cgroup).map_err(failed).and_then(|cg| {
+                    fs.write(&cg, "cgroup.procs", &pid.to_string())
+                        .map_err(failed)
+                });
+                if let Err(e) = back {
+                    stuck.push(format!("process {pid}: {e:?}"));
+                }
+            }
+        }
+        if !stuck.is_empty() {
+            return Err(Error::Failed(format!(
+                "processes could not leave {}: {}; the scope is kept so they are not killed",
+                data.unit,
+                stuck.join(", ")
+            )));
+        }
+        self.handle
+            .block_on(self.systemd.stop_unit(&data.unit))
+            .map_err(failed)
+    }
+}
+
+impl ExternalEffects for SystemdEffects {
+    fn prepare(&self, step: &ExternalStep) -> Result<ExternalStep, Error> {
+        match step.kind.as_str() {
+            START_SCOPE => {
+                let mut data: ScopeData = parse(step)?;
+                for &pid in &data.pids {
+                    let cgroup = cgroup_of_pid(&self.proc_root, pid).map_err(|_| {
+                        Error::TargetNotFound(format!("process {pid} does not exist"))
+                    })?;
+                    let unit = self
+                        .handle
+                        .block_on(self.systemd.unit_of_pid(pid))
+                        .map_err(failed)?;
+                    data.origins
+                        .insert(pid.to_string(), (unit, cgroup.as_str().to_owned()));
+                }
+                to_step(START_SCOPE, &data)
+            }
+            SET_ALLOWED_CPUS => {
+                let mut data: AllowedCpusData = parse(step)?;
+                let original = self
+                    .handle
+                    .block_on(self.systemd.allowed_cpus(&data.unit))
+                    .map_err(failed)?;
+                data.original = Some(original);
+                to_step(SET_ALLOWED_CPUS, &data)
+            }
+            other => Err(failed(format!("unknown external step {other:?}"))),
+        }
+    }
+
+    fn perform(&self, step: &ExternalStep) -> Result<(), Error> {
+        match step.kind.as_str() {
+            START_SCOPE => {
+                let data: ScopeData = parse(step)?;
+                self.handle
+                    .block_on(
+                        self.systemd
+                            .start_scope(&data.unit, &data.description, &data.pids),
+                    )
+                    .map(|_| ())
+                    .map_err(failed)
+            }
+            SET_ALLOWED_CPUS => {
+                let data: AllowedCpusData = parse(step)?;
+                self.handle
+                    .block_on(
+                        self.systemd
+                            .set_allowed_cpus(&data.unit, &cpu_mask(&data.cpus)),
+                    )
+                    .map_err(failed)
+            }
+            other => Err(failed(format!("unknown external step {other:?}"))),
+        }
+    }
+
+    fn undo(&self, step: &ExternalStep) -> Result<(), Error> {
+        match step.kind.as_str() {
+            START_SCOPE => self.undo_scope(&parse(step)?),
+            SET_ALLOWED_CPUS => {
+                let data: AllowedCpusData = parse(step)?;
+                let original = data.original.unwrap_or_default();
+                match self
+                    .handle
+                    .block_on(self.systemd.set_allowed_cpus(&data.unit, &original))
+                {
+                    Ok(()) | Err(systemd::SystemdError::NoSuchUnit(_)) => Ok(()),
+                    Err(e) => Err(failed(e)),
+                }
+            }
+            other => Err(failed(format!("unknown external step {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(cpu_mask(&CpuSet::parse("2-3").unwrap()), vec![0b1100]);
+        assert_eq!(cpu_mask(&CpuSet::parse("0,9").unwrap()), vec![1, 2]);
+        assert!(cpu_mask(&CpuSet::new()).is_empty());
+    }
+
+    #[test]
+    fn steps_round_trip_through_json() {
+        let name = IsolationName::new("vm").unwrap();
+        let s = start_scope_step("kvmisolate-vm.scope", &name, &[1, 2]);
+        let d: ScopeData = parse(&s).unwrap();
+        assert_eq!(d.pids, vec![1, 2]);
+        let s = set_allowed_cpus_step("vm.service", &CpuSet::parse("4-5").unwrap());
+        let d: AllowedCpusData = parse(&s).unwrap();
+        assert_eq!(d.cpus.to_string(), "4-5");
+        assert!(d.original.is_none());
+    }
+}

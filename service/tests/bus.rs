@@ -1,0 +1,821 @@
+//! Bus tests: the real `kvmisolated` binary on a real `dbus-daemon` (private socket), with a
+//! mock polkit authority on the same bus and a fake host tree. Kernel behaviour is the VM
+//! suite's job (tests/vm); these prove the D-Bus contract: methods, properties, signals, error
+//! names, hostile input, authorization decisions, concurrency and crash recovery.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use common::{Daemon, FakeHost, TestBus, run_cli_as, start_mock_polkit};
+use futures_util::StreamExt;
+use kvmisolate_dbus::error::name as ename;
+use kvmisolate_dbus::proxy::{Isolation1Proxy, Isolator1Proxy};
+use kvmisolate_dbus::{names, status as keys};
+use zbus::{Connection, OwnedVariant, Variant};
+
+const NOBODY: u32 = 65534;
+
+struct Env {
+    bus: TestBus,
+    host: FakeHost,
+    _daemon: Daemon,
+    conn: Connection,
+}
+
+async fn env_with(extra_env: &[(&str, &str)], extra_args: &[&str]) -> Env {
+    let bus = TestBus::start();
+    let host = FakeHost::new(6);
+    for pid in [4242, 4243, 4244, 4245] {
+        host.add_process(pid, "user.slice/session-1.scope");
+    }
+    let conn = bus.connect().await;
+    let mut daemon = Daemon::start_with(&bus, &host, extra_env, extra_args);
+    daemon.wait_ready(&conn).await;
+    Env {
+        bus,
+        host,
+        _daemon: daemon,
+        conn,
+    }
+}
+
+async fn env() -> Env {
+    env_with(&[], &[]).await
+}
+
+fn pids(p: &[u32]) -> HashMap<&'static str, Variant<'static>> {
+    HashMap::from([("pids", Variant::from(p.to_vec()))])
+}
+
+fn error_name(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, _, _) => name.to_string(),
+        zbus::Error::FDO(e) => {
+            use zbus::DBusError;
+            e.name().to_string()
+        }
+        other => format!("not a method error: {other:?}"),
+    }
+}
+
+fn text(v: &OwnedVariant) -> String {
+    String::try_from(v.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolate_status_release_roundtrip() {
+    let e = env().await;
+    let before = e.host.snapshot();
+    // Uncached: each read below asks the service, so no signal race hides a stale value.
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+
+    let path = proxy.isolate("win10", "2-3", pids(&[4242])).await.unwrap();
+    assert_eq!(path.as_str(), "/org/kvmisolate/Isolator1/isolation/win10");
+
+    let iso = Isolation1Proxy::builder(&e.conn)
+        .path(path.clone())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(iso.name().await.unwrap(), "win10");
+    assert_eq!(iso.cpus().await.unwrap(), "2-3");
+    assert_eq!(iso.target().await.unwrap(), "pids:4242");
+    assert_eq!(
+        iso.partition().await.unwrap(),
+        "root",
+        "multi-CPU unpinned target defaults to root"
+    );
+    assert_eq!(iso.state().await.unwrap(), "active");
+    assert_eq!(iso.state_reason().await.unwrap(), "");
+    assert_eq!(iso.owner_uid().await.unwrap(), 0);
+    assert_eq!(iso.release_when().await.unwrap(), "target-exits");
+    assert!(iso.created().await.unwrap() > 1_600_000_000_000_000);
+
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "2-3");
+    assert_eq!(proxy.housekeeping_cpus().await.unwrap(), "0-1,4-5");
+    assert_eq!(proxy.isolations().await.unwrap(), vec![path.clone()]);
+    let ks = proxy.kernel_support().await.unwrap();
+    assert!(bool::try_from(ks[keys::K_CGROUP_V2].clone()).unwrap());
+
+    let status = proxy.status().await.unwrap();
+    assert_eq!(text(&status[keys::ISOLATED_CPUS]), "2-3");
+    assert_eq!(text(&status[keys::HOUSEKEEPING_CPUS]), "0-1,4-5");
+    assert_eq!(text(&status[keys::ONLINE_CPUS]), "0-5");
+    let list =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(text(&list[0][keys::I_NAME]), "win10");
+    assert_eq!(text(&list[0][keys::I_STATE]), "active");
+    let cgroups = Vec::<String>::try_from(list[0][keys::I_CGROUPS].clone()).unwrap();
+    assert_eq!(cgroups.len(), 1);
+    // The partition really was written (the fake kernel echoes valid writes).
+    let part = std::fs::read_to_string(
+        e.host
+            .cgroup()
+            .join(&cgroups[0])
+            .join("cpuset.cpus.partition"),
+    )
+    .unwrap();
+    assert_eq!(part.trim(), "root");
+    assert_ne!(e.host.snapshot(), before);
+
+    proxy.release("win10").await.unwrap();
+    assert_eq!(
+        e.host.snapshot(),
+        before,
+        "release must restore every file byte for byte"
+    );
+    assert!(proxy.isolations().await.unwrap().is_empty());
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "");
+    let uncached = Isolation1Proxy::builder(&e.conn)
+        .path(path.clone())
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    assert!(
+        uncached.name().await.is_err(),
+        "the object is gone after release"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_follow_every_change() {
+    let e = env().await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let om = zbus::fdo::ObjectManagerProxy::builder(&e.conn)
+        .destination(names::BUS_NAME)
+        .path(names::OBJECT_PATH)
+        .build()
+        .await
+        .unwrap();
+    let mut added = om.receive_interfaces_added().await.unwrap();
+    let mut removed = om.receive_interfaces_removed().await.unwrap();
+    let mut isolations_changed = proxy.receive_isolations_changed().await;
+    let mut released = proxy.receive_released().await.unwrap();
+    // The first item of a property stream is the current value.
+    let first = isolations_changed
+        .next()
+        .await
+        .unwrap()
+        .get()
+        .await
+        .unwrap();
+    assert!(first.is_empty());
+
+    let path = proxy.isolate("sig", "4", pids(&[4243])).await.unwrap();
+    let t = Duration::from_secs(10);
+    let a = tokio::time::timeout(t, added.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.args().unwrap().object_path().as_str(), path.as_str());
+    let changed = tokio::time::timeout(t, isolations_changed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.get().await.unwrap(), vec![path.clone()]);
+
+    proxy.release("sig").await.unwrap();
+    let r = tokio::time::timeout(t, released.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let args = r.args().unwrap();
+    assert_eq!(*args.name(), "sig");
+    assert_eq!(*args.reason(), "released");
+    let rm = tokio::time::timeout(t, removed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rm.args().unwrap().object_path().as_str(), path.as_str());
+    let changed = tokio::time::timeout(t, isolations_changed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(changed.get().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_its_name_and_changes_nothing() {
+    let e = env_with(&[], &["--min-housekeeping", "2"]).await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    proxy.isolate("held", "4", pids(&[4242])).await.unwrap();
+    let before = e.host.snapshot();
+
+    let cases: Vec<(&str, &str, HashMap<&str, Variant<'_>>, &str)> = vec![
+        ("bad-list", "5-2", pids(&[4243]), ename::INVALID_CPU_LIST),
+        ("empty-list", "", pids(&[4243]), ename::INVALID_CPU_LIST),
+        ("absent-cpu", "9", pids(&[4243]), ename::CPU_NOT_AVAILABLE),
+        ("busy", "3-4", pids(&[4243]), ename::CPUS_BUSY),
+        (
+            "too-many",
+            "1-3,5",
+            pids(&[4243]),
+            ename::HOUSEKEEPING_TOO_SMALL,
+        ),
+        ("cpu0", "0", pids(&[4243]), ename::CPU_RESERVED),
+        ("a/b", "2", pids(&[4243]), ename::INVALID_NAME),
+        ("held", "2", pids(&[4243]), ename::NAME_EXISTS),
+        ("ghost", "2", pids(&[999_999]), ename::TARGET_NOT_FOUND),
+        (
+            "opt",
+            "2",
+            HashMap::from([("bogus", Variant::from(1u32))]),
+            ename::INVALID_OPTION,
+        ),
+    ];
+    for (name, cpus, opts, expected) in cases {
+        let err = proxy.isolate(name, cpus, opts).await.unwrap_err();
+        assert_eq!(
+            error_name(&err),
+            expected,
+            "Isolate({name:?}, {cpus:?}): {err}"
+        );
+        assert_eq!(
+            e.host.snapshot(),
+            before,
+            "a refused Isolate({name:?}) changed the host"
+        );
+    }
+    let err = proxy.release("nope").await.unwrap_err();
+    assert_eq!(error_name(&err), ename::NO_SUCH_ISOLATION);
+    proxy.release("held").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_host_is_named() {
+    let bus = TestBus::start();
+    let host = FakeHost::new(4);
+    host.add_process(4242, "user.slice");
+    // A hybrid/v1-style host: cpuset is not a v2 controller here.
+    std::fs::write(
+        host.cgroup().join("cgroup.controllers"),
+        "cpu io memory pids\n",
+    )
+    .unwrap();
+    let conn = bus.connect().await;
+    let mut daemon = Daemon::start(&bus, &host, &[]);
+    daemon.wait_ready(&conn).await;
+    let proxy = Isolator1Proxy::new(&conn).await.unwrap();
+    let err = proxy.isolate("x", "2", pids(&[4242])).await.unwrap_err();
+    assert_eq!(error_name(&err), ename::UNSUPPORTED_HOST);
+    assert!(
+        err.to_string().contains("cpuset"),
+        "the message must say what is missing: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_rejection_carries_the_reason_and_rolls_back() {
+    let e = env_with(
+        &[(
+            "KVMISOLATED_TEST_FAKE_REJECT",
+            "Cpu list in cpuset.cpus not exclusive",
+        )],
+        &[],
+    )
+    .await;
+    let before = e.host.snapshot();
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let err = proxy
+        .isolate("rej", "2-3", pids(&[4242]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_name(&err), ename::PARTITION_REJECTED);
+    assert!(
+        err.to_string()
+            .contains("Cpu list in cpuset.cpus not exclusive"),
+        "{err}"
+    );
+    eprintln!(
+        "PROC4242: {:?}",
+        std::fs::read_to_string(e.host.proc().join("4242/cgroup"))
+    );
+    assert_eq!(
+        e.host.snapshot(),
+        before,
+        "a rejected partition must be rolled back completely"
+    );
+    assert!(proxy.isolations().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_arguments_get_clear_errors() {
+    let e = env().await;
+    let before = e.host.snapshot();
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+
+    // Wrong types: the bus-level signature check answers InvalidArgs.
+    let raw = e
+        .conn
+        .call_method(
+            Some(names::BUS_NAME),
+            names::OBJECT_PATH,
+            Some(names::INTERFACE),
+            "Isolate",
+            &("a", "b", "c"),
+        )
+        .await
+        .unwrap_err();
+    assert!(error_name(&raw).contains("InvalidArgs"), "{raw}");
+
+    let huge = "x".repeat(1 << 20);
+    assert_eq!(
+        error_name(&proxy.isolate(&huge, "2", pids(&[4242])).await.unwrap_err()),
+        ename::INVALID_NAME
+    );
+    let huge_list = "1,".repeat(1 << 18);
+    assert_eq!(
+        error_name(
+            &proxy
+                .isolate("h", &huge_list, pids(&[4242]))
+                .await
+                .unwrap_err()
+        ),
+        ename::INVALID_CPU_LIST
+    );
+    let many: Vec<u32> = (1..=10_000).collect();
+    let err = proxy.isolate("h", "2", pids(&many)).await.unwrap_err();
+    assert_eq!(error_name(&err), ename::INVALID_OPTION);
+    assert!(err.to_string().contains("10000"), "{err}");
+    let wrong_type = HashMap::from([("pids", Variant::from("4242"))]);
+    assert_eq!(
+        error_name(&proxy.isolate("h", "2", wrong_type).await.unwrap_err()),
+        ename::INVALID_OPTION
+    );
+    let huge_key = "k".repeat(100_000);
+    let err = proxy
+        .isolate(
+            "h",
+            "2",
+            HashMap::from([(huge_key.as_str(), Variant::from(1u32))]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error_name(&err), ename::INVALID_OPTION);
+    assert!(
+        err.to_string().len() < 1000,
+        "error messages must not echo huge input"
+    );
+    assert_eq!(e.host.snapshot(), before);
+    assert!(proxy.isolations().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polkit_decides_for_unprivileged_callers() {
+    let e = env().await;
+    let (_pk, policy, calls) = start_mock_polkit(&e.bus).await;
+    let before = e.host.snapshot();
+
+    // Denied outright.
+    let out = run_cli_as(
+        NOBODY,
+        &e.bus,
+        &[
+            "--no-ask-password",
+            "isolate",
+            "--cpus",
+            "2",
+            "--pid",
+            "4242",
+            "--name",
+            "n1",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("AccessDenied")
+            || String::from_utf8_lossy(&out.stderr).contains("denied")
+    );
+    assert_eq!(e.host.snapshot(), before);
+    {
+        let calls = calls.lock().unwrap();
+        let last = calls.last().expect("polkit was asked");
+        assert_eq!(last.subject_kind, "system-bus-name");
+        assert_eq!(last.uid, NOBODY);
+        assert_eq!(last.action, "org.kvmisolate.isolate");
+        assert_eq!(
+            last.flags, 0,
+            "--no-ask-password must not allow interaction"
+        );
+    }
+
+    // Would need a password, but the caller did not allow interaction.
+    policy.lock().unwrap().answers.insert(NOBODY, (false, true));
+    let out = run_cli_as(
+        NOBODY,
+        &e.bus,
+        &[
+            "--no-ask-password",
+            "isolate",
+            "--cpus",
+            "2",
+            "--pid",
+            "4242",
+            "--name",
+            "n1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("InteractiveAuthorizationRequired")
+            || String::from_utf8_lossy(&out.stderr).contains("authentication")
+    );
+    assert_eq!(e.host.snapshot(), before);
+
+    // Granted (as a group rule would).
+    policy.lock().unwrap().answers.insert(NOBODY, (true, false));
+    let out = run_cli_as(
+        NOBODY,
+        &e.bus,
+        &[
+            "--no-ask-password",
+            "isolate",
+            "--cpus",
+            "2",
+            "--pid",
+            "4242",
+            "--name",
+            "n1",
+            "--until",
+            "release",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let iso = Isolation1Proxy::builder(&e.conn)
+        .path(proxy.isolations().await.unwrap()[0].clone())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(iso.owner_uid().await.unwrap(), NOBODY);
+
+    // Releasing one's own isolation asks polkit nothing, even when polkit would now say no.
+    policy.lock().unwrap().answers.clear();
+    let asked = calls.lock().unwrap().len();
+    let out = run_cli_as(NOBODY, &e.bus, &["--no-ask-password", "release", "n1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(calls.lock().unwrap().len(), asked);
+    assert_eq!(e.host.snapshot(), before);
+
+    // Someone else's isolation needs org.kvmisolate.release.
+    proxy.isolate("roots", "3", pids(&[4243])).await.unwrap();
+    let out = run_cli_as(NOBODY, &e.bus, &["--no-ask-password", "release", "roots"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(
+        calls.lock().unwrap().last().unwrap().action,
+        "org.kvmisolate.release"
+    );
+    assert_eq!(proxy.isolations().await.unwrap().len(), 1);
+    proxy.release("roots").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polkit_unreachable_fails_closed() {
+    let e = env().await; // no mock authority on this bus
+    let before = e.host.snapshot();
+    let out = run_cli_as(
+        NOBODY,
+        &e.bus,
+        &[
+            "--no-ask-password",
+            "isolate",
+            "--cpus",
+            "2",
+            "--pid",
+            "4242",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(e.host.snapshot(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_clients_neither_deadlock_nor_leak() {
+    let e = env().await;
+    for pid in 5000..5050 {
+        e.host.add_process(pid, "user.slice");
+    }
+    let before = e.host.snapshot();
+    let address = e.bus.address.clone();
+    let work = async {
+        let mut tasks = Vec::new();
+        for i in 0..50u32 {
+            let address = address.clone();
+            tasks.push(tokio::spawn(async move {
+                let conn = zbus::connection::Builder::address(address.as_str())
+                    .build()
+                    .await
+                    .unwrap();
+                let proxy = Isolator1Proxy::new(&conn).await.unwrap();
+                let cpu = 1 + i % 5;
+                let name = format!("c{i}");
+                let got = proxy
+                    .isolate(&name, &cpu.to_string(), pids(&[5000 + i]))
+                    .await;
+                let _ = proxy.status().await.unwrap();
+                match got {
+                    Ok(_) => {
+                        proxy.release(&name).await.unwrap();
+                        true
+                    }
+                    Err(err) => {
+                        assert_eq!(error_name(&err), ename::CPUS_BUSY, "{err}");
+                        false
+                    }
+                }
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap() {
+                ok += 1;
+            }
+        }
+        ok
+    };
+    let ok = tokio::time::timeout(Duration::from_secs(120), work)
+        .await
+        .expect("deadlock: 50 clients did not finish");
+    assert!(
+        ok >= 5,
+        "at least one client per CPU got its isolation ({ok})"
+    );
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    assert!(
+        proxy.isolations().await.unwrap().is_empty(),
+        "leaked leases"
+    );
+    assert_eq!(e.host.snapshot(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_disconnect_and_target_exit_release() {
+    let e = env().await;
+    let before = e.host.snapshot();
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    {
+        let other = e.bus.connect().await;
+        let p = Isolator1Proxy::new(&other).await.unwrap();
+        let mut opts = pids(&[4244]);
+        opts.insert("release-when", Variant::from("caller-disconnects"));
+        p.isolate("leash", "5", opts).await.unwrap();
+        assert_eq!(proxy.isolations().await.unwrap().len(), 1);
+    }
+    wait_until(|| async { proxy.isolations().await.unwrap().is_empty() }).await;
+    assert_eq!(e.host.snapshot(), before);
+
+    let path = proxy.isolate("exit", "2-3", pids(&[4242])).await.unwrap();
+    let status = proxy.status().await.unwrap();
+    let list =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
+    let cg = Vec::<String>::try_from(list[0][keys::I_CGROUPS].clone()).unwrap()[0].clone();
+    // The fake kernel: the last process left the cgroup.
+    std::fs::write(
+        e.host.cgroup().join(&cg).join("cgroup.events"),
+        "populated 0\nfrozen 0\n",
+    )
+    .unwrap();
+    wait_until(|| async { proxy.isolations().await.unwrap().is_empty() }).await;
+    assert_eq!(
+        e.host.snapshot(),
+        before,
+        "target exit must restore everything ({path})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_invalidated_turns_degraded() {
+    let e = env().await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let path = proxy.isolate("deg", "2-3", pids(&[4242])).await.unwrap();
+    let iso = Isolation1Proxy::builder(&e.conn)
+        .path(path)
+        .build()
+        .await
+        .unwrap();
+    let mut state = iso.receive_state_changed().await;
+    assert_eq!(state.next().await.unwrap().get().await.unwrap(), "active");
+    let status = proxy.status().await.unwrap();
+    let list =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
+    let cg = Vec::<String>::try_from(list[0][keys::I_CGROUPS].clone()).unwrap()[0].clone();
+    std::fs::write(
+        e.host.cgroup().join(&cg).join("cpuset.cpus.partition"),
+        "root invalid (No cpu available due to hotplug)\n",
+    )
+    .unwrap();
+    // A signal announces the change (no polling by the client)...
+    let changed = tokio::time::timeout(Duration::from_secs(10), state.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.get().await.unwrap(), "degraded");
+    // ...and the reason settles on the kernel's text. (std::fs::write truncates before it
+    // writes, so the fake file is briefly empty; a kernel file never is.)
+    let fresh = Isolation1Proxy::builder(&e.conn)
+        .path(iso.inner().path().to_owned())
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    wait_until(|| async {
+        fresh
+            .state_reason()
+            .await
+            .unwrap()
+            .contains("No cpu available due to hotplug")
+    })
+    .await;
+    let status = proxy.status().await.unwrap();
+    let warnings = Vec::<String>::try_from(status[keys::WARNINGS].clone()).unwrap();
+    assert!(warnings.iter().any(|w| w.contains("deg")), "{warnings:?}");
+    std::fs::write(
+        e.host.cgroup().join(&cg).join("cpuset.cpus.partition"),
+        "root\n",
+    )
+    .unwrap();
+    wait_until(|| async { fresh.state().await.unwrap() == "active" }).await;
+    assert_eq!(fresh.state_reason().await.unwrap(), "");
+    proxy.release("deg").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_step_ends_isolated_or_restored() {
+    let bus = TestBus::start();
+    let host = FakeHost::new(6);
+    host.add_process(4242, "user.slice");
+    let before = host.snapshot();
+    let conn = bus.connect().await;
+    let mut seen_complete = false;
+    for step in 1..=40 {
+        let step_s = step.to_string();
+        let mut daemon = Daemon::start(
+            &bus,
+            &host,
+            &[("KVMISOLATED_CRASH_AFTER_STEP", step_s.as_str())],
+        );
+        daemon.wait_ready(&conn).await;
+        let proxy = Isolator1Proxy::new(&conn).await.unwrap();
+        let result = proxy.isolate("crash", "2-3", pids(&[4242])).await;
+        // Dead already when the hook fired; otherwise a SIGKILL right after success.
+        daemon.kill();
+        drop(daemon);
+        let mut daemon = Daemon::start(&bus, &host, &[]);
+        daemon.wait_ready(&conn).await;
+        let proxy = Isolator1Proxy::new(&conn).await.unwrap();
+        let isolations = proxy.isolations().await.unwrap();
+        if isolations.is_empty() {
+            assert_eq!(
+                host.snapshot(),
+                before,
+                "crash after step {step}: not isolated, so fully restored"
+            );
+        } else {
+            let iso = Isolation1Proxy::builder(&conn)
+                .path(isolations[0].clone())
+                .build()
+                .await
+                .unwrap();
+            assert_eq!(
+                iso.state().await.unwrap(),
+                "active",
+                "crash after step {step}: adopted isolation must be whole"
+            );
+            proxy.release("crash").await.unwrap();
+            assert_eq!(
+                host.snapshot(),
+                before,
+                "crash after step {step}: release after adoption"
+            );
+        }
+        daemon.kill();
+        if result.is_ok() {
+            seen_complete = true;
+            break;
+        }
+    }
+    assert!(seen_complete, "Isolate never completed within 40 steps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_committed_introspection() {
+    let e = env().await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let path = proxy.isolate("intro", "2", pids(&[4242])).await.unwrap();
+    let mut served = Vec::new();
+    for p in [names::OBJECT_PATH, path.as_str()] {
+        let intro = zbus::fdo::IntrospectableProxy::builder(&e.conn)
+            .destination(names::BUS_NAME)
+            .path(p)
+            .build()
+            .await
+            .unwrap();
+        served.push(intro.introspect().await.unwrap());
+    }
+    let want = shape(&[kvmisolate_dbus::INTROSPECTION_XML]);
+    let got = shape(&served.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        got, want,
+        "the served interfaces drifted from dbus/org.kvmisolate.Isolator1.xml"
+    );
+    proxy.release("intro").await.unwrap();
+}
+
+/// The comparable shape of the org.kvmisolate.* interfaces in some introspection documents.
+fn shape(docs: &[&str]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for doc in docs {
+        let doc = doc.trim_start_matches(|c| c != '<');
+        let opts = roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        };
+        let tree = roxmltree::Document::parse_with_options(doc, opts).unwrap();
+        for iface in tree.descendants().filter(|n| n.has_tag_name("interface")) {
+            let iname = iface.attribute("name").unwrap_or_default();
+            if !iname.starts_with("org.kvmisolate.") {
+                continue;
+            }
+            out.insert(format!("interface {iname}"));
+            for member in iface.children().filter(|n| n.is_element()) {
+                let kind = member.tag_name().name();
+                let mname = member.attribute("name").unwrap_or_default();
+                match kind {
+                    "property" => {
+                        out.insert(format!(
+                            "{iname} property {mname} {} {}",
+                            member.attribute("type").unwrap_or_default(),
+                            member.attribute("access").unwrap_or_default()
+                        ));
+                    }
+                    "method" | "signal" => {
+                        let args: Vec<String> = member
+                            .children()
+                            .filter(|n| n.has_tag_name("arg"))
+                            .map(|a| {
+                                format!(
+                                    "{}:{}:{}",
+                                    a.attribute("name").unwrap_or_default(),
+                                    a.attribute("type").unwrap_or_default(),
+                                    a.attribute("direction").unwrap_or(if kind == "signal" {
+                                        "out"
+                                    } else {
+                                        "in"
+                                    })
+                                )
+                            })
+                            .collect();
+                        out.insert(format!("{iname} {kind} {mname}({})", args.join(", ")));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn wait_until<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
