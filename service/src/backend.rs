@@ -287,7 +287,7 @@ impl Backend {
                 })?;
                 let cgroup = CgroupPath::new(&cgroup).map_err(failed)?;
                 let pre = vec![crate::systemd_effects::set_allowed_cpus_step(
-                    unit, &req.cpus,
+                    unit, &cgroup, &req.cpus,
                 )];
                 Ok((
                     Target::Unit {

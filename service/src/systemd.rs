@@ -65,6 +65,7 @@ trait Manager {
         runtime: bool,
         properties: &[(&str, Variant<'_>)],
     ) -> zbus::Result<()>;
+    #[zbus(name = "GetUnitByPID")]
     fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
     #[zbus(signal)]
     fn job_removed(

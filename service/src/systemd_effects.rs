@@ -38,10 +38,16 @@ struct ScopeData {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AllowedCpusData {
     unit: String,
+    /// The unit's cgroup (relative to the cgroup root).
+    cgroup: String,
     cpus: CpuSet,
     /// The unit's AllowedCPUs before (a bitmask), filled in by `prepare`.
     #[serde(default)]
     original: Option<Vec<u8>>,
+    /// The cgroup's `cpuset.cpus` before: systemd does not write the file back when
+    /// AllowedCPUs goes back to empty, so undo restores it itself.
+    #[serde(default)]
+    original_cpus: Option<String>,
 }
 
 /// The step that creates kvmisolate's scope `unit` for `pids`.
@@ -59,11 +65,13 @@ pub fn start_scope_step(unit: &str, name: &IsolationName, pids: &[u32]) -> Exter
 }
 
 /// The step that sets `unit`'s AllowedCPUs to `cpus` for the isolation's lifetime.
-pub fn set_allowed_cpus_step(unit: &str, cpus: &CpuSet) -> ExternalStep {
+pub fn set_allowed_cpus_step(unit: &str, cgroup: &CgroupPath, cpus: &CpuSet) -> ExternalStep {
     let data = AllowedCpusData {
         unit: unit.to_owned(),
+        cgroup: cgroup.as_str().to_owned(),
         cpus: cpus.clone(),
         original: None,
+        original_cpus: None,
     };
     ExternalStep {
         kind: SET_ALLOWED_CPUS.into(),
@@ -187,6 +195,10 @@ impl ExternalEffects for SystemdEffects {
                     .block_on(self.systemd.allowed_cpus(&data.unit))
                     .map_err(failed)?;
                 data.original = Some(original);
+                let cg = CgroupPath::new(&data.cgroup).map_err(failed)?;
+                data.original_cpus = CgroupFs::new(&self.cgroup_root)
+                    .read_opt(&cg, "cpuset.cpus")
+                    .map_err(failed)?;
                 to_step(SET_ALLOWED_CPUS, &data)
             }
             other => Err(failed(format!("unknown external step {other:?}"))),
@@ -254,7 +266,8 @@ mod tests {
         let s = start_scope_step("kvmisolate-vm.scope", &name, &[1, 2]);
         let d: ScopeData = parse(&s).unwrap();
         assert_eq!(d.pids, vec![1, 2]);
-        let s = set_allowed_cpus_step("vm.service", &CpuSet::parse("4-5").unwrap());
+        let cg = CgroupPath::new("system.slice/vm.service").unwrap();
+        let s = set_allowed_cpus_step("vm.service", &cg, &CpuSet::parse("4-5").unwrap());
         let d: AllowedCpusData = parse(&s).unwrap();
         assert_eq!(d.cpus.to_string(), "4-5");
         assert!(d.original.is_none());
