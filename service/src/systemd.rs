@@ -104,8 +104,12 @@ impl Systemd {
         ManagerProxy::new(&self.conn).await
     }
 
-    /// The cgroup (relative to the cgroup root, without a leading `/`) of a loaded unit.
-    pub async fn unit_cgroup(&self, unit: &str) -> Result<String, SystemdError> {
+    /// A property of a loaded unit's type-specific interface (`...systemd1.Service` etc.).
+    async fn unit_property(
+        &self,
+        unit: &str,
+        name: &str,
+    ) -> Result<zbus::OwnedVariant, SystemdError> {
         let manager = self.manager().await?;
         let path = manager
             .get_unit(unit)
@@ -119,7 +123,12 @@ impl Systemd {
             .build()
             .await?;
         let iface_name = zbus::names::InterfaceName::try_from(iface)?;
-        let value = props.get(iface_name, "ControlGroup").await?;
+        Ok(props.get(iface_name, name).await?)
+    }
+
+    /// The cgroup (relative to the cgroup root, without a leading `/`) of a loaded unit.
+    pub async fn unit_cgroup(&self, unit: &str) -> Result<String, SystemdError> {
+        let value = self.unit_property(unit, "ControlGroup").await?;
         let cgroup: String = String::try_from(value)?;
         if cgroup.is_empty() {
             return Err(SystemdError::NoSuchUnit(unit.to_owned()));
@@ -182,20 +191,7 @@ impl Systemd {
 
     /// A unit's `AllowedCPUs` (a CPU bitmask, byte N bit M = CPU 8N+M; empty = not set).
     pub async fn allowed_cpus(&self, unit: &str) -> Result<Vec<u8>, SystemdError> {
-        let manager = self.manager().await?;
-        let path = manager
-            .get_unit(unit)
-            .await
-            .map_err(|e| no_such_unit(e, unit))?;
-        let iface =
-            unit_type_interface(unit).ok_or_else(|| SystemdError::NoSuchUnit(unit.to_owned()))?;
-        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
-            .destination("org.freedesktop.systemd1")
-            .path(path)
-            .build()
-            .await?;
-        let iface_name = zbus::names::InterfaceName::try_from(iface)?;
-        let value = props.get(iface_name, "AllowedCPUs").await?;
+        let value = self.unit_property(unit, "AllowedCPUs").await?;
         Ok(Vec::<u8>::try_from(value)?)
     }
 

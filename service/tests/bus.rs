@@ -595,10 +595,7 @@ async fn caller_disconnect_and_target_exit_release() {
     assert_eq!(e.host.snapshot(), before);
 
     let path = proxy.isolate("exit", "2-3", pids(&[4242])).await.unwrap();
-    let status = proxy.status().await.unwrap();
-    let list =
-        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
-    let cg = Vec::<String>::try_from(list[0][keys::I_CGROUPS].clone()).unwrap()[0].clone();
+    let cg = first_partition(&proxy).await;
     // The fake kernel: the last process left the cgroup.
     std::fs::write(
         e.host.cgroup().join(&cg).join("cgroup.events"),
@@ -625,10 +622,7 @@ async fn partition_invalidated_turns_degraded() {
         .unwrap();
     let mut state = iso.receive_state_changed().await;
     assert_eq!(state.next().await.unwrap().get().await.unwrap(), "active");
-    let status = proxy.status().await.unwrap();
-    let list =
-        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
-    let cg = Vec::<String>::try_from(list[0][keys::I_CGROUPS].clone()).unwrap()[0].clone();
+    let cg = first_partition(&proxy).await;
     std::fs::write(
         e.host.cgroup().join(&cg).join("cpuset.cpus.partition"),
         "root invalid (No cpu available due to hotplug)\n",
@@ -803,6 +797,14 @@ fn shape(docs: &[&str]) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// The partitioned cgroup of the first isolation `Status()` lists.
+async fn first_partition(proxy: &Isolator1Proxy<'_>) -> String {
+    let status = proxy.status().await.unwrap();
+    let list =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
+    Vec::<String>::try_from(list[0][keys::I_CGROUPS].clone()).unwrap()[0].clone()
 }
 
 async fn wait_until<F, Fut>(mut f: F)
