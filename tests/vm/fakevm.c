@@ -3,8 +3,8 @@
  *   fakevm NTHREADS [BUSY_PERCENT]
  *
  * Starts NTHREADS threads named vcpu0..vcpuN-1 that each spin for BUSY_PERCENT of every 10 ms
- * (default 20: under software emulation 100% spinners would starve the guest's housekeeping
- * CPUs) and sleep the rest. The main thread (named fakevm-main) waits for a signal. Threads are
+ * (default 2: under software emulation spinners steal the one emulation thread from the guest's
+ * housekeeping work) and sleep the rest. The main thread (named fakevm-main) waits for a signal. Threads are
  * real threads of one process, so `--pid` moves them all and every one shows up in
  * /proc/PID/task. Prints its pid and exits on SIGTERM/SIGINT.
  */
@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int busy_pct = 20;
+static int busy_pct = 2;
 
 static long long now_ns(void) {
     struct timespec ts;

@@ -200,10 +200,10 @@ pid_alive() { # a zombie is not alive
 # the stand-in VM
 # ---------------------------------------------------------------------------------------------
 # start_fake_vm N [BUSY_PERCENT]: prints the pid of a process with N threads named vcpu0..
-# (see fakevm.c; 20% busy by default so TCG's host cores are not starved). Tracked, and killed
+# (see fakevm.c; 2% busy by default: TCG emulates all vCPUs on one host thread). Tracked, killed
 # by the case cleanup.
 start_fake_vm() {
-    local n=${1:-2} busy=${2:-20} f pid
+    local n=${1:-2} busy=${2:-2} f pid
     f=$(mktemp "$KT_STATE/fakevm.XXXXXX")
     chmod 666 "$f"
     if [ -n "${KT_FAKEVM_AS:-}" ]; then

@@ -8,7 +8,7 @@ run() {
     need_kvmisolate
     local before0=$KT_STATE/ut-before0.snap before=$KT_STATE/ut-before.snap now=$KT_STATE/ut-now.snap pid cg rc=0
     snapshot "$before0"
-    systemd-run --quiet --unit="$U" -p Delegate=yes "$KT_DIR/fakevm" 2 20
+    systemd-run --quiet --unit="$U" -p Delegate=yes "$KT_DIR/fakevm" 2
     wait_for "[ \"\$(systemctl show -P MainPID $U)\" != 0 ]" 10 || fail "$U did not start"
     pid=$(systemctl show -P MainPID "$U")
     sleep 0.5
