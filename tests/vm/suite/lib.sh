@@ -8,6 +8,7 @@ CG=${CG:-/sys/fs/cgroup}
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/dbus/system_bus_socket
 mkdir -p "$KT_STATE"
+[ -e "$KT_STATE/tids-before-isolate" ] || : > "$KT_STATE/tids-before-isolate"
 
 # kvmisolate's own cgroups (pids targets): kvmisolate.slice under systemd, /kvmisolate without.
 KT_OWN_CGROUPS_RE="^$CG/kvmisolate(\\.slice)?/"
@@ -170,12 +171,18 @@ affinity_offenders() {
             }
         }
         BEGIN { expand(allowed, ok) }
+        phase != 2 { before[$1] = 1; next }
         $4 == "kpinned" { next }
         index(ex, " " $2 " ") { next }
         {
             delete c; expand($5, c)
-            for (k in c) if (!(k in ok)) { printf "%s(%s):%s\n", $6, $1, $5; next }
-        }'
+            for (k in c) if (!(k in ok)) {
+                what = $4
+                if (had_before && !($1 in before)) what = what ", new since the isolate"
+                printf "%s(%s,%s):%s\n", $6, $1, what, $5; next
+            }
+        }' had_before="$([ -s "$KT_STATE/tids-before-isolate" ] && echo 1 || echo 0)" \
+           "$KT_STATE/tids-before-isolate" phase=2 -
 }
 # task_cpus TID-or-PID
 task_cpus() { awk '/^Cpus_allowed_list:/ {print $2}' "/proc/$1/status"; }
@@ -440,6 +447,7 @@ kvmi_as() {
 # isolate_ok ARGS...: `kvmisolate isolate --no-ask-password ARGS` must succeed
 isolate_ok() {
     local rc=0
+    all_affinities | awk '{print $1}' > "$KT_STATE/tids-before-isolate"
     kvmi isolate --no-ask-password "$@" || rc=$?
     [ "$rc" = 0 ] || fail "kvmisolate isolate $* exited $rc: $(tail -1 "$KT_STATE/last-output")"
 }
