@@ -286,9 +286,9 @@ impl Backend {
                     other => failed(other),
                 })?;
                 let cgroup = CgroupPath::new(&cgroup).map_err(failed)?;
-                let pre = vec![crate::systemd_effects::set_allowed_cpus_step(
-                    unit, &cgroup, &req.cpus,
-                )];
+                // No systemd property is set: AllowedCPUs= would make systemd write the unit's
+                // cpuset.cpus, which the kernel then refuses to empty again while it runs.
+                let pre = Vec::new();
                 Ok((
                     Target::Unit {
                         unit: unit.clone(),
@@ -368,7 +368,15 @@ impl Backend {
                     state = IsolationState::Degraded;
                     reasons.push(format!("{cg}: unexpected partition state {text:?}"));
                 }
-                None if cg == target => {}
+                // The target exited and its cgroup went with it: not degraded, just over.
+                None if cg == target && !self.engine.fs.exists(cg) => {}
+                None if self.engine.fs.exists(cg) => {
+                    state = IsolationState::Degraded;
+                    reasons.push(format!(
+                        "{cg}: the partition is gone because the cpuset controller was disabled above it \
+                         (a systemd daemon-reload removes it where no unit asks for cpuset)"
+                    ));
+                }
                 None => {
                     state = IsolationState::Degraded;
                     reasons.push(format!("{cg}: the cgroup is gone"));

@@ -611,19 +611,22 @@ pub fn plan(
             existed: snapshot.exists(target_cg),
         });
     }
-    steps.push(Step::Write {
-        path: target_cg.clone(),
-        file: CPUS_FILE.to_owned(),
-        original: original(target_cg, CPUS_FILE, "\n"),
-        value: cpus.to_string(),
-    });
-    if mode == PartitionMode::Remote {
-        steps.push(Step::Write {
+    match mode {
+        // A remote partition takes its CPUs from `cpuset.cpus.exclusive`; the target's
+        // `cpuset.cpus` stays as it is. (Once set, the kernel refuses to empty it again while
+        // the cgroup has processes: a running unit could never be restored byte for byte.)
+        PartitionMode::Remote => steps.push(Step::Write {
             path: target_cg.clone(),
             file: EXCLUSIVE_FILE.to_owned(),
             original: original(target_cg, EXCLUSIVE_FILE, "\n"),
             value: cpus.to_string(),
-        });
+        }),
+        PartitionMode::Local => steps.push(Step::Write {
+            path: target_cg.clone(),
+            file: CPUS_FILE.to_owned(),
+            original: original(target_cg, CPUS_FILE, "\n"),
+            value: cpus.to_string(),
+        }),
     }
     if !from.is_empty() {
         steps.push(Step::MoveProcs {
@@ -702,7 +705,6 @@ mod tests {
                 "enable /",
                 "add /machine.slice/cpuset.cpus.exclusive 2-3",
                 "enable /machine.slice",
-                "write /machine.slice/vm.scope/cpuset.cpus 2-3",
                 "write /machine.slice/vm.scope/cpuset.cpus.exclusive 2-3",
                 "write /machine.slice/vm.scope/cpuset.cpus.partition root",
             ]
@@ -723,7 +725,6 @@ mod tests {
             [
                 "add /machine.slice/cpuset.cpus.exclusive 2",
                 "enable /machine.slice",
-                "write /machine.slice/vm.scope/cpuset.cpus 2",
                 "write /machine.slice/vm.scope/cpuset.cpus.exclusive 2",
                 "write /machine.slice/vm.scope/cpuset.cpus.partition isolated",
             ]
@@ -766,7 +767,6 @@ mod tests {
                 "add /kvmisolate/cpuset.cpus.exclusive 4",
                 "enable /kvmisolate",
                 "mkdir /kvmisolate/x",
-                "write /kvmisolate/x/cpuset.cpus 4",
                 "write /kvmisolate/x/cpuset.cpus.exclusive 4",
                 "move {100: CgroupPath(/user.slice/session-1.scope), 101: CgroupPath(/user.slice/session-1.scope)} /kvmisolate/x",
                 "write /kvmisolate/x/cpuset.cpus.partition isolated",
@@ -798,7 +798,6 @@ mod tests {
                 "enable /",
                 "add /kvmisolate.slice/cpuset.cpus.exclusive 2-3",
                 "enable /kvmisolate.slice",
-                "write /kvmisolate.slice/kvmisolate-x.scope/cpuset.cpus 2-3",
                 "write /kvmisolate.slice/kvmisolate-x.scope/cpuset.cpus.exclusive 2-3",
                 "write /kvmisolate.slice/kvmisolate-x.scope/cpuset.cpus.partition root",
             ]

@@ -189,22 +189,6 @@ impl Systemd {
         Ok(())
     }
 
-    /// A unit's `AllowedCPUs` (a CPU bitmask, byte N bit M = CPU 8N+M; empty = not set).
-    pub async fn allowed_cpus(&self, unit: &str) -> Result<Vec<u8>, SystemdError> {
-        let value = self.unit_property(unit, "AllowedCPUs").await?;
-        Ok(Vec::<u8>::try_from(value)?)
-    }
-
-    /// Sets a unit's `AllowedCPUs` at runtime (systemd then writes the unit's `cpuset.cpus`
-    /// and keeps the cpuset controller enabled on its ancestors).
-    pub async fn set_allowed_cpus(&self, unit: &str, mask: &[u8]) -> Result<(), SystemdError> {
-        let manager = self.manager().await?;
-        manager
-            .set_unit_properties(unit, true, &[("AllowedCPUs", Variant::from(mask.to_vec()))])
-            .await
-            .map_err(|e| no_such_unit(e, unit))
-    }
-
     /// The unit a process belongs to.
     pub async fn unit_of_pid(&self, pid: u32) -> Result<String, SystemdError> {
         let manager = self.manager().await?;

@@ -3,9 +3,6 @@
 //!
 //! - `start-transient-scope`: kvmisolate's delegated scope for a `pids` target. Undo moves any
 //!   process still in it back to the unit it came from, then stops the scope.
-//! - `set-allowed-cpus`: a unit target's `AllowedCPUs` at runtime, so that systemd itself keeps
-//!   the cpuset controller enabled down to the unit (a `daemon-reload` then never disables it
-//!   under an active partition). Undo restores the original value.
 //!
 //! The engine is synchronous and runs on a blocking thread; these calls hop back onto the
 //! runtime with [`tokio::runtime::Handle::block_on`].
@@ -13,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kvmisolate_dbus::{CpuSet, Error, IsolationName};
+use kvmisolate_dbus::{Error, IsolationName};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
@@ -23,7 +20,6 @@ use crate::plan::ExternalStep;
 use crate::systemd::{self, Systemd};
 
 const START_SCOPE: &str = "start-transient-scope";
-const SET_ALLOWED_CPUS: &str = "set-allowed-cpus";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ScopeData {
@@ -33,21 +29,6 @@ struct ScopeData {
     /// pid → (unit, cgroup) it was in before, filled in by `prepare`.
     #[serde(default)]
     origins: BTreeMap<String, (String, String)>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct AllowedCpusData {
-    unit: String,
-    /// The unit's cgroup (relative to the cgroup root).
-    cgroup: String,
-    cpus: CpuSet,
-    /// The unit's AllowedCPUs before (a bitmask), filled in by `prepare`.
-    #[serde(default)]
-    original: Option<Vec<u8>>,
-    /// The cgroup's `cpuset.cpus` before: systemd does not write the file back when
-    /// AllowedCPUs goes back to empty, so undo restores it itself.
-    #[serde(default)]
-    original_cpus: Option<String>,
 }
 
 /// The step that creates kvmisolate's scope `unit` for `pids`.
@@ -62,33 +43,6 @@ pub fn start_scope_step(unit: &str, name: &IsolationName, pids: &[u32]) -> Exter
         kind: START_SCOPE.into(),
         data: serde_json::to_value(data).unwrap_or_default(),
     }
-}
-
-/// The step that sets `unit`'s AllowedCPUs to `cpus` for the isolation's lifetime.
-pub fn set_allowed_cpus_step(unit: &str, cgroup: &CgroupPath, cpus: &CpuSet) -> ExternalStep {
-    let data = AllowedCpusData {
-        unit: unit.to_owned(),
-        cgroup: cgroup.as_str().to_owned(),
-        cpus: cpus.clone(),
-        original: None,
-        original_cpus: None,
-    };
-    ExternalStep {
-        kind: SET_ALLOWED_CPUS.into(),
-        data: serde_json::to_value(data).unwrap_or_default(),
-    }
-}
-
-/// A CPU set as systemd's `ay` bitmask.
-pub fn cpu_mask(cpus: &CpuSet) -> Vec<u8> {
-    let Some(last) = cpus.iter().last() else {
-        return Vec::new();
-    };
-    let mut mask = vec![0u8; (last / 8 + 1) as usize];
-    for cpu in cpus.iter() {
-        mask[(cpu / 8) as usize] |= 1 << (cpu % 8);
-    }
-    mask
 }
 
 /// Performs the systemd steps.
@@ -188,19 +142,6 @@ impl ExternalEffects for SystemdEffects {
                 }
                 to_step(START_SCOPE, &data)
             }
-            SET_ALLOWED_CPUS => {
-                let mut data: AllowedCpusData = parse(step)?;
-                let original = self
-                    .handle
-                    .block_on(self.systemd.allowed_cpus(&data.unit))
-                    .map_err(failed)?;
-                data.original = Some(original);
-                let cg = CgroupPath::new(&data.cgroup).map_err(failed)?;
-                data.original_cpus = CgroupFs::new(&self.cgroup_root)
-                    .read_opt(&cg, "cpuset.cpus")
-                    .map_err(failed)?;
-                to_step(SET_ALLOWED_CPUS, &data)
-            }
             other => Err(failed(format!("unknown external step {other:?}"))),
         }
     }
@@ -217,15 +158,6 @@ impl ExternalEffects for SystemdEffects {
                     .map(|_| ())
                     .map_err(failed)
             }
-            SET_ALLOWED_CPUS => {
-                let data: AllowedCpusData = parse(step)?;
-                self.handle
-                    .block_on(
-                        self.systemd
-                            .set_allowed_cpus(&data.unit, &cpu_mask(&data.cpus)),
-                    )
-                    .map_err(failed)
-            }
             other => Err(failed(format!("unknown external step {other:?}"))),
         }
     }
@@ -233,17 +165,6 @@ impl ExternalEffects for SystemdEffects {
     fn undo(&self, step: &ExternalStep) -> Result<(), Error> {
         match step.kind.as_str() {
             START_SCOPE => self.undo_scope(&parse(step)?),
-            SET_ALLOWED_CPUS => {
-                let data: AllowedCpusData = parse(step)?;
-                let original = data.original.unwrap_or_default();
-                match self
-                    .handle
-                    .block_on(self.systemd.set_allowed_cpus(&data.unit, &original))
-                {
-                    Ok(()) | Err(systemd::SystemdError::NoSuchUnit(_)) => Ok(()),
-                    Err(e) => Err(failed(e)),
-                }
-            }
             other => Err(failed(format!("unknown external step {other:?}"))),
         }
     }
@@ -254,22 +175,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks() {
-        assert_eq!(cpu_mask(&CpuSet::parse("2-3").unwrap()), vec![0b1100]);
-        assert_eq!(cpu_mask(&CpuSet::parse("0,9").unwrap()), vec![1, 2]);
-        assert!(cpu_mask(&CpuSet::new()).is_empty());
-    }
-
-    #[test]
     fn steps_round_trip_through_json() {
         let name = IsolationName::new("vm").unwrap();
         let s = start_scope_step("kvmisolate-vm.scope", &name, &[1, 2]);
         let d: ScopeData = parse(&s).unwrap();
         assert_eq!(d.pids, vec![1, 2]);
-        let cg = CgroupPath::new("system.slice/vm.service").unwrap();
-        let s = set_allowed_cpus_step("vm.service", &cg, &CpuSet::parse("4-5").unwrap());
-        let d: AllowedCpusData = parse(&s).unwrap();
-        assert_eq!(d.cpus.to_string(), "4-5");
-        assert!(d.original.is_none());
     }
 }
