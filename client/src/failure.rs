@@ -119,11 +119,11 @@ pub fn message_for(error_name: &str, description: Option<&str>, bus: BusDescript
     let said = desc.unwrap_or(error_name);
     match error_name {
         name::ACCESS_DENIED => format!(
-            "not authorized: {said}. To allow a group without a password, install the polkit \
+            "not authorized ({error_name}): {said}. To allow a group without a password, install the polkit \
              rule {RULES_EXAMPLE} in /etc/polkit-1/rules.d/ (or run as root)"
         ),
         name::INTERACTIVE_AUTHORIZATION_REQUIRED => format!(
-            "authentication is required ({said}); run without --no-ask-password on a terminal, \
+            "authentication is required ({error_name}: {said}); run without --no-ask-password on a terminal, \
              or install the polkit rule {RULES_EXAMPLE} in /etc/polkit-1/rules.d/"
         ),
         name::NO_SUCH_ISOLATION => format!("{said} (kvmisolate status lists the isolations)"),
