@@ -383,11 +383,42 @@ impl Backend {
                 }
             }
         }
+        // A partition stays valid while one of its CPUs is online: say which ones it lost.
+        if let Some(effective) = self.partition_cpus(&lease.record) {
+            let lost = lease.cpus.difference(&effective);
+            if !lost.is_empty() && target_alive {
+                state = IsolationState::Degraded;
+                reasons.push(format!(
+                    "{} offline or taken away: the partition holds only {}",
+                    plan::cpus_phrase(&lost),
+                    if effective.is_empty() {
+                        "no CPU".to_owned()
+                    } else {
+                        effective.to_string()
+                    }
+                ));
+            }
+        }
         Health {
             target_alive,
             state,
             reason: reasons.join("; "),
         }
+    }
+
+    /// The CPUs the isolation's partitions really hold now (`cpuset.cpus.effective`), if
+    /// they can be read.
+    fn partition_cpus(&self, record: &Record) -> Option<CpuSet> {
+        let mut all = CpuSet::new();
+        for cg in &record.partitions {
+            let text = self
+                .engine
+                .fs
+                .read_opt(cg, "cpuset.cpus.effective")
+                .ok()??;
+            all = all.union(&CpuSet::parse(&text).ok()?);
+        }
+        Some(all)
     }
 
     fn target_alive(&self, record: &Record) -> bool {

@@ -277,6 +277,22 @@ impl Shared {
         });
         let s = shared.clone();
         tokio::spawn(async move { s.follow_callers().await });
+        match crate::hotplug::start() {
+            Ok(mut hotplug) => {
+                let s = shared.clone();
+                tokio::spawn(async move {
+                    while hotplug.recv().await.is_some() {
+                        let names: Vec<String> = s.leases.lock().await.keys().cloned().collect();
+                        for name in names {
+                            s.recheck(&name).await;
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no CPU hotplug notification; an offline CPU is noticed only when a partition changes")
+            }
+        }
         Ok(shared)
     }
 

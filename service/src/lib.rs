@@ -18,6 +18,7 @@
 //! - [`backend`]: glue from requests to the engine, health of isolations;
 //! - [`systemd`], [`systemd_effects`]: transient scopes and unit properties;
 //! - [`watch`]: inotify on partition and `cgroup.events` files;
+//! - [`hotplug`]: CPU hotplug uevents;
 //! - [`isolator`]: the `org.kvmisolate.Isolator1`/`Isolation1` objects.
 //!
 //! Data flow: D-Bus request → authorization → [`plan::plan`] → [`apply::apply`] → report.
@@ -26,6 +27,7 @@ pub mod apply;
 pub mod backend;
 pub mod cgroupfs;
 pub mod host;
+pub mod hotplug;
 pub mod isolator;
 pub mod journal;
 pub mod kernel;

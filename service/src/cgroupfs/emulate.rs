@@ -210,11 +210,29 @@ impl Emulation {
                     return Err(einval());
                 }
                 let rejects = self.rejects.lock().unwrap_or_else(|e| e.into_inner());
-                let content = match rejects.get(path) {
-                    Some(reason) if word != "member" => format!("{word} invalid ({reason})\n"),
-                    _ => format!("{word}\n"),
+                let (content, valid) = match rejects.get(path) {
+                    Some(reason) if word != "member" => {
+                        (format!("{word} invalid ({reason})\n"), false)
+                    }
+                    _ => (format!("{word}\n"), word != "member"),
                 };
-                self.put(&p, &content)
+                drop(rejects);
+                self.put(&p, &content)?;
+                // A valid partition's effective CPUs are its exclusive CPUs (or its cpuset.cpus);
+                // back to member, the emulation shows the empty default it started with.
+                let effective = fs.file_path(path, "cpuset.cpus.effective")?;
+                if effective.is_file() {
+                    let own = |f: &str| fs.read_opt(path, f).ok().flatten().unwrap_or_default();
+                    let text = if !valid {
+                        "\n".to_owned()
+                    } else if !own("cpuset.cpus.exclusive").trim().is_empty() {
+                        own("cpuset.cpus.exclusive")
+                    } else {
+                        own("cpuset.cpus")
+                    };
+                    self.put(&effective, &text)?;
+                }
+                Ok(())
             }
             f if f.starts_with("cpuset.cpus") || f.starts_with("cpuset.mems") => {
                 let set = CpuSet::parse(text.trim_end()).map_err(|_| einval())?;
