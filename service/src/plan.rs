@@ -561,7 +561,25 @@ pub fn plan(
     let original = |p: &CgroupPath, file: &str, default: &str| {
         snapshot.file(p, file).unwrap_or(default).to_owned()
     };
-    let mut steps: Vec<Step> = req.pre_steps.iter().cloned().map(Step::External).collect();
+    // Local partitions: an ancestor that already is a partition root hands all its CPUs to the
+    // partitions below it, so a new cgroup made under it by a pre-step (a systemd scope) would
+    // have no CPU and the move of its processes fails. Widen such ancestors first.
+    let mut steps: Vec<Step> = Vec::new();
+    let mut widened = Vec::new();
+    if mode == PartitionMode::Local && !req.pre_steps.is_empty() {
+        for anc in target_cg.ancestors() {
+            if !anc.is_root() && snapshot.exists(&anc) {
+                steps.push(Step::SharedAdd {
+                    path: anc.clone(),
+                    file: CPUS_FILE.to_owned(),
+                    original: original(&anc, CPUS_FILE, "\n"),
+                    added: cpus.clone(),
+                });
+                widened.push(anc);
+            }
+        }
+    }
+    steps.extend(req.pre_steps.iter().cloned().map(Step::External));
     for anc in target_cg.ancestors() {
         if !anc.is_root() {
             if create && (!snapshot.exists(&anc) || shared(&anc)) {
@@ -578,12 +596,14 @@ pub fn plan(
                     added: cpus.clone(),
                 }),
                 PartitionMode::Local => {
-                    steps.push(Step::SharedAdd {
-                        path: anc.clone(),
-                        file: CPUS_FILE.to_owned(),
-                        original: original(&anc, CPUS_FILE, "\n"),
-                        added: cpus.clone(),
-                    });
+                    if !widened.contains(&anc) {
+                        steps.push(Step::SharedAdd {
+                            path: anc.clone(),
+                            file: CPUS_FILE.to_owned(),
+                            original: original(&anc, CPUS_FILE, "\n"),
+                            added: cpus.clone(),
+                        });
+                    }
                     let state = original(&anc, PARTITION_FILE, "member\n");
                     if state.trim() != "root" || shared(&anc) {
                         steps.push(Step::SharedPartition {

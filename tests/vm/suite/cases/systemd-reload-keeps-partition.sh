@@ -27,10 +27,10 @@ run() {
     sleep 1; still_valid "starting an unrelated unit with AllowedCPUs=0"
     systemctl stop kvmisolate-test-unrelated.service; sleep 1; still_valid "stopping it"
     if [[ $slice == *.slice ]]; then
-        systemctl set-property --runtime "$slice" CPUWeight=100; sleep 1; still_valid "set-property on $slice"
+        systemctl set-property --runtime "$slice" TasksMax=4096; sleep 1; still_valid "set-property on $slice"
     fi
     if [[ $unit == *.scope || $unit == *.service ]]; then
-        systemctl set-property --runtime "$unit" CPUWeight=100; sleep 1; still_valid "set-property on $unit"
+        systemctl set-property --runtime "$unit" TasksMax=4096; sleep 1; still_valid "set-property on $unit"
     fi
     systemctl restart systemd-journald.service; sleep 1; still_valid "restarting journald"
     systemctl daemon-reexec; sleep 2; still_valid "daemon-reexec"
