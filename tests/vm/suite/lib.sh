@@ -268,7 +268,9 @@ snapshot() {
         while IFS= read -r -d '' f; do
             v=; IFS= read -r v 2>/dev/null < "$f" || true
             printf '%s\t%s\n' "$f" "${v:-(empty)}"
-        done < <(find "$CG" \( -name 'cpuset.*' -o -name cgroup.subtree_control \) -type f -print0 2>/dev/null)
+        # The daemon's own service cgroup comes and goes with D-Bus activation and idle exit.
+        done < <(find "$CG" -path "$CG/system.slice/kvmisolated.service" -prune -o \
+                 \( -name 'cpuset.*' -o -name cgroup.subtree_control \) -type f -print0 2>/dev/null)
         for f in /sys/devices/virtual/workqueue/cpumask /sys/devices/virtual/workqueue/cpumask_requested \
                  /sys/bus/workqueue/devices/writeback/cpumask /proc/irq/default_smp_affinity \
                  /proc/irq/*/smp_affinity_list; do
