@@ -568,7 +568,10 @@ pub fn plan(
     let mut widened = Vec::new();
     if mode == PartitionMode::Local && !req.pre_steps.is_empty() {
         for anc in target_cg.ancestors() {
-            if !anc.is_root() && snapshot.exists(&anc) {
+            let is_partition_root = snapshot
+                .file(&anc, PARTITION_FILE)
+                .is_some_and(|t| first_word(t) == "root");
+            if !anc.is_root() && is_partition_root {
                 steps.push(Step::SharedAdd {
                     path: anc.clone(),
                     file: CPUS_FILE.to_owned(),
