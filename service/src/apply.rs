@@ -440,6 +440,14 @@ impl Engine {
             }
             i -= 1;
             let step = record.steps[i].step.clone();
+            // `cpuset.cpus` restores come last, once the processes have left (moved back,
+            // scope stopped): the kernel refuses to empty a populated cgroup's cpuset.cpus
+            // (ENOSPC), and shrinking a partition root under a still-populated member child
+            // would leave that child no CPU and invalidate its sibling partitions.
+            if is_cpus_file(&step) {
+                deferred.push(step);
+                continue;
+            }
             match self.undo(&step, others) {
                 Ok(()) => {
                     undone += 1;
@@ -448,13 +456,6 @@ impl Engine {
                         tracing::warn!("{e}");
                     }
                 }
-                // The kernel refuses to empty `cpuset.cpus` of a populated cgroup (ENOSPC).
-                // The processes leave with a later undo (moved back, scope stopped), so try
-                // again once everything else is undone.
-                Err(e) if is_cpus_file(&step) && e.contains("os error 28") => {
-                    tracing::debug!(isolation = %record.name(), "deferring \"{}\": {e}", step.describe());
-                    deferred.push(step);
-                }
                 Err(e) => {
                     tracing::warn!(isolation = %record.name(), "cannot undo \"{}\": {e}", step.describe());
                     failures.push(format!("cannot undo \"{}\": {e}", step.describe()));
@@ -462,8 +463,12 @@ impl Engine {
             }
         }
         for step in deferred {
+            if stop_after == Some(undone) {
+                return (failures, true);
+            }
             match self.undo(&step, others) {
                 Ok(()) => {
+                    undone += 1;
                     if let Some(pos) = record.steps.iter().position(|s| s.step == step) {
                         record.steps.remove(pos);
                     }
