@@ -448,41 +448,46 @@ impl Engine {
                 deferred.push(step);
                 continue;
             }
-            match self.undo(&step, others) {
-                Ok(()) => {
-                    undone += 1;
-                    record.steps.remove(i);
-                    if let Err(e) = self.journal.save(record) {
-                        tracing::warn!("{e}");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(isolation = %record.name(), "cannot undo \"{}\": {e}", step.describe());
-                    failures.push(format!("cannot undo \"{}\": {e}", step.describe()));
-                }
+            if self.undo_recorded(record, &step, others, &mut failures) {
+                undone += 1;
             }
         }
         for step in deferred {
             if stop_after == Some(undone) {
                 return (failures, true);
             }
-            match self.undo(&step, others) {
-                Ok(()) => {
-                    undone += 1;
-                    if let Some(pos) = record.steps.iter().position(|s| s.step == step) {
-                        record.steps.remove(pos);
-                    }
-                    if let Err(e) = self.journal.save(record) {
-                        tracing::warn!("{e}");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(isolation = %record.name(), "cannot undo \"{}\": {e}", step.describe());
-                    failures.push(format!("cannot undo \"{}\": {e}", step.describe()));
-                }
+            if self.undo_recorded(record, &step, others, &mut failures) {
+                undone += 1;
             }
         }
         (failures, false)
+    }
+
+    /// Undoes one step of `record`; on success drops it from the record and saves the
+    /// journal, on failure adds the reason to `failures`. Returns whether it was undone.
+    fn undo_recorded(
+        &self,
+        record: &mut Record,
+        step: &Step,
+        others: &[Record],
+        failures: &mut Vec<String>,
+    ) -> bool {
+        match self.undo(step, others) {
+            Ok(()) => {
+                if let Some(pos) = record.steps.iter().rposition(|s| s.step == *step) {
+                    record.steps.remove(pos);
+                }
+                if let Err(e) = self.journal.save(record) {
+                    tracing::warn!("{e}");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(isolation = %record.name(), "cannot undo \"{}\": {e}", step.describe());
+                failures.push(format!("cannot undo \"{}\": {e}", step.describe()));
+                false
+            }
+        }
     }
 
     /// Releases an isolation: undoes every recorded step in reverse order (continuing past
