@@ -37,6 +37,9 @@ pub enum Error {
     PartitionRejected(String),
     /// An option key is unknown, has the wrong type, or a bad value.
     InvalidOption(String),
+    /// A host tuning could not be applied (e.g. the kernel allocated fewer hugepages than
+    /// asked); everything was rolled back.
+    TuningFailed(String),
     /// Anything else (an I/O error on cgroupfs, systemd refusing a request...).
     Failed(String),
 }
@@ -67,6 +70,8 @@ pub mod name {
     pub const PARTITION_REJECTED: &str = "org.kvmisolate.Error.PartitionRejected";
     /// `org.kvmisolate.Error.InvalidOption`
     pub const INVALID_OPTION: &str = "org.kvmisolate.Error.InvalidOption";
+    /// `org.kvmisolate.Error.TuningFailed`
+    pub const TUNING_FAILED: &str = "org.kvmisolate.Error.TuningFailed";
     /// `org.kvmisolate.Error.Failed`
     pub const FAILED: &str = "org.kvmisolate.Error.Failed";
     /// The standard error for a caller polkit refused.

@@ -8,6 +8,7 @@
 //! - [`isolation_name`]: validation of isolation names and their object paths;
 //! - [`options`]: the keys and values of the `Isolate` options dictionary;
 //! - [`status`]: the keys of the `Status()` dictionary;
+//! - [`tunings`]: host tuning names, profiles and the hugepage request format;
 //! - [`error`]: the `org.kvmisolate.Error.*` errors;
 //! - [`proxy`]: `#[proxy]` traits for both interfaces;
 //! - [`INTROSPECTION_XML`]: the committed introspection data the service must match.
@@ -19,6 +20,7 @@ pub mod names;
 pub mod options;
 pub mod proxy;
 pub mod status;
+pub mod tunings;
 
 pub use cpulist::{CpuListError, CpuSet};
 pub use error::Error;

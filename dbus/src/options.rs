@@ -1,7 +1,7 @@
 //! Keys and values of the `Isolate(name, cpus, options)` options dictionary.
 //!
 //! Unknown keys are an error (`org.kvmisolate.Error.InvalidOption`), so a typo never silently
-//! falls back to a default. Later capabilities (libvirt domains, host tunings) add keys here.
+//! falls back to a default. The libvirt capability adds its key here.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,13 +16,28 @@ pub const PARTITION: &str = "partition";
 pub const RELEASE_WHEN: &str = "release-when";
 /// `libvirt-domain` (s): a running libvirt domain (reserved for the libvirt capability).
 pub const LIBVIRT_DOMAIN: &str = "libvirt-domain";
-/// `tunings` (as): host tunings by name (reserved for the tunings capability).
+/// `tunings` (as): host tunings by name ([`crate::tunings::Tuning`]); replaces the profile's
+/// list.
 pub const TUNINGS: &str = "tunings";
-/// `profile` (s): a named bundle of tunings (reserved for the tunings capability).
+/// `profile` (s): a named bundle of tunings: `none`, `default` or `realtime`.
 pub const PROFILE: &str = "profile";
+/// `hugepages` (s): a hugepage pool for the guest, `SIZE[:PAGESIZE][@NODE]` (e.g. `16G:1G@0`).
+pub const HUGEPAGES: &str = "hugepages";
+/// `hugepages-best-effort` (b): keep the isolation when the kernel allocates fewer hugepages
+/// than asked (default false: a shortfall fails the isolation and rolls everything back).
+pub const HUGEPAGES_BEST_EFFORT: &str = "hugepages-best-effort";
 
 /// Every key the service accepts today.
-pub const KNOWN: &[&str] = &[UNIT, PIDS, PARTITION, RELEASE_WHEN];
+pub const KNOWN: &[&str] = &[
+    UNIT,
+    PIDS,
+    PARTITION,
+    RELEASE_WHEN,
+    PROFILE,
+    TUNINGS,
+    HUGEPAGES,
+    HUGEPAGES_BEST_EFFORT,
+];
 
 /// The most PIDs one request may carry.
 pub const MAX_PIDS: usize = 4096;

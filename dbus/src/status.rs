@@ -40,6 +40,10 @@ pub const I_CREATED: &str = "created";
 pub const I_RELEASE_WHEN: &str = "release-when";
 /// Isolation entry: `cgroups` (as): the cgroups made partitions, relative to the cgroup root.
 pub const I_CGROUPS: &str = "cgroups";
+/// Isolation entry: `tunings` (a(sssss)): same as the isolation's `Tunings` property.
+pub const I_TUNINGS: &str = "tunings";
+/// Isolation entry: `profile` (s): the tuning profile asked for (or `custom`).
+pub const I_PROFILE: &str = "profile";
 
 /// KernelSupport: `cgroup-v2` (b): a pure cgroup v2 hierarchy with the cpuset controller.
 pub const K_CGROUP_V2: &str = "cgroup-v2";

@@ -185,6 +185,7 @@ pub fn with_context(e: Error, extra: &str) -> Error {
         Error::UnsupportedHost(m) => Error::UnsupportedHost(add(m)),
         Error::PartitionRejected(m) => Error::PartitionRejected(add(m)),
         Error::InvalidOption(m) => Error::InvalidOption(add(m)),
+        Error::TuningFailed(m) => Error::TuningFailed(add(m)),
         Error::Failed(m) => Error::Failed(add(m)),
     }
 }

@@ -9,7 +9,9 @@
 //!   or a contract [`kvmisolate_dbus::Error`] that names the problem and the fix;
 //! - [`journal`]: one crash-safe JSON record per isolation under the run directory;
 //! - [`apply`]: performs a plan step by step (journal first), rolls back on failure, releases
-//!   isolations and replays the journal at start-up.
+//!   isolations and replays the journal at start-up;
+//! - [`tunings`]: host tunings (IRQs, workqueues, sysctls, THP, hugepages...) reconciled with
+//!   the active isolations, journal first, restored exactly.
 //!
 //! and the D-Bus side:
 //!
@@ -36,6 +38,7 @@ pub mod polkit;
 pub mod request;
 pub mod systemd;
 pub mod systemd_effects;
+pub mod tunings;
 pub mod watch;
 
 #[cfg(test)]

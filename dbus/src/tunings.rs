@@ -1,0 +1,436 @@
+//! Host tunings: their names, the profiles that bundle them, and the hugepage request format.
+//!
+//! A tuning is a host setting changed while an isolation is held and restored exactly when it
+//! ends (IRQ affinities, workqueue masks, sysctls, THP, hugepages...). Clients pick them with
+//! the `profile` and `tunings` options of `Isolate`; the service reports each one in the
+//! isolation's `Tunings` property.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// One host tuning, by its stable name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tuning {
+    /// IRQ affinities (and `/proc/irq/default_smp_affinity`) moved off the isolated CPUs.
+    IrqAffinity,
+    /// irqbalance told to leave the isolated CPUs alone (`IRQBALANCE_BANNED_CPULIST`).
+    Irqbalance,
+    /// The global unbound workqueue mask excludes the isolated CPUs.
+    WorkqueueUnbound,
+    /// The writeback workqueue mask excludes the isolated CPUs.
+    WorkqueueWriteback,
+    /// `vm.stat_interval` raised (120 s by default): fewer vmstat updates on isolated CPUs.
+    VmstatInterval,
+    /// `kernel.timer_migration=0`: timers stay where they were armed.
+    TimerMigration,
+    /// `kernel.watchdog_cpumask` = the housekeeping CPUs: no soft-lockup watchdog on isolated
+    /// CPUs.
+    WatchdogCpumask,
+    /// `kernel.sched_rt_runtime_us=-1`: no RT throttling of a spinning SCHED_FIFO vCPU. A
+    /// runaway RT task can then starve its CPU: only in the `realtime` profile or by name.
+    RtThrottling,
+    /// The 6.12+ fair-server runtime (debugfs) set to 0 on the isolated CPUs.
+    FairServer,
+    /// The `performance` CPU frequency governor on the policies covering isolated CPUs.
+    CpuGovernor,
+    /// Transparent hugepages `enabled`/`defrag` set to the configured values.
+    Thp,
+    /// A hugepage pool for the guest's memory (from the `hugepages` option).
+    Hugepages,
+}
+
+impl Tuning {
+    /// Every tuning, in the order they are applied.
+    pub const ALL: &'static [Tuning] = &[
+        Tuning::Hugepages,
+        Tuning::IrqAffinity,
+        Tuning::Irqbalance,
+        Tuning::WorkqueueUnbound,
+        Tuning::WorkqueueWriteback,
+        Tuning::VmstatInterval,
+        Tuning::TimerMigration,
+        Tuning::WatchdogCpumask,
+        Tuning::RtThrottling,
+        Tuning::FairServer,
+        Tuning::CpuGovernor,
+        Tuning::Thp,
+    ];
+
+    /// The stable name used on the bus, in the config file and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IrqAffinity => "irq-affinity",
+            Self::Irqbalance => "irqbalance",
+            Self::WorkqueueUnbound => "workqueue-unbound",
+            Self::WorkqueueWriteback => "workqueue-writeback",
+            Self::VmstatInterval => "vmstat-interval",
+            Self::TimerMigration => "timer-migration",
+            Self::WatchdogCpumask => "watchdog-cpumask",
+            Self::RtThrottling => "rt-throttling",
+            Self::FairServer => "fair-server",
+            Self::CpuGovernor => "cpu-governor",
+            Self::Thp => "thp",
+            Self::Hugepages => "hugepages",
+        }
+    }
+
+    /// Whether it changes a host-wide setting shared by every isolation (its value then
+    /// follows the union of all active isolations).
+    pub fn is_host_wide(self) -> bool {
+        !matches!(self, Self::FairServer | Self::CpuGovernor)
+    }
+}
+
+impl fmt::Display for Tuning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Tuning {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Tuning::ALL
+            .iter()
+            .copied()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                let shown: String = s.chars().take(64).collect();
+                format!(
+                    "unknown tuning {shown:?}; known tunings: {}",
+                    Tuning::ALL
+                        .iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}
+
+/// A named bundle of tunings.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// No tuning: only the partition.
+    None,
+    /// The safe, fully reversible set: IRQs, irqbalance, workqueues, vmstat interval, timer
+    /// migration, watchdog mask, CPU governor (and hugepages when asked for).
+    #[default]
+    Default,
+    /// Everything: `default` plus RT throttling off, the fair server off on isolated CPUs and
+    /// THP.
+    Realtime,
+}
+
+impl Profile {
+    /// Every profile.
+    pub const ALL: &'static [Profile] = &[Profile::None, Profile::Default, Profile::Realtime];
+
+    /// The name used on the bus and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Default => "default",
+            Self::Realtime => "realtime",
+        }
+    }
+
+    /// The tunings it bundles (hugepages come with a `hugepages` request in any profile).
+    pub fn tunings(self) -> Vec<Tuning> {
+        use Tuning::*;
+        let default = [
+            IrqAffinity,
+            Irqbalance,
+            WorkqueueUnbound,
+            WorkqueueWriteback,
+            VmstatInterval,
+            TimerMigration,
+            WatchdogCpumask,
+            CpuGovernor,
+        ];
+        match self {
+            Self::None => Vec::new(),
+            Self::Default => default.to_vec(),
+            Self::Realtime => {
+                let mut all = default.to_vec();
+                all.extend([RtThrottling, FairServer, Thp]);
+                all
+            }
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Profile::ALL
+            .iter()
+            .copied()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let shown: String = s.chars().take(64).collect();
+                format!("unknown profile {shown:?}; profiles: none, default, realtime")
+            })
+    }
+}
+
+/// The state of one tuning of an isolation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TuningState {
+    /// In force.
+    Applied,
+    /// Not applicable on this host (the reason says why); nothing was changed.
+    Skipped,
+    /// Could not be applied (the reason says why); nothing of it is left changed.
+    Failed,
+}
+
+impl TuningState {
+    /// The word used on the bus.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for TuningState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Hugepage page sizes the request format accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum PageSize {
+    /// 2 MiB pages.
+    #[serde(rename = "2M")]
+    M2,
+    /// 1 GiB pages.
+    #[serde(rename = "1G")]
+    G1,
+}
+
+impl PageSize {
+    /// The size in KiB, as in sysfs directory names (`hugepages-2048kB`).
+    pub fn kib(self) -> u64 {
+        match self {
+            Self::M2 => 2048,
+            Self::G1 => 1024 * 1024,
+        }
+    }
+
+    /// `2M` or `1G`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::M2 => "2M",
+            Self::G1 => "1G",
+        }
+    }
+}
+
+/// A hugepage request: `SIZE[:PAGESIZE][@NODE]`, e.g. `16G`, `16G:1G`, `8G:2M@0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct HugepageSpec {
+    /// Total memory wanted, in KiB (a whole number of pages).
+    pub total_kib: u64,
+    /// The page size (2M unless given).
+    pub page_size: PageSize,
+    /// The NUMA node to allocate on (any node when absent).
+    pub node: Option<u32>,
+}
+
+/// The largest hugepage request accepted (64 TiB): larger is a typo.
+const MAX_HUGEPAGES_KIB: u64 = 64 << 30;
+
+fn parse_size_kib(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, ""));
+    if digits.is_empty() || digits.len() > 12 {
+        return Err(format!(
+            "{text:?} is not a size; write a number and a unit, e.g. 16G or 512M"
+        ));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    let mult = match unit {
+        "K" | "k" | "KiB" => 1,
+        "M" | "m" | "MiB" => 1024,
+        "G" | "g" | "GiB" => 1024 * 1024,
+        "T" | "t" | "TiB" => 1024 * 1024 * 1024,
+        "" => return Err(format!("{text:?} has no unit; write e.g. 16G or 512M")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use K, M, G or T"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|&k| k <= MAX_HUGEPAGES_KIB)
+        .ok_or_else(|| format!("{text:?} is too large (at most 64T)"))
+}
+
+impl HugepageSpec {
+    /// How many pages the request needs.
+    pub fn pages(&self) -> u64 {
+        self.total_kib / self.page_size.kib()
+    }
+}
+
+impl FromStr for HugepageSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() > 64 {
+            return Err("the hugepage request is too long; write e.g. 16G:1G@0".into());
+        }
+        let (rest, node) = match s.split_once('@') {
+            Some((rest, node)) => {
+                let n: u32 = node.parse().map_err(|_| {
+                    format!("NUMA node {node:?} is not a number in hugepage request {s:?}")
+                })?;
+                if n > 1023 {
+                    return Err(format!("NUMA node {n} does not exist (at most 1023)"));
+                }
+                (rest, Some(n))
+            }
+            None => (s, None),
+        };
+        let (size, page) = match rest.split_once(':') {
+            Some((size, page)) => (size, Some(page)),
+            None => (rest, None),
+        };
+        let total_kib = parse_size_kib(size).map_err(|e| format!("hugepages: {e}"))?;
+        let page_size = match page {
+            None | Some("2M") | Some("2m") | Some("2048k") | Some("2048K") => PageSize::M2,
+            Some("1G") | Some("1g") => PageSize::G1,
+            Some(other) => {
+                return Err(format!(
+                    "hugepage size {other:?} is not supported; use 2M or 1G"
+                ));
+            }
+        };
+        if total_kib == 0 {
+            return Err("a hugepage request of 0 bytes asks for nothing; leave it out".into());
+        }
+        if total_kib % page_size.kib() != 0 {
+            return Err(format!(
+                "{size} is not a whole number of {} pages",
+                page_size.as_str()
+            ));
+        }
+        Ok(Self {
+            total_kib,
+            page_size,
+            node,
+        })
+    }
+}
+
+impl fmt::Display for HugepageSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = self.total_kib;
+        if k % (1024 * 1024) == 0 {
+            write!(f, "{}G", k / (1024 * 1024))?;
+        } else if k % 1024 == 0 {
+            write!(f, "{}M", k / 1024)?;
+        } else {
+            write!(f, "{k}K")?;
+        }
+        write!(f, ":{}", self.page_size.as_str())?;
+        if let Some(n) = self.node {
+            write!(f, "@{n}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for t in Tuning::ALL {
+            assert_eq!(t.as_str().parse::<Tuning>().unwrap(), *t);
+        }
+        for p in Profile::ALL {
+            assert_eq!(p.as_str().parse::<Profile>().unwrap(), *p);
+        }
+        let e = "irq".parse::<Tuning>().unwrap_err();
+        assert!(
+            e.contains("unknown tuning \"irq\"") && e.contains("irq-affinity"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn profiles_nest() {
+        let d = Profile::Default.tunings();
+        let r = Profile::Realtime.tunings();
+        assert!(d.iter().all(|t| r.contains(t)));
+        assert!(!d.contains(&Tuning::RtThrottling));
+        assert!(r.contains(&Tuning::RtThrottling));
+        assert!(Profile::None.tunings().is_empty());
+    }
+
+    #[test]
+    fn hugepage_specs() {
+        let s: HugepageSpec = "16G".parse().unwrap();
+        assert_eq!(
+            (s.total_kib, s.page_size, s.node),
+            (16 << 20, PageSize::M2, None)
+        );
+        assert_eq!(s.pages(), 8192);
+        let s: HugepageSpec = "16G:1G@1".parse().unwrap();
+        assert_eq!(
+            (s.pages(), s.page_size, s.node),
+            (16, PageSize::G1, Some(1))
+        );
+        assert_eq!(s.to_string(), "16G:1G@1");
+        let s: HugepageSpec = "512M".parse().unwrap();
+        assert_eq!((s.pages(), s.to_string().as_str()), (256, "512M:2M"));
+        for bad in [
+            "",
+            "16",
+            "G",
+            "16X",
+            "1G:4M",
+            "3M",
+            "0G",
+            "1G@",
+            "1G@x",
+            "99999999999999G",
+            "1G:1G:1G",
+            "-1G",
+            " 1G@0 0",
+        ] {
+            assert!(bad.parse::<HugepageSpec>().is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            "1500M:1G"
+                .parse::<HugepageSpec>()
+                .unwrap_err()
+                .contains("whole number")
+        );
+    }
+}

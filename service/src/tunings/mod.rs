@@ -1,0 +1,652 @@
+//! Host tunings applied with isolations and restored exactly.
+//!
+//! Every tuning has the same life cycle: detect whether the host has it (skip with a reason
+//! if not), journal the original of each file before its first write, write, read back, and
+//! restore on release or after a crash. The tunings are *reconciled*, not stacked: given the
+//! set of active isolations ([`Holder`]s), [`wants::wants`] computes what every file should
+//! hold — host-wide values follow the union of the isolations that selected them — and
+//! [`HostTunings::reconcile`] writes what differs and restores the originals of files that no
+//! isolation needs any more. Releasing an isolation is reconciling without it; replaying the
+//! journal after a crash is reconciling with the isolations that were adopted again.
+//!
+//! The journal is one file, `<run-dir>/tunings.json`, written atomically before every change.
+
+pub mod files;
+pub mod wants;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use kvmisolate_dbus::tunings::{HugepageSpec, Tuning, TuningState};
+use kvmisolate_dbus::{CpuSet, Error};
+use serde::{Deserialize, Serialize};
+
+use crate::host::HostCpus;
+use files::{Codec, FileError};
+use wants::{Ctx, Irqbalance, Outcome, Want};
+
+/// The journal format version.
+const STATE_VERSION: u32 = 1;
+
+/// Where the tuned files live (injectable for tests).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// procfs (`/proc`).
+    pub proc: PathBuf,
+    /// sysfs (`/sys`).
+    pub sys: PathBuf,
+    /// debugfs (`/sys/kernel/debug`).
+    pub debugfs: PathBuf,
+    /// systemd's runtime unit directory (`/run/systemd/system`), for drop-ins.
+    pub systemd_runtime: PathBuf,
+}
+
+/// The configured values of the tunings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `vm.stat_interval` while CPUs are isolated (seconds).
+    pub vmstat_interval: u32,
+    /// THP `enabled` value.
+    pub thp_enabled: String,
+    /// THP `defrag` value.
+    pub thp_defrag: String,
+    /// The governor for policies covering isolated CPUs.
+    pub governor: String,
+    /// The fair-server runtime on isolated CPUs (ns).
+    pub fair_server_runtime_ns: u64,
+    /// IRQs whose names match one of these stay untouched.
+    pub irq_exclude: Vec<glob::Pattern>,
+    /// Drop caches and compact memory before growing a hugepage pool.
+    pub hugepages_compact: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            vmstat_interval: 120,
+            thp_enabled: "never".into(),
+            thp_defrag: "never".into(),
+            governor: "performance".into(),
+            fair_server_runtime_ns: 0,
+            irq_exclude: Vec::new(),
+            hugepages_compact: false,
+        }
+    }
+}
+
+/// One active isolation, as far as tunings are concerned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The isolation's name.
+    pub name: String,
+    /// Its CPUs.
+    pub cpus: CpuSet,
+    /// The tunings it selected.
+    pub tunings: BTreeSet<Tuning>,
+    /// Its hugepage request.
+    pub hugepages: Option<HugepageSpec>,
+    /// Keep the isolation when fewer hugepages than asked are allocated.
+    pub hugepages_best_effort: bool,
+}
+
+impl Holder {
+    fn selects(&self, t: Tuning) -> bool {
+        match t {
+            Tuning::Hugepages => self.hugepages.is_some(),
+            other => self.tunings.contains(&other),
+        }
+    }
+}
+
+/// One tuning as reported on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuningReport {
+    /// The tuning.
+    pub tuning: Tuning,
+    /// Applied, skipped or failed.
+    pub state: TuningState,
+    /// Why (skipped, failed), or notes (applied).
+    pub reason: String,
+    /// The original value(s), summarized.
+    pub original: String,
+    /// The value(s) now, summarized.
+    pub current: String,
+}
+
+/// A journalled file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    tuning: Tuning,
+    codec: Codec,
+    label: String,
+    /// The value before kvmisolate touched it (`None`: a file of ours that did not exist).
+    original: Option<String>,
+    /// The last value written (`None`: not written yet, or unknown after a crash).
+    written: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct State {
+    version: u32,
+    holders: BTreeMap<String, Holder>,
+    files: BTreeMap<PathBuf, Entry>,
+    reports: BTreeMap<Tuning, TuningReport>,
+}
+
+/// Host services a tuning may have to drive (irqbalance).
+pub trait Services: Send + Sync {
+    /// How irqbalance runs.
+    fn irqbalance(&self) -> Irqbalance;
+    /// Makes irqbalance pick up a changed drop-in (daemon-reload and restart).
+    fn restart_irqbalance(&self) -> Result<(), String>;
+}
+
+/// No service manager: irqbalance is found by process name only.
+pub struct NoServices {
+    /// procfs.
+    pub proc: PathBuf,
+}
+
+impl Services for NoServices {
+    fn irqbalance(&self) -> Irqbalance {
+        if process_running(&self.proc, "irqbalance") {
+            Irqbalance::Process
+        } else {
+            Irqbalance::NotRunning
+        }
+    }
+    fn restart_irqbalance(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Whether a process whose `comm` is `name` runs.
+pub fn process_running(proc: &Path, name: &str) -> bool {
+    let Ok(dir) = fs::read_dir(proc) else {
+        return false;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .any(|e| fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+}
+
+/// What a reconcile did.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Each tuning selected by some isolation.
+    pub reports: BTreeMap<Tuning, TuningReport>,
+    /// Things the user should know (pages that stayed as surplus, files that vanished).
+    pub warnings: Vec<String>,
+}
+
+/// The tunings engine: reconciles the host with the active isolations, journal first.
+pub struct HostTunings {
+    paths: Paths,
+    settings: Settings,
+    state_path: PathBuf,
+    services: Box<dyn Services>,
+    fsync: bool,
+    crash_after_write: Option<usize>,
+    /// Tests: return an error where the crash would happen instead of killing the process.
+    simulate_crash: bool,
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Failed(e.to_string())
+}
+
+impl HostTunings {
+    /// An engine journalling to `<run_dir>/tunings.json`.
+    pub fn new(
+        paths: Paths,
+        settings: Settings,
+        run_dir: &Path,
+        services: Box<dyn Services>,
+    ) -> Self {
+        Self {
+            paths,
+            settings,
+            state_path: run_dir.join("tunings.json"),
+            services,
+            fsync: true,
+            crash_after_write: None,
+            simulate_crash: false,
+            writes: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Test hook: SIGKILL the process right after the N-th file write (counting from 1).
+    pub fn set_crash_after_write(&mut self, n: Option<usize>) {
+        self.crash_after_write = n;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_fsync(&mut self, on: bool) {
+        self.fsync = on;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn simulate_crash_after_write(&mut self, n: usize) {
+        self.crash_after_write = Some(n);
+        self.simulate_crash = true;
+    }
+
+    /// The configured values.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn load(&self) -> Result<State, Error> {
+        match fs::read(&self.state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                failed(format!(
+                    "the tunings journal {} is corrupt ({e}); the originals it holds must be restored by hand",
+                    self.state_path.display()
+                ))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State {
+                version: STATE_VERSION,
+                ..State::default()
+            }),
+            Err(e) => Err(failed(format!("cannot read {}: {e}", self.state_path.display()))),
+        }
+    }
+
+    fn save(&self, state: &State) -> Result<(), Error> {
+        if state.files.is_empty() && state.holders.is_empty() {
+            return match fs::remove_file(&self.state_path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(failed(format!(
+                    "cannot remove {}: {e}",
+                    self.state_path.display()
+                ))),
+            };
+        }
+        let bytes = serde_json::to_vec_pretty(state).map_err(failed)?;
+        let tmp = self.state_path.with_extension("json.tmp");
+        let io = |op: &str, e: io::Error| failed(format!("cannot {op} {}: {e}", tmp.display()));
+        {
+            let mut f = fs::File::create(&tmp).map_err(|e| io("create", e))?;
+            f.write_all(&bytes).map_err(|e| io("write", e))?;
+            if self.fsync {
+                f.sync_all().map_err(|e| io("fsync", e))?;
+            }
+        }
+        fs::rename(&tmp, &self.state_path).map_err(|e| io("rename", e))?;
+        if self.fsync {
+            if let Some(dir) = self.state_path.parent() {
+                if let Ok(d) = fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The isolations the journal holds tunings for (after a crash: to adopt or drop).
+    pub fn journalled_holders(&self) -> Result<Vec<Holder>, Error> {
+        Ok(self.load()?.holders.into_values().collect())
+    }
+
+    /// The last reports (for an isolation's `Tunings`), current values read now.
+    pub fn reports_for(&self, holder: &Holder) -> Vec<TuningReport> {
+        let Ok(state) = self.load() else {
+            return Vec::new();
+        };
+        Tuning::ALL
+            .iter()
+            .filter(|t| holder.selects(**t))
+            .filter_map(|t| state.reports.get(t).cloned())
+            .map(|mut r| {
+                r.current = summarize(&state, r.tuning, |e, p| {
+                    e.codec.read(p).ok().flatten().unwrap_or_default()
+                });
+                r
+            })
+            .collect()
+    }
+
+    fn bump_writes(&self) -> Result<(), Error> {
+        let n = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if self.crash_after_write == Some(n) {
+            if self.simulate_crash {
+                return Err(failed(format!("simulated crash after write {n}")));
+            }
+            tracing::warn!(write = n, "KVMISOLATED_CRASH_AFTER_TUNING: killing myself");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        Ok(())
+    }
+
+    /// Makes the host match `holders` (every active isolation, in any order): writes what
+    /// they need, restores what none needs any more. An `Err` leaves the journal consistent;
+    /// the caller reconciles again without the isolation that failed, which undoes its part.
+    pub fn reconcile(&self, holders: &[Holder]) -> Result<Reconciled, Error> {
+        let mut state = self.load()?;
+        state.version = STATE_VERSION;
+        state.holders = holders
+            .iter()
+            .map(|h| (h.name.clone(), h.clone()))
+            .collect();
+        self.save(&state)?;
+
+        let online = HostCpus::read(&self.paths.sys)
+            .map(|h| h.online)
+            .map_err(failed)?;
+        let isolated = holders.iter().fold(CpuSet::new(), |a, h| a.union(&h.cpus));
+        let irqbalance = if holders.iter().any(|h| h.selects(Tuning::Irqbalance)) {
+            self.services.irqbalance()
+        } else {
+            Irqbalance::NotRunning
+        };
+        let mut out = Reconciled::default();
+        let mut wanted: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut own_file_changed = false;
+        let mut failure = None;
+
+        for &t in Tuning::ALL {
+            let hs: Vec<&Holder> = holders.iter().filter(|h| h.selects(t)).collect();
+            if hs.is_empty() {
+                continue;
+            }
+            let outcome = {
+                let files = &state.files;
+                let original = |p: &Path, codec: Codec| match files.get(p) {
+                    Some(e) => Ok(e.original.clone()),
+                    None => codec.read(p),
+                };
+                let ctx = Ctx {
+                    paths: &self.paths,
+                    settings: &self.settings,
+                    online: online.clone(),
+                    isolated: isolated.clone(),
+                    irqbalance: irqbalance.clone(),
+                    original: &original,
+                };
+                wants::wants(t, &hs, &ctx)
+            };
+            let mut report = TuningReport {
+                tuning: t,
+                state: TuningState::Applied,
+                reason: String::new(),
+                original: String::new(),
+                current: String::new(),
+            };
+            match outcome {
+                Err(e) => {
+                    report.state = TuningState::Failed;
+                    report.reason = e.to_string();
+                    failure = Some(Error::TuningFailed(format!("{t}: {e}")));
+                }
+                Ok(Outcome::Skip(reason)) => {
+                    report.state = TuningState::Skipped;
+                    report.reason = reason;
+                }
+                Ok(Outcome::Wants(ws, notes)) => {
+                    let mut reasons = notes;
+                    let mut skipped = Vec::new();
+                    for w in &ws {
+                        wanted.insert(w.path.clone());
+                        match self.apply_want(&mut state, w, &hs) {
+                            Ok(changed) => own_file_changed |= changed && w.codec == Codec::OwnFile,
+                            Err(WantError::Skipped(why)) => {
+                                wanted.remove(&w.path);
+                                skipped.push(format!("{} ({why})", w.label));
+                            }
+                            Err(WantError::Shortfall(msg)) => reasons.push(msg),
+                            Err(WantError::Fatal(e)) => {
+                                report.state = TuningState::Failed;
+                                reasons.push(e.to_string());
+                                failure = Some(Error::TuningFailed(format!("{t}: {e}")));
+                                break;
+                            }
+                        }
+                    }
+                    if !skipped.is_empty() {
+                        reasons.push(format!("left as they are: {}", skipped.join(", ")));
+                        if skipped.len() == ws.len() {
+                            report.state = TuningState::Skipped;
+                        }
+                    }
+                    if ws.is_empty() && report.state == TuningState::Applied && reasons.is_empty() {
+                        reasons.push("nothing to change".into());
+                    }
+                    report.reason = reasons.join("; ");
+                }
+            }
+            report.original = summarize(&state, t, |e, _| {
+                e.original.clone().unwrap_or_else(|| "(none)".into())
+            });
+            report.current = summarize(&state, t, |e, p| {
+                e.codec.read(p).ok().flatten().unwrap_or_default()
+            });
+            out.reports.insert(t, report);
+            if failure.is_some() {
+                break;
+            }
+        }
+        state.reports = out.reports.clone();
+        self.save(&state)?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+
+        // Restore what no isolation wants any more, last tuned first.
+        let stale: Vec<PathBuf> = state
+            .files
+            .keys()
+            .filter(|p| !wanted.contains(*p))
+            .cloned()
+            .collect();
+        let mut restore_errors = Vec::new();
+        for path in stale.iter().rev() {
+            let Some(entry) = state.files.get(path).cloned() else {
+                continue;
+            };
+            match entry.codec.restore(path, entry.original.as_deref()) {
+                Ok(()) => {
+                    own_file_changed |= entry.codec == Codec::OwnFile;
+                    if entry.codec == Codec::Count {
+                        if let (Ok(Some(now)), Some(orig)) =
+                            (entry.codec.read(path), &entry.original)
+                        {
+                            let (now, orig) =
+                                (now.trim().parse::<u64>(), orig.trim().parse::<u64>());
+                            if let (Ok(now), Ok(orig)) = (now, orig) {
+                                if now > orig {
+                                    out.warnings.push(format!(
+                                        "{}: {} pages are still in use and stay allocated (surplus) until their user frees them; the pool is back to {orig}",
+                                        entry.label,
+                                        now - orig
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    state.files.remove(path);
+                }
+                Err(e) if e.is_not_found() => {
+                    out.warnings.push(format!(
+                        "{} disappeared before it could be restored",
+                        entry.label
+                    ));
+                    state.files.remove(path);
+                }
+                Err(e) => restore_errors.push(format!("{}: {e}", entry.label)),
+            }
+            self.save(&state)?;
+        }
+        if own_file_changed {
+            if let Err(e) = self.services.restart_irqbalance() {
+                out.warnings
+                    .push(format!("irqbalance could not be restarted: {e}"));
+            }
+        }
+        if !restore_errors.is_empty() {
+            return Err(failed(format!(
+                "could not restore {}; the journal keeps the originals",
+                restore_errors.join("; ")
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Writes one file, journalling its original first. Returns whether it changed.
+    fn apply_want(
+        &self,
+        state: &mut State,
+        w: &Want,
+        holders: &[&Holder],
+    ) -> Result<bool, WantError> {
+        let known = state.files.get(&w.path).cloned();
+        if known.is_none() {
+            let original = w
+                .codec
+                .read(&w.path)
+                .map_err(|e| WantError::Fatal(e.into()))?;
+            state.files.insert(
+                w.path.clone(),
+                Entry {
+                    tuning: w.tuning,
+                    codec: w.codec,
+                    label: w.label.clone(),
+                    original,
+                    written: None,
+                },
+            );
+            self.save(state).map_err(WantError::Fatal)?;
+        } else if w.codec == Codec::OwnFile
+            && known.as_ref().and_then(|e| e.written.as_deref()) == Some(w.value.as_str())
+            && w.codec.read(&w.path).ok().flatten().as_deref() == Some(w.value.as_str())
+        {
+            return Ok(false);
+        }
+        if w.codec == Codec::Count {
+            self.prepare_hugepages(w);
+        }
+        let result = w.codec.write(&w.path, &w.value);
+        self.bump_writes().map_err(WantError::Fatal)?;
+        match result {
+            Ok(found) => {
+                if let Some(e) = state.files.get_mut(&w.path) {
+                    e.written = Some(w.value.clone());
+                }
+                self.save(state).map_err(WantError::Fatal)?;
+                if w.codec == Codec::Count {
+                    return self.check_pool(w, &found, holders).map(|()| true);
+                }
+                Ok(true)
+            }
+            Err(e)
+                if w.tuning == Tuning::IrqAffinity
+                    && e.errno()
+                        .is_some_and(|n| n == nix::libc::EIO || n == nix::libc::EINVAL) =>
+            {
+                // A managed IRQ (EIO) or one the kernel cannot move (EINVAL): nothing changed.
+                state.files.remove(&w.path);
+                self.save(state).map_err(WantError::Fatal)?;
+                Err(WantError::Skipped(if e.errno() == Some(nix::libc::EIO) {
+                    "managed by the kernel".into()
+                } else {
+                    "cannot be moved".into()
+                }))
+            }
+            Err(e) => Err(WantError::Fatal(e.into())),
+        }
+    }
+
+    fn prepare_hugepages(&self, w: &Want) {
+        if !self.settings.hugepages_compact {
+            return;
+        }
+        let current = w
+            .codec
+            .read(&w.path)
+            .ok()
+            .flatten()
+            .and_then(|c| c.trim().parse::<u64>().ok());
+        let wanted = w.value.parse::<u64>().ok();
+        if current < wanted {
+            let _ = fs::write(self.paths.proc.join("sys/vm/drop_caches"), "3");
+            let _ = fs::write(self.paths.proc.join("sys/vm/compact_memory"), "1");
+        }
+    }
+
+    fn check_pool(&self, w: &Want, found: &str, holders: &[&Holder]) -> Result<(), WantError> {
+        let got: u64 = found.trim().parse().unwrap_or(0);
+        let wanted: u64 = w.value.parse().unwrap_or(0);
+        if got >= wanted {
+            return Ok(());
+        }
+        let msg = format!(
+            "{}: the pool needed {wanted} pages, the kernel allocated only {got} (not enough free \
+             contiguous memory: free memory, set hugepages-compact in the configuration, or \
+             reserve the pages at boot with hugepages= on the kernel command line)",
+            w.label
+        );
+        let pool = w.path.clone();
+        let all_best_effort = holders
+            .iter()
+            .filter(|h| {
+                h.hugepages
+                    .as_ref()
+                    .is_some_and(|s| wants::hugepage_pool(&self.paths, s) == pool)
+            })
+            .all(|h| h.hugepages_best_effort);
+        if all_best_effort {
+            Err(WantError::Shortfall(msg))
+        } else {
+            Err(WantError::Fatal(failed(msg)))
+        }
+    }
+}
+
+enum WantError {
+    /// Not changed, and not a failure (a managed IRQ).
+    Skipped(String),
+    /// Fewer hugepages than asked, accepted (best effort).
+    Shortfall(String),
+    /// The isolation must fail.
+    Fatal(Error),
+}
+
+impl From<FileError> for Error {
+    fn from(e: FileError) -> Self {
+        Error::TuningFailed(e.to_string())
+    }
+}
+
+/// A one-line summary of the files of `t`: one value, or `label=value` pairs (at most 8).
+fn summarize(state: &State, t: Tuning, value: impl Fn(&Entry, &Path) -> String) -> String {
+    let entries: Vec<(&PathBuf, &Entry)> =
+        state.files.iter().filter(|(_, e)| e.tuning == t).collect();
+    match entries.as_slice() {
+        [] => String::new(),
+        [(p, e)] if t != Tuning::IrqAffinity => value(e, p).trim().to_owned(),
+        many => {
+            let mut parts: Vec<String> = many
+                .iter()
+                .take(8)
+                .map(|(p, e)| format!("{}={}", e.label, value(e, p).trim()))
+                .collect();
+            if many.len() > 8 {
+                parts.push(format!("... ({} in all)", many.len()));
+            }
+            parts.join("; ")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,613 @@
+//! Tunings against a fake procfs/sysfs tree: what is written, and that release puts every
+//! byte back. (The kernel's own behaviour — bracketed THP words, managed IRQs, hugepage
+//! shortfalls — is exercised in the VM suite.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use kvmisolate_dbus::tunings::Profile;
+
+struct Fake {
+    dir: tempfile::TempDir,
+}
+
+impl Fake {
+    /// A host with `cpus` online CPUs, IRQs 0, 1, 8, 9, 24, 25 (gaps on purpose) and the usual
+    /// knobs.
+    fn new(cpus: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Self { dir };
+        let all = format!("0-{}", cpus - 1);
+        let mask = CpuSet::parse(&all).unwrap().to_hex_mask();
+        for n in ["online", "present", "possible"] {
+            f.put(&format!("sys/devices/system/cpu/{n}"), &format!("{all}\n"));
+        }
+        f.put("proc/irq/default_smp_affinity", &format!("{mask}\n"));
+        let mut interrupts = String::from("           CPU0       CPU1\n");
+        for (n, name) in [
+            (0, "timer"),
+            (1, "i8042"),
+            (8, "rtc0"),
+            (9, "acpi"),
+            (24, "virtio0-config"),
+            (25, "virtio0-input.0"),
+        ] {
+            f.put(
+                &format!("proc/irq/{n}/smp_affinity_list"),
+                &format!("{all}\n"),
+            );
+            interrupts.push_str(&format!(
+                "{n:>3}:         12          0   IO-APIC   {n}-edge      {name}\n"
+            ));
+        }
+        // An IRQ already on housekeeping CPUs: never touched.
+        f.put("proc/irq/30/smp_affinity_list", "0\n");
+        interrupts.push_str(
+            " 30:          5          0  PCI-MSIX-0000:00:03.0   0-edge      ahci[0000:00:03.0]\n",
+        );
+        interrupts.push_str("NMI:          0          0   Non-maskable interrupts\n");
+        f.put("proc/interrupts", &interrupts);
+        f.put(
+            "sys/devices/virtual/workqueue/cpumask",
+            &format!("{mask}\n"),
+        );
+        f.put(
+            "sys/devices/virtual/workqueue/cpumask_requested",
+            &format!("{mask}\n"),
+        );
+        f.put(
+            "sys/bus/workqueue/devices/writeback/cpumask",
+            &format!("{mask}\n"),
+        );
+        f.put("proc/sys/vm/stat_interval", "1\n");
+        f.put("proc/sys/kernel/timer_migration", "1\n");
+        f.put("proc/sys/kernel/watchdog_cpumask", &format!("{all}\n"));
+        f.put("proc/sys/kernel/sched_rt_runtime_us", "950000\n");
+        f.put(
+            "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+            "0\n",
+        );
+        f.put(
+            "sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages",
+            "0\n",
+        );
+        f.put(
+            "sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages",
+            "4\n",
+        );
+        std::fs::create_dir_all(f.path("run/systemd/system")).unwrap();
+        std::fs::create_dir_all(f.path("run/kvmisolate")).unwrap();
+        f
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn put(&self, rel: &str, text: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn get(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap()
+    }
+
+    fn paths(&self) -> Paths {
+        Paths {
+            proc: self.path("proc"),
+            sys: self.path("sys"),
+            debugfs: self.path("sys/kernel/debug"),
+            systemd_runtime: self.path("run/systemd/system"),
+        }
+    }
+
+    fn engine(&self, settings: Settings, services: Box<dyn Services>) -> HostTunings {
+        let mut e = HostTunings::new(
+            self.paths(),
+            settings,
+            &self.path("run/kvmisolate"),
+            services,
+        );
+        e.set_fsync(false);
+        e
+    }
+
+    fn plain(&self) -> HostTunings {
+        self.engine(
+            Settings::default(),
+            Box::new(NoServices {
+                proc: self.path("proc"),
+            }),
+        )
+    }
+
+    /// Every file of the tree but the journal, with its content.
+    fn snapshot(&self) -> BTreeMap<String, String> {
+        fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(base, &p, out);
+                } else if !p.to_string_lossy().contains("run/kvmisolate") {
+                    out.insert(
+                        p.strip_prefix(base).unwrap().to_string_lossy().into_owned(),
+                        // procfs and sysfs end what they print with a newline; plain files
+                        // keep what was written, so compare without it.
+                        std::fs::read_to_string(&p).unwrap().trim_end().to_owned(),
+                    );
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(self.dir.path(), self.dir.path(), &mut out);
+        out
+    }
+}
+
+fn holder(name: &str, cpus: &str, profile: Profile) -> Holder {
+    Holder {
+        name: name.into(),
+        cpus: CpuSet::parse(cpus).unwrap(),
+        tunings: profile
+            .tunings()
+            .into_iter()
+            .filter(|t| *t != Tuning::Thp)
+            .collect(),
+        hugepages: None,
+        hugepages_best_effort: false,
+    }
+}
+
+fn report(r: &Reconciled, t: Tuning) -> &TuningReport {
+    r.reports
+        .get(&t)
+        .unwrap_or_else(|| panic!("no report for {t}"))
+}
+
+#[test]
+fn default_profile_applies_and_release_restores_every_byte() {
+    let f = Fake::new(8);
+    let before = f.snapshot();
+    let e = f.plain();
+    let r = e
+        .reconcile(&[holder("vm", "2-5", Profile::Default)])
+        .unwrap();
+
+    assert_eq!(f.get("proc/sys/vm/stat_interval"), "120");
+    assert_eq!(f.get("proc/sys/kernel/timer_migration"), "0");
+    assert_eq!(f.get("proc/sys/kernel/watchdog_cpumask"), "0-1,6-7");
+    assert_eq!(f.get("proc/irq/default_smp_affinity"), "c3");
+    for n in [0, 1, 8, 9, 24, 25] {
+        assert_eq!(
+            f.get(&format!("proc/irq/{n}/smp_affinity_list")),
+            "0-1,6-7",
+            "IRQ {n}"
+        );
+    }
+    assert_eq!(
+        f.get("proc/irq/30/smp_affinity_list"),
+        "0\n",
+        "an IRQ off the isolated CPUs is left alone"
+    );
+    assert_eq!(f.get("sys/devices/virtual/workqueue/cpumask"), "c3");
+    assert_eq!(f.get("sys/bus/workqueue/devices/writeback/cpumask"), "c3");
+    // RT throttling is not in the default profile.
+    assert_eq!(f.get("proc/sys/kernel/sched_rt_runtime_us"), "950000\n");
+
+    assert_eq!(
+        report(&r, Tuning::VmstatInterval).state,
+        TuningState::Applied
+    );
+    assert_eq!(report(&r, Tuning::VmstatInterval).original, "1");
+    assert_eq!(report(&r, Tuning::VmstatInterval).current, "120");
+    let gov = report(&r, Tuning::CpuGovernor);
+    assert_eq!(gov.state, TuningState::Skipped);
+    assert!(
+        gov.reason.contains("no CPU frequency scaling"),
+        "{}",
+        gov.reason
+    );
+    let irqb = report(&r, Tuning::Irqbalance);
+    assert_eq!(
+        (irqb.state, irqb.reason.as_str()),
+        (TuningState::Skipped, "irqbalance is not running")
+    );
+    let irq = report(&r, Tuning::IrqAffinity);
+    assert!(
+        irq.original.contains("IRQ 24 virtio0-config=0-7"),
+        "{}",
+        irq.original
+    );
+
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+    assert!(
+        !f.path("run/kvmisolate/tunings.json").exists(),
+        "an empty journal is removed"
+    );
+}
+
+#[test]
+fn host_wide_values_follow_the_union_and_come_back_in_order() {
+    let f = Fake::new(8);
+    let before = f.snapshot();
+    let e = f.plain();
+    let a = holder("a", "2-3", Profile::Default);
+    let b = holder("b", "4-5", Profile::Default);
+    e.reconcile(&[a.clone()]).unwrap();
+    assert_eq!(f.get("proc/sys/kernel/watchdog_cpumask"), "0-1,4-7");
+    e.reconcile(&[a.clone(), b.clone()]).unwrap();
+    assert_eq!(f.get("proc/sys/kernel/watchdog_cpumask"), "0-1,6-7");
+    assert_eq!(f.get("proc/irq/24/smp_affinity_list"), "0-1,6-7");
+    assert_eq!(f.get("proc/sys/vm/stat_interval"), "120");
+    // a goes: b's CPUs only, and the originals are still the journalled ones.
+    e.reconcile(&[b.clone()]).unwrap();
+    assert_eq!(f.get("proc/sys/kernel/watchdog_cpumask"), "0-3,6-7");
+    assert_eq!(f.get("proc/irq/24/smp_affinity_list"), "0-3,6-7");
+    assert_eq!(f.get("sys/devices/virtual/workqueue/cpumask"), "cf");
+    assert_eq!(f.get("proc/sys/vm/stat_interval"), "120");
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn an_isolation_without_tunings_still_counts_as_isolated_for_the_others() {
+    let f = Fake::new(8);
+    let e = f.plain();
+    let quiet = holder("quiet", "6", Profile::None);
+    let tuned = holder("tuned", "2-3", Profile::Default);
+    e.reconcile(&[quiet, tuned]).unwrap();
+    // Only the tuned isolation's CPUs leave the masks...
+    assert_eq!(f.get("proc/sys/kernel/watchdog_cpumask"), "0-1,4-7");
+}
+
+#[test]
+fn wide_masks_and_gaps() {
+    // 40 CPUs: masks with a comma between 32-bit words.
+    let f = Fake::new(40);
+    assert_eq!(f.get("proc/irq/default_smp_affinity"), "ff,ffffffff\n");
+    let before = f.snapshot();
+    let e = f.plain();
+    e.reconcile(&[holder("vm", "2-5,33-35", Profile::Default)])
+        .unwrap();
+    let got = CpuSet::from_hex_mask(&f.get("proc/irq/default_smp_affinity")).unwrap();
+    assert_eq!(got.to_string(), "0-1,6-32,36-39");
+    assert_eq!(f.get("proc/irq/9/smp_affinity_list"), "0-1,6-32,36-39");
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn irqs_matching_the_exclusion_list_stay() {
+    let f = Fake::new(8);
+    let settings = Settings {
+        irq_exclude: vec![glob::Pattern::new("virtio0-*").unwrap()],
+        ..Settings::default()
+    };
+    let e = f.engine(
+        settings,
+        Box::new(NoServices {
+            proc: f.path("proc"),
+        }),
+    );
+    let r = e
+        .reconcile(&[holder("vm", "2-5", Profile::Default)])
+        .unwrap();
+    assert_eq!(f.get("proc/irq/24/smp_affinity_list"), "0-7\n");
+    assert_eq!(f.get("proc/irq/25/smp_affinity_list"), "0-7\n");
+    assert_eq!(f.get("proc/irq/8/smp_affinity_list"), "0-1,6-7");
+    let reason = &report(&r, Tuning::IrqAffinity).reason;
+    assert!(
+        reason.contains("24 (virtio0-config), 25 (virtio0-input.0)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_crash_leaves_a_journal_that_a_restart_restores_or_completes() {
+    let f = Fake::new(8);
+    let before = f.snapshot();
+    let h = holder("vm", "2-5", Profile::Realtime);
+    f.plain().reconcile(&[h.clone()]).unwrap();
+    let applied = f.snapshot();
+    // Half-way states: take a journal and files as a crash after the first writes leaves them.
+    let journal = std::fs::read_to_string(f.path("run/kvmisolate/tunings.json")).unwrap();
+    assert!(journal.contains("\"original\": \"950000\""), "{journal}");
+
+    // A new daemon that adopts the isolation completes (nothing changes)...
+    let e = f.plain();
+    assert_eq!(e.journalled_holders().unwrap(), vec![h.clone()]);
+    e.reconcile(&[h]).unwrap();
+    assert_eq!(f.snapshot(), applied);
+    // ...one that does not adopt it restores everything.
+    f.plain().reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn journal_is_written_before_each_file() {
+    // Stop after every number of writes, as SIGKILL would: the journal must already hold the
+    // file just written, and a restart that does not adopt the isolation brings back all.
+    let order = [
+        "proc/irq/default_smp_affinity",
+        "proc/irq/0/smp_affinity_list",
+        "proc/irq/1/smp_affinity_list",
+        "proc/irq/8/smp_affinity_list",
+        "proc/irq/9/smp_affinity_list",
+        "proc/irq/24/smp_affinity_list",
+        "proc/irq/25/smp_affinity_list",
+        "sys/devices/virtual/workqueue/cpumask",
+        "sys/bus/workqueue/devices/writeback/cpumask",
+        "proc/sys/vm/stat_interval",
+        "proc/sys/kernel/timer_migration",
+        "proc/sys/kernel/watchdog_cpumask",
+        "proc/sys/kernel/sched_rt_runtime_us",
+    ];
+    for (i, file) in order.iter().enumerate() {
+        let f = Fake::new(8);
+        let before = f.snapshot();
+        let h = holder("vm", "2-5", Profile::Realtime);
+        let mut e = f.plain();
+        e.simulate_crash_after_write(i + 1);
+        let err = e.reconcile(&[h.clone()]).unwrap_err();
+        assert!(err.to_string().contains("simulated crash"), "{err}");
+        assert_ne!(f.snapshot(), before, "write {} changed nothing", i + 1);
+        let journal = std::fs::read_to_string(f.path("run/kvmisolate/tunings.json")).unwrap();
+        assert!(
+            journal.contains(file),
+            "write {}: {file} not journalled",
+            i + 1
+        );
+        // Adopting completes...
+        f.plain().reconcile(&[h.clone()]).unwrap();
+        // ...and not adopting restores.
+        f.plain().reconcile(&[]).unwrap();
+        assert_eq!(f.snapshot(), before, "after a crash at write {}", i + 1);
+    }
+}
+
+#[test]
+fn hugepages_add_up_per_pool_and_go_back() {
+    let f = Fake::new(8);
+    let before = f.snapshot();
+    let e = f.plain();
+    let mut a = holder("a", "2-3", Profile::None);
+    a.hugepages = Some("1G".parse().unwrap());
+    let mut b = holder("b", "4-5", Profile::None);
+    b.hugepages = Some("256M".parse().unwrap());
+    let mut c = holder("c", "6", Profile::None);
+    c.hugepages = Some("2G:1G".parse().unwrap());
+    let mut d = holder("d", "7", Profile::None);
+    d.hugepages = Some("8M@0".parse().unwrap());
+    let r = e
+        .reconcile(&[a.clone(), b.clone(), c.clone(), d.clone()])
+        .unwrap();
+    assert_eq!(
+        f.get("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
+        "640"
+    );
+    assert_eq!(
+        f.get("sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"),
+        "2"
+    );
+    assert_eq!(
+        f.get("sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"),
+        "8"
+    );
+    assert_eq!(report(&r, Tuning::Hugepages).state, TuningState::Applied);
+    e.reconcile(&[b, c, d]).unwrap();
+    assert_eq!(
+        f.get("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
+        "128"
+    );
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn a_missing_hugepage_size_or_node_fails_cleanly() {
+    let f = Fake::new(8);
+    let before = f.snapshot();
+    let e = f.plain();
+    let mut a = holder("a", "2-3", Profile::Default);
+    a.hugepages = Some("2G:1G@3".parse().unwrap());
+    let err = e.reconcile(&[a]).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("page size or NUMA node does not exist"),
+        "{text}"
+    );
+    assert!(matches!(err, Error::TuningFailed(_)));
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn governor_follows_the_policies_that_cover_isolated_cpus() {
+    let f = Fake::new(4);
+    for (p, cpus) in [(0, "0 1"), (2, "2 3")] {
+        f.put(
+            &format!("sys/devices/system/cpu/cpufreq/policy{p}/affected_cpus"),
+            &format!("{cpus}\n"),
+        );
+        f.put(
+            &format!("sys/devices/system/cpu/cpufreq/policy{p}/scaling_governor"),
+            "schedutil\n",
+        );
+        f.put(
+            &format!("sys/devices/system/cpu/cpufreq/policy{p}/scaling_available_governors"),
+            "performance schedutil powersave\n",
+        );
+    }
+    let before = f.snapshot();
+    let e = f.plain();
+    e.reconcile(&[holder("vm", "3", Profile::Default)]).unwrap();
+    assert_eq!(
+        f.get("sys/devices/system/cpu/cpufreq/policy0/scaling_governor"),
+        "schedutil\n"
+    );
+    assert_eq!(
+        f.get("sys/devices/system/cpu/cpufreq/policy2/scaling_governor"),
+        "performance"
+    );
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn fair_server_needs_debugfs_and_the_6_12_files() {
+    let f = Fake::new(4);
+    let e = f.plain();
+    let h = holder("vm", "2-3", Profile::Realtime);
+    let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+    assert!(
+        report(&r, Tuning::FairServer)
+            .reason
+            .contains("debugfs is not mounted")
+    );
+    e.reconcile(&[]).unwrap();
+    f.put("sys/kernel/debug/sched/debug", "x\n");
+    let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+    assert!(
+        report(&r, Tuning::FairServer)
+            .reason
+            .contains("no fair server")
+    );
+    e.reconcile(&[]).unwrap();
+    for c in 0..4 {
+        f.put(
+            &format!("sys/kernel/debug/sched/fair_server/cpu{c}/runtime"),
+            "50000000\n",
+        );
+    }
+    let before = f.snapshot();
+    e.reconcile(std::slice::from_ref(&h)).unwrap();
+    assert_eq!(
+        f.get("sys/kernel/debug/sched/fair_server/cpu1/runtime"),
+        "50000000\n"
+    );
+    assert_eq!(
+        f.get("sys/kernel/debug/sched/fair_server/cpu2/runtime"),
+        "0"
+    );
+    assert_eq!(f.get("proc/sys/kernel/sched_rt_runtime_us"), "-1");
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn missing_knobs_are_skipped_with_a_reason() {
+    let f = Fake::new(4);
+    std::fs::remove_file(f.path("proc/sys/kernel/timer_migration")).unwrap();
+    std::fs::remove_file(f.path("proc/sys/kernel/watchdog_cpumask")).unwrap();
+    std::fs::remove_dir_all(f.path("sys/bus/workqueue")).unwrap();
+    let e = f.plain();
+    let r = e
+        .reconcile(&[holder("vm", "2-3", Profile::Default)])
+        .unwrap();
+    assert_eq!(
+        report(&r, Tuning::TimerMigration).state,
+        TuningState::Skipped
+    );
+    assert!(
+        report(&r, Tuning::TimerMigration)
+            .reason
+            .contains("kernel.timer_migration")
+    );
+    assert!(
+        report(&r, Tuning::WatchdogCpumask)
+            .reason
+            .contains("no lockup watchdog")
+    );
+    assert!(
+        report(&r, Tuning::WorkqueueWriteback)
+            .reason
+            .contains("writeback workqueue mask")
+    );
+    assert_eq!(
+        report(&r, Tuning::VmstatInterval).state,
+        TuningState::Applied
+    );
+}
+
+struct MockSystemd {
+    restarts: Arc<AtomicUsize>,
+}
+
+impl Services for MockSystemd {
+    fn irqbalance(&self) -> Irqbalance {
+        Irqbalance::SystemdUnit
+    }
+    fn restart_irqbalance(&self) -> Result<(), String> {
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn irqbalance_gets_a_drop_in_banning_every_isolated_cpu() {
+    let f = Fake::new(8);
+    let before = f.snapshot();
+    let restarts = Arc::new(AtomicUsize::new(0));
+    let e = f.engine(
+        Settings::default(),
+        Box::new(MockSystemd {
+            restarts: restarts.clone(),
+        }),
+    );
+    let dropin = "run/systemd/system/irqbalance.service.d/50-kvmisolate.conf";
+    let a = holder("a", "2-3", Profile::Default);
+    let b = holder("b", "5", Profile::Default);
+    e.reconcile(&[a.clone()]).unwrap();
+    assert!(
+        f.get(dropin)
+            .contains("Environment=IRQBALANCE_BANNED_CPULIST=2-3\n")
+    );
+    assert_eq!(restarts.load(Ordering::SeqCst), 1);
+    // Same content: no restart.
+    e.reconcile(&[a.clone()]).unwrap();
+    assert_eq!(restarts.load(Ordering::SeqCst), 1);
+    e.reconcile(&[a, b.clone()]).unwrap();
+    assert!(f.get(dropin).contains("IRQBALANCE_BANNED_CPULIST=2-3,5\n"));
+    assert_eq!(restarts.load(Ordering::SeqCst), 2);
+    e.reconcile(&[]).unwrap();
+    assert_eq!(restarts.load(Ordering::SeqCst), 3);
+    assert!(!f.path("run/systemd/system/irqbalance.service.d").exists());
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn irqbalance_without_systemd_is_reported_not_touched() {
+    let f = Fake::new(4);
+    f.put("proc/4242/comm", "irqbalance\n");
+    let e = f.plain();
+    let r = e
+        .reconcile(&[holder("vm", "2-3", Profile::Default)])
+        .unwrap();
+    let ib = report(&r, Tuning::Irqbalance);
+    assert_eq!(ib.state, TuningState::Skipped);
+    assert!(
+        ib.reason.contains("IRQBALANCE_BANNED_CPULIST=2-3"),
+        "{}",
+        ib.reason
+    );
+}
+
+#[test]
+fn reports_per_holder_list_only_its_tunings() {
+    let f = Fake::new(8);
+    let e = f.plain();
+    let mut a = holder("a", "2-3", Profile::None);
+    a.tunings.insert(Tuning::VmstatInterval);
+    a.hugepages = Some("4M".parse().unwrap());
+    e.reconcile(std::slice::from_ref(&a)).unwrap();
+    let names: Vec<Tuning> = e.reports_for(&a).iter().map(|r| r.tuning).collect();
+    assert_eq!(names, vec![Tuning::Hugepages, Tuning::VmstatInterval]);
+    let hp = &e.reports_for(&a)[0];
+    assert_eq!((hp.original.as_str(), hp.current.as_str()), ("0", "2"));
+}
