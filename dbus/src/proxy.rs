@@ -94,4 +94,12 @@ pub trait Isolation1 {
     /// When it ends by itself: `target-exits`, `caller-disconnects` or `released`.
     #[zbus(property)]
     fn release_when(&self) -> zbus::Result<String>;
+
+    /// The tuning profile: `none`, `default`, `realtime` or `custom`.
+    #[zbus(property)]
+    fn profile(&self) -> zbus::Result<String>;
+
+    /// Each selected host tuning: (name, state, reason, original, current).
+    #[zbus(property)]
+    fn tunings(&self) -> zbus::Result<Vec<(String, String, String, String, String)>>;
 }

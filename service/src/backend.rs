@@ -20,7 +20,8 @@ use crate::plan::{self, PlanConfig, Request, Target};
 use crate::polkit::Caller;
 use crate::request::{IsolateRequest, TargetRequest};
 use crate::systemd::{self, Systemd};
-use crate::systemd_effects::SystemdEffects;
+use crate::systemd_effects::{SystemdEffects, SystemdServices};
+use crate::tunings::{HostTunings, Holder, NoServices, Paths, Selected, TuningReport};
 
 /// The service's settings (from its command line).
 #[derive(Debug, Clone)]
@@ -43,6 +44,12 @@ pub struct Config {
     pub crash_after_step: Option<usize>,
     /// Test mode: `cgroup_root` is a plain directory with kernel behaviour emulated.
     pub fake_kernel: bool,
+    /// systemd's runtime unit directory (drop-ins).
+    pub systemd_runtime_dir: PathBuf,
+    /// Test hook: SIGKILL after this many tuning writes.
+    pub crash_after_tuning: Option<usize>,
+    /// `/etc/kvmisolate/kvmisolate.toml`.
+    pub file: crate::config::Config,
 }
 
 /// One isolation as the D-Bus layer shows it.
@@ -72,6 +79,10 @@ pub struct Lease {
     pub cgroups: Vec<String>,
     /// The journal record (what to restore).
     pub record: Record,
+    /// The tuning profile (`none`, `default`, `realtime`, `custom`).
+    pub profile: String,
+    /// Each selected tuning's state.
+    pub tunings: Vec<TuningReport>,
 }
 
 impl Lease {
@@ -93,9 +104,24 @@ impl Lease {
                 .iter()
                 .map(|c| c.as_str().to_owned())
                 .collect(),
+            profile: record.request.tunings.profile.clone(),
+            tunings: Vec::new(),
             record,
         }
     }
+
+    /// The tunings engine's view of this isolation.
+    pub fn holder(&self) -> Holder {
+        holder_of(&self.record)
+    }
+}
+
+fn holder_of(record: &Record) -> Holder {
+    Holder::new(
+        record.name().as_str(),
+        record.cpus(),
+        &record.request.tunings,
+    )
 }
 
 /// What [`Backend::health`] found.
@@ -117,6 +143,7 @@ pub struct Backend {
     systemd: Option<Systemd>,
     plan_config: PlanConfig,
     fake_reject: Option<String>,
+    tunings: Arc<HostTunings>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -157,6 +184,27 @@ impl Backend {
             None => Box::new(NoExternalEffects),
         };
         let journal = Journal::open(config.run_dir.join("isolations"))?;
+        let services: Box<dyn crate::tunings::Services> = match &systemd {
+            Some(s) => Box::new(SystemdServices::new(
+                s.clone(),
+                tokio::runtime::Handle::current(),
+            )),
+            None => Box::new(NoServices {
+                proc: config.proc_root.clone(),
+            }),
+        };
+        let mut tunings = HostTunings::new(
+            Paths {
+                proc: config.proc_root.clone(),
+                sys: config.sysfs_root.clone(),
+                debugfs: config.sysfs_root.join("kernel/debug"),
+                systemd_runtime: config.systemd_runtime_dir.clone(),
+            },
+            config.file.settings.clone(),
+            &config.run_dir,
+            services,
+        );
+        tunings.set_crash_after_write(config.crash_after_tuning);
         let engine = Arc::new(Engine::new(fs, config.proc_root.clone(), journal, effects));
         let plan_config = PlanConfig {
             min_housekeeping: config.min_housekeeping,
@@ -173,7 +221,82 @@ impl Backend {
             systemd,
             plan_config,
             fake_reject,
+            tunings: Arc::new(tunings),
         })
+    }
+
+    /// The CPUs and tunings of a request, completed from the configuration.
+    fn complete(&self, req: &IsolateRequest) -> Result<(CpuSet, Selected), Error> {
+        use crate::config::Selection;
+        let section = self.config.file.isolation(req.name.as_str());
+        let cpus = if req.cpus.is_empty() {
+            section.and_then(|s| s.cpus.clone()).ok_or_else(|| {
+                Error::InvalidCpuList(format!(
+                    "no CPUs given, and the configuration has none for {:?} \
+                     ([isolation.{}] cpus = \"...\" in {}); give the CPUs to isolate, e.g. 2-5",
+                    req.name.as_str(),
+                    req.name.as_str(),
+                    crate::config::DEFAULT_PATH
+                ))
+            })?
+        } else {
+            req.cpus.clone()
+        };
+        let selection = if let Some(list) = &req.tunings.list {
+            Selection::List(list.clone())
+        } else if let Some(p) = req.tunings.profile {
+            Selection::Profile(p)
+        } else if let Some(s) = section.and_then(|s| s.selection.clone()) {
+            s
+        } else {
+            self.config.file.default_selection.clone()
+        };
+        let selected = Selected {
+            profile: selection.name(),
+            tunings: selection.tunings().into_iter().collect(),
+            hugepages: req.tunings.hugepages.or(section.and_then(|s| s.hugepages)),
+            hugepages_best_effort: req
+                .tunings
+                .hugepages_best_effort
+                .or(section.and_then(|s| s.hugepages_best_effort))
+                .unwrap_or(false),
+        };
+        Ok((cpus, selected))
+    }
+
+    /// The holders of every isolation the journal or `leases` has, but `except`.
+    fn holders(&self, leases: &[&Lease], except: &IsolationName) -> Vec<Holder> {
+        let mut out: Vec<Holder> = leases
+            .iter()
+            .filter(|l| l.name != *except)
+            .map(|l| l.holder())
+            .collect();
+        if let Ok(loaded) = self.engine.journal.load_all() {
+            for r in loaded.records {
+                if r.name() != except && !out.iter().any(|h| h.name == r.name().as_str()) {
+                    out.push(holder_of(&r));
+                }
+            }
+        }
+        out
+    }
+
+    /// The current state of `lease`'s tunings.
+    pub fn tuning_reports(&self, lease: &Lease) -> Vec<TuningReport> {
+        self.tunings.reports_for(&lease.holder())
+    }
+
+    async fn reconcile(&self, holders: Vec<Holder>) -> Result<crate::tunings::Reconciled, Error> {
+        let tunings = self.tunings.clone();
+        let result = tokio::task::spawn_blocking(move || tunings.reconcile(&holders))
+            .await
+            .map_err(failed)?;
+        if let Ok(r) = &result {
+            for w in &r.warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        result
     }
 
     /// The host's online CPUs now (empty if sysfs cannot be read).
@@ -221,12 +344,14 @@ impl Backend {
         &self,
         req: &IsolateRequest,
         caller: &Caller,
-        active: &[&Lease],
+        active_leases: &[&Lease],
     ) -> Result<Lease, Error> {
+        let active = active_leases;
+        let (cpus, selected) = self.complete(req)?;
         let (target, pre_steps) = self.resolve_target(req).await?;
         let request = Request {
             name: req.name.clone(),
-            cpus: req.cpus.clone(),
+            cpus,
             target,
             partition: req.partition,
             release_when: req.release_when,
@@ -234,6 +359,7 @@ impl Backend {
             caller: Some(caller.bus_name.clone()),
             created_usec: now_usec(),
             pre_steps,
+            tunings: selected,
         };
         // The journal, not the lease table, is the truth about what is held: an isolation
         // whose release failed is still in it, and its CPUs are still taken.
@@ -264,7 +390,31 @@ impl Backend {
         })
         .await
         .map_err(failed)??;
-        Ok(Lease::from_record(record))
+        // The partition stands; now the host tunings, for every isolation including this one.
+        let mut lease = Lease::from_record(record);
+        let mut holders = self.holders(active_leases, &lease.name);
+        holders.push(lease.holder());
+        if let Err(e) = self.reconcile(holders.clone()).await {
+            holders.pop();
+            let undo = self.reconcile(holders).await.err();
+            let engine = self.engine.clone();
+            let record = lease.record.clone();
+            let released = tokio::task::spawn_blocking(move || engine.release(&record))
+                .await
+                .map_err(failed)
+                .and_then(|r| r.map_err(Error::from))
+                .err();
+            let mut e = e;
+            for problem in [undo, released].into_iter().flatten() {
+                e = crate::apply::with_context(
+                    e,
+                    &format!("rolling back failed too: {problem}"),
+                );
+            }
+            return Err(e);
+        }
+        lease.tunings = self.tuning_reports(&lease);
+        Ok(lease)
     }
 
     async fn resolve_target(
@@ -335,14 +485,21 @@ impl Backend {
         }
     }
 
-    /// Restores everything `lease` changed.
-    pub async fn release(&self, lease: &Lease, _others: &[&Lease]) -> Result<(), Error> {
+    /// Restores everything `lease` changed: its tunings (host-wide ones now follow the other
+    /// isolations), then its partition.
+    pub async fn release(&self, lease: &Lease, others: &[&Lease]) -> Result<(), Error> {
+        let tunings = self.reconcile(self.holders(others, &lease.name)).await.err();
         let engine = self.engine.clone();
         let record = lease.record.clone();
-        tokio::task::spawn_blocking(move || engine.release(&record))
+        let partition = tokio::task::spawn_blocking(move || engine.release(&record))
             .await
             .map_err(failed)?
-            .map_err(Error::from)
+            .map_err(Error::from);
+        match (tunings, partition) {
+            (None, r) => r,
+            (Some(t), Ok(())) => Err(t),
+            (Some(t), Err(p)) => Err(crate::apply::with_context(p, &t.to_string())),
+        }
     }
 
     /// Reads the partition states and whether the target still runs.
@@ -474,9 +631,19 @@ impl Backend {
             tracing::error!(error = %f, "could not restore an isolation from the journal");
             warnings.push(f.to_string());
         }
-        (
-            report.adopted.into_iter().map(Lease::from_record).collect(),
-            warnings,
-        )
+        let mut adopted: Vec<Lease> = report.adopted.into_iter().map(Lease::from_record).collect();
+        // Tunings: complete those of the isolations adopted again, restore the rest.
+        let holders = adopted.iter().map(Lease::holder).collect();
+        match self.reconcile(holders).await {
+            Ok(r) => warnings.extend(r.warnings),
+            Err(e) => {
+                tracing::error!(error = %e, "could not restore or complete the host tunings from the journal");
+                warnings.push(format!("host tunings: {e}"));
+            }
+        }
+        for lease in &mut adopted {
+            lease.tunings = self.tuning_reports(lease);
+        }
+        (adopted, warnings)
     }
 }

@@ -224,6 +224,36 @@ impl IsolationObject {
     fn release_when(&self) -> String {
         self.lease.release_when.to_string()
     }
+    /// The tuning profile: `none`, `default`, `realtime`, or `custom` (an explicit list).
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn profile(&self) -> String {
+        self.lease.profile.clone()
+    }
+    /// Each selected host tuning: (name, state `applied`/`skipped`/`failed`, reason,
+    /// original value, current value). Read live; invalidated whenever another isolation
+    /// comes or goes (host-wide values follow the union of all isolations).
+    #[zbus(property(emits_changed_signal = "invalidates"))]
+    fn tunings(&self) -> Vec<(String, String, String, String, String)> {
+        tuning_rows(&self.shared.backend.tuning_reports(&self.lease))
+    }
+}
+
+/// The `Tunings` rows of `reports`.
+fn tuning_rows(
+    reports: &[crate::tunings::TuningReport],
+) -> Vec<(String, String, String, String, String)> {
+    reports
+        .iter()
+        .map(|r| {
+            (
+                r.tuning.to_string(),
+                r.state.to_string(),
+                r.reason.clone(),
+                r.original.clone(),
+                r.current.clone(),
+            )
+        })
+        .collect()
 }
 
 impl Shared {
@@ -496,6 +526,19 @@ impl Shared {
         let _ = obj.isolations_changed(emitter).await;
         let _ = obj.isolated_cpus_changed(emitter).await;
         let _ = obj.housekeeping_cpus_changed(emitter).await;
+        drop(obj);
+        // Host-wide tunings follow the union of all isolations: every Tunings may differ now.
+        let paths: Vec<OwnedObjectPath> = self.leases.lock().await.values().map(path_of).collect();
+        for path in paths {
+            if let Ok(iface) = self
+                .conn
+                .object_server()
+                .interface::<_, IsolationObject>(&path)
+                .await
+            {
+                let _ = iface.get().await.tunings_invalidate(iface.signal_emitter()).await;
+            }
+        }
     }
 
     /// Releases `caller-disconnects` leases whose caller left the bus.
@@ -548,8 +591,10 @@ impl Shared {
             Variant::from(online.difference(&isolated).to_string()),
         );
         put(keys::ONLINE_CPUS, Variant::from(online.to_string()));
-        let entries: Vec<HashMap<String, OwnedVariant>> =
-            leases.values().map(lease_entry).collect();
+        let entries: Vec<HashMap<String, OwnedVariant>> = leases
+            .values()
+            .map(|l| lease_entry(l, &self.backend.tuning_reports(l)))
+            .collect();
         put(keys::ISOLATIONS, Variant::from(entries));
         put(
             keys::KERNEL_SUPPORT,
@@ -570,7 +615,7 @@ impl Shared {
     }
 }
 
-fn lease_entry(l: &Lease) -> HashMap<String, OwnedVariant> {
+fn lease_entry(l: &Lease, tunings: &[crate::tunings::TuningReport]) -> HashMap<String, OwnedVariant> {
     let mut m = HashMap::new();
     let mut put = |k: &str, v: Variant<'_>| {
         if let Ok(v) = OwnedVariant::try_from(v) {
@@ -588,6 +633,8 @@ fn lease_entry(l: &Lease) -> HashMap<String, OwnedVariant> {
     put(keys::I_CREATED, Variant::from(l.created_usec));
     put(keys::I_RELEASE_WHEN, Variant::from(l.release_when.as_str()));
     put(keys::I_CGROUPS, Variant::from(l.cgroups.clone()));
+    put(keys::I_PROFILE, Variant::from(l.profile.as_str()));
+    put(keys::I_TUNINGS, Variant::from(tuning_rows(tunings)));
     m
 }
 

@@ -321,6 +321,7 @@ mod tests {
             caller: Some(":1.7".into()),
             created_usec: 1_700_000_000_000_000,
             pre_steps: vec![],
+            tunings: Default::default(),
         };
         let plan = Plan {
             partition: PartitionType::Isolated,

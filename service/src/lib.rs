@@ -27,6 +27,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod config;
 pub mod cgroupfs;
 pub mod host;
 pub mod hotplug;

@@ -36,12 +36,19 @@ struct Args {
     /// Exit after this many seconds without any isolation and without calls (0: never).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     idle_timeout: u64,
-    /// The fewest online CPUs the host must keep.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    min_housekeeping: usize,
+    /// The fewest online CPUs the host must keep [default: the configuration's, else 1].
+    #[arg(long, value_name = "N")]
+    min_housekeeping: Option<usize>,
     /// Allow isolating CPU 0 (many IRQs and timers can only run there).
     #[arg(long)]
     allow_cpu0: bool,
+    /// The configuration file (defaults, tuning values, per-isolation settings). A missing
+    /// file means built-in defaults; a malformed one stops the service.
+    #[arg(long, default_value = kvmisolated::config::DEFAULT_PATH, value_name = "FILE")]
+    config: PathBuf,
+    /// Where systemd reads runtime drop-ins (for irqbalance).
+    #[arg(long, default_value = "/run/systemd/system", value_name = "DIR", hide = true)]
+    systemd_runtime_dir: PathBuf,
     /// Don't use systemd even if it runs (own cgroups under the cgroup root instead).
     #[arg(long)]
     no_systemd: bool,
@@ -57,6 +64,7 @@ const AFTER_HELP: &str = "\
 Environment:
   KVMISOLATED_LOG               log filter (e.g. debug, kvmisolated=trace)
   KVMISOLATED_CRASH_AFTER_STEP  testing only: SIGKILL itself after the N-th journalled step
+  KVMISOLATED_CRASH_AFTER_TUNING  testing only: SIGKILL itself after the N-th tuning write
 
 The service is normally started by D-Bus activation (kvmisolated.service). Without systemd,
 start it as root after dbus-daemon and polkitd, e.g. from an OpenRC/runit service script.";
@@ -89,14 +97,18 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging();
+    // Before anything else: a configuration mistake must stop the service with its line.
+    let file = kvmisolated::config::Config::load(&args.config)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the configuration is invalid; fix it or move it away")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args))
+    runtime.block_on(run(args, file))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, file: kvmisolated::config::Config) -> anyhow::Result<()> {
     let builder = if let Some(addr) = &args.address {
         zbus::connection::Builder::address(addr.as_str())
     } else if args.session {
@@ -108,16 +120,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let crash_after_step = std::env::var("KVMISOLATED_CRASH_AFTER_STEP")
         .ok()
         .and_then(|v| v.parse::<usize>().ok());
+    let crash_after_tuning = std::env::var("KVMISOLATED_CRASH_AFTER_TUNING")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     let config = Config {
         cgroup_root: args.cgroup_root,
         sysfs_root: args.sysfs_root,
         proc_root: args.proc_root,
         run_dir: args.run_dir,
-        min_housekeeping: args.min_housekeeping,
-        allow_cpu0: args.allow_cpu0,
+        min_housekeeping: args
+            .min_housekeeping
+            .or(file.min_housekeeping)
+            .unwrap_or(1),
+        allow_cpu0: args.allow_cpu0 || file.allow_cpu0.unwrap_or(false),
         use_systemd: !args.no_systemd,
         crash_after_step,
         fake_kernel: args.test_fake_kernel,
+        systemd_runtime_dir: args.systemd_runtime_dir,
+        crash_after_tuning,
+        file,
     };
     let backend = Backend::new(config, conn.clone()).await?;
     let shared = Shared::start(conn.clone(), backend).await?;

@@ -268,6 +268,9 @@ pub struct Request {
     /// External steps performed first (and undone last), e.g. creating a systemd scope.
     #[serde(default)]
     pub pre_steps: Vec<ExternalStep>,
+    /// The host tunings selected (applied after the partition, undone before it).
+    #[serde(default)]
+    pub tunings: crate::tunings::Selected,
 }
 
 /// The content of the cgroup files along the target's path, read by the caller beforehand.

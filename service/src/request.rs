@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use kvmisolate_dbus::options::{self, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::tunings::{HugepageSpec, Profile, Tuning};
 use kvmisolate_dbus::{CpuSet, Error, IsolationName};
 use zbus::OwnedVariant;
 
@@ -37,7 +38,7 @@ impl TargetRequest {
 pub struct IsolateRequest {
     /// The isolation's name.
     pub name: IsolationName,
-    /// The CPUs to isolate (non-empty).
+    /// The CPUs to isolate (empty: those of the name's section in the configuration).
     pub cpus: CpuSet,
     /// What to isolate.
     pub target: TargetRequest,
@@ -45,6 +46,21 @@ pub struct IsolateRequest {
     pub partition: Option<PartitionType>,
     /// When it ends by itself.
     pub release_when: ReleaseWhen,
+    /// The host tunings asked for.
+    pub tunings: TuningsRequest,
+}
+
+/// The tuning options of a request; what is absent comes from the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TuningsRequest {
+    /// `profile`.
+    pub profile: Option<Profile>,
+    /// `tunings`.
+    pub list: Option<Vec<Tuning>>,
+    /// `hugepages`.
+    pub hugepages: Option<HugepageSpec>,
+    /// `hugepages-best-effort`.
+    pub hugepages_best_effort: Option<bool>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -63,12 +79,9 @@ pub fn parse(
     options: &HashMap<String, OwnedVariant>,
 ) -> Result<IsolateRequest, Error> {
     let name = IsolationName::new(name)?;
+    // Empty: the configuration's [isolation.NAME] cpus (checked where the config is known).
     let cpus = CpuSet::parse(cpus)?;
-    if cpus.is_empty() {
-        return Err(Error::InvalidCpuList(
-            "the CPU list is empty; give the CPUs to isolate, e.g. 2-5".into(),
-        ));
-    }
+    let mut tunings = TuningsRequest::default();
     let mut unit = None;
     let mut pids = None;
     let mut partition = None;
@@ -98,7 +111,45 @@ pub fn parse(
                     .parse::<ReleaseWhen>()
                     .map_err(invalid)?;
             }
-            options::LIBVIRT_DOMAIN | options::TUNINGS | options::PROFILE => {
+            options::PROFILE => {
+                tunings.profile = Some(
+                    string_option(key, value)?
+                        .parse::<Profile>()
+                        .map_err(invalid)?,
+                );
+            }
+            options::TUNINGS => {
+                let list = Vec::<String>::try_from(value.clone()).map_err(|_| {
+                    invalid("option \"tunings\" must be an array of tuning names (type as)")
+                })?;
+                if list.len() > Tuning::ALL.len() * 2 {
+                    return Err(invalid("option \"tunings\" lists too many names"));
+                }
+                let parsed = list
+                    .iter()
+                    .map(|t| t.parse::<Tuning>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(invalid)?;
+                if parsed.contains(&Tuning::Hugepages) {
+                    return Err(invalid(
+                        "the hugepages tuning is asked for with the \"hugepages\" option (a size such as 16G), not in \"tunings\"",
+                    ));
+                }
+                tunings.list = Some(parsed);
+            }
+            options::HUGEPAGES => {
+                tunings.hugepages = Some(
+                    string_option(key, value)?
+                        .parse::<HugepageSpec>()
+                        .map_err(invalid)?,
+                );
+            }
+            options::HUGEPAGES_BEST_EFFORT => {
+                tunings.hugepages_best_effort = Some(bool::try_from(value.clone()).map_err(|_| {
+                    invalid("option \"hugepages-best-effort\" must be a boolean (type b)")
+                })?);
+            }
+            options::LIBVIRT_DOMAIN => {
                 return Err(invalid(format!(
                     "option {key:?} is not supported by this version of kvmisolated"
                 )));
@@ -111,6 +162,11 @@ pub fn parse(
                 )));
             }
         }
+    }
+    if tunings.profile.is_some() && tunings.list.is_some() {
+        return Err(invalid(
+            "give either \"profile\" or \"tunings\", not both (a list replaces the profile)",
+        ));
     }
     let target = match (unit, pids) {
         (Some(_), Some(_)) => return Err(invalid("give either \"unit\" or \"pids\", not both")),
@@ -128,6 +184,7 @@ pub fn parse(
         target,
         partition,
         release_when,
+        tunings,
     })
 }
 
@@ -205,6 +262,34 @@ mod tests {
     }
 
     #[test]
+    fn accepts_tuning_options() {
+        let r = parse(
+            "vm",
+            "2",
+            &opts(&[
+                ("pids", Variant::from(vec![10u32])),
+                ("tunings", Variant::from(vec!["thp", "irq-affinity"])),
+                ("hugepages", Variant::from("1G:1G@0")),
+                ("hugepages-best-effort", Variant::from(true)),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.tunings.list, Some(vec![Tuning::Thp, Tuning::IrqAffinity]));
+        assert_eq!(r.tunings.hugepages.unwrap().pages(), 1);
+        assert_eq!(r.tunings.hugepages_best_effort, Some(true));
+        let r = parse(
+            "vm",
+            "2",
+            &opts(&[
+                ("pids", Variant::from(vec![10u32])),
+                ("profile", Variant::from("realtime")),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.tunings.profile, Some(Profile::Realtime));
+    }
+
+    #[test]
     fn rejects_bad_input_with_the_right_error() {
         let pids = || ("pids", Variant::from(vec![10u32]));
         assert!(matches!(
@@ -215,10 +300,7 @@ mod tests {
             parse("vm", "2-", &opts(&[pids()])),
             Err(Error::InvalidCpuList(_))
         ));
-        assert!(matches!(
-            parse("vm", "", &opts(&[pids()])),
-            Err(Error::InvalidCpuList(_))
-        ));
+        assert!(parse("vm", "", &opts(&[pids()])).unwrap().cpus.is_empty());
         for bad in [
             vec![],
             vec![("bogus", Variant::from(1u32))],
@@ -234,6 +316,14 @@ mod tests {
             vec![("unit", Variant::from("../../etc.service"))],
             vec![("unit", Variant::from("x.timer"))],
             vec![pids(), ("libvirt-domain", Variant::from("win10"))],
+            vec![pids(), ("profile", Variant::from("fast"))],
+            vec![pids(), ("tunings", Variant::from("thp"))],
+            vec![pids(), ("tunings", Variant::from(vec!["irq"]))],
+            vec![pids(), ("tunings", Variant::from(vec!["hugepages"]))],
+            vec![pids(), ("profile", Variant::from("none")), ("tunings", Variant::from(vec!["thp"]))],
+            vec![pids(), ("hugepages", Variant::from("16X"))],
+            vec![pids(), ("hugepages", Variant::from(16u32))],
+            vec![pids(), ("hugepages-best-effort", Variant::from("yes"))],
         ] {
             let r = parse("vm", "2", &opts(&bad));
             assert!(

@@ -67,6 +67,8 @@ trait Manager {
     ) -> zbus::Result<()>;
     #[zbus(name = "GetUnitByPID")]
     fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
+    fn reload(&self) -> zbus::Result<()>;
+    fn try_restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     #[zbus(signal)]
     fn job_removed(
         &self,
@@ -187,6 +189,34 @@ impl Systemd {
             .attach_processes_to_unit(unit, subcgroup, pids)
             .await?;
         Ok(())
+    }
+
+    /// Whether `unit` is loaded and active (or reloading/activating).
+    pub async fn unit_active(&self, unit: &str) -> bool {
+        let Ok(manager) = self.manager().await else {
+            return false;
+        };
+        let Ok(path) = manager.get_unit(unit).await else {
+            return false;
+        };
+        let Ok(proxy) = UnitProxy::builder(&self.conn).path(path).build().await else {
+            return false;
+        };
+        matches!(
+            proxy.active_state().await.as_deref(),
+            Ok("active" | "reloading" | "activating")
+        )
+    }
+
+    /// `systemctl daemon-reload`, then `systemctl try-restart unit` (waiting for the job): a
+    /// changed drop-in takes effect.
+    pub async fn reload_and_restart(&self, unit: &str) -> Result<(), SystemdError> {
+        let manager = self.manager().await?;
+        manager.reload().await?;
+        manager.subscribe().await.ok();
+        let mut removed = manager.receive_job_removed().await?;
+        let job = manager.try_restart_unit(unit, "replace").await?;
+        wait_job(&mut removed, &job, unit).await
     }
 
     /// The unit a process belongs to.

@@ -182,3 +182,36 @@ mod tests {
         assert_eq!(d.pids, vec![1, 2]);
     }
 }
+
+/// irqbalance under systemd, for the tunings ([`crate::tunings::Services`]).
+pub struct SystemdServices {
+    systemd: Systemd,
+    handle: Handle,
+}
+
+impl SystemdServices {
+    /// Drives systemd from blocking code through `handle`.
+    pub fn new(systemd: Systemd, handle: Handle) -> Self {
+        Self { systemd, handle }
+    }
+}
+
+/// The unit irqbalance runs as.
+const IRQBALANCE_UNIT: &str = "irqbalance.service";
+
+impl crate::tunings::Services for SystemdServices {
+    fn irqbalance(&self) -> crate::tunings::wants::Irqbalance {
+        use crate::tunings::wants::Irqbalance;
+        if self.handle.block_on(self.systemd.unit_active(IRQBALANCE_UNIT)) {
+            Irqbalance::SystemdUnit
+        } else {
+            Irqbalance::NotRunning
+        }
+    }
+
+    fn restart_irqbalance(&self) -> Result<(), String> {
+        self.handle
+            .block_on(self.systemd.reload_and_restart(IRQBALANCE_UNIT))
+            .map_err(|e| e.to_string())
+    }
+}

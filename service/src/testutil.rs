@@ -307,6 +307,7 @@ impl FakeTree {
             caller: Some(":1.42".into()),
             created_usec: 1,
             pre_steps: Vec::new(),
+            tunings: Default::default(),
         }
     }
 

@@ -76,6 +76,19 @@ impl Default for Settings {
     }
 }
 
+/// The tunings an isolation selected, as journalled with its record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Selected {
+    /// The profile name (`none`, `default`, `realtime`, or `custom` for a list).
+    pub profile: String,
+    /// The tunings.
+    pub tunings: BTreeSet<Tuning>,
+    /// The hugepage request.
+    pub hugepages: Option<HugepageSpec>,
+    /// Keep the isolation when fewer hugepages than asked are allocated.
+    pub hugepages_best_effort: bool,
+}
+
 /// One active isolation, as far as tunings are concerned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Holder {
@@ -92,6 +105,17 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// The holder of isolation `name` on `cpus` with `selected` tunings.
+    pub fn new(name: &str, cpus: &CpuSet, selected: &Selected) -> Self {
+        Self {
+            name: name.to_owned(),
+            cpus: cpus.clone(),
+            tunings: selected.tunings.clone(),
+            hugepages: selected.hugepages,
+            hugepages_best_effort: selected.hugepages_best_effort,
+        }
+    }
+
     fn selects(&self, t: Tuning) -> bool {
         match t {
             Tuning::Hugepages => self.hugepages.is_some(),
