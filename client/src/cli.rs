@@ -140,8 +140,14 @@ impl From<UntilArg> for ReleaseWhen {
 /// `kvmisolate isolate`.
 #[derive(Debug, Args)]
 pub struct IsolateArgs {
-    /// The CPUs to isolate, as a kernel cpulist (2-5, 3,5,7-9).
-    #[arg(long, value_name = "LIST")]
+    /// The CPUs to isolate, as a kernel cpulist (2-5, 3,5,7-9). May be left out with --name
+    /// when the service's configuration has [isolation.NAME] cpus.
+    #[arg(
+        long,
+        value_name = "LIST",
+        required_unless_present = "name",
+        default_value = ""
+    )]
     pub cpus: String,
 
     /// The isolation's name (1-64 characters of A-Z a-z 0-9 _ . -).
@@ -171,6 +177,22 @@ pub struct IsolateArgs {
     /// When the isolation ends. Default: exit.
     #[arg(long, value_enum, value_name = "WHEN")]
     pub until: Option<UntilArg>,
+
+    /// Host tunings: a profile (none, default, realtime) or a comma-separated list of tuning
+    /// names (irq-affinity, irqbalance, workqueue-unbound, workqueue-writeback,
+    /// vmstat-interval, timer-migration, watchdog-cpumask, rt-throttling, fair-server,
+    /// cpu-governor, thp). Default: the service's configuration (profile default).
+    #[arg(long, value_name = "PROFILE|LIST")]
+    pub tunings: Option<String>,
+
+    /// Reserve hugepages for the guest: SIZE[:2M|1G][@NODE], e.g. 16G, 16G:1G, 8G@0.
+    /// Fewer pages than asked fail the isolation unless --hugepages-best-effort.
+    #[arg(long, value_name = "SPEC")]
+    pub hugepages: Option<String>,
+
+    /// Keep the isolation when the kernel allocates fewer hugepages than asked.
+    #[arg(long)]
+    pub hugepages_best_effort: bool,
 }
 
 /// `kvmisolate release`.

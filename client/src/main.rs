@@ -159,6 +159,11 @@ async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
         target,
         args.partition.map(Into::into),
         args.until.map(Into::into),
+    )?
+    .with_tunings(
+        args.tunings.as_deref(),
+        args.hugepages.as_deref(),
+        args.hugepages_best_effort,
     )?;
     let conn = ctx.connect().await?;
     if args.until != Some(UntilArg::Disconnect) {

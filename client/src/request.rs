@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use kvmisolate_dbus::options::{self, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::tunings::{HugepageSpec, Profile, Tuning};
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use zbus::Variant;
 
@@ -30,6 +31,47 @@ pub struct IsolateRequest {
     pub partition: Option<PartitionType>,
     /// When it ends, when chosen.
     pub release_when: Option<ReleaseWhen>,
+    /// The tunings asked for (absent: the service's configuration decides).
+    pub tunings: Option<TuningsArg>,
+    /// A hugepage pool.
+    pub hugepages: Option<HugepageSpec>,
+    /// Keep the isolation when fewer hugepages than asked can be allocated.
+    pub hugepages_best_effort: bool,
+}
+
+/// `--tunings`: a profile name or a comma-separated list of tunings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TuningsArg {
+    /// `none`, `default` or `realtime`.
+    Profile(Profile),
+    /// Tuning names.
+    List(Vec<Tuning>),
+}
+
+impl TuningsArg {
+    /// Parses `--tunings`.
+    pub fn parse(text: &str) -> Result<Self, Failure> {
+        if let Ok(p) = text.parse::<Profile>() {
+            return Ok(Self::Profile(p));
+        }
+        let list = text
+            .split(',')
+            .map(|t| t.trim().parse::<Tuning>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Failure::new(
+                    ExitCode::BadRequest,
+                    format!("--tunings: {e}; or a profile: none, default, realtime"),
+                )
+            })?;
+        if list.contains(&Tuning::Hugepages) {
+            return Err(Failure::new(
+                ExitCode::BadRequest,
+                "--tunings: hugepages are asked for with --hugepages SIZE (e.g. 16G or 16G:1G)",
+            ));
+        }
+        Ok(Self::List(list))
+    }
 }
 
 /// The default name for a cpulist: `cpus-` and the list with `,` written as `_`.
@@ -50,10 +92,11 @@ impl IsolateRequest {
         let cpus = cpus.strip_suffix('\n').unwrap_or(cpus);
         let set =
             CpuSet::parse(cpus).map_err(|e| Failure::new(ExitCode::BadRequest, e.to_string()))?;
-        if set.is_empty() {
+        if set.is_empty() && name.is_none() {
             return Err(Failure::new(
                 ExitCode::BadRequest,
-                "the CPU list is empty; pass the CPUs to isolate, e.g. --cpus 2-3",
+                "the CPU list is empty; pass the CPUs to isolate, e.g. --cpus 2-3 (or --name NAME \
+                 for an isolation whose CPUs the service's configuration gives)",
             ));
         }
         let name = match name {
@@ -84,7 +127,34 @@ impl IsolateRequest {
             target,
             partition,
             release_when,
+            tunings: None,
+            hugepages: None,
+            hugepages_best_effort: false,
         })
+    }
+
+    /// Adds the tuning options (`--tunings`, `--hugepages`, `--hugepages-best-effort`).
+    pub fn with_tunings(
+        mut self,
+        tunings: Option<&str>,
+        hugepages: Option<&str>,
+        best_effort: bool,
+    ) -> Result<Self, Failure> {
+        self.tunings = tunings.map(TuningsArg::parse).transpose()?;
+        self.hugepages = hugepages
+            .map(|h| {
+                h.parse::<HugepageSpec>()
+                    .map_err(|e| Failure::new(ExitCode::BadRequest, format!("--hugepages: {e}")))
+            })
+            .transpose()?;
+        if best_effort && self.hugepages.is_none() {
+            return Err(Failure::new(
+                ExitCode::BadRequest,
+                "--hugepages-best-effort needs --hugepages SIZE",
+            ));
+        }
+        self.hugepages_best_effort = best_effort;
+        Ok(self)
     }
 
     /// The `options` argument of `Isolate`.
@@ -103,6 +173,22 @@ impl IsolateRequest {
         }
         if let Some(r) = self.release_when {
             o.insert(options::RELEASE_WHEN, Variant::from(r.as_str()));
+        }
+        match &self.tunings {
+            Some(TuningsArg::Profile(p)) => {
+                o.insert(options::PROFILE, Variant::from(p.as_str()));
+            }
+            Some(TuningsArg::List(l)) => {
+                let names: Vec<String> = l.iter().map(|t| t.as_str().to_owned()).collect();
+                o.insert(options::TUNINGS, Variant::from(names));
+            }
+            None => {}
+        }
+        if let Some(h) = &self.hugepages {
+            o.insert(options::HUGEPAGES, Variant::from(h.to_string()));
+            if self.hugepages_best_effort {
+                o.insert(options::HUGEPAGES_BEST_EFFORT, Variant::from(true));
+            }
         }
         o
     }
@@ -225,6 +311,38 @@ mod tests {
                 .unwrap();
             assert_eq!(r.options()[options::RELEASE_WHEN], Variant::from(word));
         }
+    }
+
+    #[test]
+    fn tuning_options() {
+        let base = || IsolateRequest::new("2-3", None, Target::Pids(vec![1]), None, None).unwrap();
+        let r = base()
+            .with_tunings(Some("realtime"), Some("16G:1G@0"), true)
+            .unwrap();
+        let o = r.options();
+        assert_eq!(o[options::PROFILE], Variant::from("realtime"));
+        assert_eq!(o[options::HUGEPAGES], Variant::from("16G:1G@0"));
+        assert_eq!(o[options::HUGEPAGES_BEST_EFFORT], Variant::from(true));
+        let r = base()
+            .with_tunings(Some("irq-affinity,thp"), None, false)
+            .unwrap();
+        assert_eq!(
+            r.options()[options::TUNINGS],
+            Variant::from(vec!["irq-affinity".to_owned(), "thp".to_owned()])
+        );
+        assert!(r.options().keys().all(|k| options::KNOWN.contains(k)));
+        for (t, h, b, want) in [
+            (Some("fast"), None, false, "unknown tuning \"fast\""),
+            (Some("hugepages"), None, false, "--hugepages SIZE"),
+            (None, Some("16Q"), false, "--hugepages: unknown size unit"),
+            (None, None, true, "needs --hugepages"),
+        ] {
+            let e = base().with_tunings(t, h, b).unwrap_err();
+            assert!(e.to_string().contains(want), "{t:?} {h:?}: {e}");
+        }
+        // An empty list is fine when a name is given (the configuration has the CPUs).
+        assert!(IsolateRequest::new("", Some("win11"), Target::Pids(vec![1]), None, None).is_ok());
+        assert!(IsolateRequest::new("", None, Target::Pids(vec![1]), None, None).is_err());
     }
 
     #[test]

@@ -187,6 +187,9 @@ pub fn format_status(status: &Value, now_us: u64) -> String {
                 let _ = writeln!(out, "  {r}");
             }
         }
+        for iso in isolations {
+            out.push_str(&format_tunings(iso));
+        }
     }
 
     let warnings = strings_of(status, key::WARNINGS);
@@ -199,6 +202,59 @@ pub fn format_status(status: &Value, now_us: u64) -> String {
 
     if let Some(ks) = status.get(key::KERNEL_SUPPORT) {
         let _ = writeln!(out, "\nKernel: {}", format_kernel_support(ks));
+    }
+    out
+}
+
+/// Cuts `text` to `max` characters, marking the cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// The tunings of one isolation: one line each (what it is now, what it was), or nothing.
+fn format_tunings(iso: &Value) -> String {
+    let rows: Vec<Vec<String>> = iso
+        .get(key::I_TUNINGS)
+        .and_then(Value::as_array)
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| {
+                    let f: Vec<String> = r
+                        .as_array()?
+                        .iter()
+                        .map(|v| v.as_str().unwrap_or_default().to_owned())
+                        .collect();
+                    (f.len() == 5).then_some(f)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nTunings of {} (profile {}):\n",
+        str_of(iso, key::I_NAME),
+        str_of(iso, key::I_PROFILE)
+    );
+    for f in rows {
+        let (name, state, reason, original, current) = (&f[0], &f[1], &f[2], &f[3], &f[4]);
+        let detail = match state.as_str() {
+            "applied" if !current.is_empty() => {
+                let mut d = format!("{current} (was {original})");
+                if !reason.is_empty() {
+                    d.push_str(&format!("; {reason}"));
+                }
+                d
+            }
+            _ => reason.clone(),
+        };
+        let _ = writeln!(out, "  {name:<20} {state:<8} {}", clip(&detail, 100));
     }
     out
 }
@@ -288,6 +344,31 @@ pub(crate) mod tests {
 
     const NOW: u64 = 1_700_000_000_000_000;
 
+    fn tunings_of(name: &str) -> Vec<(String, String, String, String, String)> {
+        let row = |a: &str, b: &str, c: &str, d: &str, e: &str| {
+            (
+                a.to_owned(),
+                b.to_owned(),
+                c.to_owned(),
+                d.to_owned(),
+                e.to_owned(),
+            )
+        };
+        if name != "win10" {
+            return Vec::new();
+        }
+        vec![
+            row("vmstat-interval", "applied", "", "1", "120"),
+            row(
+                "cpu-governor",
+                "skipped",
+                "no CPU frequency scaling on this host",
+                "",
+                "",
+            ),
+        ]
+    }
+
     /// A status dictionary like the service's: two isolations, one degraded, a warning.
     pub(crate) fn synthetic_status() -> HashMap<String, OwnedVariant> {
         let iso = |name: &str, cpus: &str, part: &str, state: &str, reason: &str, age_s: u64| {
@@ -312,6 +393,8 @@ pub(crate) mod tests {
                     key::I_CGROUPS,
                     Variant::from(vec!["machine.slice/x".to_owned()]),
                 ),
+                (key::I_PROFILE, Variant::from("default")),
+                (key::I_TUNINGS, Variant::from(tunings_of(name))),
             ])
         };
         let mut isolations = zbus::Array::new(&Signature::Dict {
@@ -430,6 +513,10 @@ win10  2-3   isolated   active    unit:win10.scope  target exits  1000   3m12s
 build  4-5   root       degraded  unit:build.scope  target exits  1000   2h01m
 
   build is degraded: Invalid cpu list in cpuset.cpus.exclusive
+
+Tunings of win10 (profile default):
+  vmstat-interval      applied  120 (was 1)
+  cpu-governor         skipped  no CPU frequency scaling on this host
 
 Warnings:
   irqbalance is running

@@ -318,7 +318,7 @@ impl FromStr for HugepageSpec {
             Some((size, page)) => (size, Some(page)),
             None => (rest, None),
         };
-        let total_kib = parse_size_kib(size).map_err(|e| format!("hugepages: {e}"))?;
+        let total_kib = parse_size_kib(size)?;
         let page_size = match page {
             None | Some("2M") | Some("2m") | Some("2048k") | Some("2048K") => PageSize::M2,
             Some("1G") | Some("1g") => PageSize::G1,
@@ -331,7 +331,7 @@ impl FromStr for HugepageSpec {
         if total_kib == 0 {
             return Err("a hugepage request of 0 bytes asks for nothing; leave it out".into());
         }
-        if total_kib % page_size.kib() != 0 {
+        if !total_kib.is_multiple_of(page_size.kib()) {
             return Err(format!(
                 "{size} is not a whole number of {} pages",
                 page_size.as_str()
@@ -348,9 +348,9 @@ impl FromStr for HugepageSpec {
 impl fmt::Display for HugepageSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let k = self.total_kib;
-        if k % (1024 * 1024) == 0 {
+        if k.is_multiple_of(1024 * 1024) {
             write!(f, "{}G", k / (1024 * 1024))?;
-        } else if k % 1024 == 0 {
+        } else if k.is_multiple_of(1024) {
             write!(f, "{}M", k / 1024)?;
         } else {
             write!(f, "{k}K")?;

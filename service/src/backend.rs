@@ -21,7 +21,7 @@ use crate::polkit::Caller;
 use crate::request::{IsolateRequest, TargetRequest};
 use crate::systemd::{self, Systemd};
 use crate::systemd_effects::{SystemdEffects, SystemdServices};
-use crate::tunings::{HostTunings, Holder, NoServices, Paths, Selected, TuningReport};
+use crate::tunings::{Holder, HostTunings, NoServices, Paths, Selected, TuningReport};
 
 /// The service's settings (from its command line).
 #[derive(Debug, Clone)]
@@ -406,10 +406,7 @@ impl Backend {
                 .err();
             let mut e = e;
             for problem in [undo, released].into_iter().flatten() {
-                e = crate::apply::with_context(
-                    e,
-                    &format!("rolling back failed too: {problem}"),
-                );
+                e = crate::apply::with_context(e, &format!("rolling back failed too: {problem}"));
             }
             return Err(e);
         }
@@ -488,7 +485,10 @@ impl Backend {
     /// Restores everything `lease` changed: its tunings (host-wide ones now follow the other
     /// isolations), then its partition.
     pub async fn release(&self, lease: &Lease, others: &[&Lease]) -> Result<(), Error> {
-        let tunings = self.reconcile(self.holders(others, &lease.name)).await.err();
+        let tunings = self
+            .reconcile(self.holders(others, &lease.name))
+            .await
+            .err();
         let engine = self.engine.clone();
         let record = lease.record.clone();
         let partition = tokio::task::spawn_blocking(move || engine.release(&record))

@@ -232,9 +232,11 @@ impl Config {
                 None => msg,
             }
         })?;
-        let mut config = Self::default();
-        config.min_housekeeping = raw.service.min_housekeeping;
-        config.allow_cpu0 = raw.service.allow_cpu0;
+        let mut config = Self {
+            min_housekeeping: raw.service.min_housekeeping,
+            allow_cpu0: raw.service.allow_cpu0,
+            ..Self::default()
+        };
         if let Some(s) = selection(raw.defaults.profile, raw.defaults.tunings, "defaults")? {
             config.default_selection = s;
         }
@@ -254,8 +256,14 @@ impl Config {
             ("governor", t.governor, &mut s.governor),
         ] {
             if let Some(v) = value {
-                if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "+_-".contains(c)) {
-                    return Err(format!("[tunings] {key} = {v:?} is not a word the kernel accepts"));
+                if v.is_empty()
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+_-".contains(c))
+                {
+                    return Err(format!(
+                        "[tunings] {key} = {v:?} is not a word the kernel accepts"
+                    ));
                 }
                 *slot = v;
             }
@@ -347,7 +355,10 @@ mod tests {
     fn mistakes_name_the_line() {
         for (text, want) in [
             ("[service]\nmin-housekeeping = \"two\"\n", "line 2"),
-            ("[defaults]\nprofile = \"fast\"\n", "unknown profile \"fast\""),
+            (
+                "[defaults]\nprofile = \"fast\"\n",
+                "unknown profile \"fast\"",
+            ),
             ("[tunings]\nvmstat-intervall = 5\n", "line 2"),
             ("[tunings]\nvmstat-interval = 0\n", "between 1 and 3600"),
             ("[tunings]\nthp-enabled = \"never; rm\"\n", "not a word"),
@@ -355,8 +366,14 @@ mod tests {
             ("[isolation.\"a/b\"]\ncpus = \"1\"\n", "[isolation.a/b]"),
             ("[isolation.vm]\ncpus = \"2-\"\n", "[isolation.vm] cpus"),
             ("[isolation.vm]\nhugepages = \"16Q\"\n", "unknown size unit"),
-            ("[isolation.vm]\nprofile = \"none\"\ntunings = []\n", "either profile or tunings"),
-            ("[defaults]\ntunings = [\"irq\"]\n", "unknown tuning \"irq\""),
+            (
+                "[isolation.vm]\nprofile = \"none\"\ntunings = []\n",
+                "either profile or tunings",
+            ),
+            (
+                "[defaults]\ntunings = [\"irq\"]\n",
+                "unknown tuning \"irq\"",
+            ),
             ("[vm.x]\n", "line 1"),
             ("this is not toml", "line 1"),
         ] {

@@ -536,7 +536,11 @@ impl Shared {
                 .interface::<_, IsolationObject>(&path)
                 .await
             {
-                let _ = iface.get().await.tunings_invalidate(iface.signal_emitter()).await;
+                let _ = iface
+                    .get()
+                    .await
+                    .tunings_invalidate(iface.signal_emitter())
+                    .await;
             }
         }
     }
@@ -615,7 +619,10 @@ impl Shared {
     }
 }
 
-fn lease_entry(l: &Lease, tunings: &[crate::tunings::TuningReport]) -> HashMap<String, OwnedVariant> {
+fn lease_entry(
+    l: &Lease,
+    tunings: &[crate::tunings::TuningReport],
+) -> HashMap<String, OwnedVariant> {
     let mut m = HashMap::new();
     let mut put = |k: &str, v: Variant<'_>| {
         if let Ok(v) = OwnedVariant::try_from(v) {

@@ -27,8 +27,8 @@
 
 pub mod apply;
 pub mod backend;
-pub mod config;
 pub mod cgroupfs;
+pub mod config;
 pub mod host;
 pub mod hotplug;
 pub mod isolator;

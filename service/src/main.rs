@@ -47,7 +47,12 @@ struct Args {
     #[arg(long, default_value = kvmisolated::config::DEFAULT_PATH, value_name = "FILE")]
     config: PathBuf,
     /// Where systemd reads runtime drop-ins (for irqbalance).
-    #[arg(long, default_value = "/run/systemd/system", value_name = "DIR", hide = true)]
+    #[arg(
+        long,
+        default_value = "/run/systemd/system",
+        value_name = "DIR",
+        hide = true
+    )]
     systemd_runtime_dir: PathBuf,
     /// Don't use systemd even if it runs (own cgroups under the cgroup root instead).
     #[arg(long)]
@@ -128,10 +133,7 @@ async fn run(args: Args, file: kvmisolated::config::Config) -> anyhow::Result<()
         sysfs_root: args.sysfs_root,
         proc_root: args.proc_root,
         run_dir: args.run_dir,
-        min_housekeeping: args
-            .min_housekeeping
-            .or(file.min_housekeeping)
-            .unwrap_or(1),
+        min_housekeeping: args.min_housekeeping.or(file.min_housekeeping).unwrap_or(1),
         allow_cpu0: args.allow_cpu0 || file.allow_cpu0.unwrap_or(false),
         use_systemd: !args.no_systemd,
         crash_after_step,

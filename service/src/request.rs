@@ -141,13 +141,14 @@ pub fn parse(
                 tunings.hugepages = Some(
                     string_option(key, value)?
                         .parse::<HugepageSpec>()
-                        .map_err(invalid)?,
+                        .map_err(|e| invalid(format!("option \"hugepages\": {e}")))?,
                 );
             }
             options::HUGEPAGES_BEST_EFFORT => {
-                tunings.hugepages_best_effort = Some(bool::try_from(value.clone()).map_err(|_| {
-                    invalid("option \"hugepages-best-effort\" must be a boolean (type b)")
-                })?);
+                tunings.hugepages_best_effort =
+                    Some(bool::try_from(value.clone()).map_err(|_| {
+                        invalid("option \"hugepages-best-effort\" must be a boolean (type b)")
+                    })?);
             }
             options::LIBVIRT_DOMAIN => {
                 return Err(invalid(format!(
@@ -320,7 +321,11 @@ mod tests {
             vec![pids(), ("tunings", Variant::from("thp"))],
             vec![pids(), ("tunings", Variant::from(vec!["irq"]))],
             vec![pids(), ("tunings", Variant::from(vec!["hugepages"]))],
-            vec![pids(), ("profile", Variant::from("none")), ("tunings", Variant::from(vec!["thp"]))],
+            vec![
+                pids(),
+                ("profile", Variant::from("none")),
+                ("tunings", Variant::from(vec!["thp"])),
+            ],
             vec![pids(), ("hugepages", Variant::from("16X"))],
             vec![pids(), ("hugepages", Variant::from(16u32))],
             vec![pids(), ("hugepages-best-effort", Variant::from("yes"))],

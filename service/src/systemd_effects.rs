@@ -170,19 +170,6 @@ impl ExternalEffects for SystemdEffects {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn steps_round_trip_through_json() {
-        let name = IsolationName::new("vm").unwrap();
-        let s = start_scope_step("kvmisolate-vm.scope", &name, &[1, 2]);
-        let d: ScopeData = parse(&s).unwrap();
-        assert_eq!(d.pids, vec![1, 2]);
-    }
-}
-
 /// irqbalance under systemd, for the tunings ([`crate::tunings::Services`]).
 pub struct SystemdServices {
     systemd: Systemd,
@@ -202,7 +189,10 @@ const IRQBALANCE_UNIT: &str = "irqbalance.service";
 impl crate::tunings::Services for SystemdServices {
     fn irqbalance(&self) -> crate::tunings::wants::Irqbalance {
         use crate::tunings::wants::Irqbalance;
-        if self.handle.block_on(self.systemd.unit_active(IRQBALANCE_UNIT)) {
+        if self
+            .handle
+            .block_on(self.systemd.unit_active(IRQBALANCE_UNIT))
+        {
             Irqbalance::SystemdUnit
         } else {
             Irqbalance::NotRunning
@@ -213,5 +203,18 @@ impl crate::tunings::Services for SystemdServices {
         self.handle
             .block_on(self.systemd.reload_and_restart(IRQBALANCE_UNIT))
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_round_trip_through_json() {
+        let name = IsolationName::new("vm").unwrap();
+        let s = start_scope_step("kvmisolate-vm.scope", &name, &[1, 2]);
+        let d: ScopeData = parse(&s).unwrap();
+        assert_eq!(d.pids, vec![1, 2]);
     }
 }

@@ -305,12 +305,11 @@ impl HostTunings {
             }
         }
         fs::rename(&tmp, &self.state_path).map_err(|e| io("rename", e))?;
-        if self.fsync {
-            if let Some(dir) = self.state_path.parent() {
-                if let Ok(d) = fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
-            }
+        if self.fsync
+            && let Some(dir) = self.state_path.parent()
+            && let Ok(d) = fs::File::open(dir)
+        {
+            let _ = d.sync_all();
         }
         Ok(())
     }
@@ -481,22 +480,18 @@ impl HostTunings {
             match entry.codec.restore(path, entry.original.as_deref()) {
                 Ok(()) => {
                     own_file_changed |= entry.codec == Codec::OwnFile;
-                    if entry.codec == Codec::Count {
-                        if let (Ok(Some(now)), Some(orig)) =
+                    if entry.codec == Codec::Count
+                        && let (Ok(Some(now)), Some(orig)) =
                             (entry.codec.read(path), &entry.original)
-                        {
-                            let (now, orig) =
-                                (now.trim().parse::<u64>(), orig.trim().parse::<u64>());
-                            if let (Ok(now), Ok(orig)) = (now, orig) {
-                                if now > orig {
-                                    out.warnings.push(format!(
+                        && let (Ok(now), Ok(orig)) =
+                            (now.trim().parse::<u64>(), orig.trim().parse::<u64>())
+                        && now > orig
+                    {
+                        out.warnings.push(format!(
                                         "{}: {} pages are still in use and stay allocated (surplus) until their user frees them; the pool is back to {orig}",
                                         entry.label,
                                         now - orig
                                     ));
-                                }
-                            }
-                        }
                     }
                     state.files.remove(path);
                 }
@@ -511,11 +506,9 @@ impl HostTunings {
             }
             self.save(&state)?;
         }
-        if own_file_changed {
-            if let Err(e) = self.services.restart_irqbalance() {
-                out.warnings
-                    .push(format!("irqbalance could not be restarted: {e}"));
-            }
+        if own_file_changed && let Err(e) = self.services.restart_irqbalance() {
+            out.warnings
+                .push(format!("irqbalance could not be restarted: {e}"));
         }
         if !restore_errors.is_empty() {
             return Err(failed(format!(

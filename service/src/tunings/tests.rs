@@ -239,14 +239,14 @@ fn host_wide_values_follow_the_union_and_come_back_in_order() {
     let e = f.plain();
     let a = holder("a", "2-3", Profile::Default);
     let b = holder("b", "4-5", Profile::Default);
-    e.reconcile(&[a.clone()]).unwrap();
+    e.reconcile(std::slice::from_ref(&a)).unwrap();
     assert_eq!(f.get("proc/sys/kernel/watchdog_cpumask"), "0-1,4-7");
     e.reconcile(&[a.clone(), b.clone()]).unwrap();
     assert_eq!(f.get("proc/sys/kernel/watchdog_cpumask"), "0-1,6-7");
     assert_eq!(f.get("proc/irq/24/smp_affinity_list"), "0-1,6-7");
     assert_eq!(f.get("proc/sys/vm/stat_interval"), "120");
     // a goes: b's CPUs only, and the originals are still the journalled ones.
-    e.reconcile(&[b.clone()]).unwrap();
+    e.reconcile(std::slice::from_ref(&b)).unwrap();
     assert_eq!(f.get("proc/sys/kernel/watchdog_cpumask"), "0-3,6-7");
     assert_eq!(f.get("proc/irq/24/smp_affinity_list"), "0-3,6-7");
     assert_eq!(f.get("sys/devices/virtual/workqueue/cpumask"), "cf");
@@ -313,7 +313,7 @@ fn a_crash_leaves_a_journal_that_a_restart_restores_or_completes() {
     let f = Fake::new(8);
     let before = f.snapshot();
     let h = holder("vm", "2-5", Profile::Realtime);
-    f.plain().reconcile(&[h.clone()]).unwrap();
+    f.plain().reconcile(std::slice::from_ref(&h)).unwrap();
     let applied = f.snapshot();
     // Half-way states: take a journal and files as a crash after the first writes leaves them.
     let journal = std::fs::read_to_string(f.path("run/kvmisolate/tunings.json")).unwrap();
@@ -354,7 +354,7 @@ fn journal_is_written_before_each_file() {
         let h = holder("vm", "2-5", Profile::Realtime);
         let mut e = f.plain();
         e.simulate_crash_after_write(i + 1);
-        let err = e.reconcile(&[h.clone()]).unwrap_err();
+        let err = e.reconcile(std::slice::from_ref(&h)).unwrap_err();
         assert!(err.to_string().contains("simulated crash"), "{err}");
         assert_ne!(f.snapshot(), before, "write {} changed nothing", i + 1);
         let journal = std::fs::read_to_string(f.path("run/kvmisolate/tunings.json")).unwrap();
@@ -364,7 +364,7 @@ fn journal_is_written_before_each_file() {
             i + 1
         );
         // Adopting completes...
-        f.plain().reconcile(&[h.clone()]).unwrap();
+        f.plain().reconcile(std::slice::from_ref(&h)).unwrap();
         // ...and not adopting restores.
         f.plain().reconcile(&[]).unwrap();
         assert_eq!(f.snapshot(), before, "after a crash at write {}", i + 1);
@@ -563,14 +563,14 @@ fn irqbalance_gets_a_drop_in_banning_every_isolated_cpu() {
     let dropin = "run/systemd/system/irqbalance.service.d/50-kvmisolate.conf";
     let a = holder("a", "2-3", Profile::Default);
     let b = holder("b", "5", Profile::Default);
-    e.reconcile(&[a.clone()]).unwrap();
+    e.reconcile(std::slice::from_ref(&a)).unwrap();
     assert!(
         f.get(dropin)
             .contains("Environment=IRQBALANCE_BANNED_CPULIST=2-3\n")
     );
     assert_eq!(restarts.load(Ordering::SeqCst), 1);
     // Same content: no restart.
-    e.reconcile(&[a.clone()]).unwrap();
+    e.reconcile(std::slice::from_ref(&a)).unwrap();
     assert_eq!(restarts.load(Ordering::SeqCst), 1);
     e.reconcile(&[a, b.clone()]).unwrap();
     assert!(f.get(dropin).contains("IRQBALANCE_BANNED_CPULIST=2-3,5\n"));

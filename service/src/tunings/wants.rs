@@ -46,6 +46,9 @@ pub enum Irqbalance {
     NotRunning,
 }
 
+/// Reads the original value of a file: the journalled one when it is tuned already.
+pub type OriginalOf<'a> = &'a dyn Fn(&Path, Codec) -> Result<Option<String>, FileError>;
+
 /// Everything the computations read.
 pub struct Ctx<'a> {
     /// Where the host's files are.
@@ -59,7 +62,7 @@ pub struct Ctx<'a> {
     /// How irqbalance runs.
     pub irqbalance: Irqbalance,
     /// The original value of a file: the journalled one when it is tuned already.
-    pub original: &'a dyn Fn(&Path, Codec) -> Result<Option<String>, FileError>,
+    pub original: OriginalOf<'a>,
 }
 
 impl Ctx<'_> {
