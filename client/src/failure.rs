@@ -71,7 +71,9 @@ pub fn exit_code_for(error_name: &str) -> ExitCode {
         | name::INVALID_OPTION => ExitCode::BadRequest,
         name::ACCESS_DENIED | name::INTERACTIVE_AUTHORIZATION_REQUIRED => ExitCode::NotAuthorized,
         name::NO_SUCH_ISOLATION | name::TARGET_NOT_FOUND => ExitCode::NotFound,
-        name::UNSUPPORTED_HOST | name::PARTITION_REJECTED => ExitCode::HostCannot,
+        name::UNSUPPORTED_HOST | name::PARTITION_REJECTED | name::TUNING_FAILED => {
+            ExitCode::HostCannot
+        }
         n if is_unreachable_name(n) => ExitCode::Unreachable,
         _ => ExitCode::Other,
     }
@@ -202,6 +204,7 @@ mod tests {
             (E::TargetNotFound(String::new()), 5),
             (E::UnsupportedHost(String::new()), 6),
             (E::PartitionRejected(String::new()), 6),
+            (E::TuningFailed(String::new()), 6),
             (E::Failed(String::new()), 1),
         ];
         for (e, code) in cases {

@@ -57,6 +57,9 @@ pub enum FileError {
         /// What it reads now.
         found: String,
     },
+    /// The request cannot be met on this host (said in full).
+    #[error("{0}")]
+    Impossible(String),
     /// The file's content is not in the expected format.
     #[error("{} holds {text:?}, which is not {what}", path.display())]
     Format {

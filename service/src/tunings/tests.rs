@@ -419,10 +419,43 @@ fn a_missing_hugepage_size_or_node_fails_cleanly() {
     let err = e.reconcile(&[a]).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("page size or NUMA node does not exist"),
+        text.contains("page size or NUMA node is not available"),
         "{text}"
     );
     assert!(matches!(err, Error::TuningFailed(_)));
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn more_hugepages_than_memory_is_refused_before_touching_the_pool() {
+    let f = Fake::new(8);
+    f.put(
+        "proc/meminfo",
+        "MemTotal:        2014848 kB\nMemFree:  1000 kB\n",
+    );
+    f.put(
+        "sys/devices/system/node/node0/meminfo",
+        "Node 0 MemTotal:       1000000 kB\n",
+    );
+    let before = f.snapshot();
+    let e = f.plain();
+    let mut a = holder("a", "2-3", Profile::None);
+    a.hugepages = Some("4G".parse().unwrap());
+    let text = e
+        .reconcile(std::slice::from_ref(&a))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("2048 2M pages (4096 MiB) asked for, but this host has only 1967 MiB"),
+        "{text}"
+    );
+    a.hugepages = Some("1G@0".parse().unwrap());
+    let text = e
+        .reconcile(std::slice::from_ref(&a))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("the NUMA node has only 976 MiB"), "{text}");
     e.reconcile(&[]).unwrap();
     assert_eq!(f.snapshot(), before);
 }

@@ -517,6 +517,35 @@ pub fn hugepage_pool(paths: &Paths, spec: &HugepageSpec) -> PathBuf {
     }
 }
 
+/// The page size of a pool file (`.../hugepages-2048kB/nr_hugepages`), in KiB.
+fn page_kib(pool: &Path) -> u64 {
+    pool.parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("hugepages-"))
+        .and_then(|n| n.strip_suffix("kB"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `MemTotal` of the host (`/proc/meminfo`) or of the pool's NUMA node (`nodeN/meminfo`).
+fn mem_total_kib(paths: &Paths, pool: &Path) -> Option<u64> {
+    let node_dir = paths.sys.join("devices/system/node");
+    let meminfo = match pool.strip_prefix(&node_dir) {
+        Ok(rest) => node_dir.join(rest.components().next()?).join("meminfo"),
+        Err(_) => paths.proc.join("meminfo"),
+    };
+    let text = fs::read_to_string(meminfo).ok()?;
+    // "MemTotal:  2030000 kB" or, per node, "Node 0 MemTotal:  2030000 kB".
+    text.lines()
+        .find(|l| l.contains("MemTotal:"))?
+        .split_whitespace()
+        .rev()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 fn hugepages(holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
     // Each pool file: its original count plus every holder's pages.
     let mut pools: BTreeMap<PathBuf, (u64, String)> = BTreeMap::new();
@@ -543,11 +572,11 @@ fn hugepages(holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
             Ok(Some(o)) => o,
             Ok(None) => continue,
             Err(e) if e.is_not_found() => {
-                return Err(FileError::Format {
-                    path,
-                    text: String::new(),
-                    what: "an existing hugepage pool (this page size or NUMA node does not exist here)",
-                });
+                return Err(FileError::Impossible(format!(
+                    "no hugepage pool for {label} on this host ({} does not exist: the page size \
+                     or NUMA node is not available)",
+                    path.display()
+                )));
             }
             Err(e) => return Err(e),
         };
@@ -556,6 +585,22 @@ fn hugepages(holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
             text: orig.clone(),
             what: "a page count",
         })?;
+        // More than the memory there is can never succeed: say so before touching the pool.
+        if let Some(total_kib) = mem_total_kib(ctx.paths, &path) {
+            let kib = pages.saturating_mul(page_kib(&path));
+            if kib > total_kib {
+                return Err(FileError::Impossible(format!(
+                    "{pages} {label} ({} MiB) asked for, but {} has only {} MiB of memory in all",
+                    kib / 1024,
+                    if path.starts_with(ctx.paths.sys.join("devices/system/node")) {
+                        "the NUMA node"
+                    } else {
+                        "this host"
+                    },
+                    total_kib / 1024
+                )));
+            }
+        }
         wants.push(Want {
             tuning: Tuning::Hugepages,
             path,

@@ -262,7 +262,8 @@ all_cpus_online() {
 SNAP_SYSCTLS="vm/stat_interval kernel/timer_migration kernel/sched_rt_runtime_us kernel/watchdog_cpumask"
 # snapshot FILE: "PATH<TAB>VALUE" lines, sorted (an empty value is written "(empty)"). Covers every cpuset.* file and
 # cgroup.subtree_control under the cgroup root (recursively), the workqueue masks, IRQ
-# affinities, default_smp_affinity and the sysctls above.
+# affinities, default_smp_affinity, THP, hugepage pools, the fair server (when debugfs is
+# mounted), kvmisolate's irqbalance drop-in and the sysctls above.
 snapshot() {
     local out=$1 f v
     {
@@ -274,7 +275,10 @@ snapshot() {
                  \( -name 'cpuset.*' -o -name cgroup.subtree_control \) -type f -print0 2>/dev/null)
         for f in /sys/devices/virtual/workqueue/cpumask /sys/devices/virtual/workqueue/cpumask_requested \
                  /sys/bus/workqueue/devices/writeback/cpumask /proc/irq/default_smp_affinity \
-                 /proc/irq/*/smp_affinity_list; do
+                 /proc/irq/*/smp_affinity_list /sys/kernel/mm/transparent_hugepage/enabled \
+                 /sys/kernel/mm/transparent_hugepage/defrag /sys/kernel/mm/hugepages/*/nr_hugepages \
+                 /sys/kernel/debug/sched/fair_server/cpu*/runtime \
+                 /run/systemd/system/irqbalance.service.d/50-kvmisolate.conf; do
             [ -e "$f" ] || continue
             v=; IFS= read -r v 2>/dev/null < "$f" || true
             printf '%s\t%s\n' "$f" "${v:-(empty)}"
@@ -414,7 +418,9 @@ daemon_start() {
 }
 # daemon_clear_env: forget any test environment given to daemon_start (next start is clean)
 daemon_clear_env() {
-    if have_systemd; then systemctl unset-environment KVMISOLATED_CRASH_AFTER_STEP 2>/dev/null || true; fi
+    if have_systemd; then
+        systemctl unset-environment KVMISOLATED_CRASH_AFTER_STEP KVMISOLATED_CRASH_AFTER_TUNING 2>/dev/null || true
+    fi
 }
 daemon_stop() {
     if have_systemd; then systemctl stop kvmisolated.service

@@ -1,0 +1,188 @@
+# tunings: the host tunings that come with an isolation, on the real kernel.
+#  1. realtime profile + 64M of hugepages on 2-3: every tuning the VM's kernel has is changed as
+#     specified (sysctls, IRQs off 2-3 but the ones the kernel refuses to move, which must be
+#     reported, default_smp_affinity, workqueue masks, THP, RT throttling, the fair server when
+#     the kernel has it) and the governor is skipped cleanly (no cpufreq in the VM);
+#  2. a second isolation (default profile) on 4: host-wide values follow the union; releasing
+#     the first brings back its own values (RT throttling, THP, hugepages) while the shared ones
+#     follow the second; releasing the second restores every value byte for byte;
+#  3. hugepages: more than the VM's memory is refused with a clear error; more than it can
+#     allocate fails the isolation and rolls everything back; the pool is unchanged both times;
+#  4. the daemon SIGKILLed after the N-th tuning write: started again, the isolation is complete
+#     (adopted, every tuning in force), then released to the original values;
+#  5. (systemd) irqbalance running: it is restarted with the isolated CPUs banned, and again
+#     without the ban on release.
+# timeout: 300
+cleanup() {
+    daemon_clear_env
+    daemon_restart >/dev/null 2>&1 || true
+    if have_systemd; then systemctl stop irqbalance.service 2>/dev/null || true; fi
+}
+
+# mask_has_any FILE CPU...: the hex mask in FILE has one of the CPUs set
+mask_has_any() {
+    local hex c idx nib
+    hex=$(tr -d ',\n' < "$1"); shift
+    for c in "$@"; do
+        idx=$(( ${#hex} - 1 - c / 4 ))
+        [ "$idx" -ge 0 ] || continue
+        nib=$(( 16#${hex:$idx:1} ))
+        (( (nib >> (c % 4)) & 1 )) && return 0
+    done
+    return 1
+}
+# tuning NAME FIELD: a field (state reason original current) of isolation NAME's tuning FIELD
+tuning() {
+    local i
+    case $3 in state) i=1 ;; reason) i=2 ;; original) i=3 ;; current) i=4 ;; esac
+    kstatus | jq -r --arg n "$1" --arg t "$2" --argjson i "$i" \
+        '.isolations[] | select(.name == $n) | .tunings[] | select(.[0] == $t) | .[$i]'
+}
+sysctl_is() { # NAME VALUE
+    local v; v=$(cat "/proc/sys/$1")
+    [ "$v" = "$2" ] || fail "/proc/sys/$1 is $v, expected $2"
+}
+wq_mask() { # the mask the unbound workqueues were asked to use
+    if [ -e /sys/devices/virtual/workqueue/cpumask_requested ]; then
+        echo /sys/devices/virtual/workqueue/cpumask_requested
+    else
+        echo /sys/devices/virtual/workqueue/cpumask
+    fi
+}
+# expect_irqs_off NAME CPUS...: every IRQ is off CPUS, or named in NAME's irq-affinity reason
+expect_irqs_off() {
+    local name=$1 f n reason moved=0 kept=0; shift
+    reason=$(tuning "$name" irq-affinity reason)
+    for f in /proc/irq/*/smp_affinity_list; do
+        n=${f#/proc/irq/}; n=${n%%/*}
+        local hit=0 c
+        for c in "$@"; do cpulist_subset "$c" "$(cat "$f")" && hit=1; done
+        if [ "$hit" = 1 ]; then
+            [[ $reason == *"IRQ $n "* ]] || fail "IRQ $n is still allowed on $(cat "$f") and not reported: $reason"
+            kept=$((kept + 1))
+        else
+            moved=$((moved + 1))
+        fi
+    done
+    mask_has_any /proc/irq/default_smp_affinity "$@" && fail "default_smp_affinity $(cat /proc/irq/default_smp_affinity) still has $*"
+    note "IRQs off $*: $moved; left (reported by the service): $kept"
+}
+
+run() {
+    need_kvmisolate
+    local before=$KT_STATE/tu-before.snap pid pid2 hp0 hp wd0 rt0 thp0 n rc
+    local pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+    # The fair server lives in debugfs, which the image does not mount.
+    mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
+    daemon_restart
+    pid=$(start_fake_vm 2); pid2=$(start_fake_vm 1)
+    snapshot "$before"
+    hp0=$(cat $pool); wd0=$(cat /proc/sys/kernel/watchdog_cpumask); rt0=$(cat /proc/sys/kernel/sched_rt_runtime_us)
+    thp0=$(cat /sys/kernel/mm/transparent_hugepage/enabled)
+
+    # 1. realtime + hugepages
+    isolate_ok --name tu-a --cpus 2-3 --pid "$pid" --tunings realtime --hugepages 64M
+    sysctl_is vm/stat_interval 120
+    sysctl_is kernel/timer_migration 0
+    sysctl_is kernel/sched_rt_runtime_us -1
+    cpulist_eq "$(cat /proc/sys/kernel/watchdog_cpumask)" "$(cpulist_minus "$wd0" 2-3)" \
+        || fail "watchdog_cpumask is $(cat /proc/sys/kernel/watchdog_cpumask), expected $wd0 without 2-3"
+    expect_irqs_off tu-a 2 3
+    mask_has_any "$(wq_mask)" 2 3 && fail "the unbound workqueue mask $(cat "$(wq_mask)") still has 2-3"
+    mask_has_any /sys/bus/workqueue/devices/writeback/cpumask 2 3 && fail "the writeback workqueue mask still has 2-3"
+    grep -q '\[never\]' /sys/kernel/mm/transparent_hugepage/enabled || fail "THP enabled: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+    grep -q '\[never\]' /sys/kernel/mm/transparent_hugepage/defrag || fail "THP defrag: $(cat /sys/kernel/mm/transparent_hugepage/defrag)"
+    hp=$(cat $pool); [ "$hp" = $((hp0 + 32)) ] || fail "hugepage pool is $hp, expected $hp0 + 32"
+    [ "$(tuning tu-a hugepages state)" = applied ] || fail "hugepages: $(tuning tu-a hugepages state): $(tuning tu-a hugepages reason)"
+    [ "$(tuning tu-a cpu-governor state)" = skipped ] || fail "the governor should be skipped without cpufreq: $(tuning tu-a cpu-governor state)"
+    note "cpu-governor: $(tuning tu-a cpu-governor reason)"
+    if [ -d /sys/kernel/debug/sched/fair_server ]; then
+        for n in 2 3; do
+            [ "$(cat /sys/kernel/debug/sched/fair_server/cpu$n/runtime)" = 0 ] || fail "fair server runtime of CPU $n: $(cat /sys/kernel/debug/sched/fair_server/cpu$n/runtime)"
+        done
+        [ "$(cat /sys/kernel/debug/sched/fair_server/cpu0/runtime)" != 0 ] || fail "the fair server of CPU 0 was changed"
+    else
+        [ "$(tuning tu-a fair-server state)" = skipped ] || fail "fair-server without the 6.12 files: $(tuning tu-a fair-server state)"
+        note "fair-server: $(tuning tu-a fair-server reason)"
+    fi
+
+    # 2. a second isolation: the union, then back in order
+    isolate_ok --name tu-b --cpus 4 --pid "$pid2" --tunings default
+    cpulist_eq "$(cat /proc/sys/kernel/watchdog_cpumask)" "$(cpulist_minus "$wd0" 2-4)" \
+        || fail "with two isolations watchdog_cpumask is $(cat /proc/sys/kernel/watchdog_cpumask), expected $wd0 without 2-4"
+    mask_has_any /sys/bus/workqueue/devices/writeback/cpumask 2 3 4 && fail "writeback mask with two isolations: $(cat /sys/bus/workqueue/devices/writeback/cpumask)"
+    expect_irqs_off tu-b 2 3 4
+    release_ok tu-a
+    sysctl_is kernel/sched_rt_runtime_us "$rt0"
+    [ "$(cat /sys/kernel/mm/transparent_hugepage/enabled)" = "$thp0" ] || fail "THP not restored: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+    [ "$(cat $pool)" = "$hp0" ] || fail "hugepage pool $(cat $pool) after release, expected $hp0"
+    sysctl_is vm/stat_interval 120
+    cpulist_eq "$(cat /proc/sys/kernel/watchdog_cpumask)" "$(cpulist_minus "$wd0" 4)" \
+        || fail "after releasing tu-a watchdog_cpumask is $(cat /proc/sys/kernel/watchdog_cpumask), expected $wd0 without 4"
+    mask_has_any /sys/bus/workqueue/devices/writeback/cpumask 2 3 || fail "writeback mask did not get 2-3 back"
+    release_ok tu-b
+    wait_restored "$before" --semantic
+
+    # 3. hugepages the VM cannot have
+    rc=$(kvmi_rc isolate --no-ask-password --name tu-c --cpus 2-3 --pid "$pid" --hugepages 64G)
+    [ "$rc" = 6 ] || fail "64G of hugepages on a 2G VM: exit $rc, expected 6: $(last_output)"
+    grep -q "memory in all" "$KT_STATE/last-output" || fail "no clear error for 64G: $(last_output)"
+    local avail_mb
+    avail_mb=$(awk '/^MemAvailable:/ {print int($2/1024)}' /proc/meminfo)
+    local total_mb
+    total_mb=$(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo)
+    local ask=$(( (avail_mb + total_mb) / 2 / 2 * 2 ))
+    rc=$(kvmi_rc isolate --no-ask-password --name tu-c --cpus 2-3 --pid "$pid" --hugepages "${ask}M")
+    [ "$rc" = 6 ] || fail "${ask}M of hugepages (MemAvailable ${avail_mb}M): exit $rc, expected 6: $(last_output)"
+    grep -q "allocated only" "$KT_STATE/last-output" || fail "no shortfall message: $(last_output)"
+    note "asked ${ask}M of ${total_mb}M: $(grep -o 'the pool needed.*only [0-9]*' "$KT_STATE/last-output" | head -1)"
+    expect_no_isolations
+    [ "$(cat $pool)" = "$hp0" ] || fail "hugepage pool $(cat $pool) after the failed requests, expected $hp0"
+    wait_restored "$before" --semantic
+
+    # 4. SIGKILL between tuning writes
+    for n in 1 4 9; do
+        daemon_start KVMISOLATED_CRASH_AFTER_TUNING="$n" || fail "write $n: the daemon did not start with the crash hook"
+        rc=$(kvmi_rc isolate --no-ask-password --name tu-k --cpus 2-3 --pid "$pid" --tunings realtime)
+        [ "$rc" != 0 ] || fail "write $n: isolate succeeded although the daemon should have crashed"
+        daemon_clear_env
+        daemon_start || fail "write $n: the daemon did not start again"
+        iso_exists tu-k || fail "write $n: the isolation was not adopted after the crash"
+        sysctl_is vm/stat_interval 120
+        sysctl_is kernel/sched_rt_runtime_us -1
+        sysctl_is kernel/timer_migration 0
+        expect_irqs_off tu-k 2 3
+        release_ok tu-k
+        wait_restored "$before" --semantic
+        note "crash after tuning write $n: adopted with every tuning in force, then restored"
+    done
+
+    # 5. irqbalance
+    if have_systemd && systemctl start irqbalance.service 2>/dev/null; then
+        local ib env dropin=/run/systemd/system/irqbalance.service.d/50-kvmisolate.conf
+        isolate_ok --name tu-i --cpus 2-3 --pid "$pid"
+        [ -f "$dropin" ] || fail "no irqbalance drop-in"
+        ib=$(systemctl show -P MainPID irqbalance.service)
+        env=$(tr '\0' '\n' < "/proc/$ib/environ")
+        grep -qx 'IRQBALANCE_BANNED_CPULIST=2-3' <<<"$env" || fail "irqbalance ($ib) runs without the ban: $env"
+        [ "$(tuning tu-i irqbalance state)" = applied ] || fail "irqbalance tuning: $(tuning tu-i irqbalance state)"
+        release_ok tu-i
+        [ ! -e "$dropin" ] || fail "the irqbalance drop-in is left after release"
+        ib=$(systemctl show -P MainPID irqbalance.service)
+        tr '\0' '\n' < "/proc/$ib/environ" | grep -q IRQBALANCE_BANNED_CPULIST && fail "irqbalance still banned after release"
+        systemctl stop irqbalance.service
+        note "irqbalance restarted with IRQBALANCE_BANNED_CPULIST=2-3, and without it on release"
+    fi
+
+    stop_fake_vm "$pid"; stop_fake_vm "$pid2"
+    wait_for own_cgroups_settled 10 || true
+    # irqbalance moved IRQs (its job): compare everything else byte for byte.
+    if have_systemd; then
+        grep -v '/proc/irq/' "$before" > "$before.noirq"
+        snapshot "$KT_STATE/tu-after.snap"
+        grep -v '/proc/irq/' "$KT_STATE/tu-after.snap" > "$KT_STATE/tu-after.noirq"
+        snapshot_same "$before.noirq" "$KT_STATE/tu-after.noirq" || fail "not restored at the end"
+    else
+        wait_restored "$before"
+    fi
+}
