@@ -49,6 +49,7 @@ install: $(GEN)/stamp
 	install -Dm0644 dbus/org.kvmisolate.Isolator1.xml $(DESTDIR)$(DBUSDIR)/interfaces/org.kvmisolate.Isolator1.xml
 	install -Dm0644 polkit/org.kvmisolate.policy $(DESTDIR)$(POLKITDIR)/actions/org.kvmisolate.policy
 	install -Dm0644 polkit/50-kvmisolate.rules.example $(DESTDIR)$(DOCDIR)/50-kvmisolate.rules.example
+	install -Dm0644 service/kvmisolate.toml.example $(DESTDIR)$(DOCDIR)/kvmisolate.toml.example
 	install -Dm0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	for f in $(GEN)/man/*.1; do install -Dm0644 $$f $(DESTDIR)$(MANDIR)/man1/$$(basename $$f); done
 	for f in $(GEN)/man/*.8; do install -Dm0644 $$f $(DESTDIR)$(MANDIR)/man8/$$(basename $$f); done

@@ -344,6 +344,12 @@ mod tests {
     }
 
     #[test]
+    fn the_installed_example_parses() {
+        let c = Config::parse(include_str!("../kvmisolate.toml.example")).unwrap();
+        assert!(c.isolation("win11").is_some());
+    }
+
+    #[test]
     fn empty_and_missing_files_give_defaults() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.default_selection.tunings(), Profile::Default.tunings());
