@@ -373,3 +373,170 @@ fn read_nodes(node_dir: &Path, online: &CpuSet) -> Result<Vec<Node>, TopologyErr
     nodes.sort_by_key(|n| n.id);
     Ok(nodes)
 }
+
+/// Fixture sysfs trees from compact descriptions (shared with the integration tests).
+#[cfg(test)]
+#[path = "../tests/support/sysfs_fixture.rs"]
+pub(crate) mod fixture;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(name: &str) -> Topology {
+        let dir = fixture::tree(name);
+        Topology::read(dir.path()).unwrap()
+    }
+
+    fn set(text: &str) -> CpuSet {
+        CpuSet::parse(text).unwrap()
+    }
+
+    #[test]
+    fn six_cores_without_smt() {
+        let t = read("recipe-6c");
+        assert_eq!(t.online, set("0-5"));
+        assert!(t.offline.is_empty());
+        assert_eq!(t.cores.len(), 6);
+        assert_eq!(t.threads_per_core(), 1);
+        assert_eq!(
+            t.l3,
+            [Cache {
+                cpus: set("0-5"),
+                size_kib: Some(32768)
+            }]
+        );
+        assert_eq!(
+            t.nodes,
+            [Node {
+                id: 0,
+                cpus: set("0-5")
+            }]
+        );
+        assert!(!t.hybrid);
+        assert!(t.cores.iter().all(|c| c.kind == CoreKind::Uniform));
+        assert_eq!(t.cores[3].max_freq_khz, Some(4_600_000));
+    }
+
+    #[test]
+    fn siblings_numbered_apart() {
+        let t = read("desktop-8c16t");
+        assert_eq!(t.cores.len(), 8);
+        assert_eq!(t.cores[0].cpus, set("0,8"));
+        assert_eq!(t.cores[7].cpus, set("7,15"));
+        assert_eq!(t.core_of(11).map(|c| c.core_id), Some(3));
+        assert_eq!(t.threads_per_core(), 2);
+    }
+
+    #[test]
+    fn asymmetric_caches() {
+        let t = read("x3d-16c32t");
+        assert_eq!(t.l3.len(), 2);
+        assert_eq!(t.l3[0].cpus, set("0-7,16-23"));
+        assert_eq!(t.l3[0].size_kib, Some(98304));
+        assert_eq!(t.l3[1].size_kib, Some(32768));
+        assert_eq!(t.core_of(9).and_then(|c| c.l3), Some(1));
+        assert_eq!(t.core_of(9).and_then(|c| c.max_freq_khz), Some(5_750_000));
+    }
+
+    #[test]
+    fn hybrid_core_kinds() {
+        let t = read("hybrid-8p16e");
+        assert!(t.hybrid);
+        assert_eq!(t.cores.len(), 24);
+        assert_eq!(
+            t.core_of(1).map(|c| (c.kind, c.cpus.clone())),
+            Some((CoreKind::Performance, set("0-1")))
+        );
+        assert_eq!(
+            t.core_of(20).map(|c| (c.kind, c.cpus.len())),
+            Some((CoreKind::Efficiency, 1))
+        );
+    }
+
+    #[test]
+    fn numa_nodes_and_packages() {
+        let t = read("numa-2s");
+        assert_eq!(t.nodes.len(), 2);
+        let c = t.core_of(50).unwrap();
+        assert_eq!(
+            (c.package, c.node, c.cpus.clone()),
+            (1, Some(1), set("18,50"))
+        );
+        assert_eq!(t.core_of(0).map(|c| c.node), Some(Some(0)));
+    }
+
+    #[test]
+    fn offline_cpus_are_left_out() {
+        let t = read("offline-adjacent");
+        assert_eq!(t.online, set("0-4,6-9"));
+        assert_eq!(t.offline, set("5,10-11"));
+        assert_eq!(t.core_of(4).map(|c| c.cpus.clone()), Some(set("4")));
+        assert_eq!(t.core_of(5), None);
+        assert_eq!(t.l3[0].cpus, set("0-4,6-9"));
+        assert_eq!(t.nodes[0].cpus, set("0-4,6-9"));
+    }
+
+    #[test]
+    fn minimal_trees_still_read() {
+        // No caches, nodes, cpufreq or die ids: an old kernel or a small VM.
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = dir.path().join("devices/system/cpu");
+        for n in 0..2 {
+            let topo = cpu.join(format!("cpu{n}/topology"));
+            fs::create_dir_all(&topo).unwrap();
+            fs::write(topo.join("physical_package_id"), "-1\n").unwrap();
+            fs::write(topo.join("core_id"), format!("{n}\n")).unwrap();
+            fs::write(topo.join("core_cpus_list"), format!("{n}\n")).unwrap();
+        }
+        fs::write(cpu.join("online"), "0-1\n").unwrap();
+        let t = Topology::read(dir.path()).unwrap();
+        assert_eq!(t.cores.len(), 2);
+        assert!(t.l3.is_empty() && t.nodes.is_empty());
+        assert_eq!(
+            (t.cores[1].package, t.cores[1].die, t.cores[1].l3),
+            (0, 0, None)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Topology::read(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("devices/system/cpu/online"), "{e}");
+
+        let cpu = dir.path().join("devices/system/cpu");
+        fs::create_dir_all(&cpu).unwrap();
+        fs::write(cpu.join("online"), "\n").unwrap();
+        let e = Topology::read(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("no online CPU"), "{e}");
+
+        fs::write(cpu.join("online"), "0-x\n").unwrap();
+        let e = Topology::read(dir.path()).unwrap_err();
+        assert!(matches!(e, TopologyError::Parse { .. }), "{e}");
+
+        fs::write(cpu.join("online"), "0\n").unwrap();
+        let e = Topology::read(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("cpu0/topology"), "{e}");
+
+        let topo = cpu.join("cpu0/topology");
+        fs::create_dir_all(&topo).unwrap();
+        fs::write(topo.join("thread_siblings_list"), "0\n").unwrap();
+        fs::write(topo.join("physical_package_id"), "0\n").unwrap();
+        fs::write(topo.join("core_id"), "zero\n").unwrap();
+        let e = Topology::read(dir.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("core_id") && e.to_string().contains("\"zero\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cache_sizes() {
+        let p = Path::new("size");
+        assert_eq!(parse_size_kib(p, "32768K\n").unwrap(), 32768);
+        assert_eq!(parse_size_kib(p, "96M").unwrap(), 98304);
+        assert_eq!(parse_size_kib(p, "1048576").unwrap(), 1024);
+        assert!(parse_size_kib(p, "big").is_err());
+    }
+}

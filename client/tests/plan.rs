@@ -19,11 +19,7 @@ fn tests_dir() -> PathBuf {
 
 /// The fixture `name` expanded into a fresh directory.
 fn sysfs(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let path = tests_dir().join(format!("fixtures/sysfs/{name}.topo"));
-    let description = std::fs::read_to_string(&path).unwrap();
-    sysfs_fixture::expand(&description, dir.path());
-    dir
+    sysfs_fixture::tree(name)
 }
 
 fn plan(root: &Path, args: &[&str]) -> Output {

@@ -217,3 +217,170 @@ pub fn diff(path: &str, old: &str, new: &str) -> String {
         .header(path, &format!("{path} (planned)"))
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlanOptions, Size, plan};
+    use crate::topology::{Topology, fixture};
+
+    const WIN11: &str = include_str!("../../tests/fixtures/domains/win11.xml");
+
+    fn x3d_plan(size: Size) -> Plan {
+        let dir = fixture::tree("x3d-16c32t");
+        let topo = Topology::read(dir.path()).unwrap();
+        plan(
+            &topo,
+            &PlanOptions {
+                size,
+                ..PlanOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// The text with every plan-managed element (and the white space before it on its line,
+    /// and its line break) cut out: what must not change.
+    fn skeleton(text: &str) -> String {
+        let root = xml_spans::parse(text).unwrap();
+        let managed = ["vcpu", "iothreads", "cputune", "numatune", "cpu"];
+        let mut cuts: Vec<(usize, usize)> = root
+            .elements()
+            .filter(|e| managed.contains(&e.name.as_str()))
+            .map(|e| (e.start, e.end))
+            .collect();
+        for m in root.elements().filter(|e| e.name == "metadata") {
+            cuts.extend(
+                m.elements()
+                    .filter(|e| is_kvmisolate_isolate(e))
+                    .map(|e| (e.start, e.end)),
+            );
+        }
+        cuts.sort();
+        let mut out = text.to_owned();
+        for (start, end) in cuts.into_iter().rev() {
+            let from = text[..start].trim_end_matches([' ', '\t']).len();
+            let from = if text[..from].ends_with('\n') {
+                from - 1
+            } else {
+                from
+            };
+            out.replace_range(from..end, "");
+        }
+        out
+    }
+
+    #[test]
+    fn only_cpu_elements_change() {
+        let p = x3d_plan(Size::Vcpus(8));
+        let out = apply(WIN11, &p, LibvirtOptions::default()).unwrap();
+        assert_ne!(out, WIN11);
+        assert_eq!(skeleton(&out), skeleton(WIN11));
+        // What was kept inside the changed elements.
+        assert!(out.contains("    <shares>2048</shares>\n    <vcpupin vcpu='0' cpuset='4'/>"));
+        assert!(out.contains("<cpu mode='host-passthrough' check='partial' migratable='on'>"));
+        assert!(out.contains("    <!-- needed for SMT on AMD guests -->\n    <feature policy='require' name='topoext'/>"));
+        assert!(!out.contains("<model fallback"));
+        assert!(!out.contains("current='6'"));
+        // Idempotent.
+        assert_eq!(apply(&out, &p, LibvirtOptions::default()).unwrap(), out);
+        // A different plan replaces the previous one.
+        let smaller = x3d_plan(Size::Vcpus(4));
+        let again = apply(&out, &smaller, LibvirtOptions::default()).unwrap();
+        assert_eq!(again.matches("<vcpupin").count(), 4);
+        assert_eq!(again.matches("<kvmisolate:isolate").count(), 1);
+        assert_eq!(skeleton(&again), skeleton(WIN11));
+    }
+
+    #[test]
+    fn missing_elements_go_where_libvirt_puts_them() {
+        let bare = "<domain type='kvm'>\n\t<name>t</name>\n\t<memory unit='KiB'>1048576</memory>\n\t<os>\n\t\t<type>hvm</type>\n\t</os>\n\t<devices/>\n</domain>\n";
+        let p = x3d_plan(Size::Vcpus(2));
+        let out = apply(bare, &p, LibvirtOptions { fifo: true }).unwrap();
+        let order: Vec<String> = xml_spans::parse(&out)
+            .unwrap()
+            .elements()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "name",
+                "metadata",
+                "memory",
+                "vcpu",
+                "iothreads",
+                "cputune",
+                "numatune",
+                "os",
+                "cpu",
+                "devices"
+            ]
+        );
+        assert!(
+            out.contains("\n\t<metadata>\n\t\t<kvmisolate:isolate "),
+            "{out}"
+        );
+        assert!(
+            out.contains("\n\t\t<vcpusched vcpus='0-1' scheduler='fifo' priority='1'/>\n"),
+            "{out}"
+        );
+        assert!(out.contains("\n\t</cpu>\n\t<devices/>"), "{out}");
+        // Besides the managed elements, only the new <metadata> wrapper was added.
+        assert_eq!(
+            skeleton(&out).replace("\n\t<metadata>\n\t</metadata>", ""),
+            skeleton(bare)
+        );
+    }
+
+    #[test]
+    fn empty_and_foreign_elements() {
+        let text = "<domain>\n  <name>t</name>\n  <metadata/>\n  <vcpu cpuset='1-3'>2</vcpu>\n  <numatune>\n    <memory mode='interleave' nodeset='0-1'/>\n    <memnode cellid='0' mode='strict' nodeset='0'/>\n  </numatune>\n  <cpu mode='host-passthrough' check='none' migratable='on'/>\n</domain>";
+        let p = x3d_plan(Size::Vcpus(2));
+        let out = apply(text, &p, LibvirtOptions::default()).unwrap();
+        assert!(out.contains("  <metadata>\n    <kvmisolate:isolate xmlns:kvmisolate=\"https://kvmisolate.org/xmlns/libvirt/1\" profile=\"default\"/>\n  </metadata>\n"), "{out}");
+        assert!(out.contains("<vcpu placement='static'>2</vcpu>"), "{out}");
+        assert!(out.contains("    <memory mode='strict' nodeset='0'/>\n    <memnode cellid='0' mode='strict' nodeset='0'/>\n"), "{out}");
+        assert!(
+            out.contains(
+                "<cpu mode='host-passthrough' check='none' migratable='on'>\n    <topology"
+            ),
+            "{out}"
+        );
+        assert!(out.ends_with("</cpu>\n</domain>"), "{out}");
+    }
+
+    #[test]
+    fn another_prefix_for_our_namespace_is_recognised() {
+        let text = "<domain>\n  <metadata>\n    <k:isolate xmlns:k=\"https://kvmisolate.org/xmlns/libvirt/1\" profile=\"gaming\"/>\n    <k:other xmlns:k=\"urn:x\"/>\n  </metadata>\n</domain>\n";
+        let out = apply(text, &x3d_plan(Size::Vcpus(2)), LibvirtOptions::default()).unwrap();
+        assert!(!out.contains("<k:isolate"), "{out}");
+        assert!(out.contains("<k:other xmlns:k=\"urn:x\"/>"));
+        assert_eq!(out.matches("kvmisolate:isolate").count(), 1);
+    }
+
+    #[test]
+    fn errors() {
+        let p = x3d_plan(Size::Vcpus(2));
+        let o = LibvirtOptions::default();
+        assert_eq!(
+            apply("<network/>", &p, o).unwrap_err(),
+            ApplyError::NotDomain("network".to_owned())
+        );
+        let e = apply("<domain>\n<vcpu>2</cpu>\n</domain>", &p, o).unwrap_err();
+        assert!(
+            e.to_string().starts_with("not well-formed XML: line 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn diff_is_unified() {
+        let d = diff("d.xml", "a\nb\n", "a\nc\n");
+        assert_eq!(
+            d,
+            "--- d.xml\n+++ d.xml (planned)\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n"
+        );
+        assert_eq!(diff("d.xml", "a\n", "a\n"), "");
+    }
+}

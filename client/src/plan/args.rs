@@ -97,3 +97,95 @@ impl From<EmulatorArg> for EmulatorMode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use clap::error::ErrorKind;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::plan::{PlanOptions, Size};
+
+    fn parse(args: &[&str]) -> Result<PlanArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["kvmisolate", "plan"].iter().chain(args))?;
+        match cli.command {
+            Command::Plan(a) => Ok(a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(crate::plan::run::options(&a), PlanOptions::default());
+        assert_eq!(a.sysfs_root, std::path::Path::new("/sys"));
+        assert!(!a.json && !a.libvirt && !a.dry_run && !a.fifo && a.apply.is_none());
+    }
+
+    #[test]
+    fn everything() {
+        let a = parse(&[
+            "--cores",
+            "4",
+            "--host-cpus",
+            "3",
+            "--prefer",
+            "frequency",
+            "--emulator",
+            "shared",
+            "--iothreads",
+            "2",
+            "--fifo",
+            "--apply",
+            "d.xml",
+            "--dry-run",
+            "--sysfs-root",
+            "/tmp/s",
+        ])
+        .unwrap();
+        let o = crate::plan::run::options(&a);
+        assert_eq!(o.size, Size::Cores(4));
+        assert_eq!(o.host_cpus, Some(3));
+        assert_eq!(o.prefer, Prefer::Frequency);
+        assert_eq!(o.emulator, EmulatorMode::Shared);
+        assert_eq!(o.iothreads, 2);
+        assert!(a.fifo && a.dry_run);
+        assert_eq!(a.sysfs_root, std::path::Path::new("/tmp/s"));
+        let a = parse(&["--vcpus", "6"]).unwrap();
+        assert_eq!(crate::plan::run::options(&a).size, Size::Vcpus(6));
+    }
+
+    #[test]
+    fn invalid_combinations() {
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(
+            kind(&["--vcpus", "2", "--cores", "1"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(kind(&["--json", "--libvirt"]), ErrorKind::ArgumentConflict);
+        assert_eq!(
+            kind(&["--json", "--apply", "d.xml"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind(&["--libvirt", "--apply", "d.xml"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(kind(&["--dry-run"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["--iothreads", "65"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["--prefer", "cores"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["--vcpus", "-1"]), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn sysfs_root_is_hidden() {
+        let cmd = crate::cli::command();
+        let plan = cmd.find_subcommand("plan").unwrap();
+        let root = plan
+            .get_arguments()
+            .find(|a| a.get_id() == "sysfs_root")
+            .unwrap();
+        assert!(root.is_hide_set());
+    }
+}

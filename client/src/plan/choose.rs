@@ -438,3 +438,269 @@ fn too_big(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::fixture;
+
+    fn topo(name: &str) -> Topology {
+        let dir = fixture::tree(name);
+        Topology::read(dir.path()).unwrap()
+    }
+
+    fn topo_from(description: &str) -> Topology {
+        let dir = fixture::tree_from(description);
+        Topology::read(dir.path()).unwrap()
+    }
+
+    fn set(text: &str) -> CpuSet {
+        CpuSet::parse(text).unwrap()
+    }
+
+    fn opts(size: Size) -> PlanOptions {
+        PlanOptions {
+            size,
+            ..PlanOptions::default()
+        }
+    }
+
+    const FIXTURES: [&str; 6] = [
+        "recipe-6c",
+        "desktop-8c16t",
+        "x3d-16c32t",
+        "hybrid-8p16e",
+        "numa-2s",
+        "offline-adjacent",
+    ];
+
+    #[test]
+    fn the_recipe() {
+        let t = topo("recipe-6c");
+        for size in [Size::Vcpus(3), Size::Cores(3)] {
+            let p = plan(&t, &opts(size)).unwrap();
+            assert_eq!(p.housekeeping, set("0-1"));
+            assert_eq!(p.emulator, set("2"));
+            assert_eq!(p.vcpu_cpus(), set("3-5"));
+            assert_eq!(p.isolate, set("2-5"));
+            assert_eq!(p.iothreads[0].cpus, set("0-1"));
+            assert_eq!(
+                p.guest,
+                GuestTopology {
+                    sockets: 1,
+                    dies: 1,
+                    cores: 3,
+                    threads: 1
+                }
+            );
+        }
+        let filled = PlanOptions {
+            host_cpus: Some(2),
+            ..PlanOptions::default()
+        };
+        assert_eq!(plan(&t, &filled).unwrap().isolate, set("2-5"));
+        // The default keeps one core for the host.
+        assert_eq!(
+            plan(&t, &PlanOptions::default()).unwrap().housekeeping,
+            set("0")
+        );
+    }
+
+    #[test]
+    fn smt_siblings_pair_up_in_vcpu_order() {
+        let p = plan(&topo("desktop-8c16t"), &opts(Size::Vcpus(4))).unwrap();
+        let pins: Vec<(u32, u32)> = p.vcpus.iter().map(|v| (v.vcpu, v.cpu)).collect();
+        assert_eq!(pins, [(0, 6), (1, 14), (2, 7), (3, 15)]);
+        assert_eq!(p.emulator, set("5,13"));
+        assert_eq!(p.guest.threads, 2);
+        assert_eq!(p.guest.cores, 2);
+    }
+
+    #[test]
+    fn x3d_cache_or_frequency() {
+        let t = topo("x3d-16c32t");
+        let cache = plan(&t, &opts(Size::Cores(4))).unwrap();
+        assert!(
+            cache.isolate.is_subset(&set("0-7,16-23")),
+            "{:?}",
+            cache.isolate
+        );
+        assert_eq!(cache.l3.as_ref().and_then(|c| c.size_kib), Some(98304));
+        let fast = PlanOptions {
+            prefer: Prefer::Frequency,
+            ..opts(Size::Cores(4))
+        };
+        let fast = plan(&t, &fast).unwrap();
+        assert!(
+            fast.isolate.is_subset(&set("8-15,24-31")),
+            "{:?}",
+            fast.isolate
+        );
+        // 8 cores do not fit the big CCD beside CPU 0's core and the emulator: the other does.
+        let big = plan(&t, &opts(Size::Cores(7))).unwrap();
+        assert!(
+            big.isolate.is_subset(&set("8-15,24-31")),
+            "{:?}",
+            big.isolate
+        );
+        // 9 cores fit no CCD: the guest spans both, inside the node.
+        let huge = plan(&t, &opts(Size::Cores(9))).unwrap();
+        assert_eq!(huge.l3, None);
+        assert!(huge.reasons.iter().any(|r| r.contains("spans the caches")));
+    }
+
+    #[test]
+    fn hybrid_gives_vcpus_p_cores_and_the_emulator_an_e_core() {
+        let t = topo("hybrid-8p16e");
+        let p = plan(&t, &PlanOptions::default()).unwrap();
+        assert_eq!(p.vcpu_cpus(), set("2-15"));
+        assert_eq!(p.emulator, set("31"));
+        let shared = PlanOptions {
+            emulator: EmulatorMode::Shared,
+            ..PlanOptions::default()
+        };
+        let p = plan(&t, &shared).unwrap();
+        assert_eq!(p.vcpu_cpus(), set("2-15"));
+        assert_eq!(p.emulator, set("0-1,16-31"));
+        let e = plan(&t, &opts(Size::Vcpus(16))).unwrap_err();
+        assert!(e.to_string().contains("P-cores"), "{e}");
+    }
+
+    #[test]
+    fn numa_server_never_spans_nodes() {
+        let t = topo("numa-2s");
+        let p = plan(&t, &opts(Size::Vcpus(8))).unwrap();
+        assert_eq!(p.numa_node, Some(1));
+        assert!(p.isolate.is_subset(&set("16-31,48-63")));
+        let e = plan(&t, &opts(Size::Cores(16))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--cores 16 does not fit: at most 30 vCPUs (15 cores of 2 threads) fit in one NUMA \
+             node and a core for the separate emulator (a guest never spans nodes)"
+        );
+    }
+
+    #[test]
+    fn offline_siblings_stay_with_the_host() {
+        let p = plan(&topo("offline-adjacent"), &PlanOptions::default()).unwrap();
+        assert!(p.housekeeping.contains(4));
+        assert!(!p.isolate.contains(5));
+        assert_eq!(p.guest.threads, 2);
+    }
+
+    #[test]
+    fn invariants_on_every_fixture() {
+        for name in FIXTURES {
+            let t = topo(name);
+            for o in [
+                PlanOptions::default(),
+                PlanOptions {
+                    emulator: EmulatorMode::Shared,
+                    prefer: Prefer::Frequency,
+                    iothreads: 0,
+                    ..PlanOptions::default()
+                },
+                opts(Size::Cores(1)),
+            ] {
+                let p = plan(&t, &o).unwrap_or_else(|e| panic!("{name} {o:?}: {e}"));
+                assert!(p.isolate.is_disjoint(&p.housekeeping), "{name}");
+                assert_eq!(p.isolate.union(&p.housekeeping), t.online, "{name}");
+                assert!(
+                    p.housekeeping.contains(0),
+                    "{name}: CPU 0 stays with the host"
+                );
+                for core in &t.cores {
+                    assert!(
+                        core.cpus.is_subset(&p.isolate) || core.cpus.is_disjoint(&p.isolate),
+                        "{name}: core {} is split",
+                        core.cpus
+                    );
+                }
+                let nodes: Vec<_> = p
+                    .isolate
+                    .iter()
+                    .map(|c| t.core_of(c).and_then(|k| k.node))
+                    .collect();
+                assert!(
+                    nodes.windows(2).all(|w| w[0] == w[1]),
+                    "{name}: spans nodes"
+                );
+                assert_eq!(p.vcpus.len() as u32, p.guest.cores * p.guest.threads);
+                assert_eq!(p.iothreads.len() as u32, o.iothreads);
+                assert!(!p.reasons.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn ties_go_to_the_cache_with_more_free_cores() {
+        let p = plan(&topo("numa-2s"), &PlanOptions::default()).unwrap();
+        assert_eq!(p.numa_node, Some(1));
+        assert!(
+            p.reasons.iter().any(|r| r.contains("tie")),
+            "{:?}",
+            p.reasons
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        let t = topo("desktop-8c16t");
+        let err = |o: PlanOptions| plan(&t, &o).unwrap_err().to_string();
+        assert_eq!(err(opts(Size::Vcpus(0))), "--vcpus must be at least 1");
+        assert_eq!(err(opts(Size::Cores(0))), "--cores must be at least 1");
+        let zero_host = PlanOptions {
+            host_cpus: Some(0),
+            ..PlanOptions::default()
+        };
+        assert_eq!(err(zero_host), "--host-cpus must be at least 1");
+        assert!(err(opts(Size::Vcpus(1))).contains("ask for a multiple of 2 (2)"));
+        assert!(err(opts(Size::Vcpus(7))).contains("(6 or 8)"));
+        let e = err(opts(Size::Vcpus(14)));
+        assert!(
+            e.starts_with("--vcpus 14 does not fit: at most 12 vCPUs (6 cores of 2 threads)"),
+            "{e}"
+        );
+        let crowded = PlanOptions {
+            host_cpus: Some(8),
+            ..opts(Size::Cores(4))
+        };
+        let e = err(crowded);
+        assert!(
+            e.contains("while leaving the host at least 8 CPUs (--host-cpus)"),
+            "{e}"
+        );
+        let all = PlanOptions {
+            host_cpus: Some(14),
+            ..PlanOptions::default()
+        };
+        let e = err(all);
+        assert!(
+            e.contains("--host-cpus 14 keeps at least 14") && e.contains("--emulator shared"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tiny_hosts() {
+        let one = topo_from("cores 0 0\nnode 0 0\n");
+        let e = plan(&one, &PlanOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("its only core (0) holds CPU 0"), "{e}");
+        let two = topo_from("cores 0 0-1\n");
+        let e = plan(&two, &PlanOptions::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("core of CPU 0 (0)") && e.contains("--emulator shared"),
+            "{e}"
+        );
+        let shared = PlanOptions {
+            emulator: EmulatorMode::Shared,
+            ..PlanOptions::default()
+        };
+        let p = plan(&two, &shared).unwrap();
+        assert_eq!(
+            (p.vcpu_cpus(), p.emulator.clone(), p.numa_node),
+            (set("1"), set("0"), None)
+        );
+        assert!(p.reasons.iter().any(|r| r.contains("no nodes")));
+    }
+}

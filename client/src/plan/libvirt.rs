@@ -185,3 +185,60 @@ pub fn snippet(plan: &Plan, opts: LibvirtOptions) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlanOptions, Size, plan};
+    use crate::topology::{Topology, fixture};
+
+    fn recipe(size: Size) -> Plan {
+        let dir = fixture::tree("recipe-6c");
+        let topo = Topology::read(dir.path()).unwrap();
+        let opts = PlanOptions {
+            size,
+            iothreads: 0,
+            ..PlanOptions::default()
+        };
+        plan(&topo, &opts).unwrap()
+    }
+
+    #[test]
+    fn one_vcpu_with_fifo_and_no_iothreads() {
+        let s = snippet(&recipe(Size::Vcpus(1)), LibvirtOptions { fifo: true });
+        assert!(
+            s.contains("<vcpusched vcpus='0' scheduler='fifo' priority='1'/>"),
+            "{s}"
+        );
+        assert!(!s.contains("iothread"), "{s}");
+        assert!(
+            s.contains("<topology sockets='1' dies='1' cores='1' threads='1'/>"),
+            "{s}"
+        );
+        assert!(s.contains(&metadata_element()));
+    }
+
+    #[test]
+    fn render_indents_and_keeps() {
+        let m = Managed {
+            name: "cputune",
+            attrs: Vec::new(),
+            body: Body::Children(vec!["<a/>".to_owned()]),
+            keep_other_attrs: false,
+            replaces: Vec::new(),
+            kept_first: true,
+        };
+        assert_eq!(
+            m.render("  ", "  ", &[], &["<shares>1</shares>".to_owned()]),
+            "<cputune>\n    <shares>1</shares>\n    <a/>\n  </cputune>"
+        );
+        let empty = Managed {
+            body: Body::Children(Vec::new()),
+            ..m
+        };
+        assert_eq!(
+            empty.render("", "  ", &["x='1'".to_owned()], &[]),
+            "<cputune x='1'/>"
+        );
+    }
+}

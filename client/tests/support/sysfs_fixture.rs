@@ -165,3 +165,21 @@ pub fn expand(description: &str, root: &Path) {
         write(&root.join("devices/cpu_atom/cpus"), &e.to_string());
     }
 }
+
+/// The fixture `tests/fixtures/sysfs/NAME.topo` expanded into a fresh temporary directory.
+pub fn tree(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/sysfs/{name}.topo"));
+    let description =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    expand(&description, dir.path());
+    dir
+}
+
+/// A fixture from its description text, expanded into a fresh temporary directory.
+pub fn tree_from(description: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    expand(description, dir.path());
+    dir
+}
