@@ -1,10 +1,11 @@
 //! Puts a plan into an existing libvirt domain XML, changing only the CPU-related elements.
 //!
 //! The top-level `<vcpu>`, `<iothreads>`, `<cputune>`, `<numatune>` and `<cpu>` are replaced (or
-//! inserted where libvirt would write them), and the kvmisolate opt-in is put into
-//! `<metadata>`. Inside `<cputune>`, `<numatune>` and `<cpu>`, children the plan does not set
-//! (`<shares>`, `<feature>`, comments...) are kept, after the plan's own; attributes of `<cpu>`
-//! other than `mode` are kept. Every byte outside those elements stays as it was.
+//! inserted where libvirt would write them), the kvmisolate opt-in is put into `<metadata>`,
+//! and a `<vcpus>` list (per-vCPU settings for the old count) is removed. Inside `<cputune>`,
+//! `<numatune>` and `<cpu>`, children the plan does not set (`<shares>`, `<feature>`,
+//! comments...) are kept; attributes of `<cpu>` other than `mode` are kept. Every byte outside
+//! those elements stays as it was.
 
 use super::Plan;
 use super::libvirt::{self, Body, LibvirtOptions, METADATA_NS, Managed};
@@ -143,6 +144,17 @@ pub fn apply(original: &str, plan: &Plan, opts: LibvirtOptions) -> Result<String
                 push(at, at, format!("\n{child_indent}{text}"));
             }
         }
+    }
+
+    // Per-vCPU settings (`<vcpus>`) would contradict the new vCPU count: libvirt rebuilds them.
+    for old in root.elements().filter(|e| e.name == "vcpus") {
+        let from = original[..old.start].trim_end_matches([' ', '\t']).len();
+        let from = if original[..from].ends_with('\n') {
+            from - 1
+        } else {
+            old.start
+        };
+        push(from, old.end, String::new());
     }
 
     edits.sort_by(|a, b| b.start.cmp(&a.start).then(b.seq.cmp(&a.seq)));
@@ -335,11 +347,15 @@ mod tests {
 
     #[test]
     fn empty_and_foreign_elements() {
-        let text = "<domain>\n  <name>t</name>\n  <metadata/>\n  <vcpu cpuset='1-3'>2</vcpu>\n  <numatune>\n    <memory mode='interleave' nodeset='0-1'/>\n    <memnode cellid='0' mode='strict' nodeset='0'/>\n  </numatune>\n  <cpu mode='host-passthrough' check='none' migratable='on'/>\n</domain>";
+        let text = "<domain>\n  <name>t</name>\n  <metadata/>\n  <vcpu cpuset='1-3'>2</vcpu>\n  <vcpus>\n    <vcpu id='0' enabled='yes'/>\n  </vcpus>\n  <numatune>\n    <memory mode='interleave' nodeset='0-1'/>\n    <memnode cellid='0' mode='strict' nodeset='0'/>\n  </numatune>\n  <cpu mode='host-passthrough' check='none' migratable='on'/>\n</domain>";
         let p = x3d_plan(Size::Vcpus(2));
         let out = apply(text, &p, LibvirtOptions::default()).unwrap();
         assert!(out.contains("  <metadata>\n    <kvmisolate:isolate xmlns:kvmisolate=\"https://kvmisolate.org/xmlns/libvirt/1\" profile=\"default\"/>\n  </metadata>\n"), "{out}");
-        assert!(out.contains("<vcpu placement='static'>2</vcpu>"), "{out}");
+        assert!(
+            out.contains("  <vcpu placement='static'>2</vcpu>\n  <iothreads>"),
+            "{out}"
+        );
+        assert!(!out.contains("<vcpus>"), "{out}");
         assert!(out.contains("    <memory mode='strict' nodeset='0'/>\n    <memnode cellid='0' mode='strict' nodeset='0'/>\n"), "{out}");
         assert!(
             out.contains(

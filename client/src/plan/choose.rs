@@ -181,17 +181,17 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Result<Plan, PlanError> {
     };
     if limits.max_by_host == 0 {
         let minimum = match opts.host_cpus {
-            Some(n) => format!("--host-cpus {n} keeps"),
-            None => format!("the host keeps the core of CPU 0 ({}), so", host_core.cpus),
+            Some(n) => format!("--host-cpus {n}"),
+            None => format!("the core of CPU 0: {}", host_core.cpus),
         };
         let emulator = if separate {
-            ", and a separate emulator needs a core of its own (try --emulator shared)".to_owned()
+            format!(", and a separate emulator core {threads} more (try --emulator shared)")
         } else {
             String::new()
         };
         return Err(PlanError::HostTakesAll(format!(
-            "this host has {} online CPUs; {minimum} at least {host_min} of them, a guest core \
-             takes {threads}{emulator}",
+            "this host has {} online CPUs: the host keeps at least {host_min} ({minimum}), a \
+             guest core takes {threads}{emulator}",
             topo.online.len()
         )));
     }
@@ -675,9 +675,11 @@ mod tests {
             ..PlanOptions::default()
         };
         let e = err(all);
-        assert!(
-            e.contains("--host-cpus 14 keeps at least 14") && e.contains("--emulator shared"),
-            "{e}"
+        assert_eq!(
+            e,
+            "no core is left for the guest: this host has 16 online CPUs: the host keeps at \
+             least 14 (--host-cpus 14), a guest core takes 2, and a separate emulator core 2 \
+             more (try --emulator shared)"
         );
     }
 
@@ -689,7 +691,7 @@ mod tests {
         let two = topo_from("cores 0 0-1\n");
         let e = plan(&two, &PlanOptions::default()).unwrap_err().to_string();
         assert!(
-            e.contains("core of CPU 0 (0)") && e.contains("--emulator shared"),
+            e.contains("(the core of CPU 0: 0)") && e.contains("--emulator shared"),
             "{e}"
         );
         let shared = PlanOptions {
