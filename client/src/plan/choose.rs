@@ -272,7 +272,7 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Result<Plan, PlanError> {
         l3,
         reasons: Vec::new(),
     };
-    plan.reasons = super::render::reasons(&super::render::Why {
+    plan.reasons = super::reasons::reasons(&super::reasons::Why {
         topo,
         opts,
         plan: &plan,

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod args;
 pub mod choose;
 pub mod libvirt;
+pub mod reasons;
 pub mod render;
 pub mod run;
 mod xml_spans;
