@@ -96,6 +96,14 @@ pub enum Command {
     /// interrupted.
     #[command(after_help = EXIT_CODES_HELP)]
     Monitor,
+
+    /// Propose a host/guest CPU split from this host's topology, and the libvirt XML for it.
+    ///
+    /// Reads /sys only: needs neither kvmisolated nor root. Keeps SMT siblings together, the
+    /// guest inside one L3 cache and one NUMA node, on P-cores of hybrid CPUs, and explains
+    /// every choice.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Plan(crate::plan::args::PlanArgs),
 }
 
 /// The partition type, as a command line value.

@@ -55,6 +55,7 @@ mod tests {
             [
                 "kvmisolate-isolate.1",
                 "kvmisolate-monitor.1",
+                "kvmisolate-plan.1",
                 "kvmisolate-release.1",
                 "kvmisolate-run.1",
                 "kvmisolate-status.1",

@@ -6,8 +6,10 @@ mod cli;
 mod failure;
 mod generate;
 mod monitor;
+mod plan;
 mod request;
 mod status;
+mod topology;
 
 use std::ffi::CString;
 use std::io::Write as _;
@@ -410,6 +412,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(a) => cmd_status(&ctx, a.json).await,
         Command::Run(a) => cmd_run(&ctx, a).await,
         Command::Monitor => cmd_monitor(&ctx).await,
+        Command::Plan(a) => plan::run::run(&a, cli.quiet).map(|out| emit(&out)),
     }
 }
 

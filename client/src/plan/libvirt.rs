@@ -1,0 +1,244 @@
+//! The libvirt domain XML elements for a plan: `<vcpu>`, `<iothreads>`, `<cputune>`,
+//! `<numatune>`, `<cpu>` and the kvmisolate opt-in in `<metadata>`.
+
+use std::fmt::Write as _;
+
+use super::{EmulatorMode, Plan};
+
+/// The namespace of kvmisolate's libvirt metadata.
+pub const METADATA_NS: &str = "https://kvmisolate.org/xmlns/libvirt/1";
+
+/// The metadata element that opts a domain in to isolation by kvmisolate.
+pub fn metadata_element() -> String {
+    format!("<kvmisolate:isolate xmlns:kvmisolate=\"{METADATA_NS}\" profile=\"default\"/>")
+}
+
+/// Choices that only matter to the XML.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LibvirtOptions {
+    /// Add `<vcpusched scheduler='fifo' priority='1'>` for every vCPU.
+    pub fifo: bool,
+}
+
+/// An element's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Text (`<vcpu>3</vcpu>`).
+    Text(String),
+    /// Child elements, one line of XML each.
+    Children(Vec<String>),
+}
+
+/// A top-level domain element the plan sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Managed {
+    /// The element name.
+    pub name: &'static str,
+    /// Its attributes, written out (`mode='host-passthrough'`).
+    pub attrs: Vec<String>,
+    /// Its content.
+    pub body: Body,
+    /// Whether attributes of an existing element that the plan does not set are kept.
+    pub keep_other_attrs: bool,
+    /// The children of an existing element that the plan replaces; other children are kept.
+    pub replaces: Vec<&'static str>,
+    /// Whether kept children go before the plan's own (libvirt writes `<shares>` before
+    /// `<vcpupin>`, but `<topology>` before `<feature>`).
+    pub kept_first: bool,
+}
+
+impl Managed {
+    /// The element as XML: the first line unindented, inner lines indented by `base` plus
+    /// `unit`, the closing tag by `base`; `kept` are children of an existing element to keep,
+    /// written before or after the plan's own as [`Managed::kept_first`] says.
+    pub fn render(
+        &self,
+        base: &str,
+        unit: &str,
+        extra_attrs: &[String],
+        kept: &[String],
+    ) -> String {
+        let mut s = format!("<{}", self.name);
+        for a in self.attrs.iter().chain(extra_attrs) {
+            let _ = write!(s, " {a}");
+        }
+        match &self.body {
+            Body::Text(t) => {
+                let _ = write!(s, ">{t}</{}>", self.name);
+            }
+            Body::Children(children) if children.is_empty() && kept.is_empty() => s.push_str("/>"),
+            Body::Children(children) => {
+                s.push('>');
+                let (first, second) = if self.kept_first {
+                    (kept, children.as_slice())
+                } else {
+                    (children.as_slice(), kept)
+                };
+                for c in first.iter().chain(second) {
+                    let _ = write!(s, "\n{base}{unit}{c}");
+                }
+                let _ = write!(s, "\n{base}</{}>", self.name);
+            }
+        }
+        s
+    }
+}
+
+/// The elements for `plan`, in libvirt's order.
+pub fn elements(plan: &Plan, opts: LibvirtOptions) -> Vec<Managed> {
+    let vcpus = plan.vcpus.len();
+    let mut out = vec![Managed {
+        name: "vcpu",
+        attrs: vec!["placement='static'".to_owned()],
+        body: Body::Text(vcpus.to_string()),
+        keep_other_attrs: false,
+        replaces: Vec::new(),
+        kept_first: false,
+    }];
+    if !plan.iothreads.is_empty() {
+        out.push(Managed {
+            name: "iothreads",
+            attrs: Vec::new(),
+            body: Body::Text(plan.iothreads.len().to_string()),
+            keep_other_attrs: false,
+            replaces: Vec::new(),
+            kept_first: false,
+        });
+    }
+    let mut tune: Vec<String> = plan
+        .vcpus
+        .iter()
+        .map(|p| format!("<vcpupin vcpu='{}' cpuset='{}'/>", p.vcpu, p.cpu))
+        .collect();
+    tune.push(format!("<emulatorpin cpuset='{}'/>", plan.emulator));
+    for io in &plan.iothreads {
+        tune.push(format!(
+            "<iothreadpin iothread='{}' cpuset='{}'/>",
+            io.iothread, io.cpus
+        ));
+    }
+    if opts.fifo && vcpus > 0 {
+        let range = if vcpus == 1 {
+            "0".to_owned()
+        } else {
+            format!("0-{}", vcpus - 1)
+        };
+        tune.push(format!(
+            "<vcpusched vcpus='{range}' scheduler='fifo' priority='1'/>"
+        ));
+    }
+    let mut replaces = vec!["vcpupin", "emulatorpin", "vcpusched"];
+    if !plan.iothreads.is_empty() {
+        replaces.push("iothreadpin");
+    }
+    out.push(Managed {
+        name: "cputune",
+        attrs: Vec::new(),
+        body: Body::Children(tune),
+        keep_other_attrs: false,
+        replaces,
+        kept_first: true,
+    });
+    if let Some(node) = plan.numa_node {
+        out.push(Managed {
+            name: "numatune",
+            attrs: Vec::new(),
+            body: Body::Children(vec![format!("<memory mode='strict' nodeset='{node}'/>")]),
+            keep_other_attrs: false,
+            replaces: vec!["memory"],
+            kept_first: false,
+        });
+    }
+    let g = &plan.guest;
+    out.push(Managed {
+        name: "cpu",
+        attrs: vec!["mode='host-passthrough'".to_owned()],
+        body: Body::Children(vec![
+            format!(
+                "<topology sockets='{}' dies='{}' cores='{}' threads='{}'/>",
+                g.sockets, g.dies, g.cores, g.threads
+            ),
+            "<cache mode='passthrough'/>".to_owned(),
+        ]),
+        keep_other_attrs: true,
+        replaces: vec!["topology", "cache", "model", "vendor", "numa"],
+        kept_first: false,
+    });
+    out
+}
+
+/// What `--libvirt` prints: the elements to put in the domain (`virsh edit`), 2-space indented.
+pub fn snippet(plan: &Plan, opts: LibvirtOptions) -> String {
+    let mut s = format!(
+        "<!-- kvmisolate plan: isolate {} (vCPUs {}, emulator {}), housekeeping {} -->\n",
+        plan.isolate,
+        plan.vcpu_cpus(),
+        match plan.emulator_mode {
+            EmulatorMode::Separate => plan.emulator.to_string(),
+            EmulatorMode::Shared => "shared".to_owned(),
+        },
+        plan.housekeeping
+    );
+    let _ = writeln!(s, "<metadata>\n  {}\n</metadata>", metadata_element());
+    for e in elements(plan, opts) {
+        let _ = writeln!(s, "{}", e.render("", "  ", &[], &[]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlanOptions, Size, plan};
+    use crate::topology::{Topology, fixture};
+
+    fn recipe(size: Size) -> Plan {
+        let dir = fixture::tree("recipe-6c");
+        let topo = Topology::read(dir.path()).unwrap();
+        let opts = PlanOptions {
+            size,
+            iothreads: 0,
+            ..PlanOptions::default()
+        };
+        plan(&topo, &opts).unwrap()
+    }
+
+    #[test]
+    fn one_vcpu_with_fifo_and_no_iothreads() {
+        let s = snippet(&recipe(Size::Vcpus(1)), LibvirtOptions { fifo: true });
+        assert!(
+            s.contains("<vcpusched vcpus='0' scheduler='fifo' priority='1'/>"),
+            "{s}"
+        );
+        assert!(!s.contains("iothread"), "{s}");
+        assert!(
+            s.contains("<topology sockets='1' dies='1' cores='1' threads='1'/>"),
+            "{s}"
+        );
+        assert!(s.contains(&metadata_element()));
+    }
+
+    #[test]
+    fn render_indents_and_keeps() {
+        let m = Managed {
+            name: "cputune",
+            attrs: Vec::new(),
+            body: Body::Children(vec!["<a/>".to_owned()]),
+            keep_other_attrs: false,
+            replaces: Vec::new(),
+            kept_first: true,
+        };
+        assert_eq!(
+            m.render("  ", "  ", &[], &["<shares>1</shares>".to_owned()]),
+            "<cputune>\n    <shares>1</shares>\n    <a/>\n  </cputune>"
+        );
+        let empty = Managed {
+            body: Body::Children(Vec::new()),
+            ..m
+        };
+        assert_eq!(
+            empty.render("", "  ", &["x='1'".to_owned()], &[]),
+            "<cputune x='1'/>"
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! `kvmisolate plan` end to end: the built binary against fixture sysfs trees (expanded from
+//! the compact descriptions in `tests/fixtures/sysfs/`), compared with golden outputs in
+//! `tests/golden/`. `UPDATE_GOLDEN=1 cargo test -p kvmisolate --test plan` rewrites them.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/sysfs_fixture.rs"]
+mod sysfs_fixture;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kvmisolate");
+
+fn tests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
+}
+
+/// The fixture `name` expanded into a fresh directory.
+fn sysfs(name: &str) -> tempfile::TempDir {
+    sysfs_fixture::tree(name)
+}
+
+fn plan(root: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(BIN)
+        .arg("plan")
+        .args(args)
+        .env("KVMISOLATE_SYSFS_ROOT", root)
+        .env_remove("KVMISOLATE_BUS_ADDRESS")
+        .output()
+        .unwrap()
+}
+
+fn stdout_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Compares `actual` with the golden file `file`, or rewrites it with UPDATE_GOLDEN=1.
+fn golden(file: &str, actual: &str) {
+    let path = tests_dir().join("golden").join(file);
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run UPDATE_GOLDEN=1 cargo test -p kvmisolate --test plan)",
+            path.display()
+        )
+    });
+    assert!(
+        expected == actual,
+        "{file} differs from its golden file (UPDATE_GOLDEN=1 to accept):\n{}",
+        similar::TextDiff::from_lines(expected.as_str(), actual)
+            .unified_diff()
+            .header("golden", "actual")
+    );
+}
+
+/// Checks the human, JSON and libvirt forms of one case against their golden files.
+fn case(name: &str, fixture: &str, args: &[&str]) {
+    let root = sysfs(fixture);
+    for (ext, extra) in [
+        ("txt", None),
+        ("json", Some("--json")),
+        ("xml", Some("--libvirt")),
+    ] {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(extra);
+        let out = stdout_ok(&plan(root.path(), &all));
+        golden(&format!("{name}.{ext}"), &out);
+        if ext == "json" {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["version"], 1);
+        }
+    }
+}
+
+#[test]
+fn recipe_six_cores_without_smt() {
+    case("recipe-6c", "recipe-6c", &["--host-cpus", "2"]);
+    // Asking for the recipe's 3 vCPUs gives the same split.
+    let root = sysfs("recipe-6c");
+    let a = stdout_ok(&plan(root.path(), &["--host-cpus", "2", "--json"]));
+    let b = stdout_ok(&plan(root.path(), &["--vcpus", "3", "--json"]));
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&a).unwrap(),
+        serde_json::from_str(&b).unwrap(),
+    );
+    for key in [
+        "housekeeping",
+        "isolate",
+        "emulator",
+        "vcpus",
+        "guest_topology",
+    ] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+    assert_eq!(a["housekeeping"], "0-1");
+    assert_eq!(a["emulator"]["cpus"], "2");
+    assert_eq!(a["isolate"], "2-5");
+}
+
+#[test]
+fn desktop_eight_cores_sixteen_threads() {
+    case("desktop-8c16t", "desktop-8c16t", &[]);
+}
+
+#[test]
+fn x3d_prefers_the_big_cache() {
+    case("x3d-cache", "x3d-16c32t", &[]);
+}
+
+#[test]
+fn x3d_prefers_the_fast_ccd() {
+    case(
+        "x3d-frequency",
+        "x3d-16c32t",
+        &["--prefer", "frequency", "--cores", "4"],
+    );
+}
+
+#[test]
+fn hybrid_uses_p_cores() {
+    case("hybrid-8p16e", "hybrid-8p16e", &[]);
+}
+
+#[test]
+fn numa_server_stays_in_one_node() {
+    case("numa-2s", "numa-2s", &[]);
+    case(
+        "numa-2s-shared",
+        "numa-2s",
+        &[
+            "--vcpus",
+            "8",
+            "--emulator",
+            "shared",
+            "--iothreads",
+            "2",
+            "--fifo",
+        ],
+    );
+}
+
+#[test]
+fn offline_cpus_and_adjacent_siblings() {
+    case("offline-adjacent", "offline-adjacent", &[]);
+}
+
+#[test]
+fn works_unprivileged_without_the_service() {
+    // No service on a bogus system bus, and (when the tests run as root) as user nobody: plan
+    // only reads sysfs.
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let root = sysfs("recipe-6c");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["plan", "--json", "--sysfs-root"])
+        .arg(root.path())
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")
+        .env_remove("KVMISOLATE_BUS_ADDRESS");
+    if nix::unistd::geteuid().is_root() {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = match cmd.output() {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("skipped: user nobody cannot run {BIN} here: {e}");
+            return;
+        }
+        other => other.unwrap(),
+    };
+    let v: serde_json::Value = serde_json::from_str(&stdout_ok(&out)).unwrap();
+    assert_eq!(v["isolate"], "1-5");
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let root = sysfs("desktop-8c16t");
+    let fail = |args: &[&str]| {
+        let out = plan(root.path(), args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, msg) = fail(&["--vcpus", "5"]);
+    assert_eq!(code, Some(3));
+    assert!(
+        msg.contains("--vcpus 5 would split a core") && msg.contains("4 or 6"),
+        "{msg}"
+    );
+    let (code, msg) = fail(&["--vcpus", "16"]);
+    assert_eq!(code, Some(3));
+    assert!(
+        msg.contains("--vcpus 16 does not fit") && msg.contains("at most 12 vCPUs"),
+        "{msg}"
+    );
+    let (code, msg) = fail(&["--host-cpus", "15"]);
+    assert_eq!(code, Some(3));
+    assert!(msg.contains("--host-cpus 15"), "{msg}");
+    // Usage errors are clap's (exit 2).
+    assert_eq!(fail(&["--vcpus", "2", "--cores", "1"]).0, Some(2));
+    assert_eq!(fail(&["--dry-run"]).0, Some(2));
+    assert_eq!(fail(&["--json", "--libvirt"]).0, Some(2));
+    assert_eq!(fail(&["--prefer", "size"]).0, Some(2));
+    // A directory that is no sysfs.
+    let empty = tempfile::tempdir().unwrap();
+    let out = plan(empty.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("cannot read the CPU topology") && msg.contains("online"),
+        "{msg}"
+    );
+}
+
+fn domain_copy(dir: &Path) -> PathBuf {
+    let path = dir.join("win11.xml");
+    std::fs::copy(tests_dir().join("fixtures/domains/win11.xml"), &path).unwrap();
+    path
+}
+
+#[test]
+fn apply_dry_run_prints_a_diff_and_changes_nothing() {
+    let root = sysfs("x3d-16c32t");
+    let dir = tempfile::tempdir().unwrap();
+    let path = domain_copy(dir.path());
+    let original = std::fs::read_to_string(&path).unwrap();
+    let out = std::process::Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["plan", "--vcpus", "8", "--apply", "win11.xml", "--dry-run"])
+        .env("KVMISOLATE_SYSFS_ROOT", root.path())
+        .output()
+        .unwrap();
+    let diff = stdout_ok(&out);
+    golden("win11-x3d.diff", &diff);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    assert!(!dir.path().join("win11.xml.bak").exists());
+}
+
+#[test]
+fn apply_writes_a_backup_and_only_cpu_elements() {
+    let root = sysfs("x3d-16c32t");
+    let dir = tempfile::tempdir().unwrap();
+    let path = domain_copy(dir.path());
+    let original = std::fs::read_to_string(&path).unwrap();
+    let arg = path.to_str().unwrap();
+    let msg = stdout_ok(&plan(root.path(), &["--vcpus", "8", "--apply", arg]));
+    assert!(msg.contains("win11.xml.bak"), "{msg}");
+    let applied = std::fs::read_to_string(&path).unwrap();
+    golden("win11-x3d.applied.xml", &applied);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("win11.xml.bak")).unwrap(),
+        original
+    );
+    // Every changed line is a CPU-related element.
+    let cpu_related = [
+        "<vcpu",
+        "<iothreads>",
+        "<cputune>",
+        "</cputune>",
+        "<vcpupin",
+        "<emulatorpin",
+        "<iothreadpin",
+        "<numatune>",
+        "</numatune>",
+        "<memory mode=",
+        "<cpu ",
+        "</cpu>",
+        "<topology",
+        "<cache mode",
+        "<model fallback",
+        "<kvmisolate:isolate",
+    ];
+    for change in similar::TextDiff::from_lines(&original, &applied).iter_all_changes() {
+        if change.tag() == similar::ChangeTag::Equal {
+            continue;
+        }
+        let line = change.value().trim();
+        assert!(
+            cpu_related.iter().any(|p| line.starts_with(p)),
+            "changed line {line:?} is not CPU-related"
+        );
+    }
+    // Applying again changes nothing.
+    let msg = stdout_ok(&plan(root.path(), &["--vcpus", "8", "--apply", arg]));
+    assert!(msg.contains("already matches"), "{msg}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), applied);
+}
+
+#[test]
+fn apply_rejects_what_is_not_a_domain() {
+    let root = sysfs("recipe-6c");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.xml");
+    std::fs::write(&path, "<network><name>default</name></network>\n").unwrap();
+    let out = plan(root.path(), &["--apply", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("not a libvirt domain") && msg.contains("<network>"),
+        "{msg}"
+    );
+    std::fs::write(&path, "<domain><name>x</domain>\n").unwrap();
+    let out = plan(root.path(), &["--apply", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("not well-formed XML") && msg.contains("line 1"),
+        "{msg}"
+    );
+    let out = plan(root.path(), &["--apply", "/nonexistent/domain.xml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/domain.xml"));
+}
