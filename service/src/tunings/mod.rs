@@ -477,6 +477,15 @@ impl HostTunings {
             let Some(entry) = state.files.get(path).cloned() else {
                 continue;
             };
+            if entry.written.is_none()
+                && entry.codec != Codec::OwnFile
+                && entry.codec.read(path).ok().flatten() == entry.original
+            {
+                // Never written (a crash or a refusal right after journalling): nothing to undo.
+                state.files.remove(path);
+                self.save(&state)?;
+                continue;
+            }
             match entry.codec.restore(path, entry.original.as_deref()) {
                 Ok(()) => {
                     own_file_changed |= entry.codec == Codec::OwnFile;
@@ -565,19 +574,25 @@ impl HostTunings {
                 }
                 Ok(true)
             }
-            Err(e)
-                if w.tuning == Tuning::IrqAffinity
-                    && e.errno()
-                        .is_some_and(|n| n == nix::libc::EIO || n == nix::libc::EINVAL) =>
-            {
-                // A managed IRQ (EIO) or one the kernel cannot move (EINVAL): nothing changed.
+            Err(e) if w.tuning == Tuning::IrqAffinity && e.errno().is_some() => {
+                // The kernel refused: a managed IRQ (EIO), one it cannot move (EINVAL, EPERM
+                // for the timer on x86), no vector left (ENOSPC). Nothing changed.
                 state.files.remove(&w.path);
                 self.save(state).map_err(WantError::Fatal)?;
-                Err(WantError::Skipped(if e.errno() == Some(nix::libc::EIO) {
-                    "managed by the kernel".into()
-                } else {
-                    "cannot be moved".into()
+                let errno = nix::errno::Errno::from_raw(e.errno().unwrap_or(0));
+                Err(WantError::Skipped(match errno {
+                    nix::errno::Errno::EIO => "managed by the kernel".into(),
+                    nix::errno::Errno::ENOSPC => {
+                        "no interrupt vector left on the housekeeping CPUs".into()
+                    }
+                    other => format!("the kernel does not move it: {}", other.desc()),
                 }))
+            }
+            Err(e @ FileError::Io { .. }) if known.is_none() => {
+                // The write itself was refused: nothing changed, nothing to restore.
+                state.files.remove(&w.path);
+                self.save(state).map_err(WantError::Fatal)?;
+                Err(WantError::Fatal(e.into()))
             }
             Err(e) => Err(WantError::Fatal(e.into())),
         }

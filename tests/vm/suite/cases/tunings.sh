@@ -14,6 +14,7 @@
 #     without the ban on release.
 # timeout: 300
 cleanup() {
+    [ -e "$KT_STATE/tu-mounted-debugfs" ] && umount /sys/kernel/debug 2>/dev/null && rm -f "$KT_STATE/tu-mounted-debugfs"
     daemon_clear_env
     daemon_restart >/dev/null 2>&1 || true
     if have_systemd; then systemctl stop irqbalance.service 2>/dev/null || true; fi
@@ -73,7 +74,9 @@ run() {
     local before=$KT_STATE/tu-before.snap pid pid2 hp0 hp wd0 rt0 thp0 n rc
     local pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
     # The fair server lives in debugfs, which the image does not mount.
-    mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
+    if ! mountpoint -q /sys/kernel/debug && mount -t debugfs none /sys/kernel/debug 2>/dev/null; then
+        touch "$KT_STATE/tu-mounted-debugfs"
+    fi
     daemon_restart
     pid=$(start_fake_vm 2); pid2=$(start_fake_vm 1)
     snapshot "$before"
