@@ -27,8 +27,18 @@ struct Env {
 }
 
 async fn env_with(extra_env: &[(&str, &str)], extra_args: &[&str]) -> Env {
+    env_full(extra_env, extra_args, |_| {}).await
+}
+
+/// An environment whose host tree `prepare` completes before the daemon starts.
+async fn env_full(
+    extra_env: &[(&str, &str)],
+    extra_args: &[&str],
+    prepare: impl FnOnce(&FakeHost),
+) -> Env {
     let bus = TestBus::start();
     let host = FakeHost::new(6);
+    prepare(&host);
     for pid in [4242, 4243, 4244, 4245] {
         host.add_process(pid, "user.slice/session-1.scope");
     }
@@ -820,4 +830,135 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The tuning knobs a test host has: vm.stat_interval and a 2M hugepage pool.
+fn with_knobs(h: &FakeHost) {
+    h.put("proc/sys/vm/stat_interval", "1\n");
+    h.put(
+        "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+        "0\n",
+    );
+    h.put("proc/meminfo", "MemTotal:        2014848 kB\n");
+}
+
+fn rows(t: &[(String, String, String, String, String)]) -> Vec<(&str, &str, &str, &str)> {
+    t.iter()
+        .map(|(n, s, _, o, c)| (n.as_str(), s.as_str(), o.as_str(), c.as_str()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunings_are_applied_shown_and_restored() {
+    let e = env_full(&[], &[], with_knobs).await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let mut opts = pids(&[4242]);
+    opts.insert(
+        "tunings",
+        Variant::from(vec!["vmstat-interval", "cpu-governor"]),
+    );
+    opts.insert("hugepages", Variant::from("8M"));
+    let path = proxy.isolate("tuned", "2-3", opts).await.unwrap();
+    assert_eq!(e.host.get("proc/sys/vm/stat_interval"), "120");
+    assert_eq!(
+        e.host
+            .get("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
+        "4"
+    );
+    let iso = Isolation1Proxy::builder(&e.conn)
+        .path(path)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(iso.profile().await.unwrap(), "custom");
+    let t = iso.tunings().await.unwrap();
+    assert_eq!(
+        rows(&t),
+        vec![
+            ("hugepages", "applied", "0", "4"),
+            ("vmstat-interval", "applied", "1", "120"),
+            ("cpu-governor", "skipped", "", ""),
+        ]
+    );
+    assert!(t[2].2.contains("no CPU frequency scaling"), "{}", t[2].2);
+    let status = proxy.status().await.unwrap();
+    let list =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
+    let listed =
+        Vec::<(String, String, String, String, String)>::try_from(list[0][keys::I_TUNINGS].clone())
+            .unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(text(&list[0][keys::I_PROFILE]), "custom");
+
+    proxy.release("tuned").await.unwrap();
+    assert_eq!(e.host.get("proc/sys/vm/stat_interval").trim(), "1");
+    assert_eq!(
+        e.host
+            .get("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+            .trim(),
+        "0"
+    );
+    assert!(!e.host.run().join("tunings.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_tuning_rolls_the_isolation_back() {
+    let e = env_full(&[], &[], with_knobs).await;
+    let before = e.host.snapshot();
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let mut opts = pids(&[4242]);
+    opts.insert("hugepages", Variant::from("4G"));
+    let err = proxy.isolate("big", "2-3", opts).await.unwrap_err();
+    assert_eq!(error_name(&err), ename::TUNING_FAILED);
+    assert!(err.to_string().contains("memory in all"), "{err}");
+    assert!(proxy.isolations().await.unwrap().is_empty());
+    assert_eq!(e.host.snapshot(), before, "the partition was rolled back");
+    assert_eq!(e.host.get("proc/sys/vm/stat_interval").trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_gives_cpus_and_tunings_by_name() {
+    let e = env_full(&[], &[], |h| {
+        with_knobs(h);
+        h.put(
+            "kvmisolate.toml",
+            "[isolation.cfg]\ncpus = \"4\"\nprofile = \"none\"\nhugepages = \"2M\"\n",
+        );
+    })
+    .await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let path = proxy.isolate("cfg", "", pids(&[4242])).await.unwrap();
+    let iso = Isolation1Proxy::builder(&e.conn)
+        .path(path)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(iso.cpus().await.unwrap(), "4");
+    assert_eq!(iso.profile().await.unwrap(), "none");
+    let t = iso.tunings().await.unwrap();
+    assert_eq!(rows(&t), vec![("hugepages", "applied", "0", "1")]);
+    // A name without a section still needs CPUs.
+    let err = proxy.isolate("other", "", pids(&[4243])).await.unwrap_err();
+    assert_eq!(error_name(&err), ename::INVALID_CPU_LIST);
+    assert!(err.to_string().contains("[isolation.other]"), "{err}");
+    proxy.release("cfg").await.unwrap();
+}
+
+#[test]
+fn a_malformed_configuration_stops_the_daemon_naming_the_line() {
+    let host = FakeHost::new(4);
+    host.put(
+        "kvmisolate.toml",
+        "[tunings]\nvmstat-interval = 5\nthp = 1\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvmisolated"))
+        .arg("--config")
+        .arg(host.config_path())
+        .arg("--address")
+        .arg("unix:path=/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("thp"), "{err}");
 }

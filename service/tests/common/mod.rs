@@ -142,6 +142,20 @@ impl FakeHost {
     pub fn proc(&self) -> PathBuf {
         self.dir.path().join("proc")
     }
+    /// The daemon's configuration file (absent unless a test writes it).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("kvmisolate.toml")
+    }
+    /// Writes `text` to `rel` below the host tree (creating directories).
+    pub fn put(&self, rel: &str, text: &str) {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    /// The content of `rel` below the host tree.
+    pub fn get(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(rel)).unwrap()
+    }
     pub fn run(&self) -> PathBuf {
         self.dir.path().join("run")
     }
@@ -329,6 +343,12 @@ impl Daemon {
             .arg(host.run())
             .arg("--idle-timeout")
             .arg("0")
+            // The host's own /etc/kvmisolate must not change a test; a test writes this file
+            // before starting the daemon when it wants a configuration.
+            .arg("--config")
+            .arg(host.config_path())
+            .arg("--systemd-runtime-dir")
+            .arg(host.run().join("systemd"))
             .arg("--no-systemd")
             .arg("--test-fake-kernel")
             .env("KVMISOLATED_LOG", "warn")
