@@ -483,12 +483,13 @@ impl Backend {
     }
 
     /// Restores everything `lease` changed: its tunings (host-wide ones now follow the other
-    /// isolations), then its partition.
-    pub async fn release(&self, lease: &Lease, others: &[&Lease]) -> Result<(), Error> {
-        let tunings = self
-            .reconcile(self.holders(others, &lease.name))
-            .await
-            .err();
+    /// isolations), then its partition. Returns what the user should know (e.g. hugepages
+    /// still in use that stay allocated as surplus).
+    pub async fn release(&self, lease: &Lease, others: &[&Lease]) -> Result<Vec<String>, Error> {
+        let (tunings, warnings) = match self.reconcile(self.holders(others, &lease.name)).await {
+            Ok(r) => (None, r.warnings),
+            Err(e) => (Some(e), Vec::new()),
+        };
         let engine = self.engine.clone();
         let record = lease.record.clone();
         let partition = tokio::task::spawn_blocking(move || engine.release(&record))
@@ -496,7 +497,7 @@ impl Backend {
             .map_err(failed)?
             .map_err(Error::from);
         match (tunings, partition) {
-            (None, r) => r,
+            (None, r) => r.map(|()| warnings),
             (Some(t), Ok(())) => Err(t),
             (Some(t), Err(p)) => Err(crate::apply::with_context(p, &t.to_string())),
         }

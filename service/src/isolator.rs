@@ -409,7 +409,16 @@ impl Shared {
         let others: Vec<&Lease> = leases.values().filter(|l| l.name != lease.name).collect();
         let result = self.backend.release(&lease, &others).await;
         match result {
-            Ok(()) => {
+            Ok(warnings) => {
+                if !warnings.is_empty()
+                    && let Ok(mut w) = self.warnings.lock()
+                {
+                    w.extend(
+                        warnings
+                            .into_iter()
+                            .map(|x| format!("after releasing {name}: {x}")),
+                    );
+                }
                 leases.remove(name);
                 drop(leases);
                 self.watcher.unwatch(name);

@@ -644,3 +644,32 @@ fn reports_per_holder_list_only_its_tunings() {
     let hp = &e.reports_for(&a)[0];
     assert_eq!((hp.original.as_str(), hp.current.as_str()), ("0", "2"));
 }
+
+#[test]
+fn compacting_before_growing_a_pool_is_optional() {
+    let f = Fake::new(4);
+    f.put("proc/sys/vm/drop_caches", "0\n");
+    f.put("proc/sys/vm/compact_memory", "0\n");
+    let mut a = holder("a", "2", Profile::None);
+    a.hugepages = Some("4M".parse().unwrap());
+    f.plain().reconcile(std::slice::from_ref(&a)).unwrap();
+    assert_eq!(f.get("proc/sys/vm/drop_caches"), "0\n", "not asked for");
+    f.plain().reconcile(&[]).unwrap();
+    let settings = Settings {
+        hugepages_compact: true,
+        ..Settings::default()
+    };
+    let e = f.engine(
+        settings,
+        Box::new(NoServices {
+            proc: f.path("proc"),
+        }),
+    );
+    e.reconcile(std::slice::from_ref(&a)).unwrap();
+    assert_eq!(f.get("proc/sys/vm/drop_caches"), "3");
+    assert_eq!(f.get("proc/sys/vm/compact_memory"), "1");
+    assert_eq!(
+        f.get("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
+        "2"
+    );
+}

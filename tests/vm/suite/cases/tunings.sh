@@ -167,7 +167,12 @@ run() {
         [ -f "$dropin" ] || fail "no irqbalance drop-in"
         ib=$(systemctl show -P MainPID irqbalance.service)
         env=$(tr '\0' '\n' < "/proc/$ib/environ")
-        grep -qx 'IRQBALANCE_BANNED_CPULIST=2-3' <<<"$env" || fail "irqbalance ($ib) runs without the ban: $env"
+        if ! grep -qx 'IRQBALANCE_BANNED_CPULIST=2-3' <<<"$env"; then
+            systemctl show -p Environment,MainPID,ExecMainStartTimestamp,DropInPaths irqbalance.service | sed 's/^/    /'
+            journalctl -q -u irqbalance.service -n 8 --no-pager -o cat | sed 's/^/    irqbalance: /'
+            daemon_log_tail 15 | sed 's/^/    kvmisolated: /'
+            fail "irqbalance ($ib) runs without the ban: $(tr '\n' ' ' <<<"$env")"
+        fi
         [ "$(tuning tu-i irqbalance state)" = applied ] || fail "irqbalance tuning: $(tuning tu-i irqbalance state)"
         release_ok tu-i
         [ ! -e "$dropin" ] || fail "the irqbalance drop-in is left after release"
