@@ -162,22 +162,23 @@ run() {
 
     # 5. irqbalance
     if have_systemd && systemctl start irqbalance.service 2>/dev/null; then
-        local ib env dropin=/run/systemd/system/irqbalance.service.d/50-kvmisolate.conf
+        # What systemd runs irqbalance with (its own process rewrites /proc/PID/environ, so
+        # systemd's view is the one to check) and when it last (re)started it.
+        local dropin=/run/systemd/system/irqbalance.service.d/50-kvmisolate.conf t0 t1
+        ib_env() { systemctl show -P Environment irqbalance.service; }
+        ib_started() { systemctl show -P ExecMainStartTimestampMonotonic irqbalance.service; }
+        t0=$(ib_started)
         isolate_ok --name tu-i --cpus 2-3 --pid "$pid"
         [ -f "$dropin" ] || fail "no irqbalance drop-in"
-        ib=$(systemctl show -P MainPID irqbalance.service)
-        env=$(tr '\0' '\n' < "/proc/$ib/environ")
-        if ! grep -qx 'IRQBALANCE_BANNED_CPULIST=2-3' <<<"$env"; then
-            systemctl show -p Environment,MainPID,ExecMainStartTimestamp,DropInPaths irqbalance.service | sed 's/^/    /'
-            journalctl -q -u irqbalance.service -n 8 --no-pager -o cat | sed 's/^/    irqbalance: /'
-            daemon_log_tail 15 | sed 's/^/    kvmisolated: /'
-            fail "irqbalance ($ib) runs without the ban: $(tr '\n' ' ' <<<"$env")"
-        fi
+        grep -qw 'IRQBALANCE_BANNED_CPULIST=2-3' <<<"$(ib_env)" || fail "irqbalance.service has no ban: $(ib_env)"
+        t1=$(ib_started)
+        [ "$t1" != "$t0" ] || fail "irqbalance was not restarted with the ban"
+        [ "$(systemctl is-active irqbalance.service)" = active ] || fail "irqbalance is $(systemctl is-active irqbalance.service) after the restart"
         [ "$(tuning tu-i irqbalance state)" = applied ] || fail "irqbalance tuning: $(tuning tu-i irqbalance state)"
         release_ok tu-i
         [ ! -e "$dropin" ] || fail "the irqbalance drop-in is left after release"
-        ib=$(systemctl show -P MainPID irqbalance.service)
-        tr '\0' '\n' < "/proc/$ib/environ" | grep -q IRQBALANCE_BANNED_CPULIST && fail "irqbalance still banned after release"
+        grep -q IRQBALANCE_BANNED_CPULIST <<<"$(ib_env)" && fail "irqbalance.service still has the ban: $(ib_env)"
+        [ "$(ib_started)" != "$t1" ] || fail "irqbalance was not restarted without the ban"
         systemctl stop irqbalance.service
         note "irqbalance restarted with IRQBALANCE_BANNED_CPULIST=2-3, and without it on release"
     fi
