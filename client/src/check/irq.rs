@@ -318,5 +318,12 @@ mod tests {
         f.write("proc/77/environ", "IRQBALANCE_BANNED_CPUS=4\0");
         let r = audit(f.roots(), cpus("2"));
         assert_eq!(sev(&r, "irqbalance"), Severity::Ok);
+        // Unreadable environment (not root): said so.
+        f.remove("proc/77/environ");
+        std::fs::create_dir_all(f.dir.path().join("proc/77/environ")).unwrap();
+        let r = audit(f.roots(), cpus("2"));
+        let i = find(&r, "irqbalance").unwrap();
+        assert_eq!(i.severity, Severity::Warning);
+        assert!(i.found.contains("could not be read"), "{}", i.found);
     }
 }

@@ -457,6 +457,13 @@ mod tests {
     }
 
     #[test]
+    fn no_hugepage_pool_no_finding() {
+        let f = tuned();
+        f.remove("sys/kernel/mm/hugepages");
+        assert!(find(&audit(f.roots(), None), "hugepages").is_none());
+    }
+
+    #[test]
     fn watchdog_off_is_fine() {
         let f = tuned();
         f.write("proc/sys/kernel/watchdog_cpumask", "0-3\n")

@@ -423,14 +423,12 @@ pub(crate) mod tests {
 
     #[test]
     fn unreadable_files_are_listed() {
-        use std::os::unix::fs::PermissionsExt as _;
         let f = FakeHost::basic();
-        f.write("proc/sys/vm/stat_interval", "1\n");
-        let p = f.dir.path().join("proc/sys/vm/stat_interval");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
-        if std::fs::read(&p).is_ok() {
-            return; // root reads anything: nothing to test here
-        }
+        let r = audit(f.roots(), cpus("2-3"));
+        assert!(find(&r, "unreadable").is_none());
+        // A directory where a file should be: EISDIR even for root (permissions would not
+        // stop root).
+        std::fs::create_dir_all(f.dir.path().join("proc/sys/vm/stat_interval")).unwrap();
         let r = audit(f.roots(), cpus("2-3"));
         assert_eq!(sev(&r, "unreadable"), Severity::Info);
         assert!(
@@ -438,6 +436,7 @@ pub(crate) mod tests {
                 .iter()
                 .any(|u| u.path.ends_with("stat_interval"))
         );
+        assert!(find(&r, "vm-stat-interval").is_none());
     }
 
     #[test]
