@@ -19,7 +19,8 @@ pub struct Partition {
     pub valid: bool,
     /// The CPUs asked for (`cpuset.cpus.exclusive`, else `cpuset.cpus`).
     pub requested: CpuSet,
-    /// The CPUs it holds (`cpuset.cpus.exclusive.effective`, else `cpuset.cpus.effective`).
+    /// The CPUs its tasks get (`cpuset.cpus.effective`: online CPUs only, and without those
+    /// handed down to child partitions).
     pub effective: CpuSet,
 }
 
@@ -93,9 +94,8 @@ fn read_partition(host: &Host, rel: &str, dir: &Path, state: String) -> Partitio
     let requested = nonempty("cpuset.cpus.exclusive")
         .or_else(|| nonempty("cpuset.cpus"))
         .unwrap_or_default();
-    let effective = nonempty("cpuset.cpus.exclusive.effective")
-        .or_else(|| nonempty("cpuset.cpus.effective"))
-        .unwrap_or_default();
+    // Not cpuset.cpus.exclusive.effective: it keeps offline CPUs (seen on 6.12).
+    let effective = nonempty("cpuset.cpus.effective").unwrap_or_default();
     let valid = !state.contains("invalid");
     Partition {
         path: rel.to_owned(),
@@ -207,6 +207,12 @@ fn has_cpuset_child(host: &Host) -> bool {
 pub fn partition_findings(partitions: &[Partition]) -> Vec<Finding> {
     let mut out = Vec::new();
     for p in partitions {
+        // What the partition and the partitions below it hold.
+        let below = format!("{}/", p.path);
+        let held = partitions
+            .iter()
+            .filter(|c| c.valid && c.path.starts_with(&below))
+            .fold(p.effective.clone(), |acc, c| acc.union(&c.effective));
         let f = if !p.valid {
             let reason = p
                 .reason()
@@ -221,8 +227,8 @@ pub fn partition_findings(partitions: &[Partition]) -> Vec<Finding> {
                 "fix the cause the kernel names ({}), or release the isolation and isolate again (kvmisolate status shows it)",
                 p.state
             ))
-        } else if !p.requested.is_subset(&p.effective) {
-            let missing = p.requested.difference(&p.effective);
+        } else if !p.requested.is_subset(&held) {
+            let missing = p.requested.difference(&held);
             Finding::new(
                 "partition-state",
                 Severity::Warning,
@@ -230,7 +236,7 @@ pub fn partition_findings(partitions: &[Partition]) -> Vec<Finding> {
                     "partition {} ({}) holds only CPUs {} of {}: {} missing",
                     p.path,
                     p.state,
-                    fmt_cpus(&p.effective),
+                    fmt_cpus(&held),
                     p.requested,
                     missing
                 ),
@@ -391,9 +397,8 @@ mod tests {
         let r = audit(f.roots(), None);
         assert_eq!(sev(&r, "partition-state"), Severity::Ok);
         assert_eq!(sev(&r, "cpus-not-partitioned"), Severity::Ok);
-        // CPU 3 offline: the partition holds only 2.
-        f.write("cgroup/a.scope/cpuset.cpus.exclusive.effective", "2\n")
-            .write("cgroup/a.scope/cpuset.cpus.effective", "2\n")
+        // CPU 3 offline: the partition holds only 2 (exclusive.effective still says 2-3).
+        f.write("cgroup/a.scope/cpuset.cpus.effective", "2\n")
             .write("sys/devices/system/cpu/online", "0-2\n");
         let r = audit(f.roots(), None);
         assert_eq!(r.cpus.to_string(), "2-3");
@@ -425,6 +430,17 @@ mod tests {
         let paths: Vec<&str> = s.partitions.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["kvmisolate.slice", "kvmisolate.slice/vm.scope"]);
         assert!(s.partition_file && s.exclusive_file);
+        // A local parent partition that handed CPUs 2-3 down keeps only 1 itself: not short.
+        f.write("cgroup/kvmisolate.slice/cpuset.cpus.effective", "1\n");
+        let r = audit(f.roots(), None);
+        assert!(
+            r.findings
+                .iter()
+                .filter(|x| x.id == "partition-state")
+                .all(|x| x.severity == Severity::Ok),
+            "{:#?}",
+            r.findings
+        );
     }
 
     #[test]

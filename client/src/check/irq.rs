@@ -67,6 +67,33 @@ fn irq_names(host: &Host) -> Option<BTreeMap<u32, String>> {
     )
 }
 
+/// Whether an IRQ's handler name looks like one queue of a multi-queue device (`nvme0q3`,
+/// `virtio1-req.2`, `virtio0-input.1`, `eth0-TxRx-3`): the kind the kernel spreads over CPUs as
+/// managed IRQs.
+pub fn looks_like_queue(desc: &str) -> bool {
+    let Some(name) = desc.split_whitespace().last() else {
+        return false;
+    };
+    let lower = name.to_ascii_lowercase();
+    let nvme_queue = lower.starts_with("nvme")
+        && lower
+            .rsplit_once('q')
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    nvme_queue
+        || [
+            "-input.",
+            "-output.",
+            "-req.",
+            "-request.",
+            "-txrx-",
+            "-rx-",
+            "-tx-",
+            "queue",
+        ]
+        .iter()
+        .any(|p| lower.contains(p))
+}
+
 /// IRQ affinities, the default affinity and irqbalance.
 pub fn findings(ctx: &Ctx<'_>) -> Vec<Finding> {
     let host = ctx.host;
@@ -99,7 +126,7 @@ pub fn findings(ctx: &Ctx<'_>) -> Vec<Finding> {
             format!("IRQ {n} ({name})")
         };
         let eff_text = eff.map_or("unknown".to_owned(), |e| e.to_string());
-        let maybe_managed = aff.is_subset(ctx.cpus);
+        let maybe_managed = aff.is_subset(ctx.cpus) && looks_like_queue(&name);
         let mut line = if eff_hit {
             effective_hits += 1;
             format!("{label}: delivered on {eff_text} (allowed on {aff})")
@@ -254,6 +281,21 @@ mod tests {
         assert_eq!(l[4].counts.len(), 1);
     }
 
+    #[test]
+    fn queue_names() {
+        for q in [
+            "PCI-MSI 1-edge nvme0q1",
+            "virtio1-req.0",
+            "virtio0-input.2",
+            "eth0-TxRx-3",
+        ] {
+            assert!(looks_like_queue(q), "{q}");
+        }
+        for n in ["IO-APIC 1-edge i8042", "ttyS0", "nvme0", "acpi", ""] {
+            assert!(!looks_like_queue(n), "{n}");
+        }
+    }
+
     fn host_with_irqs() -> FakeHost {
         let f = FakeHost::basic();
         f.partition("vm.scope", "isolated", "2-3")
@@ -292,13 +334,16 @@ mod tests {
         f.write("proc/irq/24/smp_affinity_list", "2\n")
             .write("proc/irq/24/effective_affinity_list", "2\n")
             .write("proc/irq/25/smp_affinity_list", "0-3\n")
+            .write("proc/irq/1/smp_affinity_list", "3\n")
             .write("proc/irq/default_smp_affinity", "f\n");
         let r = audit(f.roots(), None);
         let i = find(&r, "irq-affinity").unwrap();
         assert_eq!(i.severity, Severity::Warning);
-        assert_eq!(i.details.len(), 2);
-        assert!(i.details[0].contains("nvme0q1") && i.details[0].contains("managed"));
-        assert!(i.details[1].contains("allowed on 0-3 (delivered on 1)"));
+        assert_eq!(i.details.len(), 3);
+        assert!(i.details[0].starts_with("IRQ 1 (IO-APIC 1-edge i8042): allowed on 3"));
+        assert!(!i.details[0].contains("managed"));
+        assert!(i.details[1].contains("nvme0q1") && i.details[1].contains("managed"));
+        assert!(i.details[2].contains("allowed on 0-3 (delivered on 1)"));
         assert!(i.fix.contains("isolcpus=managed_irq"));
         assert_eq!(sev(&r, "irq-default-affinity"), Severity::Warning);
     }

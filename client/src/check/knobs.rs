@@ -12,16 +12,18 @@ pub fn cpu_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
     let host = ctx.host;
     let cpus = ctx.cpus;
-    for (id, rel, what) in [
+    for (id, rel, what, note) in [
         (
             "workqueue-cpumask",
             "devices/virtual/workqueue/cpumask",
             "unbound workqueues",
+            " (isolated partitions do it by themselves on 6.8+)",
         ),
         (
             "writeback-cpumask",
             "bus/workqueue/devices/writeback/cpumask",
             "the writeback workqueue (dirty page flushing)",
+            "",
         ),
     ] {
         let path = host.sys(rel);
@@ -33,11 +35,7 @@ pub fn cpu_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
                     format!("{what} may run on CPUs {} ({} is {m})", m.intersection(cpus), path.display()),
                 )
                 .why("a kworker woken on an isolated CPU preempts the vCPU; writeback bursts take hundreds of µs")
-                .fix(format!(
-                    "echo {} > {} (isolated partitions on 6.8+ do it for the unbound mask)",
-                    ctx.hk_mask,
-                    path.display()
-                )),
+                .fix(format!("echo {} > {}{note}", ctx.hk_mask, path.display())),
             ),
             Some(m) => out.push(Finding::ok(id, format!("{what} stay on CPUs {m}"))),
             None => {}
