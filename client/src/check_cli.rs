@@ -152,8 +152,8 @@ fn print(text: &str) -> Result<(), Failure> {
     }
 }
 
-/// `kvmisolate check`.
-pub fn cmd_check(a: CheckArgs) -> Result<(), Failure> {
+/// `kvmisolate check` (`quiet`: print nothing, only the exit status tells).
+pub fn cmd_check(a: CheckArgs, quiet: bool) -> Result<(), Failure> {
     if let Some(vm) = &a.vm {
         return Err(Failure::other(format!(
             "--vm {vm}: libvirt support not built yet (audit the VM's CPUs with --cpus LIST instead)"
@@ -164,6 +164,8 @@ pub fn cmd_check(a: CheckArgs) -> Result<(), Failure> {
         let mut t = check::format_json(&report);
         t.push('\n');
         t
+    } else if quiet {
+        String::new()
     } else {
         check::format_human(&report)
     };

@@ -408,7 +408,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(a) => cmd_status(&ctx, a.json).await,
         Command::Run(a) => cmd_run(&ctx, a).await,
         Command::Monitor => cmd_monitor(&ctx).await,
-        Command::Check(a) => check_cli::cmd_check(a),
+        Command::Check(a) => check_cli::cmd_check(a, ctx.quiet),
         Command::Bench(a) => check_cli::cmd_bench(a, ctx.quiet),
     }
 }
