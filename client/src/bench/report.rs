@@ -163,7 +163,7 @@ pub fn format_human(r: &BenchReport) -> String {
         let i = &c.interference;
         let _ = writeln!(
             s,
-            "  CPU {}: interrupts: {}\n         softirqs: {}\n         schedule() calls: {} (~{} are the measurement's own sleeps)",
+            "  CPU {}: interrupts: {}\n         (LOC includes the measurement's own timer, one per sample)\n         softirqs: {}\n         schedule() calls: {} (~{} are the measurement's own sleeps)",
             c.cpu,
             top(&i.interrupts, 6),
             top(&i.softirqs, 6),
