@@ -164,6 +164,24 @@ fn choose_cpus(opts: &Options, host: &Host) -> Result<(CpuSet, CpuSet), BenchErr
     Ok((cpus, hk))
 }
 
+/// Holds `/dev/cpu_dma_latency` at 0 µs while the returned file is open (as cyclictest does):
+/// no deep C-state exit latency in the figures.
+fn hold_cpu_dma_latency(warnings: &mut Vec<String>) -> Option<std::fs::File> {
+    let open = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .and_then(|mut f| f.write_all(&0i32.to_ne_bytes()).map(|()| f));
+    match open {
+        Ok(f) => Some(f),
+        Err(e) => {
+            warnings.push(format!(
+                "cannot hold /dev/cpu_dma_latency at 0 ({e}): idle-state exit latency may show up"
+            ));
+            None
+        }
+    }
+}
+
 fn progress_bar(done: f64, total: f64) {
     let width = 40;
     let frac = (done / total).clamp(0.0, 1.0);
@@ -195,7 +213,6 @@ pub fn run(opts: &Options, roots: &Roots) -> Result<BenchReport, BenchError> {
         }
     };
     let phase = Arc::new(AtomicU8::new(WAIT));
-    let progress = Arc::new(AtomicU64::new(0));
     let end_ns = Arc::new(AtomicU64::new(u64::MAX));
     let (tx, rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
@@ -206,7 +223,6 @@ pub fn run(opts: &Options, roots: &Roots) -> Result<BenchReport, BenchError> {
             end_ns.clone(),
             opts.priority,
             phase.clone(),
-            progress.clone(),
             tx.clone(),
         )
         .map_err(|e| BenchError::Setup(format!("cannot start a thread for CPU {cpu}: {e}")));
@@ -245,6 +261,7 @@ pub fn run(opts: &Options, roots: &Roots) -> Result<BenchReport, BenchError> {
         }
         return Err(f);
     }
+    let _pm_qos = hold_cpu_dma_latency(&mut warnings);
     let before = interference::take(&host, true);
     let hk_list: Vec<u32> = hk.iter().collect();
     let load = if opts.load {
