@@ -22,6 +22,8 @@ Exit status:
   6  this host cannot do it: unsupported host (cgroup v1, no cpuset partitions), or the
      kernel rejected the partition (its reason is printed)
   7  the service is unreachable (kvmisolated not installed or not running, no D-Bus)
+  8  check: the worst finding is a warning
+  9  check: the worst finding is an error
 
 Authorization:
   Isolate and release go through polkit (actions org.kvmisolate.isolate and
@@ -104,6 +106,22 @@ pub enum Command {
     /// every choice.
     #[command(after_help = EXIT_CODES_HELP)]
     Plan(crate::plan::args::PlanArgs),
+    /// Audit the host's isolation (no service needed): partitions, threads, IRQs, knobs.
+    ///
+    /// Reads procfs, sysfs and cgroupfs directly; run as root to read everything (what could
+    /// not be read is listed). Each finding has a severity, what was found, why it matters
+    /// for latency and the fix. Exit status 0 if nothing worse than info was found, 8 for
+    /// warnings, 9 for errors.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Check(crate::check_cli::CheckArgs),
+
+    /// Measure wake-up latency on CPUs (cyclictest-style), with the interference seen there.
+    ///
+    /// One SCHED_FIFO thread per CPU sleeps until absolute deadlines (clock_nanosleep,
+    /// CLOCK_MONOTONIC, TIMER_ABSTIME) and records how late it wakes. Needs root (or
+    /// CAP_SYS_NICE) for SCHED_FIFO: without it the command fails with exit status 4.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Bench(crate::check_cli::BenchArgs),
 }
 
 /// The partition type, as a command line value.

@@ -23,6 +23,10 @@ pub enum ExitCode {
     HostCannot = 6,
     /// 7: the service is unreachable.
     Unreachable = 7,
+    /// 8: `check` found warnings (and no errors).
+    CheckWarnings = 8,
+    /// 9: `check` found errors.
+    CheckErrors = 9,
 }
 
 /// A failure to report: `kvmisolate: <message>` on stderr and an exit code.

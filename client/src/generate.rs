@@ -53,6 +53,8 @@ mod tests {
         assert_eq!(
             names,
             [
+                "kvmisolate-bench.1",
+                "kvmisolate-check.1",
                 "kvmisolate-isolate.1",
                 "kvmisolate-monitor.1",
                 "kvmisolate-plan.1",

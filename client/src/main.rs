@@ -2,6 +2,9 @@
 //! `kvmisolate-dbus`. See `kvmisolate --help` and docs/ARCHITECTURE.md (the CLI contract).
 
 mod agent;
+mod bench;
+mod check;
+mod check_cli;
 mod cli;
 mod failure;
 mod generate;
@@ -413,6 +416,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run(a) => cmd_run(&ctx, a).await,
         Command::Monitor => cmd_monitor(&ctx).await,
         Command::Plan(a) => plan::run::run(&a, cli.quiet).map(|out| emit(&out)),
+        Command::Check(a) => check_cli::cmd_check(a, ctx.quiet),
+        Command::Bench(a) => check_cli::cmd_bench(a, ctx.quiet),
     }
 }
 
@@ -443,7 +448,10 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("kvmisolate: {}", f.message);
+            // An empty message: the command has said everything (check's exit status 8/9).
+            if !f.message.is_empty() {
+                eprintln!("kvmisolate: {}", f.message);
+            }
             std::process::ExitCode::from(f.code as u8)
         }
     }

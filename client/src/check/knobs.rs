@@ -1,0 +1,500 @@
+//! Host knobs around an isolation: workqueue masks, `vm.stat_interval`, timer migration, the
+//! watchdog mask, SMT siblings, the cpufreq governor (per audited CPU), and host-wide: boot
+//! parameters, transparent hugepages and the hugepage pool.
+
+use kvmisolate_dbus::cpulist::CpuSet;
+
+use super::host::Host;
+use super::{Ctx, Finding, Severity};
+
+/// Findings about the audited CPUs.
+pub fn cpu_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let host = ctx.host;
+    let cpus = ctx.cpus;
+    for (id, rel, what, note) in [
+        (
+            "workqueue-cpumask",
+            "devices/virtual/workqueue/cpumask",
+            "unbound workqueues",
+            " (isolated partitions do it by themselves on 6.8+)",
+        ),
+        (
+            "writeback-cpumask",
+            "bus/workqueue/devices/writeback/cpumask",
+            "the writeback workqueue (dirty page flushing)",
+            "",
+        ),
+    ] {
+        let path = host.sys(rel);
+        match host.read_mask(&path) {
+            Some(m) if !m.is_disjoint(cpus) => out.push(
+                Finding::new(
+                    id,
+                    Severity::Warning,
+                    format!("{what} may run on CPUs {} ({} is {m})", m.intersection(cpus), path.display()),
+                )
+                .why("a kworker woken on an isolated CPU preempts the vCPU; writeback bursts take hundreds of µs")
+                .fix(format!("echo {} > {}{note}", ctx.hk_mask, path.display())),
+            ),
+            Some(m) => out.push(Finding::ok(id, format!("{what} stay on CPUs {m}"))),
+            None => {}
+        }
+    }
+    let sysctl = |rel: &str| host.read_i64(&host.proc(&format!("sys/{rel}")));
+    if let Some(v) = sysctl("vm/stat_interval") {
+        out.push(if v < 10 {
+            Finding::new(
+                "vm-stat-interval",
+                Severity::Warning,
+                format!("vm.stat_interval is {v} s"),
+            )
+            .why("the vmstat worker wakes on every CPU (isolated ones included) that often to fold per-CPU counters")
+            .fix("sysctl vm.stat_interval=120 while the VM runs (restore 1 afterwards)")
+        } else {
+            Finding::ok("vm-stat-interval", format!("vm.stat_interval is {v} s"))
+        });
+    }
+    if let Some(v) = sysctl("kernel/timer_migration") {
+        out.push(if v != 0 {
+            Finding::new("timer-migration", Severity::Warning, "kernel.timer_migration is 1")
+                .why("with timer migration a busy isolated CPU can be picked to expire the timers of idle CPUs (kernels before 7.0 do not exclude isolated CPUs)")
+                .fix("sysctl kernel.timer_migration=0 while the VM runs (restore 1 afterwards)")
+        } else {
+            Finding::ok("timer-migration", "kernel.timer_migration is 0")
+        });
+    }
+    let watchdog_on = sysctl("kernel/watchdog").is_none_or(|w| w != 0);
+    if let Some(m) = host.read_cpulist(&host.proc("sys/kernel/watchdog_cpumask")) {
+        out.push(if watchdog_on && !m.is_disjoint(cpus) {
+            Finding::new(
+                "watchdog-cpumask",
+                Severity::Warning,
+                format!("the lockup watchdog runs on CPUs {} (kernel.watchdog_cpumask {m})", m.intersection(cpus)),
+            )
+            .why("the soft-lockup watchdog's hrtimer and thread wake every few seconds on each CPU in the mask")
+            .fix(format!("sysctl kernel.watchdog_cpumask={} (or kernel.watchdog=0)", ctx.hk))
+        } else {
+            Finding::ok(
+                "watchdog-cpumask",
+                if watchdog_on {
+                    format!("the lockup watchdog stays on CPUs {m}")
+                } else {
+                    "the lockup watchdog is off".to_owned()
+                },
+            )
+        });
+    }
+    out.push(smt_finding(host, cpus));
+    if let Some(f) = governor_finding(host, cpus) {
+        out.push(f);
+    }
+    out
+}
+
+fn smt_finding(host: &Host, cpus: &CpuSet) -> Finding {
+    let mut split = Vec::new();
+    for c in cpus.iter() {
+        let p = host.sys(&format!(
+            "devices/system/cpu/cpu{c}/topology/thread_siblings_list"
+        ));
+        if let Some(sib) = host.read_cpulist(&p) {
+            let host_side = sib.difference(cpus);
+            if !host_side.is_empty() {
+                split.push(format!(
+                    "CPU {c} shares its core with {host_side} (host side)"
+                ));
+            }
+        }
+    }
+    if split.is_empty() {
+        Finding::ok(
+            "smt-siblings",
+            format!("no core is shared between CPUs {cpus} and the host"),
+        )
+    } else {
+        Finding::new(
+            "smt-siblings",
+            Severity::Warning,
+            format!("{} isolated CPU(s) share a core with host CPUs", split.len()),
+        )
+        .why("SMT siblings share the core's execution units and caches: host load on the sibling slows the vCPU and adds jitter")
+        .fix("isolate whole cores (both siblings, see thread_siblings_list), or leave the sibling idle")
+        .details(split)
+    }
+}
+
+fn governor_finding(host: &Host, cpus: &CpuSet) -> Option<Finding> {
+    let mut seen = 0;
+    let mut slow = Vec::new();
+    for c in cpus.iter() {
+        let p = host.sys(&format!(
+            "devices/system/cpu/cpu{c}/cpufreq/scaling_governor"
+        ));
+        if let Some(g) = host.read_trim(&p) {
+            seen += 1;
+            if g != "performance" {
+                slow.push(format!("CPU {c}: {g}"));
+            }
+        }
+    }
+    Some(if seen == 0 {
+        Finding::new(
+            "cpu-governor",
+            Severity::Info,
+            format!("no cpufreq on CPUs {cpus} (fixed frequency, a VM, or no driver loaded)"),
+        )
+    } else if slow.is_empty() {
+        Finding::ok(
+            "cpu-governor",
+            format!("CPUs {cpus} use the performance governor"),
+        )
+    } else {
+        Finding::new(
+            "cpu-governor",
+            Severity::Warning,
+            format!("{} isolated CPU(s) do not use the performance governor", slow.len()),
+        )
+        .why("frequency ramps after idle make a vCPU's first microseconds of work slower and less predictable")
+        .fix("echo performance > /sys/devices/system/cpu/cpufreq/policyN/scaling_governor for the policies of the isolated CPUs")
+        .details(slow)
+    })
+}
+
+/// The value of boot parameter `name` in `cmdline` (`Some("")` for a bare flag).
+pub fn boot_param<'a>(cmdline: &'a str, name: &str) -> Option<&'a str> {
+    cmdline.split_whitespace().rev().find_map(|w| {
+        if w == name {
+            Some("")
+        } else {
+            w.strip_prefix(name).and_then(|r| r.strip_prefix('='))
+        }
+    })
+}
+
+/// The CPUs of a boot parameter value, skipping flag words (`managed_irq,domain,2-3`).
+pub fn boot_cpus(value: &str) -> Option<CpuSet> {
+    let items: Vec<&str> = value
+        .split(',')
+        .filter(|i| i.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    if items.is_empty() {
+        return None;
+    }
+    CpuSet::parse(&items.join(",")).ok()
+}
+
+/// Host-wide findings: boot parameters, THP, the hugepage pool.
+pub fn host_findings(host: &Host, cpus: &CpuSet) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if let Some(cmdline) = host.read(&host.proc("cmdline")) {
+        out.extend(boot_findings(&cmdline, cpus));
+    }
+    let thp = host.sys("kernel/mm/transparent_hugepage/enabled");
+    if let Some(text) = host.read_trim(&thp) {
+        let mode = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+            .unwrap_or(text.as_str())
+            .to_owned();
+        out.push(if mode == "always" {
+            Finding::new(
+                "thp",
+                Severity::Warning,
+                "transparent hugepages are enabled for every process (always)",
+            )
+            .why("khugepaged scans and compacts memory on every process's behalf, and page faults can stall on direct compaction")
+            .fix("echo madvise > /sys/kernel/mm/transparent_hugepage/enabled, and back the VM with a hugepage pool")
+        } else {
+            Finding::ok("thp", format!("transparent hugepages: {mode}"))
+        });
+    }
+    let dir = host.sys("kernel/mm/hugepages");
+    let mut pools = Vec::new();
+    for name in host.list(&dir) {
+        let Some(size) = name.strip_prefix("hugepages-") else {
+            continue;
+        };
+        let nr = host.read_i64(&dir.join(&name).join("nr_hugepages"));
+        let free = host.read_i64(&dir.join(&name).join("free_hugepages"));
+        if let Some(nr) = nr {
+            pools.push(format!(
+                "{size}: {nr} page(s), {} free",
+                free.map_or("?".to_owned(), |f| f.to_string())
+            ));
+        }
+    }
+    if !pools.is_empty() {
+        out.push(
+            Finding::new(
+                "hugepages",
+                Severity::Info,
+                format!("hugepage pool: {}", pools.join("; ")),
+            )
+            .why("a VM backed by hugepages (memoryBacking/hugepages) has fewer TLB misses and no THP compaction; the pool must hold the whole guest RAM")
+            .fix("size the pool for the guest: sysctl vm.nr_hugepages=N (2 MiB pages) before starting it"),
+        );
+    }
+    out
+}
+
+fn boot_findings(cmdline: &str, cpus: &CpuSet) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let covers = |v: &str| boot_cpus(v).map(|c| cpus.difference(&c));
+    for (id, name, why, fix) in [
+        (
+            "boot-nohz-full",
+            "nohz_full",
+            "the scheduler tick interrupts every isolated CPU (250-1000 times a second) even when one task runs there",
+            "boot with nohz_full=ISOLATED (it is boot-only; it costs some throughput on those CPUs)",
+        ),
+        (
+            "boot-rcu-nocbs",
+            "rcu_nocbs",
+            "RCU callbacks run in softirq on the CPU that queued them, isolated ones included",
+            "boot with rcu_nocbs=ISOLATED (boot-only; pairs with nohz_full)",
+        ),
+    ] {
+        let f = match boot_param(cmdline, name) {
+            None => Finding::new(
+                id,
+                Severity::Info,
+                format!("{name} is not on the kernel command line"),
+            )
+            .why(why)
+            .fix(fix.replace("ISOLATED", &cpus_or_list(cpus))),
+            Some(v) => match covers(v) {
+                Some(missing) if !missing.is_empty() => Finding::new(
+                    id,
+                    Severity::Info,
+                    format!("{name}={v} does not cover CPUs {missing}"),
+                )
+                .why(why)
+                .fix(fix.replace("ISOLATED", &cpus.to_string())),
+                _ => Finding::ok(id, format!("{name}={v}")),
+            },
+        };
+        out.push(f);
+    }
+    out.push(match boot_param(cmdline, "isolcpus") {
+        None => Finding::ok(
+            "boot-isolcpus",
+            "isolcpus is not used (cpuset partitions do the same at run time)",
+        ),
+        Some(v) => {
+            let managed = v.split(',').any(|w| w == "managed_irq");
+            Finding::new(
+                "boot-isolcpus",
+                Severity::Info,
+                format!("isolcpus={v}"),
+            )
+            .why("isolcpus CPUs are fixed at boot and have no load balancing; a partition over them may be refused with 'partition config conflicts with housekeeping setup' on some kernels")
+            .fix(if managed {
+                "nothing to do if partitions on those CPUs are valid (managed_irq keeps managed IRQs away, which partitions cannot)"
+            } else {
+                "prefer partitions for run-time isolation; keep isolcpus=managed_irq,LIST only if managed IRQs (NVMe queues) must stay off those CPUs"
+            })
+        }
+    });
+    out.push(match boot_param(cmdline, "irqaffinity") {
+        None => Finding::new(
+            "boot-irqaffinity",
+            Severity::Info,
+            "irqaffinity is not on the kernel command line: IRQs start on every CPU",
+        )
+        .why("IRQs set up at boot or later are allowed on the isolated CPUs until moved")
+        .fix(
+            "boot with irqaffinity=HOUSEKEEPING, or set /proc/irq/default_smp_affinity at run time",
+        ),
+        Some(v) => match boot_cpus(v) {
+            Some(c) if !c.is_disjoint(cpus) => Finding::new(
+                "boot-irqaffinity",
+                Severity::Warning,
+                format!(
+                    "irqaffinity={v} includes the isolated CPUs {}",
+                    c.intersection(cpus)
+                ),
+            )
+            .why("IRQs start on those CPUs")
+            .fix("boot with irqaffinity= listing only housekeeping CPUs"),
+            _ => Finding::ok("boot-irqaffinity", format!("irqaffinity={v}")),
+        },
+    });
+    out
+}
+
+fn cpus_or_list(cpus: &CpuSet) -> String {
+    if cpus.is_empty() {
+        "LIST".to_owned()
+    } else {
+        cpus.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::super::host::fake::FakeHost;
+    use super::super::tests::{cpus, find, sev};
+    use super::super::{Severity, audit};
+    use super::*;
+
+    fn tuned() -> FakeHost {
+        let f = FakeHost::basic();
+        f.partition("vm.scope", "isolated", "2-3")
+            .write("sys/devices/virtual/workqueue/cpumask", "3\n")
+            .write("sys/bus/workqueue/devices/writeback/cpumask", "1\n")
+            .write("proc/sys/vm/stat_interval", "120\n")
+            .write("proc/sys/kernel/timer_migration", "0\n")
+            .write("proc/sys/kernel/watchdog", "1\n")
+            .write("proc/sys/kernel/watchdog_cpumask", "0-1\n")
+            .write(
+                "sys/kernel/mm/transparent_hugepage/enabled",
+                "always [madvise] never\n",
+            )
+            .write(
+                "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+                "512\n",
+            )
+            .write(
+                "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
+                "500\n",
+            )
+            .write(
+                "proc/cmdline",
+                "root=/dev/sda nohz_full=2-3 rcu_nocbs=2-3 irqaffinity=0-1\n",
+            );
+        for c in 2..4 {
+            f.write(
+                &format!("sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor"),
+                "performance\n",
+            );
+        }
+        f
+    }
+
+    #[test]
+    fn all_fine_when_tuned() {
+        let r = audit(tuned().roots(), None);
+        for id in [
+            "workqueue-cpumask",
+            "writeback-cpumask",
+            "vm-stat-interval",
+            "timer-migration",
+            "watchdog-cpumask",
+            "smt-siblings",
+            "cpu-governor",
+            "thp",
+            "boot-nohz-full",
+            "boot-rcu-nocbs",
+            "boot-isolcpus",
+            "boot-irqaffinity",
+        ] {
+            assert_eq!(sev(&r, id), Severity::Ok, "{id}: {:?}", find(&r, id));
+        }
+        assert_eq!(sev(&r, "hugepages"), Severity::Info);
+        assert!(
+            find(&r, "hugepages")
+                .unwrap()
+                .found
+                .contains("2048kB: 512 page(s), 500 free")
+        );
+    }
+
+    #[test]
+    fn all_triggered_when_default() {
+        let f = tuned();
+        f.write("sys/devices/virtual/workqueue/cpumask", "f\n")
+            .write("sys/bus/workqueue/devices/writeback/cpumask", "f\n")
+            .write("proc/sys/vm/stat_interval", "1\n")
+            .write("proc/sys/kernel/timer_migration", "1\n")
+            .write("proc/sys/kernel/watchdog_cpumask", "0-3\n")
+            .write(
+                "sys/kernel/mm/transparent_hugepage/enabled",
+                "[always] madvise never\n",
+            )
+            .write(
+                "sys/devices/system/cpu/cpu2/topology/thread_siblings_list",
+                "0,2\n",
+            )
+            .write(
+                "sys/devices/system/cpu/cpu3/cpufreq/scaling_governor",
+                "powersave\n",
+            )
+            .write(
+                "proc/cmdline",
+                "root=/dev/sda irqaffinity=0-3 isolcpus=domain,3\n",
+            );
+        let r = audit(f.roots(), None);
+        for id in [
+            "workqueue-cpumask",
+            "writeback-cpumask",
+            "vm-stat-interval",
+            "timer-migration",
+            "watchdog-cpumask",
+            "smt-siblings",
+            "cpu-governor",
+            "thp",
+            "boot-irqaffinity",
+        ] {
+            assert_eq!(sev(&r, id), Severity::Warning, "{id}: {:?}", find(&r, id));
+        }
+        for id in ["boot-nohz-full", "boot-rcu-nocbs", "boot-isolcpus"] {
+            assert_eq!(sev(&r, id), Severity::Info, "{id}");
+        }
+        assert_eq!(
+            find(&r, "smt-siblings").unwrap().details,
+            ["CPU 2 shares its core with 0 (host side)"]
+        );
+        assert!(
+            find(&r, "boot-nohz-full")
+                .unwrap()
+                .fix
+                .contains("nohz_full=2-3")
+        );
+    }
+
+    #[test]
+    fn no_hugepage_pool_no_finding() {
+        let f = tuned();
+        f.remove("sys/kernel/mm/hugepages");
+        assert!(find(&audit(f.roots(), None), "hugepages").is_none());
+    }
+
+    #[test]
+    fn watchdog_off_is_fine() {
+        let f = tuned();
+        f.write("proc/sys/kernel/watchdog_cpumask", "0-3\n")
+            .write("proc/sys/kernel/watchdog", "0\n");
+        assert_eq!(
+            sev(&audit(f.roots(), None), "watchdog-cpumask"),
+            Severity::Ok
+        );
+    }
+
+    #[test]
+    fn no_cpufreq_is_info_and_partial_nohz() {
+        let f = tuned();
+        f.remove("sys/devices/system/cpu/cpu2/cpufreq")
+            .remove("sys/devices/system/cpu/cpu3/cpufreq")
+            .write("proc/cmdline", "nohz_full=2 rcu_nocbs\n");
+        let r = audit(f.roots(), cpus("2-3"));
+        assert_eq!(sev(&r, "cpu-governor"), Severity::Info);
+        assert_eq!(sev(&r, "boot-nohz-full"), Severity::Info);
+        // A bare rcu_nocbs (all CPUs on newer kernels): no list to compare, fine.
+        assert_eq!(sev(&r, "boot-rcu-nocbs"), Severity::Ok);
+    }
+
+    #[test]
+    fn boot_params_parse() {
+        let c = "a=1 isolcpus=managed_irq,domain,2-3,5 rcu_nocbs";
+        assert_eq!(boot_param(c, "isolcpus"), Some("managed_irq,domain,2-3,5"));
+        assert_eq!(boot_param(c, "rcu_nocbs"), Some(""));
+        assert_eq!(boot_param(c, "nohz_full"), None);
+        assert_eq!(
+            boot_cpus("managed_irq,domain,2-3,5").unwrap().to_string(),
+            "2-3,5"
+        );
+        assert_eq!(boot_cpus("domain"), None);
+    }
+}

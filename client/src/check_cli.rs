@@ -1,0 +1,310 @@
+//! The command lines of `check` and `bench` and their glue to the `check` and `bench` modules.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use kvmisolate_dbus::cpulist::CpuSet;
+
+use crate::bench;
+use crate::check::{self, host::Roots};
+use crate::failure::{ExitCode, Failure};
+
+/// Where procfs, sysfs and cgroupfs are read (hidden: for tests against fake trees).
+#[derive(Debug, Clone, Args)]
+pub struct RootArgs {
+    /// procfs root (tests).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "DIR",
+        env = "KVMISOLATE_PROC_ROOT",
+        default_value = "/proc"
+    )]
+    pub proc_root: PathBuf,
+    /// sysfs root (tests).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "DIR",
+        env = "KVMISOLATE_SYSFS_ROOT",
+        default_value = "/sys"
+    )]
+    pub sysfs_root: PathBuf,
+    /// cgroup2 mount (tests).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "DIR",
+        env = "KVMISOLATE_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup"
+    )]
+    pub cgroup_root: PathBuf,
+}
+
+impl RootArgs {
+    fn roots(&self) -> Roots {
+        Roots {
+            proc: self.proc_root.clone(),
+            sys: self.sysfs_root.clone(),
+            cgroup: self.cgroup_root.clone(),
+        }
+    }
+}
+
+/// `kvmisolate check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The CPUs to audit, as a cpulist. Default: the CPUs of the root/isolated partitions
+    /// found in cgroupfs (none: only host-wide checks run).
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    pub cpus: Option<CpuSet>,
+
+    /// Audit for this libvirt domain (its vCPU pinning and memory). Not built yet: fails.
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+
+    /// Print the findings as JSON (stable, "version": 1; see docs/ARCHITECTURE.md).
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub roots: RootArgs,
+}
+
+/// `kvmisolate bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The CPUs to measure, as a cpulist. Default: the isolated CPUs found in cgroupfs.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    pub cpus: Option<CpuSet>,
+
+    /// How long to measure: a number with a unit (30s, 1m, 1m30s, 500ms; a bare number is
+    /// seconds).
+    #[arg(long, value_name = "TIME", default_value = "60s", value_parser = parse_duration_arg)]
+    pub duration: Duration,
+
+    /// The wake-up period of each measuring thread (200us, 1ms; a bare number is µs, as
+    /// cyclictest's -i).
+    #[arg(long, value_name = "TIME", default_value = "200us", value_parser = parse_interval_arg)]
+    pub interval: Duration,
+
+    /// SCHED_FIFO priority of the measuring threads.
+    #[arg(long, value_name = "PRIO", default_value_t = 95,
+          value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub priority: u8,
+
+    /// Load the housekeeping CPUs meanwhile (a CPU spinner per CPU, memory and disk
+    /// writers), as the guides advise.
+    #[arg(long)]
+    pub load: bool,
+
+    /// Print the result as JSON (the input of --compare).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the histograms as an SVG picture (one line per CPU, log-scaled counts).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    /// Print the difference between two saved --json runs (A before, B after) and exit.
+    #[arg(long, num_args = 2, value_names = ["A.json", "B.json"],
+          conflicts_with_all = ["cpus", "load", "plot", "json"])]
+    pub compare: Option<Vec<PathBuf>>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub roots: RootArgs,
+}
+
+fn parse_cpus(s: &str) -> Result<CpuSet, String> {
+    let c = CpuSet::parse(s).map_err(|e| e.to_string())?;
+    if c.is_empty() {
+        return Err("the CPU list is empty".to_owned());
+    }
+    Ok(c)
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    let d = bench::parse_duration(s, bench::Unit::Seconds)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?} is too short: measure at least 100ms"));
+    }
+    Ok(d)
+}
+
+fn parse_interval_arg(s: &str) -> Result<Duration, String> {
+    let d = bench::parse_duration(s, bench::Unit::Micros)?;
+    if d < Duration::from_micros(10) || d > Duration::from_secs(1) {
+        return Err(format!("interval {s:?} must be between 10us and 1s"));
+    }
+    Ok(d)
+}
+
+fn print(text: &str) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::other(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// `kvmisolate check` (`quiet`: print nothing, only the exit status tells).
+pub fn cmd_check(a: CheckArgs, quiet: bool) -> Result<(), Failure> {
+    if let Some(vm) = &a.vm {
+        return Err(Failure::other(format!(
+            "--vm {vm}: libvirt support not built yet (audit the VM's CPUs with --cpus LIST instead)"
+        )));
+    }
+    let report = check::audit(a.roots.roots(), a.cpus);
+    let text = if a.json {
+        let mut t = check::format_json(&report);
+        t.push('\n');
+        t
+    } else if quiet {
+        String::new()
+    } else {
+        check::format_human(&report)
+    };
+    print(&text)?;
+    match report.exit_code() {
+        None => Ok(()),
+        Some(code) => Err(Failure::new(code, "")),
+    }
+}
+
+/// `kvmisolate bench`.
+pub fn cmd_bench(a: BenchArgs, quiet: bool) -> Result<(), Failure> {
+    if let Some(files) = &a.compare {
+        let [x, y] = files.as_slice() else {
+            return Err(Failure::new(ExitCode::Usage, "--compare needs two files"));
+        };
+        let load = |p: &PathBuf| {
+            bench::report::load(p).map_err(|e| Failure::new(ExitCode::BadRequest, e.to_string()))
+        };
+        return print(&bench::report::format_compare(&load(x)?, &load(y)?, x, y));
+    }
+    let opts = bench::Options {
+        cpus: a.cpus,
+        duration: a.duration,
+        interval: a.interval,
+        priority: a.priority,
+        load: a.load,
+        progress: !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = bench::run(&opts, &a.roots.roots()).map_err(|e| {
+        let code = match e {
+            bench::BenchError::NotPermitted(_) => ExitCode::NotAuthorized,
+            bench::BenchError::BadCpus(_) => ExitCode::BadRequest,
+            _ => ExitCode::Other,
+        };
+        Failure::new(code, e.to_string())
+    })?;
+    if let Some(path) = &a.plot {
+        std::fs::write(path, bench::report::svg(&report)).map_err(|e| {
+            Failure::other(format!("cannot write the plot to {}: {e}", path.display()))
+        })?;
+    }
+    if a.json {
+        let mut t = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::other(format!("cannot serialize the result: {e}")))?;
+        t.push('\n');
+        print(&t)
+    } else if quiet {
+        Ok(())
+    } else {
+        print(&bench::report::format_human(&report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use crate::cli::{Cli, Command};
+    use clap::Parser as _;
+    use std::time::Duration;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kvmisolate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn check_args() {
+        let Command::Check(c) = parse(&["check", "--cpus", "2-3", "--json"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(c.cpus.unwrap().to_string(), "2-3");
+        assert!(c.json && c.vm.is_none());
+        assert_eq!(c.roots.proc_root, std::path::Path::new("/proc"));
+        let Command::Check(c) = parse(&["check", "--proc-root", "/tmp/p"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(c.roots.proc_root, std::path::Path::new("/tmp/p"));
+        let e = parse(&["check", "--cpus", "5-2"]).unwrap_err();
+        assert!(e.to_string().contains("backwards"), "{e}");
+        assert!(parse(&["check", "--cpus", ""]).is_err());
+    }
+
+    #[test]
+    fn bench_args() {
+        let Command::Bench(b) = parse(&["bench"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(b.duration, Duration::from_secs(60));
+        assert_eq!(b.interval, Duration::from_micros(200));
+        assert_eq!(b.priority, 95);
+        let Command::Bench(b) = parse(&[
+            "bench",
+            "--cpus",
+            "2",
+            "--duration",
+            "1m",
+            "--interval",
+            "1ms",
+            "--load",
+            "--plot",
+            "/tmp/x.svg",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(b.duration, Duration::from_secs(60));
+        assert_eq!(b.interval, Duration::from_millis(1));
+        assert!(b.load);
+        let Command::Bench(b) = parse(&["bench", "--interval", "500", "--duration", "20"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(b.interval, Duration::from_micros(500));
+        assert_eq!(b.duration, Duration::from_secs(20));
+        let Command::Bench(b) = parse(&["bench", "--compare", "a.json", "b.json"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(b.compare.unwrap().len(), 2);
+        for bad in [
+            &["bench", "--duration", "10x"][..],
+            &["bench", "--duration", "1ms"],
+            &["bench", "--interval", "1us"],
+            &["bench", "--priority", "0"],
+            &["bench", "--compare", "a.json"],
+            &["bench", "--compare", "a", "b", "--load"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let e = parse(&["bench", "--duration", "10x"]).unwrap_err();
+        assert!(e.to_string().contains("unit"), "{e}");
+    }
+}

@@ -1,0 +1,64 @@
+# check-isolated: after `kvmisolate isolate` the partition findings clear (partition valid,
+# CPUs held, no host task allowed there); induced faults show up: an IRQ moved back by hand
+# onto an isolated CPU (irq-affinity names it), a CPU taken offline (partition-state and
+# cpus-offline warn). IRQ affinities are put back afterwards.
+# timeout: 120
+ck_sev() { jq -r --arg i "$2" '[.findings[] | select(.id == $i)][0].severity // ""' <<<"$1"; }
+IRQ_SAVE=
+cleanup() {
+    [ -n "$IRQ_SAVE" ] && [ -f "$IRQ_SAVE" ] || return 0
+    local n v
+    while read -r n v; do echo "$v" > "/proc/irq/$n/smp_affinity_list" 2>/dev/null || true; done < "$IRQ_SAVE"
+}
+run() {
+    need_kvmisolate
+    local pid j rc n irq=
+    pid=$(start_fake_vm 2)
+    isolate_ok --cpus 2-3 --pid "$pid" --partition root
+    expect_isolation cpus-2-3 2-3 root "$pid"
+
+    rc=0; j=$(kvmisolate check --json) || rc=$?
+    [ "$(jq -r '."cpus-source"' <<<"$j")" = partitions ] || fail "cpus-source $(jq -r '."cpus-source"' <<<"$j"), want partitions"
+    [ "$(jq -r .cpus <<<"$j")" = 2-3 ] || fail "audited CPUs $(jq -r .cpus <<<"$j"), want 2-3"
+    [ "$(ck_sev "$j" partition-state)" = ok ] || fail "partition-state is $(ck_sev "$j" partition-state): $(jq -c '.findings[] | select(.id == "partition-state")' <<<"$j")"
+    [ "$(ck_sev "$j" cpus-not-partitioned)" = ok ] || fail "cpus-not-partitioned is $(ck_sev "$j" cpus-not-partitioned)"
+    [ "$(ck_sev "$j" cpus-offline)" = ok ] || fail "cpus-offline is $(ck_sev "$j" cpus-offline)"
+    # Kernel threads created after the isolate (psimon) may be allowed everywhere; user tasks not.
+    ! jq -e '.findings[] | select(.id == "threads-on-isolated-cpus") | .details[] | select(test("\\(task\\)"))' >/dev/null <<<"$j" \
+        || fail "user tasks allowed on 2-3 after isolate: $(jq -c '.findings[] | select(.id == "threads-on-isolated-cpus") | .details' <<<"$j" | cut -c1-300)"
+    [ "$rc" != 9 ] || fail "check exited 9 with the isolation in place: $(jq -c '[.findings[] | select(.severity == "error")]' <<<"$j")"
+    note "isolated: worst $(jq -r .worst <<<"$j") (exit $rc), problems $(jq -c '[.findings[] | select(.severity == "warning" or .severity == "error") | .id]' <<<"$j")"
+
+    # Fault 1: IRQs off 2-3 (what can be moved), then one moved back by hand.
+    IRQ_SAVE=$KT_STATE/check-irqs.save; : > "$IRQ_SAVE"
+    for n in $(ls /proc/irq | grep -E '^[0-9]+$'); do
+        [ -e "/proc/irq/$n/smp_affinity_list" ] || continue
+        echo "$n $(cat "/proc/irq/$n/smp_affinity_list")" >> "$IRQ_SAVE"
+        if echo 0-1,4-5 > "/proc/irq/$n/smp_affinity_list" 2>/dev/null && [ -z "$irq" ] \
+            && grep -qE "^ *$n:" /proc/interrupts; then irq=$n; fi
+    done
+    [ -n "$irq" ] || fail "no IRQ with a handler accepted a new affinity"
+    j=$(kvmisolate check --json) || true
+    note "IRQs moved off 2-3: irq-affinity $(ck_sev "$j" irq-affinity) $(jq -c '.findings[] | select(.id == "irq-affinity") | .details' <<<"$j" | cut -c1-200)"
+    echo 2 > "/proc/irq/$irq/smp_affinity_list"
+    j=$(kvmisolate check --json) || true
+    [ "$(ck_sev "$j" irq-affinity)" = warning ] || fail "IRQ $irq moved onto CPU 2: irq-affinity is $(ck_sev "$j" irq-affinity)"
+    jq -e --arg n "IRQ $irq " '.findings[] | select(.id == "irq-affinity") | .details[] | select(startswith($n))' >/dev/null <<<"$j" \
+        || fail "irq-affinity does not name IRQ $irq: $(jq -c '.findings[] | select(.id == "irq-affinity") | .details' <<<"$j" | cut -c1-300)"
+    note "IRQ $irq on CPU 2: $(jq -r --arg n "IRQ $irq " '.findings[] | select(.id == "irq-affinity") | .details[] | select(startswith($n))' <<<"$j")"
+    cleanup; IRQ_SAVE=
+
+    # Fault 2: CPU 3 offline.
+    cpu_offline 3 || fail "the kernel refused to offline CPU 3"
+    rc=0; j=$(kvmisolate check --json) || rc=$?
+    [ "$(ck_sev "$j" cpus-offline)" = warning ] || fail "CPU 3 offline: cpus-offline is $(ck_sev "$j" cpus-offline)"
+    case $(ck_sev "$j" partition-state) in
+        warning|error) ;;
+        *) fail "CPU 3 offline: partition-state is $(ck_sev "$j" partition-state)" ;;
+    esac
+    [ "$rc" -ge 8 ] || fail "CPU 3 offline: check exited $rc, want 8 or 9"
+    note "CPU 3 offline (exit $rc): $(jq -r '[.findings[] | select(.id == "partition-state" or .id == "cpus-offline") | .found] | join("; ")' <<<"$j")"
+    cpu_online 3
+    release_ok cpus-2-3
+    stop_fake_vm "$pid"
+}
