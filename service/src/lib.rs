@@ -17,6 +17,7 @@
 //! - the [`polkit`] module: authorization;
 //! - [`backend`]: glue from requests to the engine, health of isolations;
 //! - [`systemd`], [`systemd_effects`]: transient scopes and unit properties;
+//! - [`keeper`]: the slice that keeps `+cpuset` on above a unit target that is not delegated;
 //! - [`watch`]: inotify on partition and `cgroup.events` files;
 //! - [`hotplug`]: CPU hotplug uevents;
 //! - [`isolator`]: the `org.kvmisolate.Isolator1`/`Isolation1` objects.
@@ -30,6 +31,7 @@ pub mod host;
 pub mod hotplug;
 pub mod isolator;
 pub mod journal;
+pub mod keeper;
 pub mod kernel;
 pub mod plan;
 pub mod polkit;
