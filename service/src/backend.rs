@@ -176,6 +176,12 @@ impl Backend {
         })
     }
 
+    /// Where new kernel threads are followed from: the proc root of a real kernel, `None`
+    /// in the emulated test mode (whose CPUs are not the host's).
+    pub fn kthread_proc_root(&self) -> Option<PathBuf> {
+        (!self.config.fake_kernel).then(|| self.config.proc_root.clone())
+    }
+
     /// The host's online CPUs now (empty if sysfs cannot be read).
     pub fn online_cpus(&self) -> CpuSet {
         HostCpus::read(&self.config.sysfs_root)
