@@ -5,6 +5,7 @@
 #   make uninstall        remove what install put there
 #   make test             every test: host packages, lint, unit + bus tests, the real-kernel VM suite
 #   make demo             boot the test VM and show an isolation before/after (host untouched)
+#   make fuzz             fuzz the parsers with cargo-fuzz (FUZZ_TIME=120 seconds per target)
 
 PREFIX      ?= /usr/local
 BINDIR      ?= $(PREFIX)/bin
@@ -22,7 +23,7 @@ CARGO       ?= cargo
 RELEASE     := target/release
 GEN         := target/generated
 
-.PHONY: all build generate install uninstall test test-host lint unit-test test-vm demo clean
+.PHONY: all build generate install uninstall test test-host lint unit-test test-vm demo fuzz clean
 
 all: build
 
@@ -89,6 +90,17 @@ test-vm:
 
 demo:
 	tests/vm/run --demo
+
+# Fuzz the contract crate's parsers (fuzz/: cpulist, isolation_name), FUZZ_TIME seconds each.
+# Needs cargo-fuzz (`cargo install cargo-fuzz`) and libFuzzer's nightly-only flags; on a
+# stable toolchain RUSTC_BOOTSTRAP=1 unlocks them. A crash stops with the input saved under
+# fuzz/artifacts/<target>/ (replay: RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <file>).
+FUZZ_TIME    ?= 120
+FUZZ_TARGETS ?= cpulist isolation_name
+fuzz:
+	for t in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_TIME) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

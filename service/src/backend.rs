@@ -299,6 +299,12 @@ impl Backend {
         result
     }
 
+    /// Where new kernel threads are followed from: the proc root of a real kernel, `None`
+    /// in the emulated test mode (whose CPUs are not the host's).
+    pub fn kthread_proc_root(&self) -> Option<PathBuf> {
+        (!self.config.fake_kernel).then(|| self.config.proc_root.clone())
+    }
+
     /// The host's online CPUs now (empty if sysfs cannot be read).
     pub fn online_cpus(&self) -> CpuSet {
         HostCpus::read(&self.config.sysfs_root)
@@ -433,9 +439,10 @@ impl Backend {
                     other => failed(other),
                 })?;
                 let cgroup = CgroupPath::new(&cgroup).map_err(failed)?;
-                // No systemd property is set: AllowedCPUs= would make systemd write the unit's
-                // cpuset.cpus, which the kernel then refuses to empty again while it runs.
-                let pre = Vec::new();
+                // No systemd property is set on the unit: AllowedCPUs= would make systemd write
+                // its cpuset.cpus, which the kernel then refuses to empty again while it runs.
+                // A unit that is not delegated gets a keeper slice next to it instead.
+                let pre = self.keeper_steps(systemd, unit, &req.name).await?;
                 Ok((
                     Target::Unit {
                         unit: unit.clone(),
@@ -480,6 +487,23 @@ impl Backend {
                 }
             }
         }
+    }
+
+    /// The keeper step for a unit target that is not delegated with cpuset (none otherwise).
+    async fn keeper_steps(
+        &self,
+        systemd: &Systemd,
+        unit: &str,
+        name: &IsolationName,
+    ) -> Result<Vec<plan::ExternalStep>, Error> {
+        if systemd.unit_delegates_cpuset(unit).await.unwrap_or(false) {
+            return Ok(Vec::new());
+        }
+        let slice = systemd.unit_slice(unit).await.map_err(failed)?;
+        let parent = if slice.is_empty() { "-.slice" } else { &slice };
+        let nodes = crate::keeper::online_memory_nodes(&self.config.sysfs_root);
+        let step = crate::keeper::keeper_step(parent, name, unit, &nodes).map_err(Error::Failed)?;
+        Ok(vec![step])
     }
 
     /// Restores everything `lease` changed: its tunings (host-wide ones now follow the other

@@ -17,6 +17,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{BoxDBusError, Connection, OwnedObjectPath, OwnedVariant, Variant, fdo, interface};
 
 use crate::backend::{Backend, Lease};
+use crate::kthreads::KthreadPinner;
 use crate::polkit;
 use crate::request;
 use crate::watch::Watcher;
@@ -27,6 +28,8 @@ pub struct Shared {
     backend: Backend,
     leases: tokio::sync::Mutex<BTreeMap<String, Lease>>,
     watcher: Watcher,
+    /// Pins kernel threads created while isolations exist (`None` in the emulated test mode).
+    kthreads: Option<KthreadPinner>,
     /// Woken on every change, for the idle-exit timer.
     pub activity: tokio::sync::Notify,
     warnings: std::sync::Mutex<Vec<String>>,
@@ -261,11 +264,13 @@ impl Shared {
     /// objects. Returns the shared state and the receiver of watcher events.
     pub async fn start(conn: Connection, backend: Backend) -> anyhow::Result<Arc<Self>> {
         let (watcher, mut changes) = Watcher::start()?;
+        let kthreads = backend.kthread_proc_root().map(KthreadPinner::new);
         let shared = Arc::new(Self {
             conn: conn.clone(),
             backend,
             leases: tokio::sync::Mutex::new(BTreeMap::new()),
             watcher,
+            kthreads,
             activity: tokio::sync::Notify::new(),
             warnings: std::sync::Mutex::new(Vec::new()),
         });
@@ -298,6 +303,7 @@ impl Shared {
         for name in names {
             shared.recheck(&name).await;
         }
+        shared.follow_kthreads().await;
 
         let s = shared.clone();
         tokio::spawn(async move {
@@ -407,6 +413,10 @@ impl Shared {
             return Err(no_such(name));
         };
         let others: Vec<&Lease> = leases.values().filter(|l| l.name != lease.name).collect();
+        let staying = others
+            .iter()
+            .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus));
+        self.follow_kthreads_with(&staying);
         let result = self.backend.release(&lease, &others).await;
         match result {
             Ok(warnings) => {
@@ -449,6 +459,7 @@ impl Shared {
                     l.state_reason = format!("release incomplete: {e:?}");
                     let updated = l.clone();
                     drop(leases);
+                    self.follow_kthreads().await;
                     self.update_object(&updated).await;
                 }
                 Err(e)
@@ -521,7 +532,24 @@ impl Shared {
         .await;
     }
 
+    /// Pins new kernel threads to the housekeeping CPUs while any isolation exists.
+    async fn follow_kthreads(&self) {
+        let isolated = self.isolated_cpus().await;
+        self.follow_kthreads_with(&isolated);
+    }
+
+    /// `follow_kthreads` for the CPUs `isolated` (before a release: what stays isolated, so
+    /// kthreads made while it runs are not narrowed to CPUs the host is getting back).
+    fn follow_kthreads_with(&self, isolated: &CpuSet) {
+        let Some(pinner) = &self.kthreads else {
+            return;
+        };
+        let housekeeping = self.backend.online_cpus().difference(isolated);
+        pinner.set((!isolated.is_empty() && !housekeeping.is_empty()).then_some(housekeeping));
+    }
+
     async fn manager_changed(&self) {
+        self.follow_kthreads().await;
         let Ok(iface) = self
             .conn
             .object_server()

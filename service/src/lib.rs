@@ -19,8 +19,10 @@
 //! - the [`polkit`] module: authorization;
 //! - [`backend`]: glue from requests to the engine, health of isolations;
 //! - [`systemd`], [`systemd_effects`]: transient scopes and unit properties;
+//! - [`keeper`]: the slice that keeps `+cpuset` on above a unit target that is not delegated;
 //! - [`watch`]: inotify on partition and `cgroup.events` files;
 //! - [`hotplug`]: CPU hotplug uevents;
+//! - [`kthreads`]: kernel threads created during an isolation, pinned to housekeeping CPUs;
 //! - [`isolator`]: the `org.kvmisolate.Isolator1`/`Isolation1` objects.
 //!
 //! Data flow: D-Bus request → authorization → [`plan::plan`] → [`apply::apply`] → report.
@@ -33,7 +35,9 @@ pub mod host;
 pub mod hotplug;
 pub mod isolator;
 pub mod journal;
+pub mod keeper;
 pub mod kernel;
+pub mod kthreads;
 pub mod plan;
 pub mod polkit;
 pub mod request;

@@ -138,6 +138,45 @@ impl Systemd {
         Ok(cgroup.trim_start_matches('/').to_owned())
     }
 
+    /// The slice a loaded unit belongs to (`system.slice`; empty for the root slice).
+    pub async fn unit_slice(&self, unit: &str) -> Result<String, SystemdError> {
+        let value = self.unit_property(unit, "Slice").await?;
+        Ok(String::try_from(value)?)
+    }
+
+    /// Whether a loaded unit is delegated with the cpuset controller (`Delegate=yes`, or a
+    /// `DelegateControllers=` list naming cpuset): then systemd keeps `+cpuset` above it.
+    pub async fn unit_delegates_cpuset(&self, unit: &str) -> Result<bool, SystemdError> {
+        let delegate = self.unit_property(unit, "Delegate").await?;
+        if !bool::try_from(delegate).unwrap_or(false) {
+            return Ok(false);
+        }
+        let controllers = self.unit_property(unit, "DelegateControllers").await?;
+        let controllers: Vec<String> = Vec::try_from(controllers).unwrap_or_default();
+        Ok(controllers.iter().any(|c| c == "cpuset"))
+    }
+
+    /// Starts the transient slice `unit` with `AllowedMemoryNodes=` set to the nodes in
+    /// `nodes_mask` (a keeper, see [`crate::keeper`]), and waits for the job.
+    pub async fn start_keeper_slice(
+        &self,
+        unit: &str,
+        description: &str,
+        nodes_mask: &[u8],
+    ) -> Result<(), SystemdError> {
+        let manager = self.manager().await?;
+        manager.subscribe().await.ok();
+        let mut removed = manager.receive_job_removed().await?;
+        let props: Vec<(&str, Variant<'_>)> = vec![
+            ("Description", Variant::from(description)),
+            ("AllowedMemoryNodes", Variant::from(nodes_mask.to_vec())),
+        ];
+        let job = manager
+            .start_transient_unit(unit, "fail", &props, &[])
+            .await?;
+        wait_job(&mut removed, &job, unit).await
+    }
+
     /// Starts the delegated transient scope `unit` in [`SLICE`] holding `pids`, and waits for
     /// the job. Returns the scope's cgroup (relative).
     pub async fn start_scope(

@@ -3,6 +3,8 @@
 //!
 //! - `start-transient-scope`: kvmisolate's delegated scope for a `pids` target. Undo moves any
 //!   process still in it back to the unit it came from, then stops the scope.
+//! - `start-keeper-slice`: the keeper slice of a unit target that is not delegated
+//!   ([`crate::keeper`]). Undo stops it (a keeper already gone is fine).
 //!
 //! The engine is synchronous and runs on a blocking thread; these calls hop back onto the
 //! runtime with [`tokio::runtime::Handle::block_on`].
@@ -16,6 +18,7 @@ use tokio::runtime::Handle;
 
 use crate::apply::ExternalEffects;
 use crate::cgroupfs::{CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
+use crate::keeper::{self, KeeperData, START_KEEPER};
 use crate::plan::ExternalStep;
 use crate::systemd::{self, Systemd};
 
@@ -142,6 +145,7 @@ impl ExternalEffects for SystemdEffects {
                 }
                 to_step(START_SCOPE, &data)
             }
+            START_KEEPER => Ok(step.clone()),
             other => Err(failed(format!("unknown external step {other:?}"))),
         }
     }
@@ -158,6 +162,17 @@ impl ExternalEffects for SystemdEffects {
                     .map(|_| ())
                     .map_err(failed)
             }
+            START_KEEPER => {
+                let data: KeeperData = parse(step)?;
+                let nodes = kvmisolate_dbus::CpuSet::parse(&data.memory_nodes).map_err(failed)?;
+                self.handle
+                    .block_on(self.systemd.start_keeper_slice(
+                        &data.unit,
+                        &data.description,
+                        &keeper::bitmask(&nodes),
+                    ))
+                    .map_err(failed)
+            }
             other => Err(failed(format!("unknown external step {other:?}"))),
         }
     }
@@ -165,6 +180,12 @@ impl ExternalEffects for SystemdEffects {
     fn undo(&self, step: &ExternalStep) -> Result<(), Error> {
         match step.kind.as_str() {
             START_SCOPE => self.undo_scope(&parse(step)?),
+            START_KEEPER => {
+                let data: KeeperData = parse(step)?;
+                self.handle
+                    .block_on(self.systemd.stop_unit(&data.unit))
+                    .map_err(failed)
+            }
             other => Err(failed(format!("unknown external step {other:?}"))),
         }
     }
