@@ -149,11 +149,12 @@ impl From<UntilArg> for ReleaseWhen {
 #[derive(Debug, Args)]
 pub struct IsolateArgs {
     /// The CPUs to isolate, as a kernel cpulist (2-5, 3,5,7-9). May be left out with --name
-    /// when the service's configuration has [isolation.NAME] cpus.
+    /// when the service's configuration has [isolation.NAME] cpus, and with --vm (the CPUs
+    /// are then those the domain's vCPUs and emulator are pinned to).
     #[arg(
         long,
         value_name = "LIST",
-        required_unless_present = "name",
+        required_unless_present_any = ["name", "vm"],
         default_value = ""
     )]
     pub cpus: String,
@@ -166,6 +167,12 @@ pub struct IsolateArgs {
     /// Partition the cgroup of this running systemd unit in place (e.g. a VM's scope).
     #[arg(long, value_name = "UNIT", conflicts_with = "pids")]
     pub unit: Option<String>,
+
+    /// Isolate this running libvirt domain in place: its pinned vCPUs and emulator become
+    /// isolated partitions on the cgroups libvirt made (Linux 6.7+). Default name:
+    /// libvirt-DOMAIN.
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["pids", "unit"])]
+    pub vm: Option<String>,
 
     /// Move these processes into a new cgroup and isolate that (repeat the option or separate
     /// PIDs with commas).

@@ -120,6 +120,7 @@ async fn isolate_request(
         .await?;
     // What the service chose (the partition type) and reports (the target), for the result
     // line; the isolation exists either way, so reading them is best effort.
+    let mut cpus = req.cpus.clone();
     let (mut partition, mut target) = (
         req.partition
             .map(|p| p.as_str().to_owned())
@@ -138,20 +139,25 @@ async fn isolate_request(
         if let Ok(t) = iso.target().await {
             target = t;
         }
+        if let Ok(c) = iso.cpus().await {
+            cpus = c;
+        }
     }
-    let line = request::result_line(&req.cpus, req.name.as_str(), &partition, &target);
+    let line = request::result_line(&cpus, req.name.as_str(), &partition, &target);
     Ok((path, line))
 }
 
 async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
-    let target = match (args.unit, args.pids.is_empty()) {
-        (Some(u), _) => Target::Unit(u),
-        (None, false) => Target::Pids(args.pids),
-        (None, true) => {
+    let target = match (args.unit, args.vm, args.pids.is_empty()) {
+        (Some(u), _, _) => Target::Unit(u),
+        (None, Some(vm), _) => Target::Libvirt(vm),
+        (None, None, false) => Target::Pids(args.pids),
+        (None, None, true) => {
             return Err(Failure::new(
                 ExitCode::Usage,
-                "isolate needs a target: --unit UNIT (a running systemd unit) or --pid PID...; \
-                 to start a program on isolated CPUs, use: kvmisolate run --cpus LIST -- COMMAND",
+                "isolate needs a target: --unit UNIT (a running systemd unit), --vm DOMAIN (a \
+                 running libvirt domain) or --pid PID...; to start a program on isolated CPUs, \
+                 use: kvmisolate run --cpus LIST -- COMMAND",
             ));
         }
     };

@@ -34,6 +34,7 @@ pub mod hotplug;
 pub mod isolator;
 pub mod journal;
 pub mod kernel;
+pub mod libvirt;
 pub mod plan;
 pub mod polkit;
 pub mod request;

@@ -18,10 +18,12 @@ pub enum TargetRequest {
     Unit(String),
     /// Processes moved into a cgroup of kvmisolate's own.
     Pids(Vec<u32>),
+    /// A running libvirt domain, by name: its vCPU and emulator leaves partitioned in place.
+    Libvirt(String),
 }
 
 impl TargetRequest {
-    /// The `Target` property text: `unit:NAME` or `pids:1,2,3`.
+    /// The `Target` property text: `unit:NAME`, `pids:1,2,3` or `libvirt:DOMAIN`.
     pub fn describe(&self) -> String {
         match self {
             Self::Unit(u) => format!("unit:{u}"),
@@ -29,6 +31,7 @@ impl TargetRequest {
                 let list: Vec<String> = p.iter().map(u32::to_string).collect();
                 format!("pids:{}", list.join(","))
             }
+            Self::Libvirt(d) => format!("libvirt:{d}"),
         }
     }
 }
@@ -84,6 +87,7 @@ pub fn parse(
     let mut tunings = TuningsRequest::default();
     let mut unit = None;
     let mut pids = None;
+    let mut domain = None;
     let mut partition = None;
     let mut release_when = ReleaseWhen::default();
     for (key, value) in options {
@@ -151,9 +155,9 @@ pub fn parse(
                     })?);
             }
             options::LIBVIRT_DOMAIN => {
-                return Err(invalid(format!(
-                    "option {key:?} is not supported by this version of kvmisolated"
-                )));
+                let d = string_option(key, value)?;
+                crate::libvirt::validate_domain_name(&d).map_err(invalid)?;
+                domain = Some(d);
             }
             other => {
                 let shown: String = other.chars().take(64).collect();
@@ -169,13 +173,19 @@ pub fn parse(
             "give either \"profile\" or \"tunings\", not both (a list replaces the profile)",
         ));
     }
-    let target = match (unit, pids) {
-        (Some(_), Some(_)) => return Err(invalid("give either \"unit\" or \"pids\", not both")),
-        (Some(u), None) => TargetRequest::Unit(u),
-        (None, Some(p)) => TargetRequest::Pids(p),
-        (None, None) => {
+    let target = match (unit, pids, domain) {
+        (Some(u), None, None) => TargetRequest::Unit(u),
+        (None, Some(p), None) => TargetRequest::Pids(p),
+        (None, None, Some(d)) => TargetRequest::Libvirt(d),
+        (None, None, None) => {
             return Err(invalid(
-                "no target: give the option \"unit\" (a systemd unit) or \"pids\" (processes)",
+                "no target: give the option \"unit\" (a systemd unit), \"pids\" (processes) \
+                 or \"libvirt-domain\" (a running libvirt domain)",
+            ));
+        }
+        _ => {
+            return Err(invalid(
+                "give only one of \"unit\", \"pids\" and \"libvirt-domain\"",
             ));
         }
     };
@@ -263,6 +273,19 @@ mod tests {
     }
 
     #[test]
+    fn accepts_a_libvirt_domain() {
+        let r = parse(
+            "vm",
+            "",
+            &opts(&[("libvirt-domain", Variant::from("win 10"))]),
+        )
+        .unwrap();
+        assert_eq!(r.target, TargetRequest::Libvirt("win 10".into()));
+        assert!(r.cpus.is_empty());
+        assert_eq!(r.target.describe(), "libvirt:win 10");
+    }
+
+    #[test]
     fn accepts_tuning_options() {
         let r = parse(
             "vm",
@@ -317,6 +340,9 @@ mod tests {
             vec![("unit", Variant::from("../../etc.service"))],
             vec![("unit", Variant::from("x.timer"))],
             vec![pids(), ("libvirt-domain", Variant::from("win10"))],
+            vec![("libvirt-domain", Variant::from(""))],
+            vec![("libvirt-domain", Variant::from("a/b"))],
+            vec![("libvirt-domain", Variant::from(1u32))],
             vec![pids(), ("profile", Variant::from("fast"))],
             vec![pids(), ("tunings", Variant::from("thp"))],
             vec![pids(), ("tunings", Variant::from(vec!["irq"]))],
