@@ -104,6 +104,48 @@ pub enum Command {
     /// every choice.
     #[command(after_help = EXIT_CODES_HELP)]
     Plan(crate::plan::args::PlanArgs),
+
+    /// The libvirt hook: /etc/libvirt/hooks/qemu.d/kvmisolate runs it with libvirt's
+    /// arguments and the domain XML on stdin.
+    #[command(name = "libvirt-hook", hide = true)]
+    LibvirtHook(LibvirtHookArgs),
+}
+
+/// `kvmisolate libvirt-hook DOMAIN OPERATION SUB-OPERATION EXTRA` (libvirt's hook arguments).
+#[derive(Debug, Args)]
+pub struct LibvirtHookArgs {
+    /// The domain's name.
+    pub domain: String,
+    /// prepare, start, started, stopped, release, migrate, restore, reconnect, attach...
+    pub operation: String,
+    /// libvirt's sub-operation (begin, end, -).
+    pub sub_operation: Option<String>,
+    /// libvirt's extra argument.
+    pub extra: Option<String>,
+    /// The configuration file with the [vm.NAME] sections.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "KVMISOLATE_CONFIG",
+        default_value = "/etc/kvmisolate/kvmisolate.toml"
+    )]
+    pub config: std::path::PathBuf,
+    /// sysfs (tests).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "KVMISOLATE_SYSFS_ROOT",
+        default_value = "/sys"
+    )]
+    pub sysfs_root: std::path::PathBuf,
+    /// procfs (tests).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "KVMISOLATE_PROC_ROOT",
+        default_value = "/proc"
+    )]
+    pub proc_root: std::path::PathBuf,
 }
 
 /// The partition type, as a command line value.

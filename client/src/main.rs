@@ -5,6 +5,7 @@ mod agent;
 mod cli;
 mod failure;
 mod generate;
+mod hook;
 mod monitor;
 mod plan;
 mod request;
@@ -279,6 +280,173 @@ async fn cmd_release(ctx: &Ctx<'_>, args: ReleaseArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How long the libvirt hook may take.
+const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The largest domain XML the hook reads.
+const HOOK_MAX_XML: u64 = 16 << 20;
+
+async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(), Failure> {
+    use std::io::Read as _;
+    // Read the XML whatever the operation: libvirt writes it to every hook.
+    let mut xml = String::new();
+    std::io::stdin()
+        .take(HOOK_MAX_XML)
+        .read_to_string(&mut xml)
+        .map_err(|e| Failure::other(format!("cannot read the domain XML on stdin: {e}")))?;
+    let op = args.operation.as_str();
+    if !matches!(op, "prepare" | "started" | "release") {
+        return Ok(());
+    }
+    let dom = &args.domain;
+    let bad = |m: String| Failure::new(ExitCode::BadRequest, format!("domain {dom:?}: {m}"));
+    let domain = hook::domain::Domain::parse(&xml).map_err(|e| bad(e.to_string()))?;
+    let sections = hook::optin::read_vm_sections(&args.config).map_err(bad)?;
+    let Some(settings) = hook::optin::settings(&domain, sections.get(dom)).map_err(bad)? else {
+        return Ok(());
+    };
+    let warn_only = settings.on_conflict == kvmisolate_dbus::libvirt::OnConflict::Warn;
+    let name = request::vm_name(dom);
+    let conn = ctx.connect().await?;
+    let proxy = ctx.isolator(&conn).await?;
+    match op {
+        "prepare" => {
+            let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
+            let host = hook_host_view(
+                &args,
+                &status::status_to_json(&st),
+                &domain,
+                &settings,
+                name.as_str(),
+            );
+            let verdict = hook::check::check(&domain, &settings, &host);
+            for w in &verdict.warnings {
+                eprintln!("kvmisolate: domain {dom:?}: warning: {w}");
+            }
+            if verdict.conflicts.is_empty() {
+                return Ok(());
+            }
+            let msg = format!(
+                "domain {dom:?} cannot be isolated on {}: {}",
+                if verdict.cpus.is_empty() {
+                    "its pins".to_owned()
+                } else {
+                    verdict.cpus.to_string()
+                },
+                verdict.conflicts.join("; ")
+            );
+            if warn_only {
+                eprintln!(
+                    "kvmisolate: warning: {msg} (on-conflict = \"warn\": starting it unisolated)"
+                );
+                return Ok(());
+            }
+            Err(Failure::new(ExitCode::BadRequest, msg))
+        }
+        "started" => {
+            let tunings = match (&settings.tunings, settings.profile) {
+                (Some(list), _) => Some(
+                    list.iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                (None, Some(p)) => Some(p.as_str().to_owned()),
+                (None, None) => None,
+            };
+            let req = IsolateRequest::new(
+                "",
+                Some(name.as_str()),
+                Target::Libvirt(dom.clone()),
+                None,
+                None,
+            )?
+            .with_tunings(tunings.as_deref(), None, false)?;
+            match isolate_request(ctx, &conn, &req).await {
+                Ok((_, line)) => {
+                    ctx.say(&line);
+                    Ok(())
+                }
+                Err(f) if warn_only => {
+                    eprintln!(
+                        "kvmisolate: warning: domain {dom:?} runs unisolated: {}",
+                        f.message
+                    );
+                    Ok(())
+                }
+                Err(f) => Err(f),
+            }
+        }
+        _ => {
+            let reply: Result<(), Failure> = ctx
+                .call_authorized(&proxy, "Release", &DynamicTuple((name.as_str(),)))
+                .await;
+            match reply {
+                // Released by the service already (the domain's cgroup emptied), or never made.
+                Err(f) if f.code == ExitCode::NotFound => Ok(()),
+                other => other,
+            }
+        }
+    }
+}
+
+/// What `prepare` reads of the host: sysfs, procfs and the service's `Status()`.
+fn hook_host_view(
+    args: &cli::LibvirtHookArgs,
+    status: &serde_json::Value,
+    domain: &hook::domain::Domain,
+    settings: &hook::optin::Settings,
+    own: &str,
+) -> hook::check::HostView {
+    use kvmisolate_dbus::status as key;
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let online = kvmisolate_dbus::CpuSet::parse(
+        read(args.sysfs_root.join("devices/system/cpu/online")).trim(),
+    )
+    .unwrap_or_default();
+    let held = status
+        .get(key::ISOLATIONS)
+        .and_then(serde_json::Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|iso| {
+                    let name = iso.get(key::I_NAME)?.as_str()?;
+                    let cpus =
+                        kvmisolate_dbus::CpuSet::parse(iso.get(key::I_CPUS)?.as_str()?).ok()?;
+                    (name != own).then(|| (name.to_owned(), cpus))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let remote_partitions = status
+        .get(key::KERNEL_SUPPORT)
+        .and_then(|k| k.get(key::K_REMOTE_PARTITIONS))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let rt_throttling_off =
+        read(args.proc_root.join("sys/kernel/sched_rt_runtime_us")).trim() == "-1";
+    let free_hugepages = settings
+        .hugepage_spec(domain)
+        .ok()
+        .flatten()
+        .and_then(|spec| {
+            read(args.sysfs_root.join(format!(
+                "kernel/mm/hugepages/hugepages-{}kB/free_hugepages",
+                spec.page_size.kib()
+            )))
+            .trim()
+            .parse()
+            .ok()
+        });
+    hook::check::HostView {
+        online,
+        remote_partitions,
+        held,
+        rt_throttling_off,
+        free_hugepages,
+    }
+}
+
 async fn cmd_status(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
     let conn = ctx.connect().await?;
     let proxy = ctx.isolator(&conn).await?;
@@ -419,6 +587,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run(a) => cmd_run(&ctx, a).await,
         Command::Monitor => cmd_monitor(&ctx).await,
         Command::Plan(a) => plan::run::run(&a, cli.quiet).map(|out| emit(&out)),
+        Command::LibvirtHook(a) => {
+            // A hook never prompts, and libvirtd waits for it: bound the whole call.
+            let ctx = Ctx {
+                interactive: false,
+                ..ctx
+            };
+            match tokio::time::timeout(HOOK_TIMEOUT, cmd_libvirt_hook(&ctx, a)).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::other(format!(
+                    "the libvirt hook gave up after {} s waiting for kvmisolated",
+                    HOOK_TIMEOUT.as_secs()
+                ))),
+            }
+        }
     }
 }
 

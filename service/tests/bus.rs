@@ -1109,3 +1109,101 @@ async fn a_libvirt_domain_is_isolated_in_place_and_released_when_its_scope_empti
     );
     proxy.release("libvirt-win10").await.unwrap();
 }
+
+/// Runs the libvirt hook as libvirtd does: arguments, the domain XML on stdin.
+fn run_hook(e: &Env, args: &[&str], xml: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(common::cli_path())
+        .arg("--address")
+        .arg(&e.bus.address)
+        .arg("libvirt-hook")
+        .args(args)
+        .env("KVMISOLATE_CONFIG", e.host.config_path())
+        .env("KVMISOLATE_SYSFS_ROOT", e.host.sys())
+        .env("KVMISOLATE_PROC_ROOT", e.host.proc())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(xml.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn domain_xml(name: &str, vcpus: &[&str], emulator: &str, optin: bool) -> String {
+    let pins: String = vcpus
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("<vcpupin vcpu='{i}' cpuset='{c}'/>"))
+        .collect();
+    let meta = if optin {
+        "<metadata><kvmisolate:isolate xmlns:kvmisolate='https://kvmisolate.org/xmlns/libvirt/1' profile='none'/></metadata>"
+    } else {
+        ""
+    };
+    format!(
+        "<domain type='qemu'><name>{name}</name>{meta}<memory unit='MiB'>64</memory>\
+         <vcpu>{}</vcpu><cputune>{pins}<emulatorpin cpuset='{emulator}'/>\
+         <iothreadpin iothread='1' cpuset='0-1'/></cputune></domain>",
+        vcpus.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_libvirt_hook_checks_at_prepare_isolates_at_started_and_releases() {
+    let e = env_full(&[], &[], libvirt_domain).await;
+    let before = e.host.snapshot();
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let win10 = domain_xml("win10", &["3", "4"], "2", true);
+    for op in ["prepare", "start"] {
+        let out = run_hook(&e, &["win10", op, "begin", "-"], &win10);
+        assert!(out.status.success(), "{op}: {out:?}");
+    }
+    assert!(
+        proxy.isolations().await.unwrap().is_empty(),
+        "nothing before started"
+    );
+    let out = run_hook(&e, &["win10", "started", "begin", "-"], &win10);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "2-4");
+
+    // A second domain wanting CPU 4 is refused at prepare, with the reason libvirt shows.
+    let other = domain_xml("other", &["4", "5"], "0-1", true);
+    let out = run_hook(&e, &["other", "prepare", "begin", "-"], &other);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CPU 4 is already held by isolation 'libvirt-win10'"),
+        "{err}"
+    );
+    // ... unless it only asks for a warning; and a domain that did not opt in is left alone.
+    e.host
+        .put("kvmisolate.toml", "[vm.other]\non-conflict = \"warn\"\n");
+    let out = run_hook(&e, &["other", "prepare", "begin", "-"], &other);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+    let plain = domain_xml("plain", &["4"], "0-1", false);
+    let out = run_hook(&e, &["plain", "prepare", "begin", "-"], &plain);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    // Malformed XML from an opted-in domain is an error naming the problem.
+    let out = run_hook(&e, &["win10", "prepare", "begin", "-"], "<domain>");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not well-formed"));
+
+    let out = run_hook(&e, &["win10", "release", "end", "-"], &win10);
+    assert!(out.status.success(), "{out:?}");
+    assert!(proxy.isolations().await.unwrap().is_empty());
+    assert_eq!(e.host.snapshot(), before, "release restores everything");
+    // release again (the service released it already): fine.
+    let out = run_hook(&e, &["win10", "release", "end", "-"], &win10);
+    assert!(out.status.success(), "{out:?}");
+}
