@@ -34,9 +34,13 @@ define() { # NAME OPTIN VCPU-CPUS...
     $VIRSH define "$KT_STATE/$1.xml" >/dev/null || fail "virsh define $1 failed"
 }
 
-scope_of() { # NAME: the domain's scope directory
-    local d
-    for d in "$CG"/machine.slice/machine-qemu*"$1".scope; do [ -d "$d" ] && { echo "$d"; return; }; done
+scope_of() { # NAME: the domain's scope directory (machine-qemu\x2dID\x2dNAME.scope, escaped)
+    local d u
+    for d in "$CG"/machine.slice/machine-qemu*.scope; do
+        [ -d "$d" ] || continue
+        u=${d##*/}; u=${u//\\x2d/-}
+        case $u in machine-qemu-*-"$1".scope) echo "$d"; return ;; esac
+    done
     return 1
 }
 
