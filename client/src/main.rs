@@ -312,20 +312,43 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
     match op {
         "prepare" => {
             let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
+            let reserve_name = request::reservation_name(dom);
             let host = hook_host_view(
                 &args,
                 &status::status_to_json(&st),
-                &domain,
-                &settings,
-                name.as_str(),
+                &[name.as_str(), reserve_name.as_str()],
             );
             let verdict = hook::check::check(&domain, &settings, &host);
             for w in &verdict.warnings {
                 eprintln!("kvmisolate: domain {dom:?}: warning: {w}");
             }
-            if verdict.conflicts.is_empty() {
-                return Ok(());
+            let mut conflicts = verdict.conflicts;
+            if conflicts.is_empty() {
+                // Hugepages: reserved now, before QEMU maps its memory; a left-over reservation
+                // of an earlier start that never reached release goes first.
+                let Ok(Some(spec)) = settings.hugepage_spec(&domain) else {
+                    return Ok(());
+                };
+                let _: Result<(), Failure> = ctx
+                    .call_authorized(&proxy, "Release", &DynamicTuple((reserve_name.as_str(),)))
+                    .await;
+                let req =
+                    IsolateRequest::new("", None, Target::Reservation(dom.clone()), None, None)?
+                        .with_tunings(None, Some(&spec.to_string()), false)?;
+                match isolate_request(ctx, &conn, &req).await {
+                    Ok(_) => {
+                        ctx.say(&format!(
+                            "Reserved {spec} of hugepages for domain {dom:?} as \"{reserve_name}\""
+                        ));
+                        return Ok(());
+                    }
+                    Err(f) => conflicts.push(format!("hugepages: {}", f.message)),
+                }
             }
+            let verdict = hook::check::Verdict {
+                conflicts,
+                ..verdict
+            };
             let msg = format!(
                 "domain {dom:?} cannot be isolated on {}: {}",
                 if verdict.cpus.is_empty() {
@@ -378,14 +401,20 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
             }
         }
         _ => {
-            let reply: Result<(), Failure> = ctx
-                .call_authorized(&proxy, "Release", &DynamicTuple((name.as_str(),)))
-                .await;
-            match reply {
-                // Released by the service already (the domain's cgroup emptied), or never made.
-                Err(f) if f.code == ExitCode::NotFound => Ok(()),
-                other => other,
+            let mut result = Ok(());
+            for n in [name, request::reservation_name(dom)] {
+                let reply: Result<(), Failure> = ctx
+                    .call_authorized(&proxy, "Release", &DynamicTuple((n.as_str(),)))
+                    .await;
+                match reply {
+                    // Released by the service already (the domain's cgroup emptied), or never
+                    // made.
+                    Err(f) if f.code == ExitCode::NotFound => {}
+                    Err(f) => result = Err(f),
+                    Ok(()) => {}
+                }
             }
+            result
         }
     }
 }
@@ -394,9 +423,7 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
 fn hook_host_view(
     args: &cli::LibvirtHookArgs,
     status: &serde_json::Value,
-    domain: &hook::domain::Domain,
-    settings: &hook::optin::Settings,
-    own: &str,
+    own: &[&str],
 ) -> hook::check::HostView {
     use kvmisolate_dbus::status as key;
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
@@ -413,7 +440,7 @@ fn hook_host_view(
                     let name = iso.get(key::I_NAME)?.as_str()?;
                     let cpus =
                         kvmisolate_dbus::CpuSet::parse(iso.get(key::I_CPUS)?.as_str()?).ok()?;
-                    (name != own).then(|| (name.to_owned(), cpus))
+                    (!own.contains(&name)).then(|| (name.to_owned(), cpus))
                 })
                 .collect()
         })
@@ -425,25 +452,11 @@ fn hook_host_view(
         .unwrap_or(false);
     let rt_throttling_off =
         read(args.proc_root.join("sys/kernel/sched_rt_runtime_us")).trim() == "-1";
-    let free_hugepages = settings
-        .hugepage_spec(domain)
-        .ok()
-        .flatten()
-        .and_then(|spec| {
-            read(args.sysfs_root.join(format!(
-                "kernel/mm/hugepages/hugepages-{}kB/free_hugepages",
-                spec.page_size.kib()
-            )))
-            .trim()
-            .parse()
-            .ok()
-        });
     hook::check::HostView {
         online,
         remote_partitions,
         held,
         rt_throttling_off,
-        free_hugepages,
     }
 }
 

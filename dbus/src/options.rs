@@ -18,6 +18,10 @@ pub const RELEASE_WHEN: &str = "release-when";
 /// libvirt made for it become isolated partitions in place, each with the CPUs it is pinned
 /// to (`cpus` may be empty: taken from the pins). Needs remote partitions (Linux 6.7+).
 pub const LIBVIRT_DOMAIN: &str = "libvirt-domain";
+/// `reserve-for-domain` (s): a reservation for a libvirt domain about to start (the hook's
+/// `prepare`): a lease that holds only its `hugepages` pool, no CPUs and no partition, so the
+/// memory is there before QEMU maps it. `cpus` must be empty; it ends only on `Release`.
+pub const RESERVE_FOR_DOMAIN: &str = "reserve-for-domain";
 /// `tunings` (as): host tunings by name ([`crate::tunings::Tuning`]); replaces the profile's
 /// list.
 pub const TUNINGS: &str = "tunings";
@@ -34,6 +38,7 @@ pub const KNOWN: &[&str] = &[
     UNIT,
     PIDS,
     LIBVIRT_DOMAIN,
+    RESERVE_FOR_DOMAIN,
     PARTITION,
     RELEASE_WHEN,
     PROFILE,

@@ -233,7 +233,7 @@ impl Backend {
         use crate::config::Selection;
         let section = self.config.file.isolation(req.name.as_str());
         // A libvirt domain's CPUs come from its pins.
-        let derived = matches!(target, Target::Libvirt { .. });
+        let derived = matches!(target, Target::Libvirt { .. } | Target::Reservation { .. });
         let cpus = if req.cpus.is_empty() && !derived {
             section.and_then(|s| s.cpus.clone()).ok_or_else(|| {
                 Error::InvalidCpuList(format!(
@@ -454,6 +454,7 @@ impl Backend {
                     pre,
                 ))
             }
+            TargetRequest::Reservation(domain) => Ok((Target::reservation(domain), Vec::new())),
             TargetRequest::Libvirt(domain) => {
                 Ok((self.resolve_domain(domain, &req.cpus)?, Vec::new()))
             }
@@ -623,6 +624,9 @@ impl Backend {
     }
 
     fn target_alive(&self, record: &Record) -> bool {
+        if record.request.target.is_reservation() {
+            return true;
+        }
         let cg = record.request.target.cgroup();
         match self.engine.fs.read_opt(cg, "cgroup.events") {
             Ok(Some(events)) => events.lines().any(|l| l.trim() == "populated 1"),
@@ -656,6 +660,9 @@ impl Backend {
         let this_fs_alive = {
             let engine = self.engine.clone();
             move |r: &Record| {
+                if r.request.target.is_reservation() {
+                    return true;
+                }
                 let cg = r.request.target.cgroup();
                 matches!(engine.fs.read_opt(cg, "cgroup.events"), Ok(Some(e)) if e.lines().any(|l| l.trim() == "populated 1"))
             }

@@ -75,6 +75,30 @@ pub enum Target {
         #[serde(default)]
         warnings: Vec<String>,
     },
+    /// Hugepages held for a libvirt domain about to start (the hook's `prepare`): no CPUs, no
+    /// partition, nothing written in cgroupfs.
+    Reservation {
+        /// The domain's name.
+        domain: String,
+        /// Always the root (nothing is written there).
+        cgroup: CgroupPath,
+    },
+}
+
+impl Target {
+    /// A reservation for domain `domain` (no cgroup: its `cgroup()` is the root, never
+    /// written).
+    pub fn reservation(domain: &str) -> Self {
+        Self::Reservation {
+            domain: domain.to_owned(),
+            cgroup: CgroupPath::root(),
+        }
+    }
+
+    /// Whether this is a reservation (no CPUs, no partition, no process to watch).
+    pub fn is_reservation(&self) -> bool {
+        matches!(self, Self::Reservation { .. })
+    }
 }
 
 /// A cgroup below the target that becomes a partition of its own.
@@ -90,9 +114,10 @@ impl Target {
     /// The cgroup that becomes the partition.
     pub fn cgroup(&self) -> &CgroupPath {
         match self {
-            Self::Unit { cgroup, .. } | Self::Own { cgroup, .. } | Self::Libvirt { cgroup, .. } => {
-                cgroup
-            }
+            Self::Unit { cgroup, .. }
+            | Self::Own { cgroup, .. }
+            | Self::Libvirt { cgroup, .. }
+            | Self::Reservation { cgroup, .. } => cgroup,
         }
     }
 
@@ -141,6 +166,7 @@ impl Target {
                 format!("pids:{}", list.join(","))
             }
             Self::Libvirt { domain, .. } => format!("libvirt:{domain}"),
+            Self::Reservation { domain, .. } => format!("reservation:{domain}"),
         }
     }
 }
@@ -444,6 +470,19 @@ pub fn plan(
 ) -> Result<Plan, Error> {
     let cpus = &req.cpus;
     let name = &req.name;
+    if req.target.is_reservation() {
+        if active.iter().any(|a| a.name == *name) {
+            return Err(Error::NameExists(format!(
+                "an isolation named '{name}' exists already"
+            )));
+        }
+        return Ok(Plan {
+            partition: PartitionType::Isolated,
+            mode: PartitionMode::Remote,
+            steps: Vec::new(),
+            partitions: Vec::new(),
+        });
+    }
     if cpus.is_empty() {
         return Err(Error::InvalidCpuList(
             "the CPU list is empty; name at least one CPU, e.g. 2-3".to_owned(),
@@ -615,6 +654,7 @@ pub fn plan(
             }
             return plan_leaves(req, snapshot, active, partition, leaves);
         }
+        Target::Reservation { .. } => (false, &[][..]),
     };
     if let Some(state) = snapshot.file(target_cg, PARTITION_FILE)
         && first_word(state) != "member"

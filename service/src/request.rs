@@ -20,6 +20,8 @@ pub enum TargetRequest {
     Pids(Vec<u32>),
     /// A running libvirt domain, by name: its vCPU and emulator leaves partitioned in place.
     Libvirt(String),
+    /// Hugepages reserved for a libvirt domain about to start; no CPUs, no partition.
+    Reservation(String),
 }
 
 impl TargetRequest {
@@ -32,6 +34,7 @@ impl TargetRequest {
                 format!("pids:{}", list.join(","))
             }
             Self::Libvirt(d) => format!("libvirt:{d}"),
+            Self::Reservation(d) => format!("reservation:{d}"),
         }
     }
 }
@@ -88,6 +91,8 @@ pub fn parse(
     let mut unit = None;
     let mut pids = None;
     let mut domain = None;
+    let mut reserve = None;
+    let mut release_given = false;
     let mut partition = None;
     let mut release_when = ReleaseWhen::default();
     for (key, value) in options {
@@ -110,7 +115,15 @@ pub fn parse(
                         .map_err(invalid)?,
                 );
             }
+            options::RESERVE_FOR_DOMAIN => {
+                let d = string_option(key, value)?;
+                crate::libvirt::validate_domain_name(&d).map_err(|e| {
+                    invalid(e.replace("\"libvirt-domain\"", "\"reserve-for-domain\""))
+                })?;
+                reserve = Some(d);
+            }
             options::RELEASE_WHEN => {
+                release_given = true;
                 release_when = string_option(key, value)?
                     .parse::<ReleaseWhen>()
                     .map_err(invalid)?;
@@ -172,6 +185,37 @@ pub fn parse(
         return Err(invalid(
             "give either \"profile\" or \"tunings\", not both (a list replaces the profile)",
         ));
+    }
+    if let Some(d) = reserve {
+        if unit.is_some() || pids.is_some() || domain.is_some() {
+            return Err(invalid(
+                "\"reserve-for-domain\" is a lease of its own: give no \"unit\", \"pids\" or \"libvirt-domain\" with it",
+            ));
+        }
+        if !cpus.is_empty() {
+            return Err(invalid(
+                "a \"reserve-for-domain\" lease holds no CPUs: leave the CPU list empty",
+            ));
+        }
+        if tunings.hugepages.is_none() || tunings.profile.is_some() || tunings.list.is_some() {
+            return Err(invalid(
+                "a \"reserve-for-domain\" lease holds only a \"hugepages\" pool: give \"hugepages\" and no \"profile\" or \"tunings\"",
+            ));
+        }
+        if release_given && release_when != ReleaseWhen::Released {
+            return Err(invalid(
+                "a \"reserve-for-domain\" lease ends only on Release (release-when \"released\")",
+            ));
+        }
+        tunings.profile = Some(Profile::None);
+        return Ok(IsolateRequest {
+            name,
+            cpus,
+            target: TargetRequest::Reservation(d),
+            partition: None,
+            release_when: ReleaseWhen::Released,
+            tunings,
+        });
     }
     let target = match (unit, pids, domain) {
         (Some(u), None, None) => TargetRequest::Unit(u),
@@ -283,6 +327,39 @@ mod tests {
         assert_eq!(r.target, TargetRequest::Libvirt("win 10".into()));
         assert!(r.cpus.is_empty());
         assert_eq!(r.target.describe(), "libvirt:win 10");
+    }
+
+    #[test]
+    fn accepts_a_reservation() {
+        let r = parse(
+            "libvirt-vm-hugepages",
+            "",
+            &opts(&[
+                ("reserve-for-domain", Variant::from("vm")),
+                ("hugepages", Variant::from("64M")),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.target, TargetRequest::Reservation("vm".into()));
+        assert_eq!(r.release_when, ReleaseWhen::Released);
+        assert_eq!(r.tunings.profile, Some(Profile::None));
+        let res = || ("reserve-for-domain", Variant::from("vm"));
+        let hp = || ("hugepages", Variant::from("64M"));
+        for bad in [
+            vec![res()],
+            vec![res(), hp(), ("pids", Variant::from(vec![1u32]))],
+            vec![res(), hp(), ("profile", Variant::from("default"))],
+            vec![res(), hp(), ("release-when", Variant::from("target-exits"))],
+            vec![("reserve-for-domain", Variant::from("")), hp()],
+        ] {
+            let r = parse("x", "", &opts(&bad));
+            assert!(
+                matches!(r, Err(Error::InvalidOption(_))),
+                "{bad:?} gave {r:?}"
+            );
+        }
+        let r = parse("x", "2", &opts(&[res(), hp()]));
+        assert!(matches!(r, Err(Error::InvalidOption(_))), "{r:?}");
     }
 
     #[test]

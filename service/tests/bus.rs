@@ -1207,3 +1207,59 @@ async fn the_libvirt_hook_checks_at_prepare_isolates_at_started_and_releases() {
     let out = run_hook(&e, &["win10", "release", "end", "-"], &win10);
     assert!(out.status.success(), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hook_reserves_hugepages_at_prepare_and_returns_them_at_release() {
+    let e = env_full(&[], &[], |h| {
+        libvirt_domain(h);
+        with_knobs(h);
+    })
+    .await;
+    let before = e.host.snapshot();
+    let pool = "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let xml = domain_xml("win10", &["3", "4"], "2", true).replace(
+        "<memory unit='MiB'>64</memory>",
+        "<memory unit='MiB'>64</memory><memoryBacking><hugepages/></memoryBacking>",
+    );
+    let xml = xml.replace("profile='none'", "profile='none' hugepages='auto'");
+    let out = run_hook(&e, &["win10", "prepare", "begin", "-"], &xml);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        e.host.get(pool).trim(),
+        "32",
+        "64 MiB of 2M pages, before QEMU exists"
+    );
+    let status = proxy.status().await.unwrap();
+    let list =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(text(&list[0][keys::I_NAME]), "hugepages-win10");
+    assert_eq!(text(&list[0][keys::I_TARGET]), "reservation:win10");
+    assert_eq!(text(&list[0][keys::I_CPUS]), "");
+
+    let out = run_hook(&e, &["win10", "started", "begin", "-"], &xml);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(proxy.isolations().await.unwrap().len(), 2);
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "2-4");
+    assert_eq!(
+        e.host.get(pool).trim(),
+        "32",
+        "started does not reserve twice"
+    );
+
+    let out = run_hook(&e, &["win10", "release", "end", "-"], &xml);
+    assert!(out.status.success(), "{out:?}");
+    assert!(proxy.isolations().await.unwrap().is_empty());
+    assert_eq!(e.host.get(pool).trim(), "0");
+    assert_eq!(e.host.snapshot(), before);
+
+    // The bus refuses a reservation that is not one.
+    let bad = HashMap::from([("reserve-for-domain", Variant::from("win10".to_owned()))]);
+    let err = proxy.isolate("r", "", bad).await.unwrap_err();
+    assert_eq!(error_name(&err), ename::INVALID_OPTION, "{err:?}");
+}

@@ -22,8 +22,6 @@ pub struct HostView {
     pub held: Vec<(String, CpuSet)>,
     /// `kernel.sched_rt_runtime_us` is -1 already.
     pub rt_throttling_off: bool,
-    /// Free pages of the hugepage pool the domain needs, if it needs one and sysfs has it.
-    pub free_hugepages: Option<u64>,
 }
 
 /// The outcome.
@@ -148,24 +146,9 @@ pub fn check(d: &Domain, settings: &Settings, host: &HostView) -> Verdict {
                 .to_owned(),
         );
     }
-    match settings.hugepage_spec(d) {
-        Err(e) => conflicts.push(format!("hugepages: {e}")),
-        Ok(Some(spec)) => {
-            if let Some(free) = host.free_hugepages
-                && free < spec.pages()
-            {
-                // QEMU would fail to map its memory: say why before it tries.
-                conflicts.push(format!(
-                    "hugepages: the domain needs {} free {} pages ({} of memory), the pool has \
-                     {free}; grow it first (vm.nr_hugepages or the pool under \
-                     /sys/kernel/mm/hugepages)",
-                    spec.pages(),
-                    spec.page_size.as_str(),
-                    spec
-                ));
-            }
-        }
-        Ok(None) => {}
+    // The pool itself is grown by the reservation `prepare` makes once the checks pass.
+    if let Err(e) = settings.hugepage_spec(d) {
+        conflicts.push(format!("hugepages: {e}"));
     }
     Verdict {
         cpus,

@@ -52,14 +52,7 @@ fn the_recipe_parses_whole() {
     let spec = s.hugepage_spec(&d).unwrap().unwrap();
     assert_eq!((spec.pages(), spec.page_size), (4, PageSize::G1));
 
-    let v = check(
-        &d,
-        &s,
-        &HostView {
-            free_hugepages: Some(4),
-            ..host()
-        },
-    );
+    let v = check(&d, &s, &host());
     assert_eq!(v.cpus.to_string(), "2-4");
     assert!(v.conflicts.is_empty(), "{:?}", v.conflicts);
     assert!(v.warnings.is_empty(), "{:?}", v.warnings);
@@ -124,7 +117,6 @@ fn conflicts_and_warnings() {
     let s = settings(&d, None).unwrap().unwrap();
     let busy = HostView {
         held: vec![("libvirt-other".into(), cpus("4-5"))],
-        free_hugepages: Some(1),
         remote_partitions: false,
         ..host()
     };
@@ -135,7 +127,6 @@ fn conflicts_and_warnings() {
         "{all}"
     );
     assert!(all.contains("remote cpuset partitions"), "{all}");
-    assert!(all.contains("needs 4 free 1G pages"), "{all}");
     // Nothing left for the host.
     let v = check(
         &d,
@@ -143,7 +134,6 @@ fn conflicts_and_warnings() {
         &HostView {
             online: cpus("2-5"),
             held: vec![("x".into(), cpus("5"))],
-            free_hugepages: Some(4),
             ..host()
         },
     );
@@ -159,14 +149,7 @@ fn conflicts_and_warnings() {
         profile: Some(Profile::Default),
         ..s
     };
-    let v = check(
-        &d,
-        &plain,
-        &HostView {
-            free_hugepages: Some(4),
-            ..host()
-        },
-    );
+    let v = check(&d, &plain, &host());
     assert!(
         v.warnings.iter().any(|w| w.contains("RT throttling")),
         "{:?}",
@@ -176,7 +159,6 @@ fn conflicts_and_warnings() {
         &d,
         &plain,
         &HostView {
-            free_hugepages: Some(4),
             rt_throttling_off: true,
             ..host()
         },

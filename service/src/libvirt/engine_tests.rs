@@ -197,3 +197,49 @@ fn a_rejected_leaf_rolls_everything_back() {
     assert!(matches!(e, Error::PartitionRejected(_)), "{e:?}");
     t.assert_state(&before, "rolled back");
 }
+
+#[test]
+fn leaves_being_torn_down_count_as_gone() {
+    let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+    t.libvirt_domain(1, "win10", RECIPE, 300);
+    let rec = t
+        .isolate(&t.libvirt_request("w", "win10", "").unwrap())
+        .unwrap();
+    // libvirt removed the domain's cgroups a moment ago: the kernel answers ENODEV.
+    for l in ["vcpu0", "vcpu1", "emulator"] {
+        let leaf = cg(&format!("{SCOPE}/libvirt/{l}"));
+        t.fs().emulate_fail_write(
+            &leaf,
+            EXCLUSIVE_FILE,
+            None,
+            nix::errno::Errno::ENODEV as i32,
+        );
+        t.fs().emulate_fail_write(
+            &leaf,
+            PARTITION_FILE,
+            None,
+            nix::errno::Errno::ENODEV as i32,
+        );
+    }
+    t.engine.release(&rec).unwrap();
+    assert!(!t.engine.journal.contains(rec.name()));
+    for p in ["machine.slice", SCOPE, &format!("{SCOPE}/libvirt")] {
+        assert_eq!(t.read(p, EXCLUSIVE_FILE), "\n", "{p}");
+    }
+}
+
+#[test]
+fn a_reservation_writes_nothing_in_cgroupfs() {
+    let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+    let before = t.state();
+    let req = t.request("hugepages-w", "", crate::plan::Target::reservation("win10"));
+    let plan = t.plan(&req).unwrap();
+    assert!(plan.steps.is_empty() && plan.partitions.is_empty());
+    assert_eq!(req.target.describe(), "reservation:win10");
+    let rec = t.engine.apply(&req, &plan, None).unwrap();
+    t.assert_state(&before, "nothing written");
+    let e = t.plan(&req).unwrap_err();
+    assert!(matches!(e, Error::NameExists(_)), "{e:?}");
+    t.engine.release(&rec).unwrap();
+    assert!(!t.engine.journal.contains(rec.name()));
+}
