@@ -17,6 +17,7 @@ domain_xml() { # NAME OPTIN(0/1) VCPU-CPUS... (emulator and iothread pins in EMU
   <name>$name</name>
   $([ "$optin" = 1 ] && echo "<metadata><kvmisolate:isolate xmlns:kvmisolate='https://kvmisolate.org/xmlns/libvirt/1' profile='none'/></metadata>")
   <memory unit='MiB'>32</memory>
+  $([ -n "${HP:-}" ] && echo "<memoryBacking><hugepages/></memoryBacking>")
   <vcpu placement='static'>$#</vcpu>
   <iothreads>1</iothreads>
   <cputune>$pins<emulatorpin cpuset='${EMU:-0-1}'/><iothreadpin iothread='1' cpuset='${IOT:-0-1}'/></cputune>
@@ -53,29 +54,35 @@ start_ok() { # NAME
 
 destroy() { timeout -k 5 60 $VIRSH destroy "$1" >/dev/null 2>&1 || true; }
 
-# check_domain NAME CPUS: isolated as the case describes
+# check_domain NAME CPUS ISOLATED-LEAVES...: the isolation is active with CPUS, the leaves named
+# are valid `isolated` partitions whose threads run on their pins; every other leaf (the
+# iothread, a housekeeping emulator) is still a member and its threads run on 0-1.
 check_domain() {
-    local name=$1 cpus=$2 iso=libvirt-$1 scope pid leaf t c offenders
+    local name=$1 cpus=$2 iso=libvirt-$1 scope pid leaf base t c; shift 2
+    local want=" $* "
     wait_state "$iso" active 30 || fail "$iso: state '$(iso_field "$iso" state)' after virsh start"
     [ "$(iso_field "$iso" cpus)" = "$cpus" ] || fail "$iso: cpus '$(iso_field "$iso" cpus)', want $cpus"
     [ "$(iso_field "$iso" target)" = "libvirt:$name" ] || fail "$iso: target '$(iso_field "$iso" target)'"
     scope=$(scope_of "$name") || fail "no scope for $name under machine.slice"
     pid=$(qemu_pid "$name")
-    for leaf in "$scope"/libvirt/vcpu* "$scope"/libvirt/emulator; do
-        [ "$(partition_of "$leaf")" = isolated ] || fail "${leaf#"$CG"/}: partition '$(partition_of "$leaf")', want isolated"
-        for t in $(cat "$leaf/cgroup.threads"); do
-            c=$(task_cpus "$t" 2>/dev/null) || continue
-            cpulist_eq "$c" "$(cat "$leaf/cpuset.cpus")" || fail "${leaf#"$CG"/}: thread $t allowed on $c, pinned to $(cat "$leaf/cpuset.cpus")"
-        done
-        note "${leaf#"$CG"/}: $(partition_of "$leaf") on $(cat "$leaf/cpuset.cpus.effective")"
+    for leaf in "$scope"/libvirt/*/; do
+        leaf=${leaf%/}; base=${leaf##*/}
+        if [[ $want == *" $base "* ]]; then
+            [ "$(partition_of "$leaf")" = isolated ] || fail "${leaf#"$CG"/}: partition '$(partition_of "$leaf")', want isolated"
+            for t in $(cat "$leaf/cgroup.threads"); do
+                c=$(task_cpus "$t" 2>/dev/null) || continue
+                cpulist_eq "$c" "$(cat "$leaf/cpuset.cpus")" || fail "${leaf#"$CG"/}: thread $t allowed on $c, pinned to $(cat "$leaf/cpuset.cpus")"
+            done
+            note "${leaf#"$CG"/}: $(partition_of "$leaf") on $(cat "$leaf/cpuset.cpus.effective")"
+        else
+            [ "$(partition_of "$leaf")" = member ] || fail "${leaf#"$CG"/}: partition '$(partition_of "$leaf")', want member"
+            for t in $(cat "$leaf/cgroup.threads"); do
+                c=$(task_cpus "$t" 2>/dev/null) || continue
+                cpulist_eq "$c" 0-1 || fail "$base thread $t allowed on $c, want 0-1"
+            done
+            note "$base: member, threads on 0-1"
+        fi
     done
-    leaf=$scope/libvirt/iothread1
-    [ "$(partition_of "$leaf")" = member ] || fail "iothread leaf: partition '$(partition_of "$leaf")', want member"
-    for t in $(cat "$leaf/cgroup.threads"); do
-        c=$(task_cpus "$t" 2>/dev/null) || continue
-        cpulist_eq "$c" 0-1 || fail "iothread $t allowed on $c, want 0-1"
-    done
-    note "iothread1: member, threads on 0-1"
     KT_EXTRA_TARGETS+=("$pid")
 }
 
@@ -113,7 +120,7 @@ run() {
     # 1. virsh start / virsh destroy
     EMU=2 define kvmi-a 1 3 4
     start_ok kvmi-a
-    check_domain kvmi-a 2-4
+    check_domain kvmi-a 2-4 vcpu0 vcpu1 emulator
     host_threads_off 2-4 "$(qemu_pid kvmi-a)"
     destroy kvmi-a
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after virsh destroy"
@@ -131,8 +138,8 @@ run() {
     start_ok kvmi-a
     define kvmi-b 1 5
     start_ok kvmi-b
-    check_domain kvmi-a 2-4
-    check_domain kvmi-b 5
+    check_domain kvmi-a 2-4 vcpu0 vcpu1 emulator
+    check_domain kvmi-b 5 vcpu0
     host_threads_off 2-5 "$(qemu_pid kvmi-a)" "$(qemu_pid kvmi-b)"
     define kvmi-c 1 4
     local out rc=0
@@ -146,11 +153,26 @@ run() {
     destroy kvmi-b
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated after destroying both"
     wait_restored "$before" 20
+
+    # 4. hugepages="auto" with <memoryBacking><hugepages/>: 32 MiB = 16 pages of 2M reserved at
+    # prepare (QEMU maps them), returned at release
+    local pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages orig
+    orig=$(cat "$pool")
+    HP=1 define kvmi-h 1 5
+    start_ok kvmi-h
+    [ "$(cat "$pool")" = $((orig + 16)) ] || fail "hugepage pool $(cat "$pool"), want $((orig + 16))"
+    iso_exists hugepages-kvmi-h || fail "no hugepages-kvmi-h reservation in status"
+    [ "$(iso_field hugepages-kvmi-h target)" = reservation:kvmi-h ] || fail "reservation target '$(iso_field hugepages-kvmi-h target)'"
+    check_domain kvmi-h 5 vcpu0
+    note "hugepages: pool $orig -> $(cat "$pool") while kvmi-h runs"
+    destroy kvmi-h
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still listed after destroying kvmi-h: $(kstatus | jq -c '[.isolations[].name]')"
+    wait_restored "$before" 20
 }
 
 cleanup() {
     local d
-    for d in kvmi-warm kvmi-a kvmi-b kvmi-c; do
+    for d in kvmi-warm kvmi-a kvmi-b kvmi-c kvmi-h; do
         timeout -k 5 30 $VIRSH destroy "$d" >/dev/null 2>&1
         timeout -k 5 30 $VIRSH undefine "$d" >/dev/null 2>&1
     done
