@@ -306,6 +306,29 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
         return Ok(());
     };
     let warn_only = settings.on_conflict == kvmisolate_dbus::libvirt::OnConflict::Warn;
+    let result = hook_operation(ctx, op, &args, &domain, &settings).await;
+    match result {
+        // on-conflict = "warn": the domain starts (unisolated) whatever went wrong.
+        Err(f) if warn_only && op != "release" => {
+            eprintln!(
+                "kvmisolate: warning: {} (on-conflict = \"warn\": the domain starts unisolated)",
+                f.message
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// One hook operation on a domain that opted in.
+async fn hook_operation(
+    ctx: &Ctx<'_>,
+    op: &str,
+    args: &cli::LibvirtHookArgs,
+    domain: &hook::domain::Domain,
+    settings: &hook::optin::Settings,
+) -> Result<(), Failure> {
+    let dom = &args.domain;
     let name = request::vm_name(dom);
     let conn = ctx.connect().await?;
     let proxy = ctx.isolator(&conn).await?;
@@ -314,11 +337,11 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
             let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
             let reserve_name = request::reservation_name(dom);
             let host = hook_host_view(
-                &args,
+                args,
                 &status::status_to_json(&st),
                 &[name.as_str(), reserve_name.as_str()],
             );
-            let verdict = hook::check::check(&domain, &settings, &host);
+            let verdict = hook::check::check(domain, settings, &host);
             for w in &verdict.warnings {
                 eprintln!("kvmisolate: domain {dom:?}: warning: {w}");
             }
@@ -326,7 +349,7 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
             if conflicts.is_empty() {
                 // Hugepages: reserved now, before QEMU maps its memory; a left-over reservation
                 // of an earlier start that never reached release goes first.
-                let Ok(Some(spec)) = settings.hugepage_spec(&domain) else {
+                let Ok(Some(spec)) = settings.hugepage_spec(domain) else {
                     return Ok(());
                 };
                 let _: Result<(), Failure> = ctx
@@ -358,12 +381,6 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
                 },
                 verdict.conflicts.join("; ")
             );
-            if warn_only {
-                eprintln!(
-                    "kvmisolate: warning: {msg} (on-conflict = \"warn\": starting it unisolated)"
-                );
-                return Ok(());
-            }
             Err(Failure::new(ExitCode::BadRequest, msg))
         }
         "started" => {
@@ -385,20 +402,9 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
                 None,
             )?
             .with_tunings(tunings.as_deref(), None, false)?;
-            match isolate_request(ctx, &conn, &req).await {
-                Ok((_, line)) => {
-                    ctx.say(&line);
-                    Ok(())
-                }
-                Err(f) if warn_only => {
-                    eprintln!(
-                        "kvmisolate: warning: domain {dom:?} runs unisolated: {}",
-                        f.message
-                    );
-                    Ok(())
-                }
-                Err(f) => Err(f),
-            }
+            let (_, line) = isolate_request(ctx, &conn, &req).await?;
+            ctx.say(&line);
+            Ok(())
         }
         _ => {
             let mut result = Ok(());
