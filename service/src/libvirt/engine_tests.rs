@@ -243,3 +243,56 @@ fn a_reservation_writes_nothing_in_cgroupfs() {
     t.engine.release(&rec).unwrap();
     assert!(!t.engine.journal.contains(rec.name()));
 }
+
+/// SIGKILL at every point of a domain's Isolate (another domain already isolated), then a
+/// restart: the interrupted one is restored, the other adopted untouched.
+#[test]
+fn a_crash_at_every_step_restores_the_domain_and_keeps_the_other() {
+    use crate::apply::Point;
+    use crate::journal::Phase;
+    let setup = || {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        t.libvirt_domain(1, "a", &[("vcpu0", "5"), ("emulator", "0-1")], 300);
+        t.libvirt_domain(2, "win10", RECIPE, 301);
+        t
+    };
+    let probe = setup();
+    probe
+        .isolate(&probe.libvirt_request("a", "a", "").unwrap())
+        .unwrap();
+    let n = probe
+        .plan(&probe.libvirt_request("w", "win10", "").unwrap())
+        .unwrap()
+        .steps
+        .len();
+    assert!(n >= 9, "{n} steps");
+    for k in 1..=n {
+        for point in [
+            Point::BeforePerform(k),
+            Point::AfterPerform(k),
+            Point::AfterDone(k),
+        ] {
+            let t = setup();
+            let a = t
+                .isolate(&t.libvirt_request("a", "a", "").unwrap())
+                .unwrap();
+            let before = t.state();
+            let req = t.libvirt_request("w", "win10", "").unwrap();
+            let plan = t.plan(&req).unwrap();
+            let r = t.engine.apply_with(&req, &plan, &mut |p| p == point);
+            assert!(matches!(r, Err(None)), "{point:?}: {r:?}");
+            let rec = t.engine.journal.load(&req.name).unwrap().unwrap();
+            assert_eq!(rec.phase, Phase::Applying);
+            let report = t.engine.replay(|_| true);
+            assert_eq!(report.adopted.len(), 1, "{point:?}");
+            assert_eq!(report.released, ["w".to_owned()], "{point:?}");
+            assert!(report.failed.is_empty(), "{point:?}: {:?}", report.failed);
+            t.assert_state(&before, &format!("{point:?}"));
+            assert_eq!(
+                t.engine.partition_state(&a.partitions[0]),
+                Some(PartitionState::Valid(PartitionType::Isolated)),
+                "{point:?}"
+            );
+        }
+    }
+}
