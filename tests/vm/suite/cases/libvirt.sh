@@ -2,8 +2,9 @@
 # hook. A domain pinned like the low-latency recipe (vCPUs 3-4, emulator 2, iothread 0-1) that
 # opts in by metadata: `virsh start` → vCPU and emulator leaves `isolated`, every host thread
 # off 2-4, the iothread still on 0-1; `virsh destroy` → restored; `kill -9` of QEMU → released
-# by itself; two domains on disjoint CPUs at once; an overlapping third refused at start with
-# kvmisolate's reason in virsh's error.
+# by itself, also with libvirtd killed first (no hook runs); two domains on disjoint CPUs at
+# once; an overlapping third refused at start with kvmisolate's reason in virsh's error;
+# hugepages="auto" reserved at prepare and returned.
 # needs: libvirt
 # timeout: 900
 VIRSH="virsh -q -c qemu:///system"
@@ -133,6 +134,19 @@ run() {
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after QEMU was killed"
     wait_restored "$before" 20
     note "kill -9 of QEMU: released and restored"
+
+    # 2b. libvirtd dead too: no hook can run, the service still sees the scope go
+    start_ok kvmi-a
+    wait_state libvirt-kvmi-a active 30 || fail "not isolated on the third start"
+    local qpid
+    qpid=$(qemu_pid kvmi-a)
+    systemctl kill -s KILL libvirtd.service
+    wait_for "! systemctl -q is-active libvirtd.service" 10 0.2 || fail "libvirtd survived SIGKILL"
+    kill -9 "$qpid"
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 30 0.5 || fail "still isolated 30 s after QEMU died with libvirtd dead"
+    wait_restored "$before" 20
+    note "libvirtd and QEMU killed: released and restored without a hook"
+    timeout -k 5 60 $VIRSH list --all >/dev/null 2>&1 || fail "libvirtd did not come back"
 
     # 3. two domains on disjoint CPUs; an overlapping third is refused at start
     start_ok kvmi-a
