@@ -19,6 +19,9 @@ POLKITDIR   ?= /usr/share/polkit-1
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
 FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+# libvirt reads its hooks from /etc whatever PREFIX is.
+SYSCONFDIR  ?= /etc
+LIBVIRTHOOKDIR ?= $(SYSCONFDIR)/libvirt/hooks/qemu.d
 CARGO       ?= cargo
 RELEASE     := target/release
 GEN         := target/generated
@@ -37,6 +40,7 @@ $(GEN)/stamp: build
 	$(RELEASE)/kvmisolated --generate-man $(GEN)/man
 	sed 's|@libexecdir@|$(LIBEXECDIR)|g' systemd/kvmisolated.service.in > $(GEN)/kvmisolated.service
 	sed 's|@libexecdir@|$(LIBEXECDIR)|g' dbus/data/org.kvmisolate.Isolator1.service.in > $(GEN)/org.kvmisolate.Isolator1.service
+	sed 's|@bindir@|$(BINDIR)|g' libvirt/kvmisolate.in > $(GEN)/libvirt-hook
 	touch $@
 
 generate: $(GEN)/stamp
@@ -57,6 +61,7 @@ install: $(GEN)/stamp
 	install -Dm0644 $(GEN)/completions/kvmisolate.bash $(DESTDIR)$(BASHCOMPDIR)/kvmisolate
 	install -Dm0644 $(GEN)/completions/_kvmisolate $(DESTDIR)$(ZSHCOMPDIR)/_kvmisolate
 	install -Dm0644 $(GEN)/completions/kvmisolate.fish $(DESTDIR)$(FISHCOMPDIR)/kvmisolate.fish
+	install -Dm0755 $(GEN)/libvirt-hook $(DESTDIR)$(LIBVIRTHOOKDIR)/kvmisolate
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/kvmisolate $(DESTDIR)$(LIBEXECDIR)/kvmisolated
@@ -68,6 +73,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(DOCDIR)
 	rm -f $(DESTDIR)$(MANDIR)/man1/kvmisolate.1 $(DESTDIR)$(MANDIR)/man1/kvmisolate-*.1 $(DESTDIR)$(MANDIR)/man8/kvmisolated.8
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/kvmisolate $(DESTDIR)$(ZSHCOMPDIR)/_kvmisolate $(DESTDIR)$(FISHCOMPDIR)/kvmisolate.fish
+	rm -f $(DESTDIR)$(LIBVIRTHOOKDIR)/kvmisolate
 
 # Everything CI runs (.ci/run calls exactly this).
 test: test-host lint unit-test test-vm

@@ -122,6 +122,48 @@ pub enum Command {
     /// CAP_SYS_NICE) for SCHED_FIFO: without it the command fails with exit status 4.
     #[command(after_help = EXIT_CODES_HELP)]
     Bench(crate::check_cli::BenchArgs),
+
+    /// The libvirt hook: /etc/libvirt/hooks/qemu.d/kvmisolate runs it with libvirt's
+    /// arguments and the domain XML on stdin.
+    #[command(name = "libvirt-hook", hide = true)]
+    LibvirtHook(LibvirtHookArgs),
+}
+
+/// `kvmisolate libvirt-hook DOMAIN OPERATION SUB-OPERATION EXTRA` (libvirt's hook arguments).
+#[derive(Debug, Args)]
+pub struct LibvirtHookArgs {
+    /// The domain's name.
+    pub domain: String,
+    /// prepare, start, started, stopped, release, migrate, restore, reconnect, attach...
+    pub operation: String,
+    /// libvirt's sub-operation (begin, end, -).
+    pub sub_operation: Option<String>,
+    /// libvirt's extra argument.
+    pub extra: Option<String>,
+    /// The configuration file with the [vm.NAME] sections.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "KVMISOLATE_CONFIG",
+        default_value = "/etc/kvmisolate/kvmisolate.toml"
+    )]
+    pub config: std::path::PathBuf,
+    /// sysfs (tests).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "KVMISOLATE_SYSFS_ROOT",
+        default_value = "/sys"
+    )]
+    pub sysfs_root: std::path::PathBuf,
+    /// procfs (tests).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "KVMISOLATE_PROC_ROOT",
+        default_value = "/proc"
+    )]
+    pub proc_root: std::path::PathBuf,
 }
 
 /// The partition type, as a command line value.
@@ -167,11 +209,12 @@ impl From<UntilArg> for ReleaseWhen {
 #[derive(Debug, Args)]
 pub struct IsolateArgs {
     /// The CPUs to isolate, as a kernel cpulist (2-5, 3,5,7-9). May be left out with --name
-    /// when the service's configuration has [isolation.NAME] cpus.
+    /// when the service's configuration has [isolation.NAME] cpus, and with --vm (the CPUs
+    /// are then those the domain's vCPUs and emulator are pinned to).
     #[arg(
         long,
         value_name = "LIST",
-        required_unless_present = "name",
+        required_unless_present_any = ["name", "vm"],
         default_value = ""
     )]
     pub cpus: String,
@@ -184,6 +227,12 @@ pub struct IsolateArgs {
     /// Partition the cgroup of this running systemd unit in place (e.g. a VM's scope).
     #[arg(long, value_name = "UNIT", conflicts_with = "pids")]
     pub unit: Option<String>,
+
+    /// Isolate this running libvirt domain in place: its pinned vCPUs and emulator become
+    /// isolated partitions on the cgroups libvirt made (Linux 6.7+). Default name:
+    /// libvirt-DOMAIN.
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["pids", "unit"])]
+    pub vm: Option<String>,
 
     /// Move these processes into a new cgroup and isolate that (repeat the option or separate
     /// PIDs with commas).

@@ -8,6 +8,7 @@ mod check_cli;
 mod cli;
 mod failure;
 mod generate;
+mod hook;
 mod monitor;
 mod plan;
 mod request;
@@ -123,6 +124,7 @@ async fn isolate_request(
         .await?;
     // What the service chose (the partition type) and reports (the target), for the result
     // line; the isolation exists either way, so reading them is best effort.
+    let mut cpus = req.cpus.clone();
     let (mut partition, mut target) = (
         req.partition
             .map(|p| p.as_str().to_owned())
@@ -141,20 +143,25 @@ async fn isolate_request(
         if let Ok(t) = iso.target().await {
             target = t;
         }
+        if let Ok(c) = iso.cpus().await {
+            cpus = c;
+        }
     }
-    let line = request::result_line(&req.cpus, req.name.as_str(), &partition, &target);
+    let line = request::result_line(&cpus, req.name.as_str(), &partition, &target);
     Ok((path, line))
 }
 
 async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
-    let target = match (args.unit, args.pids.is_empty()) {
-        (Some(u), _) => Target::Unit(u),
-        (None, false) => Target::Pids(args.pids),
-        (None, true) => {
+    let target = match (args.unit, args.vm, args.pids.is_empty()) {
+        (Some(u), _, _) => Target::Unit(u),
+        (None, Some(vm), _) => Target::Libvirt(vm),
+        (None, None, false) => Target::Pids(args.pids),
+        (None, None, true) => {
             return Err(Failure::new(
                 ExitCode::Usage,
-                "isolate needs a target: --unit UNIT (a running systemd unit) or --pid PID...; \
-                 to start a program on isolated CPUs, use: kvmisolate run --cpus LIST -- COMMAND",
+                "isolate needs a target: --unit UNIT (a running systemd unit), --vm DOMAIN (a \
+                 running libvirt domain) or --pid PID...; to start a program on isolated CPUs, \
+                 use: kvmisolate run --cpus LIST -- COMMAND",
             ));
         }
     };
@@ -274,6 +281,192 @@ async fn cmd_release(ctx: &Ctx<'_>, args: ReleaseArgs) -> Result<(), Failure> {
         .await?;
     ctx.say(&format!("Released \"{name}\""));
     Ok(())
+}
+
+/// How long the libvirt hook may take.
+const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The largest domain XML the hook reads.
+const HOOK_MAX_XML: u64 = 16 << 20;
+
+async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(), Failure> {
+    use std::io::Read as _;
+    // Read the XML whatever the operation: libvirt writes it to every hook.
+    let mut xml = String::new();
+    std::io::stdin()
+        .take(HOOK_MAX_XML)
+        .read_to_string(&mut xml)
+        .map_err(|e| Failure::other(format!("cannot read the domain XML on stdin: {e}")))?;
+    let op = args.operation.as_str();
+    if !matches!(op, "prepare" | "started" | "release") {
+        return Ok(());
+    }
+    let dom = &args.domain;
+    let bad = |m: String| Failure::new(ExitCode::BadRequest, format!("domain {dom:?}: {m}"));
+    let domain = hook::domain::Domain::parse(&xml).map_err(|e| bad(e.to_string()))?;
+    let sections = hook::optin::read_vm_sections(&args.config).map_err(bad)?;
+    let Some(settings) = hook::optin::settings(&domain, sections.get(dom)).map_err(bad)? else {
+        return Ok(());
+    };
+    let warn_only = settings.on_conflict == kvmisolate_dbus::libvirt::OnConflict::Warn;
+    let result = hook_operation(ctx, op, &args, &domain, &settings).await;
+    match result {
+        // on-conflict = "warn": the domain starts (unisolated) whatever went wrong.
+        Err(f) if warn_only && op != "release" => {
+            eprintln!(
+                "kvmisolate: warning: {} (on-conflict = \"warn\": the domain starts unisolated)",
+                f.message
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// One hook operation on a domain that opted in.
+async fn hook_operation(
+    ctx: &Ctx<'_>,
+    op: &str,
+    args: &cli::LibvirtHookArgs,
+    domain: &hook::domain::Domain,
+    settings: &hook::optin::Settings,
+) -> Result<(), Failure> {
+    let dom = &args.domain;
+    let name = request::vm_name(dom);
+    let conn = ctx.connect().await?;
+    let proxy = ctx.isolator(&conn).await?;
+    match op {
+        "prepare" => {
+            let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
+            let reserve_name = request::reservation_name(dom);
+            let host = hook_host_view(
+                args,
+                &status::status_to_json(&st),
+                &[name.as_str(), reserve_name.as_str()],
+            );
+            let verdict = hook::check::check(domain, settings, &host);
+            for w in &verdict.warnings {
+                eprintln!("kvmisolate: domain {dom:?}: warning: {w}");
+            }
+            let mut conflicts = verdict.conflicts;
+            if conflicts.is_empty() {
+                // Hugepages: reserved now, before QEMU maps its memory; a left-over reservation
+                // of an earlier start that never reached release goes first.
+                let Ok(Some(spec)) = settings.hugepage_spec(domain) else {
+                    return Ok(());
+                };
+                let _: Result<(), Failure> = ctx
+                    .call_authorized(&proxy, "Release", &DynamicTuple((reserve_name.as_str(),)))
+                    .await;
+                let req =
+                    IsolateRequest::new("", None, Target::Reservation(dom.clone()), None, None)?
+                        .with_tunings(None, Some(&spec.to_string()), false)?;
+                match isolate_request(ctx, &conn, &req).await {
+                    Ok(_) => {
+                        ctx.say(&format!(
+                            "Reserved {spec} of hugepages for domain {dom:?} as \"{reserve_name}\""
+                        ));
+                        return Ok(());
+                    }
+                    Err(f) => conflicts.push(format!("hugepages: {}", f.message)),
+                }
+            }
+            let verdict = hook::check::Verdict {
+                conflicts,
+                ..verdict
+            };
+            let msg = format!(
+                "domain {dom:?} cannot be isolated on {}: {}",
+                if verdict.cpus.is_empty() {
+                    "its pins".to_owned()
+                } else {
+                    verdict.cpus.to_string()
+                },
+                verdict.conflicts.join("; ")
+            );
+            Err(Failure::new(ExitCode::BadRequest, msg))
+        }
+        "started" => {
+            let tunings = match (&settings.tunings, settings.profile) {
+                (Some(list), _) => Some(
+                    list.iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                (None, Some(p)) => Some(p.as_str().to_owned()),
+                (None, None) => None,
+            };
+            let req = IsolateRequest::new(
+                "",
+                Some(name.as_str()),
+                Target::Libvirt(dom.clone()),
+                None,
+                None,
+            )?
+            .with_tunings(tunings.as_deref(), None, false)?;
+            let (_, line) = isolate_request(ctx, &conn, &req).await?;
+            ctx.say(&line);
+            Ok(())
+        }
+        _ => {
+            let mut result = Ok(());
+            for n in [name, request::reservation_name(dom)] {
+                let reply: Result<(), Failure> = ctx
+                    .call_authorized(&proxy, "Release", &DynamicTuple((n.as_str(),)))
+                    .await;
+                match reply {
+                    // Released by the service already (the domain's cgroup emptied), or never
+                    // made.
+                    Err(f) if f.code == ExitCode::NotFound => {}
+                    Err(f) => result = Err(f),
+                    Ok(()) => {}
+                }
+            }
+            result
+        }
+    }
+}
+
+/// What `prepare` reads of the host: sysfs, procfs and the service's `Status()`.
+fn hook_host_view(
+    args: &cli::LibvirtHookArgs,
+    status: &serde_json::Value,
+    own: &[&str],
+) -> hook::check::HostView {
+    use kvmisolate_dbus::status as key;
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let online = kvmisolate_dbus::CpuSet::parse(
+        read(args.sysfs_root.join("devices/system/cpu/online")).trim(),
+    )
+    .unwrap_or_default();
+    let held = status
+        .get(key::ISOLATIONS)
+        .and_then(serde_json::Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|iso| {
+                    let name = iso.get(key::I_NAME)?.as_str()?;
+                    let cpus =
+                        kvmisolate_dbus::CpuSet::parse(iso.get(key::I_CPUS)?.as_str()?).ok()?;
+                    (!own.contains(&name)).then(|| (name.to_owned(), cpus))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let remote_partitions = status
+        .get(key::KERNEL_SUPPORT)
+        .and_then(|k| k.get(key::K_REMOTE_PARTITIONS))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let rt_throttling_off =
+        read(args.proc_root.join("sys/kernel/sched_rt_runtime_us")).trim() == "-1";
+    hook::check::HostView {
+        online,
+        remote_partitions,
+        held,
+        rt_throttling_off,
+    }
 }
 
 async fn cmd_status(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
@@ -418,6 +611,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Plan(a) => plan::run::run(&a, cli.quiet).map(|out| emit(&out)),
         Command::Check(a) => check_cli::cmd_check(a, ctx.quiet),
         Command::Bench(a) => check_cli::cmd_bench(a, ctx.quiet),
+        Command::LibvirtHook(a) => {
+            // A hook never prompts, and libvirtd waits for it: bound the whole call.
+            let ctx = Ctx {
+                interactive: false,
+                ..ctx
+            };
+            match tokio::time::timeout(HOOK_TIMEOUT, cmd_libvirt_hook(&ctx, a)).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::other(format!(
+                    "the libvirt hook gave up after {} s waiting for kvmisolated",
+                    HOOK_TIMEOUT.as_secs()
+                ))),
+            }
+        }
     }
 }
 

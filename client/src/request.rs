@@ -16,6 +16,10 @@ pub enum Target {
     Unit(String),
     /// Processes moved into a new cgroup.
     Pids(Vec<u32>),
+    /// A running libvirt domain, isolated in place.
+    Libvirt(String),
+    /// Hugepages reserved for a libvirt domain about to start (the hook's `prepare`).
+    Reservation(String),
 }
 
 /// A validated `Isolate` request.
@@ -92,17 +96,20 @@ impl IsolateRequest {
         let cpus = cpus.strip_suffix('\n').unwrap_or(cpus);
         let set =
             CpuSet::parse(cpus).map_err(|e| Failure::new(ExitCode::BadRequest, e.to_string()))?;
-        if set.is_empty() && name.is_none() {
+        let derived = matches!(target, Target::Libvirt(_) | Target::Reservation(_));
+        if set.is_empty() && name.is_none() && !derived {
             return Err(Failure::new(
                 ExitCode::BadRequest,
                 "the CPU list is empty; pass the CPUs to isolate, e.g. --cpus 2-3 (or --name NAME \
                  for an isolation whose CPUs the service's configuration gives)",
             ));
         }
-        let name = match name {
-            Some(n) => IsolationName::new(n)
+        let name = match (name, &target) {
+            (Some(n), _) => IsolationName::new(n)
                 .map_err(|e| Failure::new(ExitCode::BadRequest, e.to_string()))?,
-            None => IsolationName::new(&default_name(cpus)).map_err(|e| {
+            (None, Target::Libvirt(domain)) => vm_name(domain),
+            (None, Target::Reservation(domain)) => reservation_name(domain),
+            (None, _) => IsolationName::new(&default_name(cpus)).map_err(|e| {
                 Failure::new(
                     ExitCode::BadRequest,
                     format!("cannot make a name from the CPU list ({e}); pass --name NAME"),
@@ -167,6 +174,12 @@ impl IsolateRequest {
             Target::Pids(p) => {
                 o.insert(options::PIDS, Variant::from(p.clone()));
             }
+            Target::Libvirt(d) => {
+                o.insert(options::LIBVIRT_DOMAIN, Variant::from(d.clone()));
+            }
+            Target::Reservation(d) => {
+                o.insert(options::RESERVE_FOR_DOMAIN, Variant::from(d.clone()));
+            }
         }
         if let Some(p) = self.partition {
             o.insert(options::PARTITION, Variant::from(p.as_str()));
@@ -229,6 +242,43 @@ pub fn target_text(target: &Target) -> String {
             "pids:{}",
             p.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
         ),
+        Target::Libvirt(d) => format!("libvirt:{d}"),
+        Target::Reservation(d) => format!("reservation:{d}"),
+    }
+}
+
+/// The default isolation name of a libvirt domain: `libvirt-` and the domain name, with each
+/// character an isolation name cannot hold written as `_`, cut to the longest name allowed.
+pub fn vm_name(domain: &str) -> IsolationName {
+    prefixed_name("libvirt-", domain)
+}
+
+/// The name of the hugepage reservation the libvirt hook makes for a domain at `prepare`:
+/// `hugepages-` and the domain name, written as in [`vm_name`].
+pub fn reservation_name(domain: &str) -> IsolationName {
+    prefixed_name("hugepages-", domain)
+}
+
+fn prefixed_name(prefix: &str, domain: &str) -> IsolationName {
+    let mut text: String = prefix
+        .chars()
+        .chain(domain.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        }))
+        .take(kvmisolate_dbus::isolation_name::MAX_LEN)
+        .collect();
+    loop {
+        if let Ok(n) = IsolationName::new(&text) {
+            return n;
+        }
+        // Unreachable with the characters above; keep a valid name whatever happens.
+        if text.pop().is_none() {
+            text = "libvirt".to_owned();
+        }
     }
 }
 
@@ -272,6 +322,34 @@ mod tests {
         assert!(e.message.contains("--name"), "{}", e.message);
         let many = Target::Pids((1..=5000).collect());
         assert!(IsolateRequest::new("2", None, many, None, None).is_err());
+    }
+
+    #[test]
+    fn vm_targets() {
+        let r =
+            IsolateRequest::new("", None, Target::Libvirt("win 10/ü".into()), None, None).unwrap();
+        assert_eq!(r.name.as_str(), "libvirt-win_10__");
+        assert_eq!(
+            r.options()[options::LIBVIRT_DOMAIN],
+            Variant::from("win 10/ü")
+        );
+        assert_eq!(r.options().len(), 1);
+        assert_eq!(target_text(&r.target), "libvirt:win 10/ü");
+        assert_eq!(vm_name(&"x".repeat(100)).as_str().len(), 64);
+        let r = IsolateRequest::new("", None, Target::Reservation("w 1".into()), None, None)
+            .unwrap()
+            .with_tunings(None, Some("64M"), false)
+            .unwrap();
+        assert_eq!(r.name.as_str(), "hugepages-w_1");
+        assert_eq!(
+            r.options()[options::RESERVE_FOR_DOMAIN],
+            Variant::from("w 1")
+        );
+        assert_eq!(r.options()[options::HUGEPAGES], Variant::from("64M:2M"));
+        let r = IsolateRequest::new("2-4", Some("gpu"), Target::Libvirt("vm".into()), None, None)
+            .unwrap();
+        assert_eq!(r.name.as_str(), "gpu");
+        assert_eq!(r.cpus, "2-4");
     }
 
     #[test]

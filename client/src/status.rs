@@ -192,7 +192,16 @@ pub fn format_status(status: &Value, now_us: u64) -> String {
         }
     }
 
-    let warnings = strings_of(status, key::WARNINGS);
+    let mut warnings: Vec<String> = isolations
+        .iter()
+        .flat_map(|iso| {
+            let name = str_of(iso, key::I_NAME).to_owned();
+            strings_of(iso, key::I_WARNINGS)
+                .into_iter()
+                .map(move |w| format!("{name}: {w}"))
+        })
+        .collect();
+    warnings.extend(strings_of(status, key::WARNINGS));
     if !warnings.is_empty() {
         let _ = writeln!(out, "\nWarnings:");
         for w in warnings {

@@ -16,6 +16,7 @@
 pub mod cpulist;
 pub mod error;
 pub mod isolation_name;
+pub mod libvirt;
 pub mod names;
 pub mod options;
 pub mod proxy;

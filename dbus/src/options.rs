@@ -1,7 +1,7 @@
 //! Keys and values of the `Isolate(name, cpus, options)` options dictionary.
 //!
 //! Unknown keys are an error (`org.kvmisolate.Error.InvalidOption`), so a typo never silently
-//! falls back to a default. The libvirt capability adds its key here.
+//! falls back to a default.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,8 +14,14 @@ pub const PIDS: &str = "pids";
 pub const PARTITION: &str = "partition";
 /// `release-when` (s): `target-exits`, `caller-disconnects` or `released`.
 pub const RELEASE_WHEN: &str = "release-when";
-/// `libvirt-domain` (s): a running libvirt domain (reserved for the libvirt capability).
+/// `libvirt-domain` (s): a running libvirt domain, by name: the vCPU and emulator cgroups
+/// libvirt made for it become isolated partitions in place, each with the CPUs it is pinned
+/// to (`cpus` may be empty: taken from the pins). Needs remote partitions (Linux 6.7+).
 pub const LIBVIRT_DOMAIN: &str = "libvirt-domain";
+/// `reserve-for-domain` (s): a reservation for a libvirt domain about to start (the hook's
+/// `prepare`): a lease that holds only its `hugepages` pool, no CPUs and no partition, so the
+/// memory is there before QEMU maps it. `cpus` must be empty; it ends only on `Release`.
+pub const RESERVE_FOR_DOMAIN: &str = "reserve-for-domain";
 /// `tunings` (as): host tunings by name ([`crate::tunings::Tuning`]); replaces the profile's
 /// list.
 pub const TUNINGS: &str = "tunings";
@@ -31,6 +37,8 @@ pub const HUGEPAGES_BEST_EFFORT: &str = "hugepages-best-effort";
 pub const KNOWN: &[&str] = &[
     UNIT,
     PIDS,
+    LIBVIRT_DOMAIN,
+    RESERVE_FOR_DOMAIN,
     PARTITION,
     RELEASE_WHEN,
     PROFILE,

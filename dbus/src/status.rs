@@ -44,6 +44,9 @@ pub const I_CGROUPS: &str = "cgroups";
 pub const I_TUNINGS: &str = "tunings";
 /// Isolation entry: `profile` (s): the tuning profile asked for (or `custom`).
 pub const I_PROFILE: &str = "profile";
+/// Isolation entry: `warnings` (as): what the user should know about this isolation's target
+/// (a libvirt domain's pins: vCPUs without pins, shared CPUs, SMT siblings left to the host).
+pub const I_WARNINGS: &str = "warnings";
 
 /// KernelSupport: `cgroup-v2` (b): a pure cgroup v2 hierarchy with the cpuset controller.
 pub const K_CGROUP_V2: &str = "cgroup-v2";

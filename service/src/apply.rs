@@ -250,10 +250,7 @@ impl Engine {
     /// pids targets, each pid's cgroup (`TargetNotFound` if a process does not exist).
     pub fn snapshot(&self, target: &Target) -> Result<Snapshot, Error> {
         let mut snap = Snapshot::default();
-        let cg = target.cgroup();
-        let mut path = cg.ancestors();
-        path.push(cg.clone());
-        for p in path {
+        for p in target.snapshot_cgroups() {
             if !self.fs.exists(&p) {
                 continue;
             }

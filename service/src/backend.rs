@@ -83,6 +83,8 @@ pub struct Lease {
     pub profile: String,
     /// Each selected tuning's state.
     pub tunings: Vec<TuningReport>,
+    /// What the user should know about the target (a libvirt domain's pins).
+    pub warnings: Vec<String>,
 }
 
 impl Lease {
@@ -106,6 +108,7 @@ impl Lease {
                 .collect(),
             profile: record.request.tunings.profile.clone(),
             tunings: Vec::new(),
+            warnings: record.request.target.warnings().to_vec(),
             record,
         }
     }
@@ -226,10 +229,12 @@ impl Backend {
     }
 
     /// The CPUs and tunings of a request, completed from the configuration.
-    fn complete(&self, req: &IsolateRequest) -> Result<(CpuSet, Selected), Error> {
+    fn complete(&self, req: &IsolateRequest, target: &Target) -> Result<(CpuSet, Selected), Error> {
         use crate::config::Selection;
         let section = self.config.file.isolation(req.name.as_str());
-        let cpus = if req.cpus.is_empty() {
+        // A libvirt domain's CPUs come from its pins.
+        let derived = matches!(target, Target::Libvirt { .. } | Target::Reservation { .. });
+        let cpus = if req.cpus.is_empty() && !derived {
             section.and_then(|s| s.cpus.clone()).ok_or_else(|| {
                 Error::InvalidCpuList(format!(
                     "no CPUs given, and the configuration has none for {:?} \
@@ -353,8 +358,13 @@ impl Backend {
         active_leases: &[&Lease],
     ) -> Result<Lease, Error> {
         let active = active_leases;
-        let (cpus, selected) = self.complete(req)?;
         let (target, pre_steps) = self.resolve_target(req).await?;
+        let (mut cpus, selected) = self.complete(req, &target)?;
+        if let Target::Libvirt { leaves, .. } = &target {
+            cpus = leaves
+                .iter()
+                .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus));
+        }
         let request = Request {
             name: req.name.clone(),
             cpus,
@@ -451,6 +461,10 @@ impl Backend {
                     pre,
                 ))
             }
+            TargetRequest::Reservation(domain) => Ok((Target::reservation(domain), Vec::new())),
+            TargetRequest::Libvirt(domain) => {
+                Ok((self.resolve_domain(domain, &req.cpus)?, Vec::new()))
+            }
             TargetRequest::Pids(pids) => {
                 for &pid in pids {
                     if !pid_alive(&self.config.proc_root, pid) {
@@ -506,6 +520,36 @@ impl Backend {
         Ok(vec![step])
     }
 
+    /// Finds a running libvirt domain's scope and chooses its leaves to partition.
+    fn resolve_domain(&self, domain: &str, cpus: &CpuSet) -> Result<Target, Error> {
+        let fs = &self.engine.fs;
+        let scope = crate::libvirt::find_scope(fs, domain)?;
+        let layout = crate::libvirt::Layout::read(fs, &scope)?;
+        let host = HostCpus::read(&self.config.sysfs_root).map_err(failed)?;
+        let sysfs = self.config.sysfs_root.clone();
+        let siblings = move |cpu: u32| {
+            let path = sysfs.join(format!(
+                "devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+            ));
+            let text = std::fs::read_to_string(path).ok()?;
+            CpuSet::parse(text.trim()).ok()
+        };
+        let selection = crate::libvirt::select(domain, &layout, cpus, &host.online, &siblings)?;
+        for w in &selection.warnings {
+            tracing::warn!(domain, "{w}");
+        }
+        Ok(Target::Libvirt {
+            domain: domain.to_owned(),
+            cgroup: scope,
+            leaves: selection
+                .partitions
+                .into_iter()
+                .map(|(_, cgroup, cpus)| plan::LeafPartition { cgroup, cpus })
+                .collect(),
+            warnings: selection.warnings,
+        })
+    }
+
     /// Restores everything `lease` changed: its tunings (host-wide ones now follow the other
     /// isolations), then its partition. Returns what the user should know (e.g. hugepages
     /// still in use that stay allocated as surplus).
@@ -551,7 +595,8 @@ impl Backend {
                     reasons.push(format!("{cg}: unexpected partition state {text:?}"));
                 }
                 // The target exited and its cgroup went with it: not degraded, just over.
-                None if cg == target && !self.engine.fs.exists(cg) => {}
+                None if (cg == target || target.is_ancestor_of(cg))
+                    && !self.engine.fs.exists(target) => {}
                 None if self.engine.fs.exists(cg) => {
                     state = IsolationState::Degraded;
                     reasons.push(format!(
@@ -604,6 +649,9 @@ impl Backend {
     }
 
     fn target_alive(&self, record: &Record) -> bool {
+        if record.request.target.is_reservation() {
+            return true;
+        }
         let cg = record.request.target.cgroup();
         match self.engine.fs.read_opt(cg, "cgroup.events") {
             Ok(Some(events)) => events.lines().any(|l| l.trim() == "populated 1"),
@@ -637,6 +685,9 @@ impl Backend {
         let this_fs_alive = {
             let engine = self.engine.clone();
             move |r: &Record| {
+                if r.request.target.is_reservation() {
+                    return true;
+                }
                 let cg = r.request.target.cgroup();
                 matches!(engine.fs.read_opt(cg, "cgroup.events"), Ok(Some(e)) if e.lines().any(|l| l.trim() == "populated 1"))
             }

@@ -64,12 +64,15 @@ impl CgroupError {
         }
     }
 
-    /// Whether the file, directory or process does not exist (`ENOENT`, `ESRCH`).
+    /// Whether the file, directory or process does not exist (`ENOENT`, `ESRCH`), or the
+    /// cgroup is being removed (`ENODEV`: its files still show while the kernel takes it
+    /// offline, e.g. right after libvirt tore a domain's cgroups down).
     pub fn is_not_found(&self) -> bool {
         match self {
             Self::Io { source, .. } => {
                 source.kind() == io::ErrorKind::NotFound
                     || source.raw_os_error() == Some(nix::errno::Errno::ESRCH as i32)
+                    || source.raw_os_error() == Some(nix::errno::Errno::ENODEV as i32)
             }
             _ => false,
         }

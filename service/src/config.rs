@@ -27,6 +27,11 @@
 //! profile = "realtime"
 //! hugepages = "16G:1G"
 //! hugepages-best-effort = false
+//!
+//! [vm.win11]                    # libvirt domain "win11" opts in (read by the libvirt hook)
+//! profile = "realtime"
+//! hugepages = "auto"            # auto (the domain's memory if it uses hugepages) | none | 16G:1G
+//! on-conflict = "fail"          # fail | warn: what prepare does when its CPUs are taken
 //! ```
 
 use std::collections::BTreeMap;
@@ -110,6 +115,8 @@ struct RawConfig {
     tunings: RawTunings,
     #[serde(default)]
     isolation: BTreeMap<String, RawIsolation>,
+    #[serde(default)]
+    vm: BTreeMap<String, kvmisolate_dbus::libvirt::VmSection>,
 }
 
 /// Which tunings an isolation gets, before the request's own options.
@@ -165,6 +172,8 @@ pub struct Config {
     pub settings: Settings,
     /// `[isolation.NAME]` sections.
     pub isolations: BTreeMap<String, IsolationConfig>,
+    /// `[vm.NAME]` sections (libvirt domains that opt in; acted on by the libvirt hook).
+    pub vms: BTreeMap<String, kvmisolate_dbus::libvirt::VmSection>,
 }
 
 impl Default for Config {
@@ -175,6 +184,7 @@ impl Default for Config {
             default_selection: Selection::Profile(Profile::Default),
             settings: Settings::default(),
             isolations: BTreeMap::new(),
+            vms: BTreeMap::new(),
         }
     }
 }
@@ -283,6 +293,15 @@ impl Config {
         if let Some(v) = t.hugepages_compact {
             s.hugepages_compact = v;
         }
+        for (name, section) in &raw.vm {
+            if crate::libvirt::validate_domain_name(name).is_err() {
+                return Err(format!(
+                    "[vm.{name}]: not a libvirt domain name (empty, '/' or control characters)"
+                ));
+            }
+            section.validate().map_err(|e| format!("[vm.{name}] {e}"))?;
+        }
+        config.vms = raw.vm;
         for (name, raw) in raw.isolation {
             let section = format!("isolation.{name}");
             IsolationName::new(&name).map_err(|e| format!("[{section}]: {e}"))?;
@@ -341,6 +360,12 @@ mod tests {
         assert_eq!(w.cpus.as_ref().unwrap().to_string(), "2-7");
         assert_eq!(w.selection, Some(Selection::Profile(Profile::Realtime)));
         assert_eq!(w.hugepages.unwrap().pages(), 16);
+        let vm = &c.vms["win11"];
+        assert_eq!(vm.profile.as_deref(), Some("realtime"));
+        assert_eq!(
+            vm.on_conflict,
+            Some(kvmisolate_dbus::libvirt::OnConflict::Fail)
+        );
     }
 
     #[test]
@@ -372,6 +397,13 @@ mod tests {
             ("[isolation.\"a/b\"]\ncpus = \"1\"\n", "[isolation.a/b]"),
             ("[isolation.vm]\ncpus = \"2-\"\n", "[isolation.vm] cpus"),
             ("[isolation.vm]\nhugepages = \"16Q\"\n", "unknown size unit"),
+            ("[vm.w]\nprofile = \"fast\"\n", "[vm.w] profile"),
+            ("[vm.w]\nhugepages = \"lots\"\n", "[vm.w] hugepages"),
+            (
+                "[vm.w]\non-conflict = \"maybe\"\n",
+                "expected `fail` or `warn`",
+            ),
+            ("[vm.w]\ncpus = \"2\"\n", "unknown field"),
             (
                 "[isolation.vm]\nprofile = \"none\"\ntunings = []\n",
                 "either profile or tunings",
@@ -380,7 +412,7 @@ mod tests {
                 "[defaults]\ntunings = [\"irq\"]\n",
                 "unknown tuning \"irq\"",
             ),
-            ("[vm.x]\n", "line 1"),
+            ("[vms.x]\n", "line 1"),
             ("this is not toml", "line 1"),
         ] {
             let e = Config::parse(text).unwrap_err();

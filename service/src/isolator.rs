@@ -679,6 +679,7 @@ fn lease_entry(
     put(keys::I_CGROUPS, Variant::from(l.cgroups.clone()));
     put(keys::I_PROFILE, Variant::from(l.profile.as_str()));
     put(keys::I_TUNINGS, Variant::from(tuning_rows(tunings)));
+    put(keys::I_WARNINGS, Variant::from(l.warnings.clone()));
     m
 }
 

@@ -38,6 +38,7 @@ pub mod journal;
 pub mod keeper;
 pub mod kernel;
 pub mod kthreads;
+pub mod libvirt;
 pub mod plan;
 pub mod polkit;
 pub mod request;

@@ -61,13 +61,94 @@ pub enum Target {
         /// [`Request::pre_steps`] (a systemd transient scope with the pids attached) or exists.
         create: bool,
     },
+    /// A running libvirt domain: the vCPU and emulator leaves libvirt made below its scope
+    /// are partitioned in place, each with its own pins (needs remote partitions). The scope
+    /// is the target: the isolation ends when it empties or goes away.
+    Libvirt {
+        /// The domain's name.
+        domain: String,
+        /// The domain's scope (`machine.slice/machine-qemu\x2d1\x2dNAME.scope`).
+        cgroup: CgroupPath,
+        /// The leaves made partitions, each with its CPUs.
+        leaves: Vec<LeafPartition>,
+        /// What the user should know about the domain's pins.
+        #[serde(default)]
+        warnings: Vec<String>,
+    },
+    /// Hugepages held for a libvirt domain about to start (the hook's `prepare`): no CPUs, no
+    /// partition, nothing written in cgroupfs.
+    Reservation {
+        /// The domain's name.
+        domain: String,
+        /// Always the root (nothing is written there).
+        cgroup: CgroupPath,
+    },
+}
+
+impl Target {
+    /// A reservation for domain `domain` (no cgroup: its `cgroup()` is the root, never
+    /// written).
+    pub fn reservation(domain: &str) -> Self {
+        Self::Reservation {
+            domain: domain.to_owned(),
+            cgroup: CgroupPath::root(),
+        }
+    }
+
+    /// Whether this is a reservation (no CPUs, no partition, no process to watch).
+    pub fn is_reservation(&self) -> bool {
+        matches!(self, Self::Reservation { .. })
+    }
+}
+
+/// A cgroup below the target that becomes a partition of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafPartition {
+    /// The cgroup (`.../libvirt/vcpu0`).
+    pub cgroup: CgroupPath,
+    /// Its CPUs (its `cpuset.cpus.exclusive`).
+    pub cpus: CpuSet,
 }
 
 impl Target {
     /// The cgroup that becomes the partition.
     pub fn cgroup(&self) -> &CgroupPath {
         match self {
-            Self::Unit { cgroup, .. } | Self::Own { cgroup, .. } => cgroup,
+            Self::Unit { cgroup, .. }
+            | Self::Own { cgroup, .. }
+            | Self::Libvirt { cgroup, .. }
+            | Self::Reservation { cgroup, .. } => cgroup,
+        }
+    }
+
+    /// Every cgroup whose files [`crate::apply::Engine::snapshot`] reads: the root down to the
+    /// target, then the leaves below it and the cgroups between.
+    pub fn snapshot_cgroups(&self) -> Vec<CgroupPath> {
+        let cg = self.cgroup();
+        let mut out = cg.ancestors();
+        out.push(cg.clone());
+        if let Self::Libvirt { leaves, .. } = self {
+            for leaf in leaves {
+                for p in leaf
+                    .cgroup
+                    .ancestors()
+                    .into_iter()
+                    .chain([leaf.cgroup.clone()])
+                {
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Warnings recorded with the target (libvirt pins), empty for other targets.
+    pub fn warnings(&self) -> &[String] {
+        match self {
+            Self::Libvirt { warnings, .. } => warnings,
+            _ => &[],
         }
     }
 
@@ -76,7 +157,7 @@ impl Target {
         CgroupPath::new(&format!("{OWN_SUBTREE}/{name}")).unwrap_or_default()
     }
 
-    /// The `target` text of `Status()`: `unit:vm.scope` or `pids:1234,1235`.
+    /// The `target` text of `Status()`: `unit:vm.scope`, `pids:1234,1235` or `libvirt:NAME`.
     pub fn describe(&self) -> String {
         match self {
             Self::Unit { unit, .. } => format!("unit:{unit}"),
@@ -84,6 +165,8 @@ impl Target {
                 let list: Vec<String> = pids.iter().map(u32::to_string).collect();
                 format!("pids:{}", list.join(","))
             }
+            Self::Libvirt { domain, .. } => format!("libvirt:{domain}"),
+            Self::Reservation { domain, .. } => format!("reservation:{domain}"),
         }
     }
 }
@@ -387,6 +470,19 @@ pub fn plan(
 ) -> Result<Plan, Error> {
     let cpus = &req.cpus;
     let name = &req.name;
+    if req.target.is_reservation() {
+        if active.iter().any(|a| a.name == *name) {
+            return Err(Error::NameExists(format!(
+                "an isolation named '{name}' exists already"
+            )));
+        }
+        return Ok(Plan {
+            partition: PartitionType::Isolated,
+            mode: PartitionMode::Remote,
+            steps: Vec::new(),
+            partitions: Vec::new(),
+        });
+    }
     if cpus.is_empty() {
         return Err(Error::InvalidCpuList(
             "the CPU list is empty; name at least one CPU, e.g. 2-3".to_owned(),
@@ -479,11 +575,13 @@ pub fn plan(
         )));
     }
 
-    let partition = req.partition.unwrap_or(if cpus.len() == 1 {
-        PartitionType::Isolated
-    } else {
-        PartitionType::Root
-    });
+    let partition = req.partition.unwrap_or(
+        if cpus.len() == 1 || matches!(req.target, Target::Libvirt { .. }) {
+            PartitionType::Isolated
+        } else {
+            PartitionType::Root
+        },
+    );
     if !kernel.supports(partition) {
         return Err(Error::UnsupportedHost(format!(
             "this kernel does not offer {partition} partitions (it offers: {}); {}",
@@ -533,6 +631,30 @@ pub fn plan(
             (false, &[][..])
         }
         Target::Own { pids, create, .. } => (*create, &pids[..]),
+        Target::Libvirt {
+            domain,
+            cgroup,
+            leaves,
+            ..
+        } => {
+            if mode == PartitionMode::Local {
+                return Err(Error::UnsupportedHost(
+                    "isolating a libvirt domain in place needs remote partitions \
+                     (cpuset.cpus.exclusive, Linux 6.7+): on this kernel every cgroup above a \
+                     partition must be one too, which would take the domain's iothreads and \
+                     libvirt's other pins into the isolated CPUs"
+                        .to_owned(),
+                ));
+            }
+            if !snapshot.exists(cgroup) {
+                return Err(Error::TargetNotFound(format!(
+                    "the cgroup {cgroup} of libvirt domain {domain:?} does not exist; is the \
+                     domain running?"
+                )));
+            }
+            return plan_leaves(req, snapshot, active, partition, leaves);
+        }
+        Target::Reservation { .. } => (false, &[][..]),
     };
     if let Some(state) = snapshot.file(target_cg, PARTITION_FILE)
         && first_word(state) != "member"
@@ -671,6 +793,128 @@ pub fn plan(
         mode,
         steps,
         partitions: vec![target_cg.clone()],
+    })
+}
+
+/// Plans partitions on cgroups below the target (a libvirt domain's leaves), remote mode:
+/// every ancestor of a leaf gets `+cpuset` where missing and, below the root, its
+/// `cpuset.cpus.exclusive` grows by the CPUs of the leaves below it; then each leaf gets its
+/// `cpuset.cpus.exclusive` and last its `cpuset.cpus.partition`. No `cpuset.cpus` is written:
+/// the leaves keep the pins libvirt gave them.
+fn plan_leaves(
+    req: &Request,
+    snapshot: &Snapshot,
+    active: &[ActiveIsolation],
+    partition: PartitionType,
+    leaves: &[LeafPartition],
+) -> Result<Plan, Error> {
+    if leaves.is_empty() {
+        return Err(Error::Failed(format!(
+            "{} has no cgroup to partition",
+            req.target.describe()
+        )));
+    }
+    let union = leaves
+        .iter()
+        .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus));
+    if union != req.cpus {
+        return Err(Error::Failed(format!(
+            "the leaves' CPUs ({union}) are not the isolation's ({})",
+            req.cpus
+        )));
+    }
+    for (i, leaf) in leaves.iter().enumerate() {
+        if !req.target.cgroup().is_ancestor_of(&leaf.cgroup) {
+            return Err(Error::Failed(format!(
+                "{} is not below {}",
+                leaf.cgroup,
+                req.target.cgroup()
+            )));
+        }
+        if !snapshot.exists(&leaf.cgroup) {
+            return Err(Error::TargetNotFound(format!(
+                "the cgroup {} does not exist (any more); is the domain running?",
+                leaf.cgroup
+            )));
+        }
+        if let Some(state) = snapshot.file(&leaf.cgroup, PARTITION_FILE)
+            && first_word(state) != "member"
+        {
+            return Err(Error::Failed(format!(
+                "cgroup {} is already a cpuset partition ({}); something other than \
+                 kvmisolate manages it",
+                leaf.cgroup,
+                state.trim()
+            )));
+        }
+        if leaves[..i].iter().any(|o| !o.cpus.is_disjoint(&leaf.cpus)) {
+            return Err(Error::Failed(format!(
+                "{} shares CPUs with another partition of the same isolation",
+                leaf.cgroup
+            )));
+        }
+    }
+    let shared = |p: &CgroupPath| {
+        active
+            .iter()
+            .flat_map(|a| &a.cgroups)
+            .any(|c| p.is_ancestor_of(c))
+    };
+    let original = |p: &CgroupPath, file: &str, default: &str| {
+        snapshot.file(p, file).unwrap_or(default).to_owned()
+    };
+    let mut ancestors: Vec<CgroupPath> = Vec::new();
+    for leaf in leaves {
+        for anc in leaf.cgroup.ancestors() {
+            if !ancestors.contains(&anc) {
+                ancestors.push(anc);
+            }
+        }
+    }
+    let mut steps = Vec::new();
+    for anc in &ancestors {
+        if !anc.is_root() {
+            let added = leaves
+                .iter()
+                .filter(|l| anc.is_ancestor_of(&l.cgroup))
+                .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus));
+            steps.push(Step::SharedAdd {
+                path: anc.clone(),
+                file: EXCLUSIVE_FILE.to_owned(),
+                original: original(anc, EXCLUSIVE_FILE, "\n"),
+                added,
+            });
+        }
+        let enabled = snapshot
+            .file(anc, SUBTREE_CONTROL_FILE)
+            .is_some_and(|c| c.split_whitespace().any(|w| w == "cpuset"));
+        if !enabled || shared(anc) {
+            steps.push(Step::EnableController {
+                path: anc.clone(),
+                controller: "cpuset".to_owned(),
+                was_present: enabled,
+            });
+        }
+    }
+    for leaf in leaves {
+        steps.push(Step::Write {
+            path: leaf.cgroup.clone(),
+            file: EXCLUSIVE_FILE.to_owned(),
+            original: original(&leaf.cgroup, EXCLUSIVE_FILE, "\n"),
+            value: leaf.cpus.to_string(),
+        });
+        steps.push(Step::Write {
+            path: leaf.cgroup.clone(),
+            file: PARTITION_FILE.to_owned(),
+            original: original(&leaf.cgroup, PARTITION_FILE, "member\n"),
+            value: partition.as_str().to_owned(),
+        });
+    }
+    Ok(Plan {
+        partition,
+        mode: PartitionMode::Remote,
+        steps,
+        partitions: leaves.iter().map(|l| l.cgroup.clone()).collect(),
     })
 }
 

@@ -18,10 +18,14 @@ pub enum TargetRequest {
     Unit(String),
     /// Processes moved into a cgroup of kvmisolate's own.
     Pids(Vec<u32>),
+    /// A running libvirt domain, by name: its vCPU and emulator leaves partitioned in place.
+    Libvirt(String),
+    /// Hugepages reserved for a libvirt domain about to start; no CPUs, no partition.
+    Reservation(String),
 }
 
 impl TargetRequest {
-    /// The `Target` property text: `unit:NAME` or `pids:1,2,3`.
+    /// The `Target` property text: `unit:NAME`, `pids:1,2,3` or `libvirt:DOMAIN`.
     pub fn describe(&self) -> String {
         match self {
             Self::Unit(u) => format!("unit:{u}"),
@@ -29,6 +33,8 @@ impl TargetRequest {
                 let list: Vec<String> = p.iter().map(u32::to_string).collect();
                 format!("pids:{}", list.join(","))
             }
+            Self::Libvirt(d) => format!("libvirt:{d}"),
+            Self::Reservation(d) => format!("reservation:{d}"),
         }
     }
 }
@@ -84,6 +90,9 @@ pub fn parse(
     let mut tunings = TuningsRequest::default();
     let mut unit = None;
     let mut pids = None;
+    let mut domain = None;
+    let mut reserve = None;
+    let mut release_given = false;
     let mut partition = None;
     let mut release_when = ReleaseWhen::default();
     for (key, value) in options {
@@ -106,7 +115,15 @@ pub fn parse(
                         .map_err(invalid)?,
                 );
             }
+            options::RESERVE_FOR_DOMAIN => {
+                let d = string_option(key, value)?;
+                crate::libvirt::validate_domain_name(&d).map_err(|e| {
+                    invalid(e.replace("\"libvirt-domain\"", "\"reserve-for-domain\""))
+                })?;
+                reserve = Some(d);
+            }
             options::RELEASE_WHEN => {
+                release_given = true;
                 release_when = string_option(key, value)?
                     .parse::<ReleaseWhen>()
                     .map_err(invalid)?;
@@ -151,9 +168,9 @@ pub fn parse(
                     })?);
             }
             options::LIBVIRT_DOMAIN => {
-                return Err(invalid(format!(
-                    "option {key:?} is not supported by this version of kvmisolated"
-                )));
+                let d = string_option(key, value)?;
+                crate::libvirt::validate_domain_name(&d).map_err(invalid)?;
+                domain = Some(d);
             }
             other => {
                 let shown: String = other.chars().take(64).collect();
@@ -169,13 +186,50 @@ pub fn parse(
             "give either \"profile\" or \"tunings\", not both (a list replaces the profile)",
         ));
     }
-    let target = match (unit, pids) {
-        (Some(_), Some(_)) => return Err(invalid("give either \"unit\" or \"pids\", not both")),
-        (Some(u), None) => TargetRequest::Unit(u),
-        (None, Some(p)) => TargetRequest::Pids(p),
-        (None, None) => {
+    if let Some(d) = reserve {
+        if unit.is_some() || pids.is_some() || domain.is_some() {
             return Err(invalid(
-                "no target: give the option \"unit\" (a systemd unit) or \"pids\" (processes)",
+                "\"reserve-for-domain\" is a lease of its own: give no \"unit\", \"pids\" or \"libvirt-domain\" with it",
+            ));
+        }
+        if !cpus.is_empty() {
+            return Err(invalid(
+                "a \"reserve-for-domain\" lease holds no CPUs: leave the CPU list empty",
+            ));
+        }
+        if tunings.hugepages.is_none() || tunings.profile.is_some() || tunings.list.is_some() {
+            return Err(invalid(
+                "a \"reserve-for-domain\" lease holds only a \"hugepages\" pool: give \"hugepages\" and no \"profile\" or \"tunings\"",
+            ));
+        }
+        if release_given && release_when != ReleaseWhen::Released {
+            return Err(invalid(
+                "a \"reserve-for-domain\" lease ends only on Release (release-when \"released\")",
+            ));
+        }
+        tunings.profile = Some(Profile::None);
+        return Ok(IsolateRequest {
+            name,
+            cpus,
+            target: TargetRequest::Reservation(d),
+            partition: None,
+            release_when: ReleaseWhen::Released,
+            tunings,
+        });
+    }
+    let target = match (unit, pids, domain) {
+        (Some(u), None, None) => TargetRequest::Unit(u),
+        (None, Some(p), None) => TargetRequest::Pids(p),
+        (None, None, Some(d)) => TargetRequest::Libvirt(d),
+        (None, None, None) => {
+            return Err(invalid(
+                "no target: give the option \"unit\" (a systemd unit), \"pids\" (processes) \
+                 or \"libvirt-domain\" (a running libvirt domain)",
+            ));
+        }
+        _ => {
+            return Err(invalid(
+                "give only one of \"unit\", \"pids\" and \"libvirt-domain\"",
             ));
         }
     };
@@ -263,6 +317,52 @@ mod tests {
     }
 
     #[test]
+    fn accepts_a_libvirt_domain() {
+        let r = parse(
+            "vm",
+            "",
+            &opts(&[("libvirt-domain", Variant::from("win 10"))]),
+        )
+        .unwrap();
+        assert_eq!(r.target, TargetRequest::Libvirt("win 10".into()));
+        assert!(r.cpus.is_empty());
+        assert_eq!(r.target.describe(), "libvirt:win 10");
+    }
+
+    #[test]
+    fn accepts_a_reservation() {
+        let r = parse(
+            "libvirt-vm-hugepages",
+            "",
+            &opts(&[
+                ("reserve-for-domain", Variant::from("vm")),
+                ("hugepages", Variant::from("64M")),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.target, TargetRequest::Reservation("vm".into()));
+        assert_eq!(r.release_when, ReleaseWhen::Released);
+        assert_eq!(r.tunings.profile, Some(Profile::None));
+        let res = || ("reserve-for-domain", Variant::from("vm"));
+        let hp = || ("hugepages", Variant::from("64M"));
+        for bad in [
+            vec![res()],
+            vec![res(), hp(), ("pids", Variant::from(vec![1u32]))],
+            vec![res(), hp(), ("profile", Variant::from("default"))],
+            vec![res(), hp(), ("release-when", Variant::from("target-exits"))],
+            vec![("reserve-for-domain", Variant::from("")), hp()],
+        ] {
+            let r = parse("x", "", &opts(&bad));
+            assert!(
+                matches!(r, Err(Error::InvalidOption(_))),
+                "{bad:?} gave {r:?}"
+            );
+        }
+        let r = parse("x", "2", &opts(&[res(), hp()]));
+        assert!(matches!(r, Err(Error::InvalidOption(_))), "{r:?}");
+    }
+
+    #[test]
     fn accepts_tuning_options() {
         let r = parse(
             "vm",
@@ -317,6 +417,9 @@ mod tests {
             vec![("unit", Variant::from("../../etc.service"))],
             vec![("unit", Variant::from("x.timer"))],
             vec![pids(), ("libvirt-domain", Variant::from("win10"))],
+            vec![("libvirt-domain", Variant::from(""))],
+            vec![("libvirt-domain", Variant::from("a/b"))],
+            vec![("libvirt-domain", Variant::from(1u32))],
             vec![pids(), ("profile", Variant::from("fast"))],
             vec![pids(), ("tunings", Variant::from("thp"))],
             vec![pids(), ("tunings", Variant::from(vec!["irq"]))],

@@ -385,6 +385,80 @@ impl FakeTree {
         self.engine.apply(req, &plan, None)
     }
 
+    /// A running libvirt domain laid out as libvirt does it:
+    /// `machine.slice/machine-qemu\x2d<id>\x2d<name>.scope/libvirt/<leaf>`, cpuset enabled
+    /// down to the leaves (libvirt asks for it), each leaf's `cpuset.cpus` = its pins (`""`:
+    /// none written), process `pid` in the emulator leaf (or the first leaf). Returns the scope.
+    pub fn libvirt_domain(
+        &self,
+        id: u32,
+        name: &str,
+        leaves: &[(&str, &str)],
+        pid: u32,
+    ) -> CgroupPath {
+        let machine = format!("qemu-{id}-{name}").replace('-', "\\x2d");
+        let scope = cg(&format!("machine.slice/machine-{machine}.scope"));
+        let dir = scope.join("libvirt").unwrap();
+        let fs = self.fs();
+        for p in [CgroupPath::root(), cg("machine.slice")] {
+            if !fs
+                .read(&p, "cgroup.subtree_control")
+                .unwrap()
+                .contains("cpuset")
+            {
+                fs.write(&p, "cgroup.subtree_control", "+cpuset").unwrap();
+            }
+        }
+        for p in [&scope, &dir] {
+            fs.mkdir(p).unwrap();
+            fs.write(p, "cgroup.subtree_control", "+cpuset").unwrap();
+        }
+        for (leaf, pins) in leaves {
+            let p = dir.join(leaf).unwrap();
+            fs.mkdir(&p).unwrap();
+            if !pins.is_empty() {
+                fs.write(&p, "cpuset.cpus", pins).unwrap();
+            }
+        }
+        put(
+            &self.proc_root.join(pid.to_string()).join("cgroup"),
+            "0::/\n",
+        );
+        let home = leaves
+            .iter()
+            .find(|(l, _)| *l == "emulator")
+            .or(leaves.first())
+            .map(|(l, _)| dir.join(l).unwrap())
+            .unwrap_or(dir);
+        fs.write(&home, "cgroup.procs", &pid.to_string()).unwrap();
+        fs.emulated_writes();
+        scope
+    }
+
+    /// A libvirt domain's engine request, resolved and selected as the backend does it.
+    pub fn libvirt_request(&self, n: &str, domain: &str, want: &str) -> Result<Request, Error> {
+        let scope = crate::libvirt::find_scope(self.fs(), domain)?;
+        let layout = crate::libvirt::Layout::read(self.fs(), &scope)?;
+        let sel =
+            crate::libvirt::select(domain, &layout, &cpus(want), &self.host().online, &|_| None)?;
+        let mut req = self.request(
+            n,
+            &sel.cpus.to_string(),
+            Target::Libvirt {
+                domain: domain.to_owned(),
+                cgroup: scope,
+                leaves: sel
+                    .partitions
+                    .into_iter()
+                    .map(|(_, cgroup, cpus)| crate::plan::LeafPartition { cgroup, cpus })
+                    .collect(),
+                warnings: sel.warnings,
+            },
+        );
+        req.release_when = ReleaseWhen::TargetExits;
+        Ok(req)
+    }
+
     pub fn read(&self, p: &str, f: &str) -> String {
         self.fs().read(&cg(p), f).unwrap()
     }

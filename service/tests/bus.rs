@@ -962,3 +962,304 @@ fn a_malformed_configuration_stops_the_daemon_naming_the_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 3") && err.contains("thp"), "{err}");
 }
+
+/// A running libvirt domain laid out as libvirt does (vCPUs on 3-4, emulator on 2, iothread
+/// on 0-1), cpuset enabled down to the leaves; CPUs 4 and 5 are SMT siblings.
+fn libvirt_domain(h: &FakeHost) {
+    let scope = r"machine.slice/machine-qemu\x2d7\x2dwin10.scope";
+    h.put("cgroup/cgroup.subtree_control", "cpuset memory pids\n");
+    h.add_process(5000, &format!("{scope}/libvirt/emulator"));
+    let cpuset = |dir: &str, pins: &str, control: &str| {
+        for (f, v) in [
+            ("cgroup.controllers", "cpuset memory pids\n"),
+            ("cgroup.subtree_control", control),
+            ("cpuset.cpus", pins),
+            // The fake kernel shows an empty effective set on members.
+            ("cpuset.cpus.effective", "\n"),
+            ("cpuset.cpus.exclusive", "\n"),
+            ("cpuset.cpus.exclusive.effective", "\n"),
+            ("cpuset.cpus.partition", "member\n"),
+            ("cgroup.procs", ""),
+        ] {
+            let p = format!("cgroup/{dir}/{f}");
+            if f != "cgroup.procs" || !h.dir.path().join(&p).exists() {
+                h.put(&p, v);
+            }
+        }
+    };
+    cpuset("machine.slice", "\n", "cpuset\n");
+    cpuset(scope, "\n", "cpuset\n");
+    cpuset(&format!("{scope}/libvirt"), "\n", "cpuset\n");
+    for (leaf, pins) in [
+        ("vcpu0", "3\n"),
+        ("vcpu1", "4\n"),
+        ("emulator", "2\n"),
+        ("iothread1", "0-1\n"),
+    ] {
+        cpuset(&format!("{scope}/libvirt/{leaf}"), pins, "\n");
+    }
+    for dir in ["machine.slice", scope] {
+        h.put(
+            &format!("cgroup/{dir}/cgroup.events"),
+            "populated 1\nfrozen 0\n",
+        );
+    }
+    for cpu in [4, 5] {
+        h.put(
+            &format!("sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"),
+            "4-5\n",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libvirt_domain_is_isolated_in_place_and_released_when_its_scope_empties() {
+    let e = env_full(&[], &[], libvirt_domain).await;
+    let before = e.host.snapshot();
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let domain = |d: &str| HashMap::from([("libvirt-domain", Variant::from(d.to_owned()))]);
+
+    // Bad requests change nothing and say what is wrong.
+    for (cpus, d, name, needle) in [
+        (
+            "",
+            "win1",
+            ename::TARGET_NOT_FOUND,
+            "\"win1\" is not running",
+        ),
+        ("2-5", "win10", ename::INVALID_CPU_LIST, "CPU 5 asked for"),
+        ("", "", ename::INVALID_OPTION, "empty"),
+    ] {
+        let err = proxy.isolate("w", cpus, domain(d)).await.unwrap_err();
+        assert_eq!(error_name(&err), name, "{err:?}");
+        assert!(err.to_string().contains(needle), "{err}");
+        assert_eq!(e.host.snapshot(), before);
+    }
+
+    let path = proxy
+        .isolate("libvirt-win10", "", domain("win10"))
+        .await
+        .unwrap();
+    let iso = Isolation1Proxy::builder(&e.conn)
+        .path(path)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(iso.cpus().await.unwrap(), "2-4");
+    assert_eq!(iso.target().await.unwrap(), "libvirt:win10");
+    assert_eq!(iso.partition().await.unwrap(), "isolated");
+    let scope = r"machine.slice/machine-qemu\x2d7\x2dwin10.scope";
+    for leaf in ["vcpu0", "vcpu1", "emulator"] {
+        let p = format!("cgroup/{scope}/libvirt/{leaf}/cpuset.cpus.partition");
+        assert_eq!(e.host.get(&p), "isolated\n", "{leaf}");
+    }
+    assert_eq!(
+        e.host.get(&format!(
+            "cgroup/{scope}/libvirt/iothread1/cpuset.cpus.partition"
+        )),
+        "member\n"
+    );
+    let status = proxy.status().await.unwrap();
+    let list =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
+    let cgroups = Vec::<String>::try_from(list[0][keys::I_CGROUPS].clone()).unwrap();
+    assert_eq!(cgroups.len(), 3);
+    let warnings = Vec::<String>::try_from(list[0][keys::I_WARNINGS].clone()).unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("SMT: CPU 5 left to the host")),
+        "{warnings:?}"
+    );
+
+    // The CLI shows the warnings, and refuses a second isolation of the same CPUs.
+    let out = run_cli_as(0, &e.bus, &["status"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("libvirt-win10: SMT: CPU 5"), "{shown}");
+    let out = run_cli_as(0, &e.bus, &["isolate", "--vm", "win10", "--name", "again"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    // QEMU is gone (however it stopped): the scope empties and the isolation ends by itself.
+    e.host.put(
+        &format!("cgroup/{scope}/cgroup.events"),
+        "populated 0\nfrozen 0\n",
+    );
+    wait_until(|| async { proxy.isolations().await.unwrap().is_empty() }).await;
+    let mut after = e.host.snapshot();
+    after.retain(|(k, _)| !k.ends_with(&format!("{scope}/cgroup.events")));
+    let mut was = before.clone();
+    was.retain(|(k, _)| !k.ends_with(&format!("{scope}/cgroup.events")));
+    assert_eq!(after, was, "everything restored");
+
+    // The CLI: --vm takes the CPUs from the pins and names the isolation libvirt-DOMAIN.
+    e.host.put(
+        &format!("cgroup/{scope}/cgroup.events"),
+        "populated 1\nfrozen 0\n",
+    );
+    let out = run_cli_as(0, &e.bus, &["isolate", "--vm", "win10"]);
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains("Isolated CPUs 2-4 as \"libvirt-win10\"") && line.contains("libvirt win10"),
+        "{line}"
+    );
+    proxy.release("libvirt-win10").await.unwrap();
+}
+
+/// Runs the libvirt hook as libvirtd does: arguments, the domain XML on stdin.
+fn run_hook(e: &Env, args: &[&str], xml: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(common::cli_path())
+        .arg("--address")
+        .arg(&e.bus.address)
+        .arg("libvirt-hook")
+        .args(args)
+        .env("KVMISOLATE_CONFIG", e.host.config_path())
+        .env("KVMISOLATE_SYSFS_ROOT", e.host.sys())
+        .env("KVMISOLATE_PROC_ROOT", e.host.proc())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(xml.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn domain_xml(name: &str, vcpus: &[&str], emulator: &str, optin: bool) -> String {
+    let pins: String = vcpus
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("<vcpupin vcpu='{i}' cpuset='{c}'/>"))
+        .collect();
+    let meta = if optin {
+        "<metadata><kvmisolate:isolate xmlns:kvmisolate='https://kvmisolate.org/xmlns/libvirt/1' profile='none'/></metadata>"
+    } else {
+        ""
+    };
+    format!(
+        "<domain type='qemu'><name>{name}</name>{meta}<memory unit='MiB'>64</memory>\
+         <vcpu>{}</vcpu><cputune>{pins}<emulatorpin cpuset='{emulator}'/>\
+         <iothreadpin iothread='1' cpuset='0-1'/></cputune></domain>",
+        vcpus.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_libvirt_hook_checks_at_prepare_isolates_at_started_and_releases() {
+    let e = env_full(&[], &[], libvirt_domain).await;
+    let before = e.host.snapshot();
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let win10 = domain_xml("win10", &["3", "4"], "2", true);
+    for op in ["prepare", "start"] {
+        let out = run_hook(&e, &["win10", op, "begin", "-"], &win10);
+        assert!(out.status.success(), "{op}: {out:?}");
+    }
+    assert!(
+        proxy.isolations().await.unwrap().is_empty(),
+        "nothing before started"
+    );
+    let out = run_hook(&e, &["win10", "started", "begin", "-"], &win10);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "2-4");
+
+    // A second domain wanting CPU 4 is refused at prepare, with the reason libvirt shows.
+    let other = domain_xml("other", &["4", "5"], "0-1", true);
+    let out = run_hook(&e, &["other", "prepare", "begin", "-"], &other);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CPU 4 is already held by isolation 'libvirt-win10'"),
+        "{err}"
+    );
+    // ... unless it only asks for a warning; and a domain that did not opt in is left alone.
+    e.host
+        .put("kvmisolate.toml", "[vm.other]\non-conflict = \"warn\"\n");
+    let out = run_hook(&e, &["other", "prepare", "begin", "-"], &other);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+    let plain = domain_xml("plain", &["4"], "0-1", false);
+    let out = run_hook(&e, &["plain", "prepare", "begin", "-"], &plain);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    // Malformed XML from an opted-in domain is an error naming the problem.
+    let out = run_hook(&e, &["win10", "prepare", "begin", "-"], "<domain>");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not well-formed"));
+
+    let out = run_hook(&e, &["win10", "release", "end", "-"], &win10);
+    assert!(out.status.success(), "{out:?}");
+    assert!(proxy.isolations().await.unwrap().is_empty());
+    assert_eq!(e.host.snapshot(), before, "release restores everything");
+    // release again (the service released it already): fine.
+    let out = run_hook(&e, &["win10", "release", "end", "-"], &win10);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hook_reserves_hugepages_at_prepare_and_returns_them_at_release() {
+    let e = env_full(&[], &[], |h| {
+        libvirt_domain(h);
+        with_knobs(h);
+    })
+    .await;
+    let before = e.host.snapshot();
+    let pool = "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let xml = domain_xml("win10", &["3", "4"], "2", true).replace(
+        "<memory unit='MiB'>64</memory>",
+        "<memory unit='MiB'>64</memory><memoryBacking><hugepages/></memoryBacking>",
+    );
+    let xml = xml.replace("profile='none'", "profile='none' hugepages='auto'");
+    let out = run_hook(&e, &["win10", "prepare", "begin", "-"], &xml);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        e.host.get(pool).trim(),
+        "32",
+        "64 MiB of 2M pages, before QEMU exists"
+    );
+    let status = proxy.status().await.unwrap();
+    let list =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(text(&list[0][keys::I_NAME]), "hugepages-win10");
+    assert_eq!(text(&list[0][keys::I_TARGET]), "reservation:win10");
+    assert_eq!(text(&list[0][keys::I_CPUS]), "");
+
+    let out = run_hook(&e, &["win10", "started", "begin", "-"], &xml);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(proxy.isolations().await.unwrap().len(), 2);
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "2-4");
+    assert_eq!(
+        e.host.get(pool).trim(),
+        "32",
+        "started does not reserve twice"
+    );
+
+    let out = run_hook(&e, &["win10", "release", "end", "-"], &xml);
+    assert!(out.status.success(), "{out:?}");
+    assert!(proxy.isolations().await.unwrap().is_empty());
+    assert_eq!(e.host.get(pool).trim(), "0");
+    assert_eq!(e.host.snapshot(), before);
+
+    // The bus refuses a reservation that is not one.
+    let bad = HashMap::from([("reserve-for-domain", Variant::from("win10".to_owned()))]);
+    let err = proxy.isolate("r", "", bad).await.unwrap_err();
+    assert_eq!(error_name(&err), ename::INVALID_OPTION, "{err:?}");
+}

@@ -1,0 +1,158 @@
+//! `prepare`'s checks, pure: which CPUs the domain's pins will isolate, whether anything
+//! holds them or the host cannot spare them (conflicts: the start is refused unless
+//! `on-conflict = "warn"`), and what hurts latency (warnings).
+//!
+//! The CPUs are chosen as the service chooses them on the running domain's cgroups: every
+//! pinned vCPU's CPUs, plus the emulator's when its pin is its own (no iothread's, no vCPU's,
+//! not CPU 0).
+
+use kvmisolate_dbus::CpuSet;
+
+use super::domain::Domain;
+use super::optin::Settings;
+
+/// What `prepare` knows of the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// Online CPUs.
+    pub online: CpuSet,
+    /// Whether the kernel has remote partitions (needed to isolate a domain in place).
+    pub remote_partitions: bool,
+    /// Active isolations (name, CPUs), other than this domain's own.
+    pub held: Vec<(String, CpuSet)>,
+    /// `kernel.sched_rt_runtime_us` is -1 already.
+    pub rt_throttling_off: bool,
+}
+
+/// The outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The CPUs that will be isolated.
+    pub cpus: CpuSet,
+    /// Reasons not to start.
+    pub conflicts: Vec<String>,
+    /// Things to tell.
+    pub warnings: Vec<String>,
+}
+
+fn phrase(set: &CpuSet) -> String {
+    if set.len() == 1 {
+        format!("CPU {set}")
+    } else {
+        format!("CPUs {set}")
+    }
+}
+
+/// The CPUs the domain's pins will isolate, and the pin warnings.
+pub fn chosen_cpus(d: &Domain, online: &CpuSet) -> (CpuSet, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut vcpu_cpus = CpuSet::new();
+    for v in 0..d.vcpus.max(d.vcpupins.keys().max().map_or(0, |m| m + 1)) {
+        match d.vcpupins.get(&v) {
+            None => warnings.push(format!(
+                "vcpu{v}: not pinned (runs on any CPU), so it is not isolated; pin it with <vcpupin vcpu='{v}' cpuset='...'/>"
+            )),
+            Some(p) if online.is_subset(p) => warnings.push(format!(
+                "vcpu{v}: pinned to every CPU, so it is not isolated"
+            )),
+            Some(p) => {
+                if p.len() > 1 {
+                    warnings.push(format!(
+                        "vcpu{v}: pinned to {}, not to one CPU; pin each vCPU to a single CPU",
+                        phrase(p)
+                    ));
+                }
+                let shared = p.intersection(&vcpu_cpus);
+                if !shared.is_empty() {
+                    warnings.push(format!(
+                        "vcpu{v}: shares {} with another vCPU",
+                        phrase(&shared)
+                    ));
+                }
+                vcpu_cpus = vcpu_cpus.union(p);
+            }
+        }
+    }
+    let mut cpus = vcpu_cpus.clone();
+    let iothreads = d
+        .iothreadpins
+        .values()
+        .fold(CpuSet::new(), |acc, c| acc.union(c));
+    if let Some(e) = &d.emulatorpin {
+        let with_vcpu = e.intersection(&vcpu_cpus);
+        if !with_vcpu.is_empty() {
+            warnings.push(format!(
+                "emulator: shares {} with a vCPU; give it a CPU of its own with <emulatorpin>",
+                phrase(&with_vcpu)
+            ));
+        } else if e.is_disjoint(&iothreads) && !e.contains(0) && !online.is_subset(e) {
+            cpus = cpus.union(e);
+        }
+    }
+    (cpus, warnings)
+}
+
+/// Checks `d` with `settings` against `host`.
+pub fn check(d: &Domain, settings: &Settings, host: &HostView) -> Verdict {
+    let (cpus, mut warnings) = chosen_cpus(d, &host.online);
+    let mut conflicts = Vec::new();
+    if !host.remote_partitions {
+        conflicts.push(
+            "this kernel cannot isolate a libvirt domain in place: it needs remote cpuset \
+             partitions (cpuset.cpus.exclusive, Linux 6.7+)"
+                .to_owned(),
+        );
+    }
+    if cpus.is_empty() {
+        conflicts.push(format!(
+            "domain {:?} has no vCPU pinned to CPUs of its own; add <cputune><vcpupin vcpu='0' \
+             cpuset='3'/>...</cputune>",
+            d.name
+        ));
+    }
+    let offline = cpus.difference(&host.online);
+    if !offline.is_empty() {
+        conflicts.push(format!(
+            "{} pinned in the domain {} not online (online: {})",
+            phrase(&offline),
+            if offline.len() == 1 { "is" } else { "are" },
+            host.online
+        ));
+    }
+    let mut taken = CpuSet::new();
+    for (name, held) in &host.held {
+        let busy = cpus.intersection(held);
+        if !busy.is_empty() {
+            conflicts.push(format!(
+                "{} {} already held by isolation '{name}'; stop that domain or release it \
+                 (kvmisolate release {name}), or pin this domain elsewhere",
+                phrase(&busy),
+                if busy.len() == 1 { "is" } else { "are" }
+            ));
+        }
+        taken = taken.union(held);
+    }
+    if !cpus.is_empty() && host.online.difference(&taken.union(&cpus)).is_empty() {
+        conflicts.push(format!(
+            "isolating {} would leave the host no CPU",
+            phrase(&cpus)
+        ));
+    }
+    if d.realtime_vcpus && !host.rt_throttling_off && !settings.disables_rt_throttling() {
+        warnings.push(
+            "<vcpusched scheduler='fifo'> without RT throttling disabled: the kernel stops \
+             real-time vCPUs for 50 ms every second; use profile \"realtime\" (or the \
+             rt-throttling tuning)"
+                .to_owned(),
+        );
+    }
+    // The pool itself is grown by the reservation `prepare` makes once the checks pass.
+    if let Err(e) = settings.hugepage_spec(d) {
+        conflicts.push(format!("hugepages: {e}"));
+    }
+    Verdict {
+        cpus,
+        conflicts,
+        warnings,
+    }
+}

@@ -1,0 +1,21 @@
+//! The libvirt hook (`kvmisolate libvirt-hook DOMAIN OPERATION SUB-OPERATION EXTRA`, the
+//! domain XML on stdin), installed as `/etc/libvirt/hooks/qemu.d/kvmisolate`.
+//!
+//! It never calls libvirt (libvirtd waits for its hooks: a call back would deadlock) and only
+//! acts on domains that opt in, by a `<kvmisolate:isolate/>` element in their `<metadata>` or a
+//! `[vm.NAME]` section in `/etc/kvmisolate/kvmisolate.toml`:
+//! - `prepare`: checks the domain's pins against the active isolations and the host, and
+//!   refuses the start (exit 1, the reason on stderr, which `virsh start` shows) on a conflict
+//!   unless `on-conflict = "warn"`;
+//! - `started`: isolates the running domain in place (`Isolate` with `libvirt-domain`);
+//! - `release`: releases it (the service also does by itself when the domain's cgroup empties).
+//!
+//! [`domain`] reads the XML, [`optin`] decides whether and how the domain opts in, [`check`]
+//! is `prepare`'s pure part.
+
+pub mod check;
+pub mod domain;
+pub mod optin;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+# libvirt: real libvirtd and QEMU (TCG, no disk: the guests sit in SeaBIOS) with kvmisolate's
+# hook. A domain pinned like the low-latency recipe (vCPUs 3-4, emulator 2, iothread 0-1) that
+# opts in by metadata: `virsh start` → vCPU and emulator leaves `isolated`, every host thread
+# off 2-4, the iothread still on 0-1; `virsh destroy` → restored; `kill -9` of QEMU → released
+# by itself, also with libvirtd killed first (no hook runs); two domains on disjoint CPUs at
+# once; an overlapping third refused at start with kvmisolate's reason in virsh's error;
+# hugepages="auto" reserved at prepare and returned.
+# needs: libvirt
+# timeout: 900
+VIRSH="virsh -q -c qemu:///system"
+
+domain_xml() { # NAME OPTIN(0/1) VCPU-CPUS... (emulator and iothread pins in EMU / IOT)
+    local name=$1 optin=$2; shift 2
+    local i=0 pins=
+    for c in "$@"; do pins+="<vcpupin vcpu='$i' cpuset='$c'/>"; i=$((i + 1)); done
+    cat <<EOT
+<domain type='qemu'>
+  <name>$name</name>
+  $([ "$optin" = 1 ] && echo "<metadata><kvmisolate:isolate xmlns:kvmisolate='https://kvmisolate.org/xmlns/libvirt/1' profile='none'/></metadata>")
+  <memory unit='MiB'>32</memory>
+  $([ -n "${HP:-}" ] && echo "<memoryBacking><hugepages/></memoryBacking>")
+  <vcpu placement='static'>$#</vcpu>
+  <iothreads>1</iothreads>
+  <cputune>$pins<emulatorpin cpuset='${EMU:-0-1}'/><iothreadpin iothread='1' cpuset='${IOT:-0-1}'/></cputune>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOT
+}
+
+define() { # NAME OPTIN VCPU-CPUS...
+    domain_xml "$@" > "$KT_STATE/$1.xml"
+    $VIRSH define "$KT_STATE/$1.xml" >/dev/null || fail "virsh define $1 failed"
+}
+
+scope_of() { # NAME: the domain's scope directory (machine-qemu\x2dID\x2dNAME.scope, escaped)
+    local d u
+    for d in "$CG"/machine.slice/machine-qemu*.scope; do
+        [ -d "$d" ] || continue
+        u=${d##*/}; u=${u//\\x2d/-}
+        case $u in machine-qemu-*-"$1".scope) echo "$d"; return ;; esac
+    done
+    return 1
+}
+
+qemu_pid() { cat "/run/libvirt/qemu/$1.pid"; }
+
+start_ok() { # NAME
+    local out
+    out=$(timeout -k 5 120 $VIRSH start "$1" 2>&1) || fail "virsh start $1 failed: $out"
+}
+
+destroy() { timeout -k 5 60 $VIRSH destroy "$1" >/dev/null 2>&1 || true; }
+
+# check_domain NAME CPUS ISOLATED-LEAVES...: the isolation is active with CPUS, the leaves named
+# are valid `isolated` partitions whose threads run on their pins; every other leaf (the
+# iothread, a housekeeping emulator) is still a member and its threads run on 0-1.
+check_domain() {
+    local name=$1 cpus=$2 iso=libvirt-$1 scope pid leaf base t c; shift 2
+    local want=" $* "
+    wait_state "$iso" active 30 || fail "$iso: state '$(iso_field "$iso" state)' after virsh start"
+    [ "$(iso_field "$iso" cpus)" = "$cpus" ] || fail "$iso: cpus '$(iso_field "$iso" cpus)', want $cpus"
+    [ "$(iso_field "$iso" target)" = "libvirt:$name" ] || fail "$iso: target '$(iso_field "$iso" target)'"
+    scope=$(scope_of "$name") || fail "no scope for $name under machine.slice"
+    pid=$(qemu_pid "$name")
+    for leaf in "$scope"/libvirt/*/; do
+        leaf=${leaf%/}; base=${leaf##*/}
+        if [[ $want == *" $base "* ]]; then
+            [ "$(partition_of "$leaf")" = isolated ] || fail "${leaf#"$CG"/}: partition '$(partition_of "$leaf")', want isolated"
+            for t in $(cat "$leaf/cgroup.threads"); do
+                c=$(task_cpus "$t" 2>/dev/null) || continue
+                cpulist_eq "$c" "$(cat "$leaf/cpuset.cpus")" || fail "${leaf#"$CG"/}: thread $t allowed on $c, pinned to $(cat "$leaf/cpuset.cpus")"
+            done
+            note "${leaf#"$CG"/}: $(partition_of "$leaf") on $(cat "$leaf/cpuset.cpus.effective")"
+        else
+            [ "$(partition_of "$leaf")" = member ] || fail "${leaf#"$CG"/}: partition '$(partition_of "$leaf")', want member"
+            for t in $(cat "$leaf/cgroup.threads"); do
+                c=$(task_cpus "$t" 2>/dev/null) || continue
+                cpulist_eq "$c" 0-1 || fail "$base thread $t allowed on $c, want 0-1"
+            done
+            note "$base: member, threads on 0-1"
+        fi
+    done
+    KT_EXTRA_TARGETS+=("$pid")
+}
+
+# host_threads_off CPUS EXCLUDED-PIDS...: every task but the domains' QEMUs and per-CPU
+# kthreads is off CPUS
+host_threads_off() {
+    local cpus=$1 offenders late; shift
+    offenders=$(affinity_offenders "$(cpulist_minus "$(online_cpus)" "$cpus")" "$@")
+    late=$(grep '^LATE ' <<<"$offenders" | sed 's/^LATE //' || true)
+    [ -z "$late" ] || note "kernel threads created later, allowed everywhere by the kernel: $(echo $late | cut -c1-200)"
+    offenders=$(grep -v '^LATE ' <<<"$offenders" || true)
+    [ -z "$offenders" ] || fail "tasks allowed on $cpus: $(echo $offenders | cut -c1-600)"
+    note "every host task is off $cpus"
+}
+
+run() {
+    need_kvmisolate
+    command -v virsh >/dev/null || skip "no libvirt in this image (tests/vm/run --libvirt)"
+    have_systemd || skip "needs systemd (libvirt's machine scopes)"
+    have_remote_partitions || skip "needs remote partitions (6.7+)"
+    [ -x /etc/libvirt/hooks/qemu.d/kvmisolate ] || fail "make install did not install /etc/libvirt/hooks/qemu.d/kvmisolate"
+    timeout -k 5 60 $VIRSH version >/dev/null 2>&1 || fail "libvirtd does not answer"
+
+    # Warm-up: a domain that does not opt in, started and destroyed, so that what libvirt and
+    # systemd create once (machine.slice, its cpuset controller) is in the "before" snapshot.
+    define kvmi-warm 0 3 4
+    start_ok kvmi-warm
+    [ "$(iso_count)" = 0 ] || fail "a domain without the opt-in was isolated"
+    destroy kvmi-warm
+    wait_for "! scope_of kvmi-warm >/dev/null" 20 0.5 || fail "kvmi-warm's scope stayed"
+    local before=$KT_STATE/lv-before.snap
+    snapshot "$before"
+    all_affinities | awk '{print $1}' > "$KT_STATE/tids-before-isolate"
+
+    # 1. virsh start / virsh destroy
+    EMU=2 define kvmi-a 1 3 4
+    start_ok kvmi-a
+    check_domain kvmi-a 2-4 vcpu0 vcpu1 emulator
+    host_threads_off 2-4 "$(qemu_pid kvmi-a)"
+    destroy kvmi-a
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after virsh destroy"
+    wait_restored "$before" 20
+
+    # 2. QEMU killed: released by the service whether or not a hook runs
+    start_ok kvmi-a
+    wait_state libvirt-kvmi-a active 30 || fail "not isolated on the second start"
+    kill -9 "$(qemu_pid kvmi-a)"
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after QEMU was killed"
+    wait_restored "$before" 20
+    note "kill -9 of QEMU: released and restored"
+
+    # 2b. libvirtd dead too: no hook can run, the service still sees the scope go
+    start_ok kvmi-a
+    wait_state libvirt-kvmi-a active 30 || fail "not isolated on the third start"
+    local qpid
+    qpid=$(qemu_pid kvmi-a)
+    systemctl kill -s KILL libvirtd.service
+    wait_for "! systemctl -q is-active libvirtd.service" 10 0.2 || fail "libvirtd survived SIGKILL"
+    kill -9 "$qpid"
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 30 0.5 || fail "still isolated 30 s after QEMU died with libvirtd dead"
+    wait_restored "$before" 20
+    note "libvirtd and QEMU killed: released and restored without a hook"
+    timeout -k 5 60 $VIRSH list --all >/dev/null 2>&1 || fail "libvirtd did not come back"
+
+    # 3. two domains on disjoint CPUs; an overlapping third is refused at start
+    start_ok kvmi-a
+    define kvmi-b 1 5
+    start_ok kvmi-b
+    check_domain kvmi-a 2-4 vcpu0 vcpu1 emulator
+    check_domain kvmi-b 5 vcpu0
+    host_threads_off 2-5 "$(qemu_pid kvmi-a)" "$(qemu_pid kvmi-b)"
+    define kvmi-c 1 4
+    local out rc=0
+    out=$(timeout -k 5 120 $VIRSH start kvmi-c 2>&1) || rc=$?
+    [ "$rc" != 0 ] || fail "kvmi-c (CPU 4, held by kvmi-a) started"
+    grep -q "CPU 4 is already held by isolation 'libvirt-kvmi-a'" <<<"$out" \
+        || fail "virsh start kvmi-c failed without kvmisolate's reason: $out"
+    note "kvmi-c refused: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
+    [ "$(iso_count)" = 2 ] || fail "the refused start changed the isolations ($(iso_count))"
+    destroy kvmi-a
+    destroy kvmi-b
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated after destroying both"
+    wait_restored "$before" 20
+
+    # 4. hugepages="auto" with <memoryBacking><hugepages/>: 32 MiB = 16 pages of 2M reserved at
+    # prepare (QEMU maps them), returned at release
+    local pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages orig
+    orig=$(cat "$pool")
+    HP=1 define kvmi-h 1 5
+    start_ok kvmi-h
+    [ "$(cat "$pool")" = $((orig + 16)) ] || fail "hugepage pool $(cat "$pool"), want $((orig + 16))"
+    iso_exists hugepages-kvmi-h || fail "no hugepages-kvmi-h reservation in status"
+    [ "$(iso_field hugepages-kvmi-h target)" = reservation:kvmi-h ] || fail "reservation target '$(iso_field hugepages-kvmi-h target)'"
+    check_domain kvmi-h 5 vcpu0
+    note "hugepages: pool $orig -> $(cat "$pool") while kvmi-h runs"
+    destroy kvmi-h
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still listed after destroying kvmi-h: $(kstatus | jq -c '[.isolations[].name]')"
+    wait_restored "$before" 20
+}
+
+cleanup() {
+    local d
+    for d in kvmi-warm kvmi-a kvmi-b kvmi-c kvmi-h; do
+        timeout -k 5 30 $VIRSH destroy "$d" >/dev/null 2>&1
+        timeout -k 5 30 $VIRSH undefine "$d" >/dev/null 2>&1
+    done
+    KT_EXTRA_TARGETS=()
+}
