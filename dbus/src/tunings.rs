@@ -76,12 +76,6 @@ impl Tuning {
             Self::Hugepages => "hugepages",
         }
     }
-
-    /// Whether it changes a host-wide setting shared by every isolation (its value then
-    /// follows the union of all active isolations).
-    pub fn is_host_wide(self) -> bool {
-        !matches!(self, Self::FairServer | Self::CpuGovernor)
-    }
 }
 
 impl fmt::Display for Tuning {

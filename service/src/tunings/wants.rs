@@ -113,7 +113,7 @@ pub fn wants(tuning: Tuning, holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outco
     let cpus = cpus_of(holders);
     match tuning {
         Tuning::IrqAffinity => irq_affinity(&cpus, ctx),
-        Tuning::Irqbalance => irqbalance(&cpus, ctx),
+        Tuning::Irqbalance => irqbalance(ctx),
         Tuning::WorkqueueUnbound => mask_file(
             tuning,
             ctx.paths.sys.join("devices/virtual/workqueue/cpumask"),
@@ -340,7 +340,7 @@ pub fn irqbalance_dropin(paths: &Paths) -> PathBuf {
         .join("irqbalance.service.d/50-kvmisolate.conf")
 }
 
-fn irqbalance(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
+fn irqbalance(ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
     match ctx.irqbalance {
         Irqbalance::NotRunning => Ok(Outcome::Skip("irqbalance is not running".into())),
         Irqbalance::Process => Ok(Outcome::Skip(format!(
@@ -349,7 +349,6 @@ fn irqbalance(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
             ctx.isolated
         ))),
         Irqbalance::SystemdUnit => {
-            let _ = cpus;
             Ok(Outcome::Wants(
                 vec![Want {
                     tuning: Tuning::Irqbalance,
