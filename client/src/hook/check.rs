@@ -2,11 +2,12 @@
 //! holds them or the host cannot spare them (conflicts: the start is refused unless
 //! `on-conflict = "warn"`), and what hurts latency (warnings).
 //!
-//! The CPUs are chosen as the service chooses them on the running domain's cgroups: every
-//! pinned vCPU's CPUs, plus the emulator's when its pin is its own (no iothread's, no vCPU's,
-//! not CPU 0).
+//! The CPUs are chosen by the rule the service applies to the running domain's cgroups
+//! ([`kvmisolate_dbus::libvirt::place`]): every pinned vCPU's CPUs, plus the emulator's when
+//! its pin is its own (no iothread's, no vCPU's, not CPU 0).
 
 use kvmisolate_dbus::CpuSet;
+use kvmisolate_dbus::libvirt::{LeafKind, Placement, partitioned_cpus, place};
 
 use super::domain::Domain;
 use super::optin::Settings;
@@ -43,53 +44,36 @@ fn phrase(set: &CpuSet) -> String {
     }
 }
 
-/// The CPUs the domain's pins will isolate, and the pin warnings.
+/// The CPUs the domain's pins will isolate (by the rule the service applies,
+/// [`kvmisolate_dbus::libvirt::place`]), and the pin warnings.
 pub fn chosen_cpus(d: &Domain, online: &CpuSet) -> (CpuSet, Vec<String>) {
+    let placed = place(&d.pin_groups(), online, None);
     let mut warnings = Vec::new();
-    let mut vcpu_cpus = CpuSet::new();
-    for v in 0..d.vcpus.max(d.vcpupins.keys().max().map_or(0, |m| m + 1)) {
-        match d.vcpupins.get(&v) {
-            None => warnings.push(format!(
+    for p in &placed {
+        match (&p.placement, p.kind) {
+            (Placement::Unpinned, LeafKind::Vcpu(v)) if p.pins.is_empty() => warnings.push(format!(
                 "vcpu{v}: not pinned (runs on any CPU), so it is not isolated; pin it with <vcpupin vcpu='{v}' cpuset='...'/>"
             )),
-            Some(p) if online.is_subset(p) => warnings.push(format!(
+            (Placement::Unpinned, LeafKind::Vcpu(v)) => warnings.push(format!(
                 "vcpu{v}: pinned to every CPU, so it is not isolated"
             )),
-            Some(p) => {
-                if p.len() > 1 {
-                    warnings.push(format!(
-                        "vcpu{v}: pinned to {}, not to one CPU; pin each vCPU to a single CPU",
-                        phrase(p)
-                    ));
-                }
-                let shared = p.intersection(&vcpu_cpus);
-                if !shared.is_empty() {
-                    warnings.push(format!(
-                        "vcpu{v}: shares {} with another vCPU",
-                        phrase(&shared)
-                    ));
-                }
-                vcpu_cpus = vcpu_cpus.union(p);
+            (Placement::Partition, LeafKind::Vcpu(v)) if p.pins.len() > 1 => {
+                warnings.push(format!(
+                    "vcpu{v}: pinned to {}, not to one CPU; pin each vCPU to a single CPU",
+                    phrase(&p.pins)
+                ));
             }
-        }
-    }
-    let mut cpus = vcpu_cpus.clone();
-    let iothreads = d
-        .iothreadpins
-        .values()
-        .fold(CpuSet::new(), |acc, c| acc.union(c));
-    if let Some(e) = &d.emulatorpin {
-        let with_vcpu = e.intersection(&vcpu_cpus);
-        if !with_vcpu.is_empty() {
-            warnings.push(format!(
+            (Placement::SharesVcpu { cpus, .. }, kind) => {
+                warnings.push(format!("{kind}: shares {} with another vCPU", phrase(cpus)));
+            }
+            (Placement::EmulatorOnVcpu(shared), _) => warnings.push(format!(
                 "emulator: shares {} with a vCPU; give it a CPU of its own with <emulatorpin>",
-                phrase(&with_vcpu)
-            ));
-        } else if e.is_disjoint(&iothreads) && !e.contains(0) && !online.is_subset(e) {
-            cpus = cpus.union(e);
+                phrase(shared)
+            )),
+            _ => {}
         }
     }
-    (cpus, warnings)
+    (partitioned_cpus(&placed), warnings)
 }
 
 /// Checks `d` with `settings` against `host`.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use kvmisolate_dbus::CpuSet;
-use kvmisolate_dbus::libvirt::{METADATA_ELEMENT, METADATA_NS};
+use kvmisolate_dbus::libvirt::{LeafKind, METADATA_ELEMENT, METADATA_NS};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
@@ -137,6 +137,32 @@ fn number(text: &str, what: &str) -> Result<u32, DomainError> {
 }
 
 impl Domain {
+    /// The pins of the domain's thread groups, as [`kvmisolate_dbus::libvirt::place`] takes
+    /// them: one entry per vCPU (`<vcpu>` many, or up to the highest `<vcpupin>`; an empty
+    /// set for an unpinned one), the emulator if pinned, each pinned iothread.
+    pub fn pin_groups(&self) -> Vec<(LeafKind, CpuSet)> {
+        let count = self
+            .vcpus
+            .max(self.vcpupins.keys().max().map_or(0, |m| m + 1));
+        let mut out: Vec<(LeafKind, CpuSet)> = (0..count)
+            .map(|v| {
+                (
+                    LeafKind::Vcpu(v),
+                    self.vcpupins.get(&v).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        if let Some(e) = &self.emulatorpin {
+            out.push((LeafKind::Emulator, e.clone()));
+        }
+        out.extend(
+            self.iothreadpins
+                .iter()
+                .map(|(t, c)| (LeafKind::Iothread(*t), c.clone())),
+        );
+        out
+    }
+
     /// Parses a domain XML (as libvirt hands it to hooks, or as `virsh dumpxml` prints it).
     pub fn parse(xml: &str) -> Result<Self, DomainError> {
         let mut reader = NsReader::from_str(xml);

@@ -1,57 +1,14 @@
 //! The leaves libvirt made below a domain's scope (`libvirt/vcpuN`, `libvirt/emulator`,
 //! `libvirt/iothreadN`) and the pins it wrote to their `cpuset.cpus`.
 
-use std::fmt;
-
 use kvmisolate_dbus::{CpuSet, Error};
-use serde::{Deserialize, Serialize};
 
 use crate::cgroupfs::{CgroupFs, CgroupPath};
 
 /// The directory below the scope that holds libvirt's leaves.
 pub const LIBVIRT_DIR: &str = "libvirt";
 
-/// Which thread group a leaf holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LeafKind {
-    /// `vcpuN`.
-    Vcpu(u32),
-    /// `emulator`: QEMU's main loop and helper threads.
-    Emulator,
-    /// `iothreadN`.
-    Iothread(u32),
-}
-
-impl LeafKind {
-    /// Parses a leaf directory name; `None` for anything else.
-    pub fn parse(dir: &str) -> Option<Self> {
-        let number = |rest: &str| {
-            (!rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| rest.parse().ok())
-                .flatten()
-        };
-        if dir == "emulator" {
-            Some(Self::Emulator)
-        } else if let Some(n) = dir.strip_prefix("vcpu") {
-            number(n).map(Self::Vcpu)
-        } else {
-            dir.strip_prefix("iothread")
-                .and_then(number)
-                .map(Self::Iothread)
-        }
-    }
-}
-
-impl fmt::Display for LeafKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Vcpu(n) => write!(f, "vcpu{n}"),
-            Self::Emulator => f.write_str("emulator"),
-            Self::Iothread(n) => write!(f, "iothread{n}"),
-        }
-    }
-}
+pub use kvmisolate_dbus::libvirt::LeafKind;
 
 /// One leaf and its pin.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,6 @@
-//! Which of a domain's leaves become partitions, and what to warn about. Pure.
+//! Which of a domain's leaves become partitions, and what to warn about. Pure. The rule
+//! itself is [`kvmisolate_dbus::libvirt::place`] (shared with the hook and `check --vm`);
+//! this turns its placements into the service's errors and warnings:
 //!
 //! - A vCPU leaf is partitioned with its pin. A vCPU without a pin (empty `cpuset.cpus`, or
 //!   every online CPU, which is what libvirt writes for an unpinned vCPU) is left alone with a
@@ -12,6 +14,7 @@
 //! - CPUs given: every partitioned leaf's pin must lie inside them, none may straddle them,
 //!   and together the pins must cover them exactly; each difference is named.
 
+use kvmisolate_dbus::libvirt::{Placement, partitioned_cpus, place};
 use kvmisolate_dbus::{CpuSet, Error};
 
 use super::layout::{Layout, LeafKind};
@@ -34,7 +37,9 @@ fn bad(msg: String) -> Error {
 }
 
 /// Selects the leaves of `layout` to partition for `requested` CPUs (empty: derived from the
-/// pins). `siblings(cpu)` gives a CPU's SMT siblings (itself included) when sysfs knows them.
+/// pins), by the shared rule [`kvmisolate_dbus::libvirt::place`], and turns what it refuses
+/// into errors and what hurts latency into warnings. `siblings(cpu)` gives a CPU's SMT siblings
+/// (itself included) when sysfs knows them.
 pub fn select(
     domain: &str,
     layout: &Layout,
@@ -43,65 +48,70 @@ pub fn select(
     siblings: &dyn Fn(u32) -> Option<CpuSet>,
 ) -> Result<Selection, Error> {
     let derive = requested.is_empty();
+    let groups: Vec<(LeafKind, CpuSet)> = layout
+        .leaves
+        .iter()
+        .map(|l| (l.kind, l.pins.clone()))
+        .collect();
+    let placed = place(&groups, online, (!derive).then_some(requested));
     let mut warnings = Vec::new();
     let mut partitions: Vec<(LeafKind, CgroupPath, CpuSet)> = Vec::new();
-    let unpinned = |pins: &CpuSet| pins.is_empty() || online.is_subset(pins);
-    let straddles =
-        |pins: &CpuSet| !derive && !pins.is_subset(requested) && !pins.is_disjoint(requested);
-    let iothread_cpus = layout
-        .of(|k| matches!(k, LeafKind::Iothread(_)))
-        .fold(CpuSet::new(), |acc, l| acc.union(&l.pins));
-
-    for leaf in layout.of(|k| matches!(k, LeafKind::Vcpu(_))) {
-        let pins = &leaf.pins;
-        if unpinned(pins) {
-            warnings.push(format!(
-                "{}: not pinned (runs on any CPU), so it is not isolated; pin it with <vcpupin vcpu='N' cpuset='...'/>",
-                leaf.kind
-            ));
-            continue;
-        }
-        if straddles(pins) {
-            return Err(bad(format!(
-                "{} of domain {domain:?} is pinned to {}, partly inside the CPUs asked for ({requested}); \
-                 a partition needs all of its pins or none",
-                leaf.kind,
+    for p in &placed {
+        let kind = p.kind;
+        let pins = &p.pins;
+        match (&p.placement, kind) {
+            (Placement::Partition, _) => {
+                if let Some(leaf) = layout.leaves.iter().find(|l| l.kind == kind) {
+                    partitions.push((kind, leaf.cgroup.clone(), pins.clone()));
+                }
+                if matches!(kind, LeafKind::Vcpu(_)) && pins.len() > 1 {
+                    warnings.push(format!(
+                        "{kind}: pinned to {}, not to one CPU; the scheduler does not balance load \
+                         inside an isolated partition, so pin each vCPU to a single CPU",
+                        cpus_phrase(pins)
+                    ));
+                }
+            }
+            (Placement::Unpinned, LeafKind::Vcpu(_)) => warnings.push(format!(
+                "{kind}: not pinned (runs on any CPU), so it is not isolated; pin it with <vcpupin vcpu='N' cpuset='...'/>"
+            )),
+            (Placement::Straddles, LeafKind::Vcpu(_)) => {
+                return Err(bad(format!(
+                    "{kind} of domain {domain:?} is pinned to {}, partly inside the CPUs asked for \
+                     ({requested}); a partition needs all of its pins or none",
+                    cpus_phrase(pins)
+                )));
+            }
+            (Placement::Straddles, _) => {
+                return Err(bad(format!(
+                    "the emulator of domain {domain:?} is pinned to {}, partly inside the CPUs asked \
+                     for ({requested}); pin it inside or outside them",
+                    cpus_phrase(pins)
+                )));
+            }
+            (Placement::Outside, _) => warnings.push(format!(
+                "{kind}: pinned to {}, outside the isolated CPUs, so it is not isolated",
                 cpus_phrase(pins)
-            )));
+            )),
+            (Placement::SharesVcpu { with, cpus }, _) => {
+                return Err(bad(format!(
+                    "{with} and {kind} of domain {domain:?} are both pinned to {}; each vCPU needs CPUs of \
+                     its own to be isolated (one <vcpupin> per vCPU, each on a different CPU)",
+                    cpus_phrase(cpus)
+                )));
+            }
+            (Placement::EmulatorOnVcpu(shared), _) => warnings.push(format!(
+                "emulator: shares {} with a vCPU; it is left out of the isolation and the \
+                 kernel runs it on the host's CPUs (give it a CPU of its own with <emulatorpin>)",
+                cpus_phrase(shared)
+            )),
+            _ => {}
         }
-        if !derive && pins.is_disjoint(requested) {
-            warnings.push(format!(
-                "{}: pinned to {}, outside the isolated CPUs, so it is not isolated",
-                leaf.kind,
-                cpus_phrase(pins)
-            ));
-            continue;
-        }
-        if let Some((other, _, _)) = partitions.iter().find(|(_, _, c)| !c.is_disjoint(pins)) {
-            return Err(bad(format!(
-                "{other} and {} of domain {domain:?} are both pinned to {}; each vCPU needs CPUs of \
-                 its own to be isolated (one <vcpupin> per vCPU, each on a different CPU)",
-                leaf.kind,
-                cpus_phrase(
-                    &partitions
-                        .iter()
-                        .find(|(k, _, _)| k == other)
-                        .map(|(_, _, c)| c.intersection(pins))
-                        .unwrap_or_default()
-                )
-            )));
-        }
-        if pins.len() > 1 {
-            warnings.push(format!(
-                "{}: pinned to {}, not to one CPU; the scheduler does not balance load inside an \
-                 isolated partition, so pin each vCPU to a single CPU",
-                leaf.kind,
-                cpus_phrase(pins)
-            ));
-        }
-        partitions.push((leaf.kind, leaf.cgroup.clone(), pins.clone()));
     }
-    if partitions.is_empty() {
+    if !partitions
+        .iter()
+        .any(|(k, _, _)| matches!(k, LeafKind::Vcpu(_)))
+    {
         return Err(bad(format!(
             "domain {domain:?} has no vCPU pinned to CPUs that can be isolated{}; add \
              <cputune><vcpupin vcpu='0' cpuset='3'/>...</cputune> to its XML",
@@ -112,43 +122,7 @@ pub fn select(
             }
         )));
     }
-    let vcpu_cpus = partitions
-        .iter()
-        .fold(CpuSet::new(), |acc, (_, _, c)| acc.union(c));
-
-    for leaf in layout.of(|k| k == LeafKind::Emulator) {
-        let pins = &leaf.pins;
-        if unpinned(pins) {
-            continue;
-        }
-        if straddles(pins) {
-            return Err(bad(format!(
-                "the emulator of domain {domain:?} is pinned to {}, partly inside the CPUs asked \
-                 for ({requested}); pin it inside or outside them",
-                cpus_phrase(pins)
-            )));
-        }
-        let shared_vcpu = pins.intersection(&vcpu_cpus);
-        if !shared_vcpu.is_empty() {
-            warnings.push(format!(
-                "emulator: shares {} with a vCPU; it is left out of the isolation and the \
-                 kernel runs it on the host's CPUs (give it a CPU of its own with <emulatorpin>)",
-                cpus_phrase(&shared_vcpu)
-            ));
-            continue;
-        }
-        let housekeeping = if derive {
-            !pins.is_disjoint(&iothread_cpus) || pins.contains(0)
-        } else {
-            pins.is_disjoint(requested)
-        };
-        if !housekeeping {
-            partitions.push((leaf.kind, leaf.cgroup.clone(), pins.clone()));
-        }
-    }
-    let cpus = partitions
-        .iter()
-        .fold(CpuSet::new(), |acc, (_, _, c)| acc.union(c));
+    let cpus = partitioned_cpus(&placed);
     if !derive && cpus != *requested {
         let missing = requested.difference(&cpus);
         return Err(Error::InvalidCpuList(format!(
@@ -157,12 +131,15 @@ pub fn select(
             cpus_phrase(&missing)
         )));
     }
-    for leaf in layout.of(|k| matches!(k, LeafKind::Iothread(_))) {
-        let on = leaf.pins.intersection(&cpus);
-        if !leaf.pins.is_empty() && !on.is_empty() && !unpinned(&leaf.pins) {
+    for p in placed
+        .iter()
+        .filter(|p| matches!(p.kind, LeafKind::Iothread(_)))
+    {
+        let on = p.pins.intersection(&cpus);
+        if p.placement == Placement::Housekeeping && !on.is_empty() {
             warnings.push(format!(
                 "{}: pinned to {}, which {} isolated; the kernel runs it on the host's CPUs",
-                leaf.kind,
+                p.kind,
                 cpus_phrase(&on),
                 if on.len() == 1 { "is" } else { "are" }
             ));

@@ -1,8 +1,11 @@
 # check-isolated: after `kvmisolate isolate` the partition findings clear (partition valid,
 # CPUs held, no host task allowed there); induced faults show up: an IRQ moved back by hand
 # onto an isolated CPU (irq-affinity names it), a CPU taken offline (partition-state and
-# cpus-offline warn). IRQ affinities are put back afterwards.
-# timeout: 120
+# cpus-offline warn). IRQ affinities are put back afterwards. Then `bench --load` on the
+# isolated CPUs: exit 0, a sane result per CPU, its load threads only ever on the housekeeping
+# CPUs while they run, and nothing left behind (no load thread, no temp file); the figures
+# with and without --load go to the log.
+# timeout: 300
 ck_sev() { jq -r --arg i "$2" '[.findings[] | select(.id == $i)][0].severity // ""' <<<"$1"; }
 IRQ_SAVE=
 cleanup() {
@@ -59,6 +62,68 @@ run() {
     [ "$rc" -ge 8 ] || fail "CPU 3 offline: check exited $rc, want 8 or 9"
     note "CPU 3 offline (exit $rc): $(jq -r '[.findings[] | select(.id == "partition-state" or .id == "cpus-offline") | .found] | join("; ")' <<<"$j")"
     cpu_online 3
+    bench_load
     release_ok cpus-2-3
     stop_fake_vm "$pid"
+}
+
+# bench_figures JSON: one line per CPU of a `bench --json` result.
+bench_figures() {
+    jq -r '.results[] | "CPU \(.cpu): \(.stats.samples) samples, min \(.stats."min-us") avg \(.stats."avg-us" * 10 | round / 10) p99 \(.stats."p99-us") max \(.stats."max-us") us, overruns \(.overruns)"' <<<"$1"
+}
+
+# bench_sane JSON: a result per CPU of 2-3, with samples and ordered figures.
+bench_sane() {
+    local j=$1 what=$2
+    [ "$(jq -r '[.results[].cpu] | map(tostring) | join(",")' <<<"$j")" = 2,3 ] \
+        || fail "$what: results for CPUs $(jq -c '[.results[].cpu]' <<<"$j"), want 2,3"
+    jq -e '.results | all(.stats.samples > 1000 and .stats."min-us" >= 0
+        and .stats."min-us" <= .stats."avg-us" and .stats."avg-us" <= .stats."max-us"
+        and .stats."p50-us" <= .stats."p99-us" and .stats."p99-us" <= .stats."p99.9-us"
+        and .stats."p99.9-us" <= .stats."max-us" and .stats."max-us" < 5000000)' >/dev/null <<<"$j" \
+        || fail "$what: figures not sane: $(jq -c '[.results[] | {cpu, stats}]' <<<"$j" | cut -c1-400)"
+}
+
+bench_load() {
+    local out=$KT_STATE/bench.json bpid rc j t comm cpu allowed samples=0 bad= hk
+    hk=$(cpulist_minus "$(online_cpus)" 2-3)
+    rc=0; j=$(timeout -k 5 60 kvmisolate bench --cpus 2-3 --duration 5s --json) || rc=$?
+    [ "$rc" = 0 ] || fail "bench without --load exited $rc: $(head -c 300 <<<"$j")"
+    bench_sane "$j" "bench"
+    note "bench 2-3, 5 s, no load:"; bench_figures "$j" | sed 's/^/    /'
+
+    timeout -k 5 60 kvmisolate bench --cpus 2-3 --duration 5s --load --json > "$out" &
+    bpid=$!
+    # Sample the load threads while they run: their allowed CPUs and the CPU they were last on.
+    for _ in $(seq 40); do
+        sleep 0.1
+        local kp; kp=$(pgrep -x kvmisolate -P "$bpid" 2>/dev/null || true)
+        [ -n "$kp" ] || kp=$(pgrep -n -x kvmisolate || true)
+        [ -n "$kp" ] || continue
+        for t in /proc/"$kp"/task/*; do
+            comm=$(cat "$t/comm" 2>/dev/null) || continue
+            case $comm in load-*) ;; *) continue ;; esac
+            cpu=$(awk '{sub(/^.*\) /, ""); print $37}' "$t/stat" 2>/dev/null) || continue
+            allowed=$(awk '/^Cpus_allowed_list:/ {print $2}' "$t/status" 2>/dev/null) || continue
+            [ -n "$cpu" ] && [ -n "$allowed" ] || continue
+            samples=$((samples + 1))
+            cpulist_subset "$allowed" "$hk" || bad="$bad $comm allowed $allowed;"
+            cpulist_subset "$cpu" "$hk" || bad="$bad $comm ran on CPU $cpu;"
+        done
+    done
+    rc=0; wait "$bpid" || rc=$?
+    j=$(cat "$out")
+    [ "$rc" = 0 ] || fail "bench --load exited $rc: $(head -c 300 "$out")"
+    [ "$(jq -r .load <<<"$j")" = true ] || fail "bench --load reports load $(jq -r .load <<<"$j")"
+    bench_sane "$j" "bench --load"
+    [ "$samples" -gt 0 ] || fail "no load thread seen while bench --load ran"
+    [ -z "$bad" ] || fail "load threads on isolated CPUs (housekeeping $hk):$bad"
+    note "bench --load: $samples samples of load threads, all on housekeeping CPUs $hk"
+    note "bench 2-3, 5 s, --load:"; bench_figures "$j" | sed 's/^/    /'
+    [ "$(jq '.warnings | length' <<<"$j")" = 0 ] || note "bench --load warnings: $(jq -c .warnings <<<"$j")"
+    # Nothing left behind.
+    ! pgrep -x kvmisolate >/dev/null || fail "a kvmisolate process is left after bench: $(pgrep -a -x kvmisolate)"
+    ! ls /var/tmp/kvmisolate-bench-load-* /tmp/kvmisolate-bench-load-* >/dev/null 2>&1 \
+        || fail "bench left its temp file: $(ls /var/tmp/kvmisolate-bench-load-* /tmp/kvmisolate-bench-load-* 2>/dev/null)"
+    rm -f "$out"
 }
