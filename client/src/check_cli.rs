@@ -60,9 +60,30 @@ pub struct CheckArgs {
     #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
     pub cpus: Option<CpuSet>,
 
-    /// Audit for this libvirt domain (its vCPU pinning and memory). Not built yet: fails.
+    /// Also audit this libvirt domain: its opt-in, pins, SMT siblings, RT scheduling,
+    /// hugepages, NUMA placement and, when it runs, its isolated leaves (whose CPUs are then
+    /// the audited ones by default). Its XML comes from `virsh --readonly dumpxml`, else
+    /// /run/libvirt/qemu/NAME.xml or /etc/libvirt/qemu/NAME.xml.
     #[arg(long, value_name = "NAME")]
     pub vm: Option<String>,
+
+    /// The domain XML to audit instead of asking libvirt (tests).
+    #[arg(long, hide = true, value_name = "FILE", requires = "vm")]
+    pub domain_xml: Option<PathBuf>,
+
+    /// The configuration file with the [vm.NAME] sections (tests).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "FILE",
+        env = "KVMISOLATE_CONFIG",
+        default_value = "/etc/kvmisolate/kvmisolate.toml"
+    )]
+    pub config: PathBuf,
+
+    /// Do not ask kvmisolated for its status (tests).
+    #[arg(long, hide = true)]
+    pub no_daemon: bool,
 
     /// Print the findings as JSON (stable, "version": 1; see docs/ARCHITECTURE.md).
     #[arg(long)]
@@ -152,14 +173,163 @@ fn print(text: &str) -> Result<(), Failure> {
     }
 }
 
-/// `kvmisolate check` (`quiet`: print nothing, only the exit status tells).
-pub fn cmd_check(a: CheckArgs, quiet: bool) -> Result<(), Failure> {
-    if let Some(vm) = &a.vm {
-        return Err(Failure::other(format!(
-            "--vm {vm}: libvirt support not built yet (audit the VM's CPUs with --cpus LIST instead)"
-        )));
+/// How long `virsh dumpxml` may take.
+const VIRSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `<domain>` element of a libvirt status file (`<domstatus>` wrapping it), or the text
+/// as it is.
+fn unwrap_domstatus(text: &str) -> &str {
+    if !text.contains("<domstatus") {
+        return text;
     }
-    let report = check::audit(a.roots.roots(), a.cpus);
+    let start = text
+        .match_indices("<domain")
+        .find(|(i, _)| {
+            matches!(
+                text.as_bytes().get(i + 7),
+                Some(b' ' | b'>' | b'\n' | b'\t')
+            )
+        })
+        .map(|(i, _)| i);
+    match (start, text.rfind("</domain>")) {
+        (Some(a), Some(b)) if a < b => &text[a..b + "</domain>".len()],
+        _ => text,
+    }
+}
+
+/// Runs `virsh --readonly -c qemu:///system dumpxml NAME` (libvirt's read-only socket works
+/// unprivileged): the XML, or why not.
+fn virsh_dumpxml(name: &str) -> Result<String, String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("virsh")
+        .args(["--readonly", "-c", "qemu:///system", "dumpxml", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run virsh: {e}"))?;
+    let start = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() > VIRSH_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "virsh did not answer in {}s",
+                    VIRSH_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("cannot wait for virsh: {e}")),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("cannot read virsh's output: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let msg = err
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Err(format!("virsh dumpxml failed: {msg}"))
+    }
+}
+
+/// The domain to audit: its XML (from `file`, virsh, or libvirt's files) parsed by the hook's
+/// parser, and its opt-in.
+fn load_domain(
+    name: &str,
+    file: Option<&PathBuf>,
+    config: &std::path::Path,
+) -> Result<check::vm::VmInput, Failure> {
+    if name.is_empty() || name.contains('/') || name.chars().any(char::is_control) {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            format!("--vm {name:?}: not a libvirt domain name"),
+        ));
+    }
+    let (text, source) = match file {
+        Some(f) => (
+            std::fs::read_to_string(f).map_err(|e| {
+                Failure::new(
+                    ExitCode::BadRequest,
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?,
+            f.display().to_string(),
+        ),
+        None => {
+            let mut tried = Vec::new();
+            let mut found = None;
+            match virsh_dumpxml(name) {
+                Ok(x) => found = Some((x, "virsh dumpxml".to_owned())),
+                Err(e) => tried.push(e),
+            }
+            for path in [
+                format!("/run/libvirt/qemu/{name}.xml"),
+                format!("/etc/libvirt/qemu/{name}.xml"),
+            ] {
+                if found.is_some() {
+                    break;
+                }
+                match std::fs::read_to_string(&path) {
+                    Ok(x) => found = Some((x, path)),
+                    Err(e) => tried.push(format!("{path}: {e}")),
+                }
+            }
+            found.ok_or_else(|| {
+                Failure::new(
+                    ExitCode::NotFound,
+                    format!(
+                        "libvirt domain {name:?} not found (is it defined? virsh list --all shows the domains); tried: {}",
+                        tried.join("; ")
+                    ),
+                )
+            })?
+        }
+    };
+    let domain = crate::hook::domain::Domain::parse(unwrap_domstatus(&text)).map_err(|e| {
+        Failure::new(
+            ExitCode::BadRequest,
+            format!("domain {name:?} ({source}): {e}"),
+        )
+    })?;
+    if domain.name != name {
+        return Err(Failure::new(
+            ExitCode::BadRequest,
+            format!("{source} holds domain {:?}, not {name:?}", domain.name),
+        ));
+    }
+    let settings = crate::hook::optin::read_vm_sections(config)
+        .and_then(|sections| crate::hook::optin::settings(&domain, sections.get(name)));
+    Ok(check::vm::VmInput {
+        domain,
+        source,
+        settings,
+    })
+}
+
+/// `kvmisolate check` (`quiet`: print nothing, only the exit status tells). `daemon`: what
+/// kvmisolated said, if asked.
+pub fn cmd_check(a: CheckArgs, daemon: check::daemon::Daemon, quiet: bool) -> Result<(), Failure> {
+    let vm = match &a.vm {
+        Some(name) => Some(load_domain(name, a.domain_xml.as_ref(), &a.config)?),
+        None => None,
+    };
+    let report = check::audit_with(
+        a.roots.roots(),
+        check::AuditInput {
+            cpus: a.cpus,
+            vm,
+            daemon,
+        },
+    );
     let text = if a.json {
         let mut t = check::format_json(&report);
         t.push('\n');
@@ -223,6 +393,40 @@ pub fn cmd_bench(a: BenchArgs, quiet: bool) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #[test]
+    fn domstatus_is_unwrapped() {
+        let st = "<domstatus state='running'>\n  <domainname>x</domainname>\n  <domain type='kvm' id='1'><name>x</name></domain>\n</domstatus>";
+        assert_eq!(
+            super::unwrap_domstatus(st),
+            "<domain type='kvm' id='1'><name>x</name></domain>"
+        );
+        assert_eq!(super::unwrap_domstatus("<domain/>"), "<domain/>");
+    }
+
+    #[test]
+    fn domains_that_cannot_be_found_are_named() {
+        let e = super::load_domain("a/b", None, std::path::Path::new("/nonexistent")).unwrap_err();
+        assert!(
+            e.message.contains("not a libvirt domain name"),
+            "{}",
+            e.message
+        );
+        let e = super::load_domain(
+            "kvmisolate-no-such-domain",
+            None,
+            std::path::Path::new("/nonexistent"),
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("\"kvmisolate-no-such-domain\" not found")
+                && e.message
+                    .contains("/etc/libvirt/qemu/kvmisolate-no-such-domain.xml"),
+            "{}",
+            e.message
+        );
+    }
+
     use crate::cli::{Cli, Command};
     use clap::Parser as _;
     use std::time::Duration;
@@ -241,6 +445,17 @@ mod tests {
         };
         assert_eq!(c.cpus.unwrap().to_string(), "2-3");
         assert!(c.json && c.vm.is_none());
+        assert!(
+            parse(&["check", "--domain-xml", "x.xml"]).is_err(),
+            "needs --vm"
+        );
+        let Command::Check(c) = parse(&["check", "--vm", "win10", "--domain-xml", "x.xml"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(c.vm.as_deref(), Some("win10"));
         assert_eq!(c.roots.proc_root, std::path::Path::new("/proc"));
         let Command::Check(c) = parse(&["check", "--proc-root", "/tmp/p"]).unwrap().command else {
             panic!()

@@ -469,6 +469,27 @@ fn hook_host_view(
     }
 }
 
+/// How long `check` waits for kvmisolated's `Status()`.
+const CHECK_DAEMON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// kvmisolated's `Status()` for `check`, or why it could not be had (never a failure).
+async fn check_daemon(ctx: &Ctx<'_>) -> check::daemon::Daemon {
+    use check::daemon::Daemon;
+    let ask = async {
+        let conn = ctx.connect().await.map_err(|f| f.message)?;
+        let proxy = ctx.isolator(&conn).await.map_err(|f| f.message)?;
+        proxy
+            .status()
+            .await
+            .map_err(|e| ctx.zbus_failure(&e).message)
+    };
+    match tokio::time::timeout(CHECK_DAEMON_TIMEOUT, ask).await {
+        Ok(Ok(st)) => Daemon::Status(status::status_to_json(&st)),
+        Ok(Err(why)) => Daemon::Unreachable(why),
+        Err(_) => Daemon::Unreachable(format!("no answer in {}s", CHECK_DAEMON_TIMEOUT.as_secs())),
+    }
+}
+
 async fn cmd_status(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
     let conn = ctx.connect().await?;
     let proxy = ctx.isolator(&conn).await?;
@@ -609,7 +630,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run(a) => cmd_run(&ctx, a).await,
         Command::Monitor => cmd_monitor(&ctx).await,
         Command::Plan(a) => plan::run::run(&a, cli.quiet).map(|out| emit(&out)),
-        Command::Check(a) => check_cli::cmd_check(a, ctx.quiet),
+        Command::Check(a) => {
+            let daemon = if a.no_daemon {
+                check::daemon::Daemon::NotAsked
+            } else {
+                check_daemon(&ctx).await
+            };
+            check_cli::cmd_check(a, daemon, ctx.quiet)
+        }
         Command::Bench(a) => check_cli::cmd_bench(a, ctx.quiet),
         Command::LibvirtHook(a) => {
             // A hook never prompts, and libvirtd waits for it: bound the whole call.

@@ -4,6 +4,8 @@
 //! which of a domain's thread groups become isolated partitions ([`place`]), which the service,
 //! the hook and `kvmisolate check --vm` all apply.
 
+pub mod machine;
+
 use std::fmt;
 use std::str::FromStr;
 

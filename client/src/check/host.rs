@@ -269,10 +269,10 @@ pub(crate) mod fake {
                 .write("proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/vda quiet\n")
                 .write("proc/irq/default_smp_affinity", "f\n");
             for c in 0..4 {
-                f.write(
-                    &format!("sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list"),
-                    &format!("{c}\n"),
-                );
+                let topo = format!("sys/devices/system/cpu/cpu{c}/topology");
+                f.write(&format!("{topo}/thread_siblings_list"), &format!("{c}\n"))
+                    .write(&format!("{topo}/core_id"), &format!("{c}\n"))
+                    .write(&format!("{topo}/physical_package_id"), "0\n");
             }
             f
         }

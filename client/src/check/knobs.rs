@@ -6,6 +6,7 @@ use kvmisolate_dbus::cpulist::CpuSet;
 
 use super::host::Host;
 use super::{Ctx, Finding, Severity};
+use crate::topology::Topology;
 
 /// Findings about the audited CPUs.
 pub fn cpu_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
@@ -85,29 +86,45 @@ pub fn cpu_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
             )
         });
     }
-    out.push(smt_finding(host, cpus));
+    out.extend(smt_finding(host, cpus));
     if let Some(f) = governor_finding(host, cpus) {
         out.push(f);
     }
     out
 }
 
-fn smt_finding(host: &Host, cpus: &CpuSet) -> Finding {
-    let mut split = Vec::new();
+/// The host's topology (`None`, remembered as unreadable, when sysfs does not have it).
+pub fn read_topology(host: &Host) -> Option<Topology> {
+    match Topology::read(&host.roots.sys) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            host.push(&host.sys("devices/system/cpu"), e.to_string());
+            None
+        }
+    }
+}
+
+/// The CPUs outside `cpus` that share a core with one of them, one detail line per CPU of
+/// `cpus` that has such a sibling (`who` names the other side: "host side"...).
+pub fn split_cores(topo: &Topology, cpus: &CpuSet, who: &str) -> (CpuSet, Vec<String>) {
+    let mut all = CpuSet::new();
+    let mut details = Vec::new();
     for c in cpus.iter() {
-        let p = host.sys(&format!(
-            "devices/system/cpu/cpu{c}/topology/thread_siblings_list"
-        ));
-        if let Some(sib) = host.read_cpulist(&p) {
-            let host_side = sib.difference(cpus);
-            if !host_side.is_empty() {
-                split.push(format!(
-                    "CPU {c} shares its core with {host_side} (host side)"
-                ));
+        if let Some(core) = topo.core_of(c) {
+            let other = core.cpus.difference(cpus);
+            if !other.is_empty() {
+                details.push(format!("CPU {c} shares its core with {other} ({who})"));
+                all = all.union(&other);
             }
         }
     }
-    if split.is_empty() {
+    (all, details)
+}
+
+fn smt_finding(host: &Host, cpus: &CpuSet) -> Option<Finding> {
+    let topo = read_topology(host)?;
+    let (_, split) = split_cores(&topo, cpus, "host side");
+    Some(if split.is_empty() {
         Finding::ok(
             "smt-siblings",
             format!("no core is shared between CPUs {cpus} and the host"),
@@ -121,7 +138,7 @@ fn smt_finding(host: &Host, cpus: &CpuSet) -> Finding {
         .why("SMT siblings share the core's execution units and caches: host load on the sibling slows the vCPU and adds jitter")
         .fix("isolate whole cores (both siblings, see thread_siblings_list), or leave the sibling idle")
         .details(split)
-    }
+    })
 }
 
 fn governor_finding(host: &Host, cpus: &CpuSet) -> Option<Finding> {
@@ -415,6 +432,10 @@ mod tests {
             )
             .write(
                 "sys/devices/system/cpu/cpu2/topology/thread_siblings_list",
+                "0,2\n",
+            )
+            .write(
+                "sys/devices/system/cpu/cpu0/topology/thread_siblings_list",
                 "0,2\n",
             )
             .write(

@@ -5,13 +5,17 @@
 //! One file per group of checks: `cgroup` (cgroup v2, kernel features, partitions, which CPUs
 //! to audit), `tasks` (threads allowed on isolated CPUs, RT throttling), `irq` (IRQ affinities,
 //! irqbalance), `knobs` (workqueue masks, sysctls, boot parameters, SMT, THP, governor,
-//! hugepages). Every path goes through [`host::Host`], whose roots tests point at fake trees.
+//! hugepages), `vm` (`--vm NAME`: a libvirt domain's pins, memory and leaves), `daemon`
+//! (kvmisolated's `Status()`, when it is on the bus). Every path goes through [`host::Host`],
+//! whose roots tests point at fake trees.
 
 pub mod cgroup;
+pub mod daemon;
 pub mod host;
 pub mod irq;
 pub mod knobs;
 pub mod tasks;
+pub mod vm;
 
 use std::fmt::Write as _;
 
@@ -110,8 +114,11 @@ impl Finding {
 pub enum CpuSource {
     /// `--cpus`.
     Option,
-    /// The partitions found in cgroupfs (and the root's `cpuset.cpus.isolated`).
+    /// The partitions found in cgroupfs (and the root's `cpuset.cpus.isolated`), with the
+    /// CPUs of kvmisolated's isolations when it answered.
     Partitions,
+    /// `--vm`: the CPUs of the running domain's leaves that are isolated partitions.
+    Vm,
     /// Nothing isolated, no `--cpus`: only host-wide checks ran.
     None,
 }
@@ -132,6 +139,9 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Files that exist but could not be read (the findings may be incomplete).
     pub unreadable: Vec<Unreadable>,
+    /// `--vm`: the domain audited (absent without `--vm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<vm::VmSummary>,
 }
 
 impl Report {
@@ -159,18 +169,53 @@ pub struct Ctx<'a> {
     pub hk_mask: String,
 }
 
+/// What to audit besides the host.
+#[derive(Debug)]
+pub struct AuditInput {
+    /// `--cpus`, if given.
+    pub cpus: Option<CpuSet>,
+    /// `--vm`: the domain, if given.
+    pub vm: Option<vm::VmInput>,
+    /// kvmisolated's view.
+    pub daemon: daemon::Daemon,
+}
+
 /// Runs every check against the host under `roots`. `cpus`: `--cpus`, if given.
+#[cfg(test)]
 pub fn audit(roots: Roots, cpus: Option<CpuSet>) -> Report {
+    audit_with(
+        roots,
+        AuditInput {
+            cpus,
+            vm: None,
+            daemon: daemon::Daemon::NotAsked,
+        },
+    )
+}
+
+/// Runs every check against the host under `roots`, the domain and the daemon's view of
+/// `input`.
+pub fn audit_with(roots: Roots, input: AuditInput) -> Report {
     let host = Host::new(roots);
-    let mut findings = Vec::new();
+    let mut findings = daemon::findings(&input.daemon);
     let scan = cgroup::scan(&host);
     findings.extend(cgroup::base_findings(&host, &scan));
     let partitions = scan.partitions;
     findings.extend(cgroup::partition_findings(&partitions));
-    let (cpus, source) = match cpus {
-        Some(c) => (c, CpuSource::Option),
-        None => {
-            let found = cgroup::isolated_cpus(&host, &partitions);
+    let vm = input.vm.as_ref().map(|v| vm::audit(&host, v));
+    if let Some(v) = &vm {
+        findings.extend(v.findings.iter().cloned());
+    }
+    let vm_cpus = vm
+        .as_ref()
+        .map(|v| v.summary.isolated_cpus.clone())
+        .filter(|c| !c.is_empty());
+    let (cpus, source) = match (input.cpus, vm_cpus) {
+        (Some(c), _) => (c, CpuSource::Option),
+        (None, Some(c)) => (c, CpuSource::Vm),
+        (None, None) => {
+            let found = cgroup::isolated_cpus(&host, &partitions)
+                .union(&daemon::isolated_cpus(&input.daemon));
             if found.is_empty() {
                 findings.push(
                     Finding::new(
@@ -241,6 +286,7 @@ pub fn audit(roots: Roots, cpus: Option<CpuSet>) -> Report {
         worst,
         findings,
         unreadable,
+        vm: vm.map(|v| v.summary),
     }
 }
 
@@ -253,6 +299,11 @@ pub fn format_human(r: &Report) -> String {
     let what = match r.cpus_source {
         CpuSource::Option => format!("CPUs {} (from --cpus)", r.cpus),
         CpuSource::Partitions => format!("CPUs {} (isolated by the partitions found)", r.cpus),
+        CpuSource::Vm => format!(
+            "CPUs {} (isolated for domain {})",
+            r.cpus,
+            r.vm.as_ref().map_or("?", |v| v.name.as_str())
+        ),
         CpuSource::None => "no isolated CPUs (host-wide checks only)".to_owned(),
     };
     let _ = writeln!(s, "kvmisolate check: {what}");

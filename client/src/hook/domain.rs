@@ -30,6 +30,8 @@ pub enum DomainError {
 pub struct HugepageBacking {
     /// The page size of its first `<page size=...>`, in KiB; `None`: the host's default.
     pub page_kib: Option<u64>,
+    /// The `nodeset` of that `<page>`, if it has one: the NUMA nodes the pages come from.
+    pub nodes: Option<CpuSet>,
 }
 
 /// The attributes of `<kvmisolate:isolate .../>`.
@@ -66,6 +68,8 @@ pub struct Domain {
     pub memory_kib: u64,
     /// `<memoryBacking><hugepages>`, if present.
     pub hugepages: Option<HugepageBacking>,
+    /// `<numatune><memory nodeset=...>`: the NUMA nodes the guest's memory comes from.
+    pub numa_nodes: Option<CpuSet>,
     /// kvmisolate's metadata element, if present.
     pub metadata: Option<Metadata>,
 }
@@ -217,12 +221,22 @@ impl Domain {
                             }
                         }
                         (Some("memoryBacking"), "hugepages") => {
-                            d.hugepages = Some(HugepageBacking { page_kib: None });
+                            d.hugepages = Some(HugepageBacking {
+                                page_kib: None,
+                                nodes: None,
+                            });
                         }
                         (Some("hugepages"), "page") => {
                             if let Some(hp) = &mut d.hugepages
                                 && hp.page_kib.is_none()
                             {
+                                if let Some(n) = attr(e, "nodeset")? {
+                                    hp.nodes = Some(parse_cpuset(&n).map_err(|err| {
+                                        DomainError::Invalid(format!(
+                                            "has <page nodeset='{n}'>: {err}"
+                                        ))
+                                    })?);
+                                }
                                 let size = required(e, "size", "page")?;
                                 let unit = attr(e, "unit")?;
                                 hp.page_kib =
@@ -231,6 +245,15 @@ impl Domain {
                                             "has <page size='{size}'>: {err}"
                                         ))
                                     })?);
+                            }
+                        }
+                        (Some("numatune"), "memory") => {
+                            if let Some(n) = attr(e, "nodeset")? {
+                                d.numa_nodes = Some(parse_cpuset(&n).map_err(|err| {
+                                    DomainError::Invalid(format!(
+                                        "has <numatune><memory nodeset='{n}'>: {err}"
+                                    ))
+                                })?);
                             }
                         }
                         (Some("metadata"), name) if ours && name == METADATA_ELEMENT => {
