@@ -137,6 +137,8 @@ fn interactive(h: &Header<'_>) -> bool {
 struct MockIsolator {
     calls: Calls,
     isolated: String,
+    /// The state of "win10" in Status() (`active` unless a test says otherwise).
+    state: &'static str,
 }
 
 struct MockIsolation {
@@ -309,8 +311,24 @@ impl MockIsolator {
         put("cpus", Variant::from("2-3"));
         put("target", Variant::from("pids:1234"));
         put("partition", Variant::from("isolated"));
-        put("state", Variant::from("active"));
-        put("state-reason", Variant::from(""));
+        put("state", Variant::from(self.state));
+        put(
+            "state-reason",
+            Variant::from(if self.state == "active" {
+                ""
+            } else {
+                "the kernel invalidated the partition: cpus offline"
+            }),
+        );
+        let tuning_state = if self.state == "active" {
+            "applied"
+        } else {
+            "failed"
+        };
+        put(
+            "tunings",
+            Variant::from(vec![("irq-affinity", tuning_state, "", "0-3", "0-1")]),
+        );
         put("owner-uid", Variant::from(1000u32));
         put("created", Variant::from(1u64));
         put("release-when", Variant::from("target-exits"));
@@ -356,6 +374,11 @@ impl MockIsolator {
 
 /// Serves the mock on `bus`; keep the connection alive for the test.
 async fn serve(bus: &Bus) -> (Connection, Calls) {
+    serve_with_state(bus, "active").await
+}
+
+/// Serves the mock with "win10" in `state`.
+async fn serve_with_state(bus: &Bus, state: &'static str) -> (Connection, Calls) {
     let calls = Calls::default();
     let conn = zbus::connection::Builder::address(bus.address.as_str())
         .serve_at(names::OBJECT_PATH, fdo::ObjectManager)
@@ -364,6 +387,7 @@ async fn serve(bus: &Bus) -> (Connection, Calls) {
             MockIsolator {
                 calls: calls.clone(),
                 isolated: String::new(),
+                state,
             },
         )
         .name(names::BUS_NAME)
@@ -817,4 +841,94 @@ async fn monitor_prints_changes() {
     assert!(seen.contains(&"vm-1: removed".to_owned()), "{seen:?}");
     assert_eq!(seen[0], "service: started", "{seen:?}");
     drop(conn);
+}
+
+/// A fake host for `check`: 4 CPUs, cgroup v2 with cpuset, no partition.
+fn check_tree() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |rel: &str, text: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("sys/devices/system/cpu/online", "0-3\n");
+    w("cgroup/cgroup.controllers", "cpuset cpu memory pids\n");
+    w("cgroup/cgroup.subtree_control", "cpuset cpu memory pids\n");
+    w("cgroup/cpuset.cpus.effective", "0-3\n");
+    w("proc/cmdline", "root=/dev/vda\n");
+    dir
+}
+
+async fn check_json(bus: &Bus, tree: &tempfile::TempDir) -> (i32, serde_json::Value) {
+    let root = |d: &str| tree.path().join(d).display().to_string();
+    let out = cli(
+        bus,
+        &[
+            "check",
+            "--json",
+            "--proc-root",
+            &root("proc"),
+            "--sysfs-root",
+            &root("sys"),
+            "--cgroup-root",
+            &root("cgroup"),
+        ],
+    )
+    .await;
+    let json = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", out.stdout, out.stderr));
+    (out.code, json)
+}
+
+fn finding<'a>(j: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {j:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reads_the_daemon() {
+    let Some(bus) = start_bus() else { return };
+    let tree = check_tree();
+    // Nobody on the bus: an info, the audit goes on from cgroupfs alone.
+    let (code, j) = check_json(&bus, &tree).await;
+    assert_eq!(finding(&j, "daemon")["severity"], "info", "{j:#}");
+    assert!(
+        finding(&j, "daemon")["found"]
+            .as_str()
+            .unwrap()
+            .contains("only cgroupfs was audited")
+    );
+    assert_eq!(j["cpus-source"], "none");
+    assert_eq!(code, 0, "{j:#}");
+
+    // The daemon's isolation gives the audited CPUs; active: fine.
+    let (conn, _) = serve(&bus).await;
+    let (_, j) = check_json(&bus, &tree).await;
+    assert_eq!(finding(&j, "daemon-isolations")["severity"], "ok", "{j:#}");
+    assert_eq!(j["cpus"], "2-3");
+    assert_eq!(j["cpus-source"], "partitions");
+    assert!(
+        j["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["id"] != "daemon-tunings")
+    );
+    drop(conn);
+
+    // Degraded, with a tuning that failed: an error naming the reason, and a warning.
+    let (_conn, _) = serve_with_state(&bus, "degraded").await;
+    let (code, j) = check_json(&bus, &tree).await;
+    let f = finding(&j, "daemon-isolations");
+    assert_eq!(f["severity"], "error", "{j:#}");
+    assert_eq!(
+        f["details"][0],
+        "win10 (CPUs 2-3): degraded: the kernel invalidated the partition: cpus offline"
+    );
+    assert_eq!(finding(&j, "daemon-tunings")["severity"], "warning");
+    assert_eq!(code, 9);
 }
