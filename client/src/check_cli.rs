@@ -139,6 +139,23 @@ pub struct BenchArgs {
     pub roots: RootArgs,
 }
 
+/// `kvmisolate bench-load` (hidden): the load of a confined `bench --load`.
+#[derive(Debug, Args)]
+pub struct BenchLoadArgs {
+    /// The CPUs to load.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    pub cpus: CpuSet,
+    /// The disk writer's file (removed at the end).
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// `kvmisolate bench-load`.
+pub fn cmd_bench_load(a: BenchLoadArgs) -> Result<(), Failure> {
+    bench::load::serve(&a.cpus.iter().collect::<Vec<_>>(), &a.file)
+        .map_err(|e| Failure::other(format!("bench load: {e}")))
+}
+
 fn parse_cpus(s: &str) -> Result<CpuSet, String> {
     let c = CpuSet::parse(s).map_err(|e| e.to_string())?;
     if c.is_empty() {

@@ -127,6 +127,11 @@ pub enum Command {
     /// arguments and the domain XML on stdin.
     #[command(name = "libvirt-hook", hide = true)]
     LibvirtHook(LibvirtHookArgs),
+
+    /// `bench --load`'s load, run as a process of its own when the bench is confined to the
+    /// measured CPUs (inside their isolation): starts when "go" arrives on stdin, stops at EOF.
+    #[command(name = "bench-load", hide = true)]
+    BenchLoad(crate::check_cli::BenchLoadArgs),
 }
 
 /// `kvmisolate libvirt-hook DOMAIN OPERATION SUB-OPERATION EXTRA` (libvirt's hook arguments).

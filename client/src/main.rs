@@ -639,6 +639,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             check_cli::cmd_check(a, daemon, ctx.quiet)
         }
         Command::Bench(a) => check_cli::cmd_bench(a, ctx.quiet),
+        Command::BenchLoad(a) => check_cli::cmd_bench_load(a),
         Command::LibvirtHook(a) => {
             // A hook never prompts, and libvirtd waits for it: bound the whole call.
             let ctx = Ctx {

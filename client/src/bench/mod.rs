@@ -265,7 +265,7 @@ pub fn run(opts: &Options, roots: &Roots) -> Result<BenchReport, BenchError> {
     let before = interference::take(&host, true);
     let hk_list: Vec<u32> = hk.iter().collect();
     let load = if opts.load {
-        match load::start(&hk_list, &phase) {
+        match load::start_anywhere(&hk_list, &phase, &roots.cgroup) {
             Ok(l) => Some(l),
             Err(e) => {
                 warnings.push(format!("the host load did not start: {e}"));

@@ -550,3 +550,58 @@ expect_pid1_all_cpus() {
     wait_for "cpulist_eq \"\$(task_cpus 1)\" \"\$(online_cpus)\"" 5 0.2 \
         || fail "PID 1 is allowed on $(task_cpus 1), not every online CPU ($(online_cpus))"
 }
+
+# ---------------------------------------------------------------------------------------------
+# libvirt (the --libvirt image; cases marked "# needs: libvirt")
+# ---------------------------------------------------------------------------------------------
+VIRSH="virsh -q -c qemu:///system"
+
+# domain_xml NAME OPTIN(0/1) VCPU-CPUS...: a disk-less QEMU domain (TCG) pinned like the
+# recipe. Environment: EMU / IOT the emulator and iothread pins (0-1), HP=1 memory backed by
+# hugepages, MEM its memory in MiB (32), PROFILE the opt-in's profile (none), META_EXTRA more
+# attributes of the opt-in element.
+domain_xml() {
+    local name=$1 optin=$2; shift 2
+    local i=0 pins=
+    for c in "$@"; do pins+="<vcpupin vcpu='$i' cpuset='$c'/>"; i=$((i + 1)); done
+    cat <<EOT
+<domain type='qemu'>
+  <name>$name</name>
+  $([ "$optin" = 1 ] && echo "<metadata><kvmisolate:isolate xmlns:kvmisolate='https://kvmisolate.org/xmlns/libvirt/1' profile='${PROFILE:-none}' ${META_EXTRA:-}/></metadata>")
+  <memory unit='MiB'>${MEM:-32}</memory>
+  $([ -n "${HP:-}" ] && echo "<memoryBacking><hugepages/></memoryBacking>")
+  <vcpu placement='static'>$#</vcpu>
+  <iothreads>1</iothreads>
+  <cputune>$pins<emulatorpin cpuset='${EMU:-0-1}'/><iothreadpin iothread='1' cpuset='${IOT:-0-1}'/></cputune>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOT
+}
+
+define() { # NAME OPTIN VCPU-CPUS...
+    domain_xml "$@" > "$KT_STATE/$1.xml"
+    $VIRSH define "$KT_STATE/$1.xml" >/dev/null || fail "virsh define $1 failed"
+}
+
+scope_of() { # NAME: the domain's scope directory (machine-qemu\x2dID\x2dNAME.scope, escaped)
+    local d u
+    for d in "$CG"/machine.slice/machine-qemu*.scope; do
+        [ -d "$d" ] || continue
+        u=${d##*/}; u=${u//\\x2d/-}
+        case $u in machine-qemu-*-"$1".scope) echo "$d"; return ;; esac
+    done
+    return 1
+}
+
+qemu_pid() { cat "/run/libvirt/qemu/$1.pid"; }
+
+start_ok() { # NAME
+    local out
+    out=$(timeout -k 5 120 $VIRSH start "$1" 2>&1) || fail "virsh start $1 failed: $out"
+}
+
+destroy() { timeout -k 5 60 $VIRSH destroy "$1" >/dev/null 2>&1 || true; }

@@ -7,53 +7,7 @@
 # hugepages="auto" reserved at prepare and returned.
 # needs: libvirt
 # timeout: 900
-VIRSH="virsh -q -c qemu:///system"
-
-domain_xml() { # NAME OPTIN(0/1) VCPU-CPUS... (emulator and iothread pins in EMU / IOT)
-    local name=$1 optin=$2; shift 2
-    local i=0 pins=
-    for c in "$@"; do pins+="<vcpupin vcpu='$i' cpuset='$c'/>"; i=$((i + 1)); done
-    cat <<EOT
-<domain type='qemu'>
-  <name>$name</name>
-  $([ "$optin" = 1 ] && echo "<metadata><kvmisolate:isolate xmlns:kvmisolate='https://kvmisolate.org/xmlns/libvirt/1' profile='none'/></metadata>")
-  <memory unit='MiB'>32</memory>
-  $([ -n "${HP:-}" ] && echo "<memoryBacking><hugepages/></memoryBacking>")
-  <vcpu placement='static'>$#</vcpu>
-  <iothreads>1</iothreads>
-  <cputune>$pins<emulatorpin cpuset='${EMU:-0-1}'/><iothreadpin iothread='1' cpuset='${IOT:-0-1}'/></cputune>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-EOT
-}
-
-define() { # NAME OPTIN VCPU-CPUS...
-    domain_xml "$@" > "$KT_STATE/$1.xml"
-    $VIRSH define "$KT_STATE/$1.xml" >/dev/null || fail "virsh define $1 failed"
-}
-
-scope_of() { # NAME: the domain's scope directory (machine-qemu\x2dID\x2dNAME.scope, escaped)
-    local d u
-    for d in "$CG"/machine.slice/machine-qemu*.scope; do
-        [ -d "$d" ] || continue
-        u=${d##*/}; u=${u//\\x2d/-}
-        case $u in machine-qemu-*-"$1".scope) echo "$d"; return ;; esac
-    done
-    return 1
-}
-
-qemu_pid() { cat "/run/libvirt/qemu/$1.pid"; }
-
-start_ok() { # NAME
-    local out
-    out=$(timeout -k 5 120 $VIRSH start "$1" 2>&1) || fail "virsh start $1 failed: $out"
-}
-
-destroy() { timeout -k 5 60 $VIRSH destroy "$1" >/dev/null 2>&1 || true; }
+# VIRSH, domain_xml, define, scope_of, qemu_pid, start_ok, destroy: lib.sh (libvirt).
 
 # check_domain NAME CPUS ISOLATED-LEAVES...: the isolation is active with CPUS, the leaves named
 # are valid `isolated` partitions whose threads run on their pins; every other leaf (the
