@@ -1,7 +1,8 @@
 # check-host: `kvmisolate check` on the un-isolated host, as root and as an unprivileged user:
 # no isolation found (info), cgroup v2 + cpuset fine, kernel features match the kernel; with
 # --cpus 2-3: not partitioned (error, exit 9), host tasks and IRQs allowed there (warnings);
-# --vm says libvirt support is not built; bad --cpus is a usage error.
+# --vm of a domain libvirt does not have (no libvirt in the base image) is exit 5 naming the
+# domain and what was tried; bad --cpus is a usage error.
 # timeout: 90
 ck_sev() { # JSON ID: severity of the first finding ID ("" if none)
     jq -r --arg i "$2" '[.findings[] | select(.id == $i)][0].severity // ""' <<<"$1"
@@ -41,7 +42,8 @@ run() {
     jq -e '.findings | length > 10' >/dev/null <<<"$j" || fail "check as bob gave few findings"
     note "as bob: unreadable $(jq -c '[.unreadable[].path]' <<<"$j" | cut -c1-200)"
 
-    expect_rc 1 "check --vm" kvmi check --vm win10
-    grep -q 'libvirt support not built yet' "$KT_STATE/last-output" || fail "--vm does not say libvirt support is not built"
+    expect_rc 5 "check --vm" kvmi check --vm win10
+    grep -q 'libvirt domain "win10" not found' "$KT_STATE/last-output" || fail "--vm of an unknown domain does not name it: $(last_output)"
+    grep -q '/etc/libvirt/qemu/win10.xml' "$KT_STATE/last-output" || fail "--vm of an unknown domain does not say what was tried: $(last_output)"
     expect_rc 2 "check --cpus 5-2" kvmi check --cpus 5-2
 }

@@ -70,7 +70,7 @@ run() {
 
 # bench_figures JSON: one line per CPU of a `bench --json` result.
 bench_figures() {
-    jq -r '.results[] | "CPU \(.cpu): \(.stats.samples) samples, min \(.stats."min-us") avg \(.stats."avg-us" * 10 | round / 10) p99 \(.stats."p99-us") max \(.stats."max-us") us, overruns \(.overruns)"' <<<"$1"
+    jq -r '.results[] | "CPU \(.cpu): \(.samples) samples, min \(."min-us") avg \(."avg-us" * 10 | round / 10) p50 \(."p50-us") p99 \(."p99-us") p99.9 \(."p99.9-us") max \(."max-us") us, overruns \(.overruns)"' <<<"$1"
 }
 
 # bench_sane JSON: a result per CPU of 2-3, with samples and ordered figures.
@@ -78,24 +78,24 @@ bench_sane() {
     local j=$1 what=$2
     [ "$(jq -r '[.results[].cpu] | map(tostring) | join(",")' <<<"$j")" = 2,3 ] \
         || fail "$what: results for CPUs $(jq -c '[.results[].cpu]' <<<"$j"), want 2,3"
-    jq -e '.results | all(.stats.samples > 1000 and .stats."min-us" >= 0
-        and .stats."min-us" <= .stats."avg-us" and .stats."avg-us" <= .stats."max-us"
-        and .stats."p50-us" <= .stats."p99-us" and .stats."p99-us" <= .stats."p99.9-us"
-        and .stats."p99.9-us" <= .stats."max-us" and .stats."max-us" < 5000000)' >/dev/null <<<"$j" \
-        || fail "$what: figures not sane: $(jq -c '[.results[] | {cpu, stats}]' <<<"$j" | cut -c1-400)"
+    jq -e '.results | all(.samples > 1000 and ."min-us" >= 0
+        and ."min-us" <= ."avg-us" and ."avg-us" <= ."max-us"
+        and ."p50-us" <= ."p99-us" and ."p99-us" <= ."p99.9-us"
+        and ."p99.9-us" <= ."max-us" + 1 and ."max-us" < 5000000)' >/dev/null <<<"$j" \
+        || fail "$what: figures not sane: $(jq -c '[.results[] | del(.histogram, .interference)]' <<<"$j" | cut -c1-400)"
 }
 
 bench_load() {
     local out=$KT_STATE/bench.json bpid rc j t comm cpu allowed samples=0 bad= hk
     hk=$(cpulist_minus "$(online_cpus)" 2-3)
     local wrap=(kvmisolate run -q --cpus 2-3 --partition isolated --)
-    rc=0; j=$(timeout -k 5 60 "${wrap[@]}" kvmisolate bench --cpus 2-3 --duration 5s --json) || rc=$?
-    [ "$rc" = 0 ] || fail "bench without --load exited $rc: $(head -c 300 <<<"$j")"
+    rc=0; j=$(timeout -k 5 60 "${wrap[@]}" kvmisolate bench --cpus 2-3 --duration 5s --json 2>"$KT_STATE/bench.err") || rc=$?
+    [ "$rc" = 0 ] || fail "bench without --load exited $rc: $(head -c 300 "$KT_STATE/bench.err")"
     bench_sane "$j" "bench"
     note "bench 2-3, 5 s, no load:"; bench_figures "$j" | sed 's/^/    /'
 
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "the first bench's isolation stayed"
-    timeout -k 5 60 "${wrap[@]}" kvmisolate bench --cpus 2-3 --duration 5s --load --json > "$out" &
+    timeout -k 5 60 "${wrap[@]}" kvmisolate bench --cpus 2-3 --duration 5s --load --json > "$out" 2>"$KT_STATE/bench.err" &
     bpid=$!
     # Sample the load threads while they run: their allowed CPUs and the CPU they were last on.
     for _ in $(seq 40); do
@@ -116,7 +116,7 @@ bench_load() {
     done
     rc=0; wait "$bpid" || rc=$?
     j=$(cat "$out")
-    [ "$rc" = 0 ] || fail "bench --load exited $rc: $(head -c 300 "$out")"
+    [ "$rc" = 0 ] || fail "bench --load exited $rc: $(head -c 300 "$KT_STATE/bench.err")"
     [ "$(jq -r .load <<<"$j")" = true ] || fail "bench --load reports load $(jq -r .load <<<"$j")"
     bench_sane "$j" "bench --load"
     [ "$samples" -gt 0 ] || fail "no load thread seen while bench --load ran"
