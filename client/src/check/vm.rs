@@ -195,7 +195,7 @@ fn pin_findings(placed: &[Placed]) -> Vec<Finding> {
     out.push(if pins.is_empty() {
         Finding::ok(
             "vm-vcpu-pins",
-            "every vCPU is pinned to a CPU of its own",
+            "every vCPU is pinned, each to a single CPU",
         )
         .details(layout.clone())
     } else {

@@ -14,15 +14,21 @@ ck_found() { jq -r --arg i "$2" '[.findings[] | select(.id == $i)][0].found // "
 problems() { jq -c '[.findings[] | select(.severity == "warning" or .severity == "error") | "\(.severity) \(.id): \(.found)"]' <<<"$1"; }
 IRQ_SAVE=
 
+restore_irqs() {
+    local n v
+    [ -n "$IRQ_SAVE" ] && [ -f "$IRQ_SAVE" ] || return 0
+    while read -r n v; do echo "$v" > "/proc/irq/$n/smp_affinity_list" 2>/dev/null || true; done < "$IRQ_SAVE"
+    IRQ_SAVE=
+}
+
 cleanup() {
-    local d n v
+    local d
+    # IRQs first, back to what the isolation set, which its release then restores.
+    restore_irqs
     for d in kvmi-ck kvmi-ck2 kvmi-ck3; do
-        timeout -k 5 30 $VIRSH destroy "$d" >/dev/null 2>&1
-        timeout -k 5 30 $VIRSH undefine "$d" >/dev/null 2>&1
+        timeout -k 5 30 $VIRSH destroy "$d" >/dev/null 2>&1 || true
+        timeout -k 5 30 $VIRSH undefine "$d" >/dev/null 2>&1 || true
     done
-    if [ -n "$IRQ_SAVE" ] && [ -f "$IRQ_SAVE" ]; then
-        while read -r n v; do echo "$v" > "/proc/irq/$n/smp_affinity_list" 2>/dev/null || true; done < "$IRQ_SAVE"
-    fi
     KT_EXTRA_TARGETS=()
 }
 
@@ -47,6 +53,7 @@ run() {
     done
     ! jq -e '.findings[] | select(.id == "vm-partitions")' >/dev/null <<<"$j" || fail "vm-partitions for a domain that does not run"
     note "not running (exit $rc): $(ck_found "$j" vm-domain); $(jq -r '.findings[] | select(.id == "vm-vcpu-pins") | .details | join(", ")' <<<"$j")"
+    note "not running, left: $(problems "$j" | cut -c1-600)"
     # Unprivileged: libvirt's read-only socket.
     rc=0; out=$(as_user alice kvmisolate check --vm kvmi-ck --json 2>&1) || rc=$?
     [ "$(jq -r .vm.source <<<"$out" 2>/dev/null)" = "virsh dumpxml" ] \
@@ -72,7 +79,8 @@ run() {
     ! jq -e '.findings[] | select((.id | startswith("vm-")) and (.severity == "warning" or .severity == "error"))' >/dev/null <<<"$j" \
         || fail "domain findings with the domain isolated: $(problems "$j")"
     note "running (exit $rc): $(ck_found "$j" vm-partitions)"
-    note "left: $(problems "$j" | cut -c1-900)"
+    note "running, left: $(problems "$j" | cut -c1-900)"
+    jq -r '.findings[] | select(.severity == "warning" or .severity == "error") | .id as $i | .details[] | "    \($i): \(.)"' <<<"$j" | head -20
 
     # 3a. A second domain, its vCPU on the emulator's CPU.
     EMU=5 define kvmi-ck2 1 5
@@ -108,6 +116,6 @@ run() {
         || fail "irq-affinity does not name IRQ $irq: $(jq -c '.findings[] | select(.id == "irq-affinity") | .details' <<<"$j" | cut -c1-300)"
     [ "$rc" -ge 8 ] || fail "IRQ on CPU 3: exit $rc, want 8 or 9"
     note "IRQ $irq on CPU 3 (exit $rc): $(jq -r --arg n "IRQ $irq " '.findings[] | select(.id == "irq-affinity") | .details[] | select(startswith($n))' <<<"$j")"
-    cleanup; IRQ_SAVE=
+    cleanup
     wait_for "[ \"\$(iso_count)\" = 0 ]" 30 0.5 || fail "still isolated after destroying kvmi-ck: $(kstatus | jq -c '[.isolations[].name]')"
 }
