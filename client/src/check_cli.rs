@@ -421,6 +421,36 @@ mod tests {
     }
 
     #[test]
+    fn domain_xml_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vm.xml");
+        std::fs::write(
+            &f,
+            "<domstatus state='running'><domain type='kvm' id='4'><name>vm</name><vcpu>1</vcpu>\
+             <cputune><vcpupin vcpu='0' cpuset='3'/></cputune></domain></domstatus>",
+        )
+        .unwrap();
+        let conf = dir.path().join("kvmisolate.toml");
+        std::fs::write(&conf, "[vm.vm]\nprofile = \"realtime\"\n").unwrap();
+        let v = super::load_domain("vm", Some(&f), &conf).unwrap();
+        assert_eq!(v.domain.id, Some(4));
+        assert_eq!(v.domain.vcpupins[&0].to_string(), "3");
+        assert!(matches!(v.settings, Ok(Some(_))), "[vm.vm] opts in");
+        let e = super::load_domain("other", Some(&f), &conf).unwrap_err();
+        assert!(
+            e.message.contains("holds domain \"vm\", not \"other\""),
+            "{}",
+            e.message
+        );
+        std::fs::write(&conf, "[vm.vm]\nprofile = \"fastest\"\n").unwrap();
+        let v = super::load_domain("vm", Some(&f), &conf).unwrap();
+        assert!(v.settings.unwrap_err().contains("fastest"));
+        std::fs::write(&f, "<domain><name>vm</name>").unwrap();
+        let e = super::load_domain("vm", Some(&f), &conf).unwrap_err();
+        assert!(e.message.starts_with("domain \"vm\""), "{}", e.message);
+    }
+
+    #[test]
     fn domains_that_cannot_be_found_are_named() {
         let e = super::load_domain("a/b", None, std::path::Path::new("/nonexistent")).unwrap_err();
         assert!(

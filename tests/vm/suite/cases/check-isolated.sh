@@ -73,13 +73,17 @@ bench_figures() {
     jq -r '.results[] | "CPU \(.cpu): \(.samples) samples, min \(."min-us") avg \(."avg-us" * 10 | round / 10) p50 \(."p50-us") p99 \(."p99-us") p99.9 \(."p99.9-us") max \(."max-us") us, overruns \(.overruns)"' <<<"$1"
 }
 
-# bench_sane JSON: a result per CPU of 2-3, with samples and ordered figures.
+# bench_sane JSON WHAT MIN-SAMPLES: a result per CPU of 2-3 whose every 200 us period of the
+# 5 s was either measured or counted as an overrun (25000 ± 10 %), with at least MIN-SAMPLES
+# samples and ordered figures. (Under TCG the guest's 6 CPUs share the host's cores: loading
+# 4 of them starves the measured ones, whose periods then mostly overrun.)
 bench_sane() {
-    local j=$1 what=$2
+    local j=$1 what=$2 min=$3
     [ "$(jq -r '[.results[].cpu] | map(tostring) | join(",")' <<<"$j")" = 2,3 ] \
         || fail "$what: results for CPUs $(jq -c '[.results[].cpu]' <<<"$j"), want 2,3"
-    jq -e '.results | all(.samples > 1000 and ."min-us" >= 0
-        and ."min-us" <= ."avg-us" and ."avg-us" <= ."max-us"
+    jq -e --argjson min "$min" '.results | all(.samples >= $min
+        and (.samples + .overruns) >= 22500 and (.samples + .overruns) <= 27500
+        and ."min-us" >= 0 and ."min-us" <= ."avg-us" and ."avg-us" <= ."max-us"
         and ."p50-us" <= ."p99-us" and ."p99-us" <= ."p99.9-us"
         and ."p99.9-us" <= ."max-us" + 1 and ."max-us" < 5000000)' >/dev/null <<<"$j" \
         || fail "$what: figures not sane: $(jq -c '[.results[] | del(.histogram, .interference)]' <<<"$j" | cut -c1-400)"
@@ -91,7 +95,7 @@ bench_load() {
     local wrap=(kvmisolate run -q --cpus 2-3 --partition isolated --)
     rc=0; j=$(timeout -k 5 60 "${wrap[@]}" kvmisolate bench --cpus 2-3 --duration 5s --json 2>"$KT_STATE/bench.err") || rc=$?
     [ "$rc" = 0 ] || fail "bench without --load exited $rc: $(head -c 300 "$KT_STATE/bench.err")"
-    bench_sane "$j" "bench"
+    bench_sane "$j" "bench" 1000
     note "bench 2-3, 5 s, no load:"; bench_figures "$j" | sed 's/^/    /'
 
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "the first bench's isolation stayed"
@@ -118,7 +122,7 @@ bench_load() {
     j=$(cat "$out")
     [ "$rc" = 0 ] || fail "bench --load exited $rc: $(head -c 300 "$KT_STATE/bench.err")"
     [ "$(jq -r .load <<<"$j")" = true ] || fail "bench --load reports load $(jq -r .load <<<"$j")"
-    bench_sane "$j" "bench --load"
+    bench_sane "$j" "bench --load" 50
     [ "$samples" -gt 0 ] || fail "no load thread seen while bench --load ran"
     [ -z "$bad" ] || fail "load threads on isolated CPUs (housekeeping $hk):$bad"
     note "bench --load: $samples samples of load threads, all on housekeeping CPUs $hk"
