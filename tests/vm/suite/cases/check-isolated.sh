@@ -90,7 +90,7 @@ bench_sane() {
 }
 
 bench_load() {
-    local out=$KT_STATE/bench.json bpid rc j t comm cpu allowed samples=0 bad= hk
+    local out=$KT_STATE/bench.json bpid rc j t comm cpu allowed samples=0 bad= hk f k v
     hk=$(cpulist_minus "$(online_cpus)" 2-3)
     local wrap=(kvmisolate run -q --cpus 2-3 --partition isolated --)
     rc=0; j=$(timeout -k 5 60 "${wrap[@]}" kvmisolate bench --cpus 2-3 --duration 5s --json 2>"$KT_STATE/bench.err") || rc=$?
@@ -101,31 +101,39 @@ bench_load() {
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "the first bench's isolation stayed"
     timeout -k 5 60 "${wrap[@]}" kvmisolate bench --cpus 2-3 --duration 5s --load --json > "$out" 2>"$KT_STATE/bench.err" &
     bpid=$!
-    # Sample the load threads while they run: their allowed CPUs and the CPU they were last on.
-    for _ in $(seq 40); do
-        sleep 0.1
-        local kp
+    # Sample the load threads while they run: their allowed CPUs and the CPU they were last
+    # on. The load saturates the housekeeping CPUs (and under TCG the guest's CPUs share the
+    # host's cores), so the sampling shell runs SCHED_FIFO to get its turns.
+    local seen=" " kp line
+    chrt -f -p 20 $$ || fail "cannot make the sampling shell SCHED_FIFO"
+    while kill -0 "$bpid" 2>/dev/null; do
         for kp in $(pgrep -x kvmisolate || true); do
-        for t in /proc/"$kp"/task/*; do
-            comm=$(cat "$t/comm" 2>/dev/null) || continue
-            case $comm in load-*) ;; *) continue ;; esac
-            cpu=$(awk '{sub(/^.*\) /, ""); print $37}' "$t/stat" 2>/dev/null) || continue
-            allowed=$(awk '/^Cpus_allowed_list:/ {print $2}' "$t/status" 2>/dev/null) || continue
-            [ -n "$cpu" ] && [ -n "$allowed" ] || continue
-            samples=$((samples + 1))
-            cpulist_subset "$allowed" "$hk" || bad="$bad $comm allowed $allowed;"
-            cpulist_subset "$cpu" "$hk" || bad="$bad $comm ran on CPU $cpu;"
+            for t in /proc/"$kp"/task/*; do
+                read -r comm < "$t/comm" 2>/dev/null || continue
+                case $comm in load-*) ;; *) continue ;; esac
+                read -r line < "$t/stat" 2>/dev/null || continue
+                read -ra f <<<"${line##*) }"
+                cpu=${f[36]:-}
+                allowed=
+                while read -r k v; do [ "$k" = Cpus_allowed_list: ] && allowed=$v; done < "$t/status" 2>/dev/null
+                [ -n "$cpu" ] && [ -n "$allowed" ] || continue
+                samples=$((samples + 1))
+                [[ $seen == *" $comm "* ]] || seen+="$comm "
+                cpulist_subset "$allowed" "$hk" || bad="$bad $comm allowed $allowed;"
+                cpulist_subset "$cpu" "$hk" || bad="$bad $comm ran on CPU $cpu;"
+            done
         done
-        done
+        sleep 0.2
     done
+    chrt -o -p 0 $$
     rc=0; wait "$bpid" || rc=$?
     j=$(cat "$out")
     [ "$rc" = 0 ] || fail "bench --load exited $rc: $(head -c 300 "$KT_STATE/bench.err")"
     [ "$(jq -r .load <<<"$j")" = true ] || fail "bench --load reports load $(jq -r .load <<<"$j")"
     bench_sane "$j" "bench --load" 50
-    [ "$samples" -gt 0 ] || fail "no load thread seen while bench --load ran"
+    [ "$samples" -ge 6 ] || fail "only $samples sample(s) of load threads while bench --load ran (seen:$seen)"
     [ -z "$bad" ] || fail "load threads on isolated CPUs (housekeeping $hk):$bad"
-    note "bench --load: $samples samples of load threads, all on housekeeping CPUs $hk"
+    note "bench --load: $samples samples of load threads ($seen), all on housekeeping CPUs $hk"
     note "bench 2-3, 5 s, --load:"; bench_figures "$j" | sed 's/^/    /'
     [ "$(jq '.warnings | length' <<<"$j")" = 0 ] || note "bench --load warnings: $(jq -c .warnings <<<"$j")"
     # Nothing left behind.
