@@ -115,7 +115,9 @@ bench_load() {
                 read -ra f <<<"${line##*) }"
                 cpu=${f[36]:-}
                 allowed=
-                while read -r k v; do [ "$k" = Cpus_allowed_list: ] && allowed=$v; done < "$t/status" 2>/dev/null
+                while read -r k v; do
+                    if [ "$k" = Cpus_allowed_list: ]; then allowed=$v; fi
+                done < "$t/status" 2>/dev/null || true
                 [ -n "$cpu" ] && [ -n "$allowed" ] || continue
                 samples=$((samples + 1))
                 [[ $seen == *" $comm "* ]] || seen+="$comm "
