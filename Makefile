@@ -93,7 +93,7 @@ unit-test:
 # The real-kernel acceptance suite in QEMU: 6.12 with systemd, 6.12 without, 6.1.
 test-vm:
 	tests/vm/run --all
-	tests/vm/run --libvirt --only libvirt
+	tests/vm/run --libvirt --only libvirt,plan-libvirt
 
 demo:
 	tests/vm/run --demo

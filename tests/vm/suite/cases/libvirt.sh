@@ -7,7 +7,7 @@
 # hugepages="auto" reserved at prepare and returned.
 # needs: libvirt
 # timeout: 900
-VIRSH="virsh -q -c qemu:///system"
+. "$KT_DIR/libvirt-lib.sh"
 
 domain_xml() { # NAME OPTIN(0/1) VCPU-CPUS... (emulator and iothread pins in EMU / IOT)
     local name=$1 optin=$2; shift 2
@@ -35,25 +35,6 @@ define() { # NAME OPTIN VCPU-CPUS...
     domain_xml "$@" > "$KT_STATE/$1.xml"
     $VIRSH define "$KT_STATE/$1.xml" >/dev/null || fail "virsh define $1 failed"
 }
-
-scope_of() { # NAME: the domain's scope directory (machine-qemu\x2dID\x2dNAME.scope, escaped)
-    local d u
-    for d in "$CG"/machine.slice/machine-qemu*.scope; do
-        [ -d "$d" ] || continue
-        u=${d##*/}; u=${u//\\x2d/-}
-        case $u in machine-qemu-*-"$1".scope) echo "$d"; return ;; esac
-    done
-    return 1
-}
-
-qemu_pid() { cat "/run/libvirt/qemu/$1.pid"; }
-
-start_ok() { # NAME
-    local out
-    out=$(timeout -k 5 120 $VIRSH start "$1" 2>&1) || fail "virsh start $1 failed: $out"
-}
-
-destroy() { timeout -k 5 60 $VIRSH destroy "$1" >/dev/null 2>&1 || true; }
 
 # check_domain NAME CPUS ISOLATED-LEAVES...: the isolation is active with CPUS, the leaves named
 # are valid `isolated` partitions whose threads run on their pins; every other leaf (the
@@ -85,18 +66,6 @@ check_domain() {
         fi
     done
     KT_EXTRA_TARGETS+=("$pid")
-}
-
-# host_threads_off CPUS EXCLUDED-PIDS...: every task but the domains' QEMUs and per-CPU
-# kthreads is off CPUS
-host_threads_off() {
-    local cpus=$1 offenders late; shift
-    offenders=$(affinity_offenders "$(cpulist_minus "$(online_cpus)" "$cpus")" "$@")
-    late=$(grep '^LATE ' <<<"$offenders" | sed 's/^LATE //' || true)
-    [ -z "$late" ] || note "kernel threads created later, allowed everywhere by the kernel: $(echo $late | cut -c1-200)"
-    offenders=$(grep -v '^LATE ' <<<"$offenders" || true)
-    [ -z "$offenders" ] || fail "tasks allowed on $cpus: $(echo $offenders | cut -c1-600)"
-    note "every host task is off $cpus"
 }
 
 run() {
