@@ -4,13 +4,15 @@
 # FILE.bak); the domain defined and started under libvirt gets exactly the plan's pins, its
 # vCPU and emulator leaves become `isolated` partitions through the opt-in metadata the plan
 # wrote, every host task leaves the guest's CPUs, and `kvmisolate check --cpus <the plan's
-# CPUs>` reports nothing worse than information; `virsh destroy` → everything restored.
+# CPUs>` reports nothing worse than information; `virsh destroy` → everything restored. Then
+# the same with `--fifo`: SCHED_FIFO vCPUs, the realtime profile, check still clean.
 # needs: libvirt
 # smp: 8,sockets=1,cores=4,threads=2
 # timeout: 600
 . "$KT_DIR/libvirt-lib.sh"
 
 DOM=kvmi-plan
+RT=kvmi-plan-rt
 
 # A domain with no CPU element at all (no disk: it sits in SeaBIOS).
 bare_domain() { # NAME
@@ -69,6 +71,26 @@ env_irq() {
         return 0
     fi
     return 1
+}
+
+# check_clean CPUS HOUSEKEEPING: `kvmisolate check --cpus CPUS` finds nothing worse than
+# information, but for IRQs this guest cannot move (env_irq)
+check_clean() {
+    local iso=$1 hk=$2 rc=0 bad detail why
+    kvmi check --cpus "$iso" || rc=$?
+    timeout -k 5 60 kvmisolate check --cpus "$iso" --json > "$KT_STATE/check.json" 2>/dev/null || true
+    jq -e .findings "$KT_STATE/check.json" >/dev/null || fail "check --json printed no findings"
+    if [ "$rc" = 0 ]; then
+        note "kvmisolate check --cpus $iso: exit 0 (nothing worse than information)"
+        return
+    fi
+    bad=$(jq -r '.findings[] | select(.severity == "warning" or .severity == "error") | select(.id != "irq-affinity") | "\(.id): \(.found)"' "$KT_STATE/check.json")
+    [ -z "$bad" ] || fail "kvmisolate check --cpus $iso exited $rc: $(echo $bad | cut -c1-600)"
+    while IFS= read -r detail; do
+        why=$(env_irq "$detail" "$hk") || fail "check --cpus $iso: $detail"
+        note "check's irq-affinity warning, this guest's: $why"
+    done < <(jq -r '.findings[] | select(.id == "irq-affinity" and .severity != "ok") | .details[]' "$KT_STATE/check.json")
+    note "kvmisolate check --cpus $iso: exit $rc, only for IRQs this guest cannot move"
 }
 
 run() {
@@ -210,32 +232,45 @@ run() {
 
     kvmi status >/dev/null || fail "kvmisolate status failed"
 
-    # 5. kvmisolate check on the plan's CPUs: nothing worse than information, but for IRQs this
-    # guest cannot move (env_irq below)
-    local rc=0 bad id detail why
-    kvmi check --cpus "$iso" || rc=$?
-    timeout -k 5 60 kvmisolate check --cpus "$iso" --json > "$KT_STATE/check.json" 2>/dev/null || true
-    jq -e .findings "$KT_STATE/check.json" >/dev/null || fail "check --json printed no findings"
-    if [ "$rc" != 0 ]; then
-        bad=$(jq -r '.findings[] | select(.severity == "warning" or .severity == "error") | select(.id != "irq-affinity") | "\(.id): \(.found)"' "$KT_STATE/check.json")
-        [ -z "$bad" ] || fail "kvmisolate check --cpus $iso exited $rc: $(echo $bad | cut -c1-600)"
-        while IFS= read -r detail; do
-            why=$(env_irq "$detail" "$hk") || fail "check --cpus $iso: $detail"
-            note "check's irq-affinity warning, this guest's: $why"
-        done < <(jq -r '.findings[] | select(.id == "irq-affinity" and .severity != "ok") | .details[]' "$KT_STATE/check.json")
-        note "kvmisolate check --cpus $iso: exit $rc, only for IRQs this guest cannot move"
-    else
-        note "kvmisolate check --cpus $iso: exit 0 (nothing worse than information)"
-    fi
+    # 5. kvmisolate check on the plan's CPUs
+    check_clean "$iso" "$hk"
 
     # 6. destroy: everything back
     destroy "$DOM"
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after virsh destroy"
     wait_restored "$before" 20
     note "virsh destroy: released, every value restored"
+
+    # 7. --fifo: <vcpusched> and the realtime profile, without which the hook refuses FIFO
+    # vCPUs (RT throttling on): the domain starts, its vCPUs run SCHED_FIFO, RT throttling is
+    # off while it runs, check stays clean (rt-throttling ok), destroy restores everything
+    bare_domain "$RT" > "$KT_STATE/$RT.xml"
+    kvmi plan --fifo --apply "$KT_STATE/$RT.xml" || fail "plan --fifo --apply failed"
+    grep -q "scheduler='fifo'" "$KT_STATE/$RT.xml" || fail "plan --fifo wrote no <vcpusched>"
+    sed "s/mode='host-passthrough'/mode='maximum'/" "$KT_STATE/$RT.xml" > "$KT_STATE/$RT.define.xml"
+    out=$(timeout -k 5 60 $VIRSH define "$KT_STATE/$RT.define.xml" 2>&1) || fail "virsh define $RT failed: $out"
+    start_ok "$RT"
+    wait_state "libvirt-$RT" active 30 || fail "libvirt-$RT: state '$(iso_field "libvirt-$RT" state)'"
+    [ "$(iso_field "libvirt-$RT" profile)" = realtime ] || fail "libvirt-$RT: profile '$(iso_field "libvirt-$RT" profile)', want realtime"
+    [ "$(cat /proc/sys/kernel/sched_rt_runtime_us)" = -1 ] || fail "RT throttling still on ($(cat /proc/sys/kernel/sched_rt_runtime_us)) with FIFO vCPUs"
+    scope=$(scope_of "$RT") || fail "no scope for $RT"
+    local t policy
+    for t in $(cat "$scope"/libvirt/vcpu*/cgroup.threads); do
+        policy=$(chrt -p "$t" | sed -n 's/.*scheduling policy: //p')
+        [ "$policy" = SCHED_FIFO ] || fail "vCPU thread $t runs $policy, want SCHED_FIFO"
+    done
+    note "$RT: profile realtime, vCPU threads SCHED_FIFO, sched_rt_runtime_us -1"
+    KT_EXTRA_TARGETS=("$(qemu_pid "$RT")")
+    check_clean "$iso" "$hk"
+    [ "$(jq -r '.findings[] | select(.id == "rt-throttling") | .severity' "$KT_STATE/check.json")" = ok ] \
+        || fail "check's rt-throttling: $(jq -c '.findings[] | select(.id == "rt-throttling")' "$KT_STATE/check.json")"
+    destroy "$RT"
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after virsh destroy $RT"
+    wait_restored "$before" 20
+    note "virsh destroy $RT: released, every value restored"
 }
 
 cleanup() {
-    lv_forget "$DOM" kvmi-pwarm
+    lv_forget "$DOM" "$RT" kvmi-pwarm
     KT_EXTRA_TARGETS=()
 }
