@@ -87,7 +87,7 @@ refusal_without_remote_partitions() {
         out=$(timeout -k 5 120 $VIRSH start "$dom" 2>&1) || rc=$?
         [ "$rc" != 0 ] || fail "$dom (opted in) started on $(uname -r), a kernel without remote partitions"
         refused_for_kernel "$out" || fail "virsh start $dom failed without kvmisolate's reason: $out"
-        note "virsh start $dom (exit $rc): $(tr '\n' ' ' <<<"$out" | sed 's/.*kvmisolate: //' | cut -c1-300)"
+        note "virsh start $dom (exit $rc): $(tr '\n' ' ' <<<"$out" | cut -c1-600)"
         ! scope_of "$dom" >/dev/null || fail "$dom's scope exists after the refused start"
         [ "$(iso_count)" = 0 ] || fail "the refused start of $dom left isolations: $(kstatus | jq -c '[.isolations[].name]')"
         wait_restored "$before" 10
