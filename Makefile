@@ -90,10 +90,12 @@ lint:
 unit-test:
 	$(CARGO) test --workspace --locked
 
-# The real-kernel acceptance suite in QEMU: 6.12 with systemd, 6.12 without, 6.1.
+# The real-kernel acceptance suite in QEMU: 6.12 with systemd, 6.12 without, 6.1; then the
+# libvirt image on 6.12 and on 6.1 (no remote partitions: the refusal users see).
 test-vm:
 	tests/vm/run --all
-	tests/vm/run --libvirt --only libvirt,check-vm
+	tests/vm/run --libvirt --only libvirt,check-vm,plan-libvirt
+	tests/vm/run --libvirt --kernel 6.1 --only libvirt
 
 demo:
 	tests/vm/run --demo

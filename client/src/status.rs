@@ -164,9 +164,13 @@ pub fn format_status(status: &Value, now_us: u64) -> String {
                 "released" => "released",
                 other => other,
             };
+            let cpus = match str_of(iso, key::I_CPUS) {
+                "" => "-",
+                c => c,
+            };
             rows.push(vec![
                 name.to_owned(),
-                str_of(iso, key::I_CPUS).to_owned(),
+                cpus.to_owned(),
                 str_of(iso, key::I_PARTITION).to_owned(),
                 state.to_owned(),
                 str_of(iso, key::I_TARGET).to_owned(),
@@ -177,6 +181,11 @@ pub fn format_status(status: &Value, now_us: u64) -> String {
             let reason = str_of(iso, key::I_STATE_REASON);
             if state != "active" && !reason.is_empty() {
                 reasons.push(format!("{name} is {state}: {reason}"));
+            }
+            // What holds no partition (a hugepage reservation) says what it holds instead.
+            let description = str_of(iso, key::I_DESCRIPTION);
+            if str_of(iso, key::I_PARTITION) == "none" && !description.is_empty() {
+                reasons.push(format!("{name}: {description}"));
             }
         }
         out.push('\n');

@@ -26,8 +26,11 @@ pub const I_OBJECT_PATH: &str = "object-path";
 pub const I_CPUS: &str = "cpus";
 /// Isolation entry: `target` (s), e.g. `unit:vm.scope` or `pids:1234,1235`.
 pub const I_TARGET: &str = "target";
-/// Isolation entry: `partition` (s).
+/// Isolation entry: `partition` (s): `isolated` or `root`; `none` for a hugepage reservation
+/// (`reservation:DOMAIN` target), which holds no CPUs and no partition.
 pub const I_PARTITION: &str = "partition";
+/// Isolation entry: `description` (s): what the isolation holds, in one sentence.
+pub const I_DESCRIPTION: &str = "description";
 /// Isolation entry: `state` (s).
 pub const I_STATE: &str = "state";
 /// Isolation entry: `state-reason` (s).

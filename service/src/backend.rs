@@ -113,6 +113,41 @@ impl Lease {
         }
     }
 
+    /// The partition reported on the bus (`Partition`, the `partition` key of `Status()`):
+    /// the type in force, or `none` for a hugepage reservation, which holds no partition.
+    pub fn partition_word(&self) -> &'static str {
+        if self.record.request.target.is_reservation() {
+            "none"
+        } else {
+            self.partition.as_str()
+        }
+    }
+
+    /// What the isolation holds, in one sentence (the `description` key of `Status()`).
+    pub fn description(&self) -> String {
+        match &self.record.request.target {
+            Target::Reservation { domain, .. } => {
+                let pool = self.record.request.tunings.hugepages.map_or_else(
+                    || "a hugepage pool".to_owned(),
+                    |h| format!("{} hugepages of {} ({h})", h.pages(), h.page_size.as_str()),
+                );
+                format!(
+                    "reserves {pool} for libvirt domain {domain:?} from its prepare to its release; holds no CPUs and no partition"
+                )
+            }
+            target => {
+                let n = self.cgroups.len();
+                format!(
+                    "CPUs {} in {n} {} partition{} for {}",
+                    self.cpus,
+                    self.partition,
+                    if n == 1 { "" } else { "s" },
+                    target.describe()
+                )
+            }
+        }
+    }
+
     /// The tunings engine's view of this isolation.
     pub fn holder(&self) -> Holder {
         holder_of(&self.record)

@@ -197,10 +197,10 @@ impl IsolationObject {
     fn target(&self) -> String {
         self.lease.target.clone()
     }
-    /// `isolated` or `root`.
+    /// `isolated` or `root`; `none` for a hugepage reservation.
     #[zbus(property(emits_changed_signal = "const"))]
     fn partition(&self) -> String {
-        self.lease.partition.to_string()
+        self.lease.partition_word().to_owned()
     }
     /// `active` or `degraded`.
     #[zbus(property)]
@@ -360,7 +360,7 @@ impl Shared {
         let active: Vec<&Lease> = leases.values().collect();
         let lease = self.backend.isolate(&req, &caller, &active).await?;
         tracing::info!(
-            name = %lease.name, cpus = %lease.cpus, target = %lease.target, partition = %lease.partition,
+            name = %lease.name, cpus = %lease.cpus, target = %lease.target, partition = lease.partition_word(),
             uid = caller.uid, "isolated"
         );
         let path = path_of(&lease);
@@ -670,7 +670,8 @@ fn lease_entry(
     put(keys::I_OBJECT_PATH, Variant::from(path_of(l)));
     put(keys::I_CPUS, Variant::from(l.cpus.to_string()));
     put(keys::I_TARGET, Variant::from(l.target.as_str()));
-    put(keys::I_PARTITION, Variant::from(l.partition.as_str()));
+    put(keys::I_PARTITION, Variant::from(l.partition_word()));
+    put(keys::I_DESCRIPTION, Variant::from(l.description()));
     put(keys::I_STATE, Variant::from(l.state.as_str()));
     put(keys::I_STATE_REASON, Variant::from(l.state_reason.as_str()));
     put(keys::I_OWNER_UID, Variant::from(l.owner_uid));

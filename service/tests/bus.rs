@@ -1135,6 +1135,16 @@ fn run_hook(e: &Env, args: &[&str], xml: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// `kvmisolate ARGS...` against the test bus.
+fn run_cli(e: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::cli_path())
+        .arg("--address")
+        .arg(&e.bus.address)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn domain_xml(name: &str, vcpus: &[&str], emulator: &str, optin: bool) -> String {
     let pins: String = vcpus
         .iter()
@@ -1241,11 +1251,54 @@ async fn the_hook_reserves_hugepages_at_prepare_and_returns_them_at_release() {
     assert_eq!(text(&list[0][keys::I_NAME]), "hugepages-win10");
     assert_eq!(text(&list[0][keys::I_TARGET]), "reservation:win10");
     assert_eq!(text(&list[0][keys::I_CPUS]), "");
+    // It holds no partition, and says so: on the bus, in Status() and in `kvmisolate status`.
+    assert_eq!(text(&list[0][keys::I_PARTITION]), "none");
+    let described = text(&list[0][keys::I_DESCRIPTION]);
+    assert_eq!(
+        described,
+        "reserves 32 hugepages of 2M (64M:2M) for libvirt domain \"win10\" from its prepare \
+         to its release; holds no CPUs and no partition"
+    );
+    let paths = proxy.isolations().await.unwrap();
+    let reservation = Isolation1Proxy::builder(&e.conn)
+        .path(paths[0].clone())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(reservation.partition().await.unwrap(), "none");
+    let shown = run_cli(&e, &["status"]);
+    assert!(shown.status.success(), "{shown:?}");
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let row = shown
+        .lines()
+        .find(|l| l.starts_with("hugepages-win10 "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(
+        row.split_whitespace().take(3).collect::<Vec<_>>(),
+        ["hugepages-win10", "-", "none"],
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("  hugepages-win10: {described}\n")),
+        "{shown}"
+    );
 
     let out = run_hook(&e, &["win10", "started", "begin", "-"], &xml);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(proxy.isolations().await.unwrap().len(), 2);
     assert_eq!(proxy.isolated_cpus().await.unwrap(), "2-4");
+    let status = proxy.status().await.unwrap();
+    let list =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone()).unwrap();
+    let domain = list
+        .iter()
+        .find(|i| text(&i[keys::I_NAME]) == "libvirt-win10")
+        .unwrap();
+    assert_eq!(text(&domain[keys::I_PARTITION]), "isolated");
+    assert_eq!(
+        text(&domain[keys::I_DESCRIPTION]),
+        "CPUs 2-4 in 3 isolated partitions for libvirt:win10"
+    );
     assert_eq!(
         e.host.get(pool).trim(),
         "32",

@@ -101,7 +101,7 @@ pub fn apply(original: &str, plan: &Plan, opts: LibvirtOptions) -> Result<String
         seq += 1;
     };
 
-    let metadata = libvirt::metadata_element();
+    let metadata = libvirt::metadata_element(opts);
     match root.elements().filter(|e| e.name == "metadata").last() {
         Some(m) if m.empty => {
             let ind = xml_spans::indent_at(original, m.start).unwrap_or(&child_indent);
@@ -350,7 +350,11 @@ mod tests {
         let text = "<domain>\n  <name>t</name>\n  <metadata/>\n  <vcpu cpuset='1-3'>2</vcpu>\n  <vcpus>\n    <vcpu id='0' enabled='yes'/>\n  </vcpus>\n  <numatune>\n    <memory mode='interleave' nodeset='0-1'/>\n    <memnode cellid='0' mode='strict' nodeset='0'/>\n  </numatune>\n  <cpu mode='host-passthrough' check='none' migratable='on'/>\n</domain>";
         let p = x3d_plan(Size::Vcpus(2));
         let out = apply(text, &p, LibvirtOptions::default()).unwrap();
-        assert!(out.contains("  <metadata>\n    <kvmisolate:isolate xmlns:kvmisolate=\"https://kvmisolate.org/xmlns/libvirt/1\" profile=\"default\"/>\n  </metadata>\n"), "{out}");
+        let opt_in = libvirt::metadata_element(LibvirtOptions::default());
+        assert!(
+            out.contains(&format!("  <metadata>\n    {opt_in}\n  </metadata>\n")),
+            "{out}"
+        );
         assert!(
             out.contains("  <vcpu placement='static'>2</vcpu>\n  <iothreads>"),
             "{out}"

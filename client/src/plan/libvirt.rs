@@ -3,14 +3,32 @@
 
 use std::fmt::Write as _;
 
+use kvmisolate_dbus::tunings::{Profile, Tuning};
+
 use super::{EmulatorMode, Plan};
 
 /// The namespace of kvmisolate's libvirt metadata.
 pub const METADATA_NS: &str = "https://kvmisolate.org/xmlns/libvirt/1";
 
-/// The metadata element that opts a domain in to isolation by kvmisolate.
-pub fn metadata_element() -> String {
-    format!("<kvmisolate:isolate xmlns:kvmisolate=\"{METADATA_NS}\" profile=\"default\"/>")
+/// The metadata element that opts a domain in to isolation by kvmisolate, with the tunings
+/// that make `kvmisolate check` clean for the planned CPUs: the `default` profile's plus `thp`
+/// (THP `always`, the usual kernel default, is a check warning: khugepaged and compaction
+/// stalls); with `--fifo` the `realtime` profile, which also turns RT throttling off (the hook
+/// refuses SCHED_FIFO vCPUs without that) and the fair server on the isolated CPUs.
+pub fn metadata_element(opts: LibvirtOptions) -> String {
+    let what = if opts.fifo {
+        format!("profile=\"{}\"", Profile::Realtime)
+    } else {
+        let mut list = Profile::Default.tunings();
+        list.push(Tuning::Thp);
+        let names: Vec<&str> = Tuning::ALL
+            .iter()
+            .filter(|t| list.contains(t))
+            .map(|t| t.as_str())
+            .collect();
+        format!("tunings=\"{}\"", names.join(","))
+    };
+    format!("<kvmisolate:isolate xmlns:kvmisolate=\"{METADATA_NS}\" {what}/>")
 }
 
 /// Choices that only matter to the XML.
@@ -179,7 +197,7 @@ pub fn snippet(plan: &Plan, opts: LibvirtOptions) -> String {
         },
         plan.housekeeping
     );
-    let _ = writeln!(s, "<metadata>\n  {}\n</metadata>", metadata_element());
+    let _ = writeln!(s, "<metadata>\n  {}\n</metadata>", metadata_element(opts));
     for e in elements(plan, opts) {
         let _ = writeln!(s, "{}", e.render("", "  ", &[], &[]));
     }
@@ -215,7 +233,36 @@ mod tests {
             s.contains("<topology sockets='1' dies='1' cores='1' threads='1'/>"),
             "{s}"
         );
-        assert!(s.contains(&metadata_element()));
+        assert!(s.contains(&metadata_element(LibvirtOptions { fifo: true })));
+        assert!(s.contains("profile=\"realtime\""), "{s}");
+    }
+
+    /// The libvirt hook reads the opt-in the plan writes: the tunings `kvmisolate check` wants
+    /// (THP included), and with `--fifo` RT throttling off, without which it refuses the start.
+    #[test]
+    fn the_hook_accepts_the_opt_in() {
+        use crate::hook::{domain::Domain, optin};
+        for fifo in [false, true] {
+            let opts = LibvirtOptions { fifo };
+            let xml = super::super::apply::apply(
+                "<domain type='kvm'>\n  <name>g</name>\n</domain>\n",
+                &recipe(Size::Vcpus(2)),
+                opts,
+            )
+            .unwrap();
+            let domain = Domain::parse(&xml).unwrap();
+            let s = optin::settings(&domain, None).unwrap().expect("opted in");
+            let tunings = match (&s.tunings, s.profile) {
+                (Some(list), None) => list.clone(),
+                (None, Some(p)) => p.tunings(),
+                other => panic!("{other:?}"),
+            };
+            assert!(tunings.contains(&Tuning::Thp), "{tunings:?}");
+            for t in Profile::Default.tunings() {
+                assert!(tunings.contains(&t), "{t} missing from {tunings:?}");
+            }
+            assert_eq!(s.disables_rt_throttling(), fifo, "{xml}");
+        }
     }
 
     #[test]

@@ -605,3 +605,34 @@ start_ok() { # NAME
 }
 
 destroy() { timeout -k 5 60 $VIRSH destroy "$1" >/dev/null 2>&1 || true; }
+
+# lv_need: skip unless this boot has libvirt and systemd, fail if the hook is not installed
+lv_need() {
+    need_kvmisolate
+    command -v virsh >/dev/null || skip "no libvirt in this image (tests/vm/run --libvirt)"
+    have_systemd || skip "needs systemd (libvirt's machine scopes)"
+    [ -x /etc/libvirt/hooks/qemu.d/kvmisolate ] || fail "make install did not install /etc/libvirt/hooks/qemu.d/kvmisolate"
+    timeout -k 5 60 $VIRSH version >/dev/null 2>&1 || fail "libvirtd does not answer"
+}
+
+# lv_forget NAME...: destroy and undefine (cleanup; never fails)
+lv_forget() {
+    local d
+    for d in "$@"; do
+        timeout -k 5 30 $VIRSH destroy "$d" >/dev/null 2>&1
+        timeout -k 5 30 $VIRSH undefine "$d" >/dev/null 2>&1
+    done
+    return 0
+}
+
+# host_threads_off CPUS EXCLUDED-PIDS...: every task but the domains' QEMUs and per-CPU
+# kthreads is off CPUS
+host_threads_off() {
+    local cpus=$1 offenders late; shift
+    offenders=$(affinity_offenders "$(cpulist_minus "$(online_cpus)" "$cpus")" "$@")
+    late=$(grep '^LATE ' <<<"$offenders" | sed 's/^LATE //' || true)
+    [ -z "$late" ] || note "kernel threads created later, allowed everywhere by the kernel: $(echo $late | cut -c1-200)"
+    offenders=$(grep -v '^LATE ' <<<"$offenders" || true)
+    [ -z "$offenders" ] || fail "tasks allowed on $cpus: $(echo $offenders | cut -c1-600)"
+    note "every host task is off $cpus"
+}

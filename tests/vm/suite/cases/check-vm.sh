@@ -33,11 +33,8 @@ cleanup() {
 }
 
 run() {
-    need_kvmisolate
-    command -v virsh >/dev/null || skip "no libvirt in this image (tests/vm/run --libvirt)"
-    have_systemd || skip "needs systemd (libvirt's machine scopes)"
+    lv_need
     have_remote_partitions || skip "needs remote partitions (6.7+)"
-    timeout -k 5 60 $VIRSH version >/dev/null 2>&1 || fail "libvirtd does not answer"
     local j rc out
 
     # 1. Defined, not running.

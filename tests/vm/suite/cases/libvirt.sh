@@ -4,7 +4,9 @@
 # off 2-4, the iothread still on 0-1; `virsh destroy` → restored; `kill -9` of QEMU → released
 # by itself, also with libvirtd killed first (no hook runs); two domains on disjoint CPUs at
 # once; an overlapping third refused at start with kvmisolate's reason in virsh's error;
-# hugepages="auto" reserved at prepare and returned.
+# hugepages="auto" reserved at prepare (a lease with partition "none" saying what it reserves)
+# and returned. On a kernel without remote partitions (6.1): opted-in domains refused at start
+# with kvmisolate's reason and nothing changed, others start, `isolate --vm` exits 6.
 # needs: libvirt
 # timeout: 900
 # VIRSH, domain_xml, define, scope_of, qemu_pid, start_ok, destroy: lib.sh (libvirt).
@@ -41,25 +43,50 @@ check_domain() {
     KT_EXTRA_TARGETS+=("$pid")
 }
 
-# host_threads_off CPUS EXCLUDED-PIDS...: every task but the domains' QEMUs and per-CPU
-# kthreads is off CPUS
-host_threads_off() {
-    local cpus=$1 offenders late; shift
-    offenders=$(affinity_offenders "$(cpulist_minus "$(online_cpus)" "$cpus")" "$@")
-    late=$(grep '^LATE ' <<<"$offenders" | sed 's/^LATE //' || true)
-    [ -z "$late" ] || note "kernel threads created later, allowed everywhere by the kernel: $(echo $late | cut -c1-200)"
-    offenders=$(grep -v '^LATE ' <<<"$offenders" || true)
-    [ -z "$offenders" ] || fail "tasks allowed on $cpus: $(echo $offenders | cut -c1-600)"
-    note "every host task is off $cpus"
+# refused KERNEL-OUTPUT: the output names kvmisolate's reason for a kernel without remote
+# partitions (the feature and the kernel version that has it)
+refused_for_kernel() { grep -q "remote cpuset partitions\|needs remote partitions" <<<"$1" && grep -q "Linux 6.7+" <<<"$1"; }
+
+# On a kernel without remote partitions (6.1) a domain cannot be isolated in place: what the
+# user sees. An opted-in domain does not start (virsh start shows kvmisolate's reason), also
+# with hugepages="auto" (nothing reserved), and nothing is left changed; a domain that does
+# not opt in starts as usual; `kvmisolate isolate --vm` of it fails the same way (exit 6).
+refusal_without_remote_partitions() {
+    local before=$1 out rc dom pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+    EMU=2 define kvmi-a 1 3 4
+    HP=1 EMU=2 define kvmi-h 1 3 4   # hugepages="auto" is the opt-in's default
+    for dom in kvmi-a kvmi-h; do
+        rc=0
+        out=$(timeout -k 5 120 $VIRSH start "$dom" 2>&1) || rc=$?
+        [ "$rc" != 0 ] || fail "$dom (opted in) started on $(uname -r), a kernel without remote partitions"
+        refused_for_kernel "$out" || fail "virsh start $dom failed without kvmisolate's reason: $out"
+        note "virsh start $dom (exit $rc): $(tr '\n' ' ' <<<"$out" | cut -c1-600)"
+        ! scope_of "$dom" >/dev/null || fail "$dom's scope exists after the refused start"
+        [ "$(iso_count)" = 0 ] || fail "the refused start of $dom left isolations: $(kstatus | jq -c '[.isolations[].name]')"
+        wait_restored "$before" 10
+    done
+    note "hugepage pool $(cat "$pool") (nothing reserved), no isolation, every value as before"
+
+    # A domain that does not opt in starts; `isolate --vm` of it is refused with the reason.
+    EMU=2 define kvmi-n 0 3 4
+    start_ok kvmi-n
+    [ "$(iso_count)" = 0 ] || fail "a domain without the opt-in was isolated"
+    local running=$KT_STATE/lv-running.snap
+    snapshot "$running"
+    rc=0
+    kvmi isolate --no-ask-password --vm kvmi-n || rc=$?
+    [ "$rc" = 6 ] || fail "kvmisolate isolate --vm kvmi-n exited $rc, want 6 (host cannot do it): $(tail -1 "$KT_STATE/last-output")"
+    refused_for_kernel "$(last_output)" || fail "isolate --vm kvmi-n failed without the reason: $(last_output)"
+    [ "$(iso_count)" = 0 ] || fail "the refused isolate --vm left an isolation"
+    wait_restored "$running" 10
+    note "isolate --vm kvmi-n: exit 6, nothing changed"
+    destroy kvmi-n
+    wait_for "! scope_of kvmi-n >/dev/null" 20 0.5 || fail "kvmi-n's scope stayed"
+    wait_restored "$before" 20
 }
 
 run() {
-    need_kvmisolate
-    command -v virsh >/dev/null || skip "no libvirt in this image (tests/vm/run --libvirt)"
-    have_systemd || skip "needs systemd (libvirt's machine scopes)"
-    have_remote_partitions || skip "needs remote partitions (6.7+)"
-    [ -x /etc/libvirt/hooks/qemu.d/kvmisolate ] || fail "make install did not install /etc/libvirt/hooks/qemu.d/kvmisolate"
-    timeout -k 5 60 $VIRSH version >/dev/null 2>&1 || fail "libvirtd does not answer"
+    lv_need
 
     # Warm-up: a domain that does not opt in, started and destroyed, so that what libvirt and
     # systemd create once (machine.slice, its cpuset controller) is in the "before" snapshot.
@@ -71,6 +98,10 @@ run() {
     local before=$KT_STATE/lv-before.snap
     snapshot "$before"
     all_affinities | awk '{print $1}' > "$KT_STATE/tids-before-isolate"
+    if ! have_remote_partitions; then
+        refusal_without_remote_partitions "$before"
+        return
+    fi
 
     # 1. virsh start / virsh destroy
     EMU=2 define kvmi-a 1 3 4
@@ -133,16 +164,21 @@ run() {
     [ "$(iso_field hugepages-kvmi-h target)" = reservation:kvmi-h ] || fail "reservation target '$(iso_field hugepages-kvmi-h target)'"
     check_domain kvmi-h 5 vcpu0
     note "hugepages: pool $orig -> $(cat "$pool") while kvmi-h runs"
+    # The reservation holds no partition, and status says so.
+    [ "$(iso_field hugepages-kvmi-h partition)" = none ] || fail "reservation partition '$(iso_field hugepages-kvmi-h partition)', want none"
+    [ -z "$(iso_field hugepages-kvmi-h cpus)" ] || fail "reservation cpus '$(iso_field hugepages-kvmi-h cpus)'"
+    [[ "$(iso_field hugepages-kvmi-h description)" == "reserves 16 hugepages of 2M "*"; holds no CPUs and no partition" ]] \
+        || fail "reservation description '$(iso_field hugepages-kvmi-h description)'"
+    kvmi status || fail "kvmisolate status failed"
+    last_output | grep -qE '^hugepages-kvmi-h +- +none ' || fail "status row of hugepages-kvmi-h: $(last_output | grep '^hugepages-kvmi-h')"
+    last_output | grep -qF "  hugepages-kvmi-h: reserves 16 hugepages of 2M" || fail "status does not say what hugepages-kvmi-h reserves"
+    note "status: hugepages-kvmi-h partition none: $(iso_field hugepages-kvmi-h description)"
     destroy kvmi-h
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still listed after destroying kvmi-h: $(kstatus | jq -c '[.isolations[].name]')"
     wait_restored "$before" 20
 }
 
 cleanup() {
-    local d
-    for d in kvmi-warm kvmi-a kvmi-b kvmi-c kvmi-h; do
-        timeout -k 5 30 $VIRSH destroy "$d" >/dev/null 2>&1
-        timeout -k 5 30 $VIRSH undefine "$d" >/dev/null 2>&1
-    done
+    lv_forget kvmi-warm kvmi-a kvmi-b kvmi-c kvmi-h kvmi-n
     KT_EXTRA_TARGETS=()
 }

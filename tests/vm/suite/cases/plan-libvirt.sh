@@ -1,0 +1,275 @@
+# plan-libvirt: `kvmisolate plan` for this VM's own topology (booted with 4 cores of 2 threads)
+# is what sysfs says (human, --json, --libvirt); `--apply --dry-run` on a domain XML without
+# CPU elements shows a diff of CPU elements only and changes nothing; `--apply` writes it (with
+# FILE.bak); the domain defined and started under libvirt gets exactly the plan's pins, its
+# vCPU and emulator leaves become `isolated` partitions through the opt-in metadata the plan
+# wrote, every host task leaves the guest's CPUs, and `kvmisolate check --cpus <the plan's
+# CPUs>` reports nothing worse than information; `virsh destroy` → everything restored. Then
+# the same with `--fifo`: SCHED_FIFO vCPUs, the realtime profile, check still clean.
+# needs: libvirt
+# smp: 8,sockets=1,cores=4,threads=2
+# timeout: 600
+
+DOM=kvmi-plan
+RT=kvmi-plan-rt
+
+# A domain with no CPU element at all (no disk: it sits in SeaBIOS).
+bare_domain() { # NAME
+    cat <<EOT
+<domain type='qemu'>
+  <name>$1</name>
+  <memory unit='MiB'>32</memory>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+  </os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOT
+}
+
+# sysfs_cores: one line per core, its CPUs (thread_siblings_list), sorted, unique
+sysfs_cores() {
+    local c
+    for c in $(cpulist_expand "$(online_cpus)"); do
+        cat "/sys/devices/system/cpu/cpu$c/topology/thread_siblings_list"
+    done | sort -u
+}
+
+# pins_of KIND: "ID CPULIST" lines from virsh vcpupin / iothreadinfo (ID and the last field),
+# or the CPU list alone from emulatorpin; lists compacted
+pins_of() {
+    local line id cpus
+    timeout -k 5 30 $VIRSH "$1" "$DOM" | while read -r line; do
+        [ -n "$line" ] || continue
+        id=${line%%[ :]*}; cpus=${line##*[ :]}
+        cpus=$(cpulist_compact "$(cpulist_expand "$cpus")")
+        if [ "$1" = emulatorpin ]; then echo "$cpus"; else echo "$id $cpus"; fi
+    done
+}
+
+# env_irq DETAIL HOUSEKEEPING: whether an IRQ that `check` lists on the isolated CPUs is one
+# this guest cannot do anything about (prints why): (a) allowed only on housekeeping CPUs but
+# still effective on an isolated one: x86 moves an IO-APIC interrupt when it next fires, and
+# this guest's legacy devices (i8042, rtc) never fire; (b) delivered on housekeeping CPUs only
+# and refused by the kernel when its own affinity is written back (IRQ 0, the IO-APIC timer).
+env_irq() {
+    local n aff eff
+    n=$(sed -n 's/^IRQ \([0-9]*\)[ :].*/\1/p' <<<"$1")
+    [ -n "$n" ] && [ -d "/proc/irq/$n" ] || return 1
+    aff=$(cat "/proc/irq/$n/smp_affinity_list")
+    eff=$(cat "/proc/irq/$n/effective_affinity_list" 2>/dev/null || echo "$aff")
+    if cpulist_subset "$aff" "$2"; then
+        echo "IRQ $n ($(grep -E "^ *$n:" /proc/interrupts | awk '{print $NF}')) allowed on $aff, still effective on $eff until its next interrupt ($(grep -E "^ *$n:" /proc/interrupts | awk '{s = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i; print s}') so far)"
+        return 0
+    fi
+    if cpulist_subset "$eff" "$2" && ! echo "$aff" > "/proc/irq/$n/smp_affinity_list" 2>/dev/null; then
+        echo "IRQ $n ($(grep -E "^ *$n:" /proc/interrupts | awk '{print $NF}')) cannot be moved (writing its affinity fails) and is delivered on $eff"
+        return 0
+    fi
+    return 1
+}
+
+# check_clean CPUS HOUSEKEEPING: `kvmisolate check --cpus CPUS` finds nothing worse than
+# information, but for IRQs this guest cannot move (env_irq)
+check_clean() {
+    local iso=$1 hk=$2 rc=0 bad detail why
+    kvmi check --cpus "$iso" || rc=$?
+    timeout -k 5 60 kvmisolate check --cpus "$iso" --json > "$KT_STATE/check.json" 2>/dev/null || true
+    jq -e .findings "$KT_STATE/check.json" >/dev/null || fail "check --json printed no findings"
+    if [ "$rc" = 0 ]; then
+        note "kvmisolate check --cpus $iso: exit 0 (nothing worse than information)"
+        return
+    fi
+    bad=$(jq -r '.findings[] | select(.severity == "warning" or .severity == "error") | select(.id != "irq-affinity") | "\(.id): \(.found)"' "$KT_STATE/check.json")
+    [ -z "$bad" ] || fail "kvmisolate check --cpus $iso exited $rc: $(echo $bad | cut -c1-600)"
+    while IFS= read -r detail; do
+        why=$(env_irq "$detail" "$hk") || fail "check --cpus $iso: $detail"
+        note "check's irq-affinity warning, this guest's: $why"
+    done < <(jq -r '.findings[] | select(.id == "irq-affinity" and .severity != "ok") | .details[]' "$KT_STATE/check.json")
+    note "kvmisolate check --cpus $iso: exit $rc, only for IRQs this guest cannot move"
+}
+
+run() {
+    lv_need
+    have_remote_partitions || skip "needs remote partitions (6.7+) to isolate a libvirt domain"
+    local plan=$KT_STATE/plan.json xml=$KT_STATE/$DOM.xml orig=$KT_STATE/$DOM.orig.xml
+    local threads cores online
+    online=$(online_cpus)
+    cores=$(sysfs_cores | wc -l)
+    threads=$(( $(cpulist_expand "$online" | wc -w) / cores ))
+    note "topology (sysfs): CPUs $online, $cores cores: $(sysfs_cores | paste -sd ' ' -)"
+    [ "$threads" -ge 2 ] || note "no SMT in this boot (tests/vm/run boots this case with '# smp:' above)"
+
+    # 1. the plan, three ways
+    kvmi plan || fail "kvmisolate plan exited $?: $(tail -1 "$KT_STATE/last-output")"
+    grep -q "^Host: .*$(cpulist_expand "$online" | wc -w) CPUs online ($online), $cores cores" "$KT_STATE/last-output" \
+        || fail "plan's Host line does not describe sysfs ($online, $cores cores): $(grep '^Host' "$KT_STATE/last-output")"
+    timeout -k 5 30 kvmisolate plan --json > "$plan" || fail "kvmisolate plan --json failed"
+    jq -c . "$plan" | cut -c1-400 | sed 's/^/  json: /' || true
+    j() { jq -r "$1" "$plan"; }
+    [ "$(j .version)" = 1 ] || fail "plan --json version $(j .version)"
+    [ "$(j .host.online)" = "$online" ] || fail "plan says online $(j .host.online), sysfs $online"
+    [ "$(j .host.cores)" = "$cores" ] || fail "plan says $(j .host.cores) cores, sysfs $cores"
+    [ "$(j .host.threads_per_core)" = "$threads" ] || fail "plan says $(j .host.threads_per_core) threads per core, sysfs $threads"
+    local l3; l3=$(cat /sys/devices/system/cpu/cpu0/cache/index3/shared_cpu_list 2>/dev/null || true)
+    if [ -n "$l3" ]; then
+        [ "$(j '.host.l3[0].cpus')" = "$l3" ] || fail "plan's L3 $(j '.host.l3[0].cpus'), sysfs $l3"
+    fi
+    if [ -d /sys/devices/system/node/node0 ]; then
+        [ "$(j '.host.nodes[0].cpus')" = "$(cat /sys/devices/system/node/node0/cpulist)" ] \
+            || fail "plan's node 0 $(j '.host.nodes[0].cpus'), sysfs $(cat /sys/devices/system/node/node0/cpulist)"
+    fi
+    local hk iso emu vcpus iot nv
+    hk=$(j .housekeeping) iso=$(j .isolate) emu=$(j .emulator.cpus)
+    vcpus=$(cpulist_compact "$(j '.vcpus[].cpu')") iot=$(j '.iothreads[0].cpus')
+    nv=$(j '.vcpus | length')
+    note "plan: housekeeping $hk, isolate $iso (emulator $emu, vCPUs $vcpus), iothread $iot"
+    [ "$(j .emulator.mode)" = separate ] || fail "emulator mode $(j .emulator.mode), want separate (the default)"
+    cpulist_eq "$(cpulist_compact "$(cpulist_expand "$hk") $(cpulist_expand "$iso")")" "$online" \
+        || fail "housekeeping $hk + isolate $iso is not every online CPU ($online)"
+    [ -z "$(cpulist_minus "$hk" "$(cpulist_minus "$hk" "$iso")")" ] || fail "housekeeping $hk and isolate $iso overlap"
+    cpulist_eq "$(cpulist_compact "$(cpulist_expand "$emu") $(cpulist_expand "$vcpus")")" "$iso" \
+        || fail "emulator $emu + vCPUs $vcpus is not the isolated set $iso"
+    [ "$(cpulist_expand "$vcpus" | wc -w)" = "$nv" ] || fail "two vCPUs share a CPU: $(jq -c .vcpus "$plan")"
+    cpulist_subset "$iot" "$hk" || fail "iothread on $iot, not on housekeeping $hk"
+    local core
+    while read -r core; do # no core is split between host and guest, nor between emulator and vCPUs
+        for part in "$hk" "$emu" "$vcpus"; do
+            if ! cpulist_subset "$core" "$part" && [ -n "$(cpulist_minus "$core" "$(cpulist_minus "$core" "$part")")" ]; then
+                fail "core $core is split (part of $part)"
+            fi
+        done
+    done < <(sysfs_cores)
+    [ "$(j '.guest_topology.threads')" = "$threads" ] || fail "guest threads $(j '.guest_topology.threads'), host $threads"
+    [ $(( $(j '.guest_topology.sockets') * $(j '.guest_topology.dies') * $(j '.guest_topology.cores') * $(j '.guest_topology.threads') )) = "$nv" ] \
+        || fail "guest topology $(jq -c .guest_topology "$plan") does not make $nv vCPUs"
+
+    kvmi plan --libvirt || fail "kvmisolate plan --libvirt failed"
+    local lv=$KT_STATE/plan-libvirt.out; cp "$KT_STATE/last-output" "$lv"
+    grep -q "<vcpu placement='static'>$nv</vcpu>" "$lv" || fail "plan --libvirt has no <vcpu> $nv"
+    grep -q "<emulatorpin cpuset='$emu'/>" "$lv" || fail "plan --libvirt has no emulatorpin $emu"
+    grep -q '<kvmisolate:isolate xmlns:kvmisolate="https://kvmisolate.org/xmlns/libvirt/1"' "$lv" \
+        || fail "plan --libvirt has no opt-in metadata"
+
+    # 2. --apply --dry-run, then --apply
+    bare_domain "$DOM" > "$xml"; cp "$xml" "$orig"
+    kvmi plan --apply "$xml" --dry-run || fail "plan --apply --dry-run failed"
+    local diffout=$KT_STATE/plan.diff; cp "$KT_STATE/last-output" "$diffout"
+    cmp -s "$xml" "$orig" || fail "--dry-run changed $xml"
+    [ ! -e "$xml.bak" ] || fail "--dry-run wrote $xml.bak"
+    local allowed="^[+-] *(</?(metadata|vcpu|iothreads|cputune|vcpupin|emulatorpin|iothreadpin|vcpusched|numatune|cpu|topology|cache)[ />]|<memory mode=|<kvmisolate:isolate )"
+    local other
+    other=$(grep -E '^[+-]' "$diffout" | grep -vE '^(\+\+\+|---) ' | grep -vE "$allowed" || true)
+    [ -z "$other" ] || fail "the dry-run diff touches more than CPU elements: $(echo $other | cut -c1-300)"
+    grep -qE '^\+ *<vcpupin ' "$diffout" || fail "the dry-run diff adds no vcpupin"
+    kvmi plan --apply "$xml" || fail "plan --apply failed"
+    cmp -s "$xml.bak" "$orig" || fail "$xml.bak is not the original"
+    cmp -s "$xml" "$orig" && fail "--apply did not change $xml"
+    diff -u "$orig" "$xml" | tail -n +3 > "$KT_STATE/applied.diff" || true
+    tail -n +3 "$diffout" | diff -q - "$KT_STATE/applied.diff" >/dev/null \
+        || fail "what --apply wrote differs from what --dry-run showed"
+    # Nothing of the original is lost.
+    ! diff "$orig" "$xml" | grep -q '^<' || fail "--apply removed lines: $(diff "$orig" "$xml" | grep '^<' | head -3)"
+    note "--apply: $(grep -c '^+' "$KT_STATE/applied.diff") lines added, none removed, $xml.bak kept"
+
+    # The guest here is TCG (no nested KVM): libvirt refuses host-passthrough for a 'qemu'
+    # domain, so only for this environment the CPU mode becomes 'maximum' (same topology).
+    local def=$KT_STATE/$DOM.define.xml
+    sed "s/mode='host-passthrough'/mode='maximum'/" "$xml" > "$def"
+
+    # 3. warm-up (what libvirt and systemd create once is in the "before" snapshot)
+    bare_domain kvmi-pwarm > "$KT_STATE/kvmi-pwarm.xml"
+    $VIRSH define "$KT_STATE/kvmi-pwarm.xml" >/dev/null || fail "virsh define kvmi-pwarm failed"
+    start_ok kvmi-pwarm
+    [ "$(iso_count)" = 0 ] || fail "a domain without the opt-in was isolated"
+    destroy kvmi-pwarm
+    wait_for "! scope_of kvmi-pwarm >/dev/null" 20 0.5 || fail "kvmi-pwarm's scope stayed"
+    local before=$KT_STATE/plan-before.snap
+    snapshot "$before"
+    all_affinities | awk '{print $1}' > "$KT_STATE/tids-before-isolate"
+
+    # 4. define + start the planned domain
+    local out
+    out=$(timeout -k 5 60 $VIRSH define "$def" 2>&1) || fail "virsh define of the planned domain failed: $out"
+    start_ok "$DOM"
+    local name=libvirt-$DOM
+    wait_state "$name" active 30 || fail "$name: state '$(iso_field "$name" state)' after virsh start"
+    [ "$(iso_field "$name" cpus)" = "$iso" ] || fail "$name: cpus '$(iso_field "$name" cpus)', plan isolates $iso"
+    note "$name: $(iso_field "$name" state), profile $(iso_field "$name" profile), warnings: $(iso_field "$name" warnings)"
+
+    # libvirt's pins are the plan's
+    local want got
+    want=$(jq -r '.vcpus[] | "\(.vcpu) \(.cpu)"' "$plan")
+    got=$(pins_of vcpupin)
+    [ "$got" = "$want" ] || fail "virsh vcpupin: $(echo $got), plan: $(echo $want)"
+    got=$(pins_of emulatorpin)
+    [ "$got" = "$emu" ] || fail "virsh emulatorpin: $got, plan: $emu"
+    want=$(jq -r '.iothreads[] | "\(.iothread) \(.cpus)"' "$plan")
+    got=$(pins_of iothreadinfo)
+    [ "$got" = "$want" ] || fail "virsh iothreadinfo: $(echo $got), plan: $(echo $want)"
+    note "virsh: vcpupin, emulatorpin and iothreadinfo match the plan"
+
+    # the leaves: cpuset.cpus = the pins; vCPUs and emulator isolated, the iothread a member
+    local scope leaf v c
+    scope=$(scope_of "$DOM") || fail "no scope for $DOM under machine.slice"
+    for v in $(jq -r '.vcpus[].vcpu' "$plan"); do
+        leaf=$scope/libvirt/vcpu$v
+        c=$(jq -r ".vcpus[] | select(.vcpu == $v) | .cpu" "$plan")
+        [ "$(cat "$leaf/cpuset.cpus")" = "$c" ] || fail "vcpu$v/cpuset.cpus $(cat "$leaf/cpuset.cpus"), plan $c"
+        [ "$(partition_of "$leaf")" = isolated ] || fail "vcpu$v: partition '$(partition_of "$leaf")', want isolated"
+    done
+    cpulist_eq "$(cat "$scope/libvirt/emulator/cpuset.cpus")" "$emu" || fail "emulator/cpuset.cpus $(cat "$scope/libvirt/emulator/cpuset.cpus"), plan $emu"
+    [ "$(partition_of "$scope/libvirt/emulator")" = isolated ] || fail "emulator: partition '$(partition_of "$scope/libvirt/emulator")', want isolated"
+    cpulist_eq "$(cat "$scope/libvirt/iothread1/cpuset.cpus")" "$iot" || fail "iothread1/cpuset.cpus $(cat "$scope/libvirt/iothread1/cpuset.cpus"), plan $iot"
+    [ "$(partition_of "$scope/libvirt/iothread1")" = member ] || fail "iothread1: partition '$(partition_of "$scope/libvirt/iothread1")', want member"
+    note "leaves: vcpu0-$((nv - 1)) and emulator isolated on their pins, iothread1 a member on $iot"
+    KT_EXTRA_TARGETS+=("$(qemu_pid "$DOM")")
+    host_threads_off "$iso" "$(qemu_pid "$DOM")"
+
+    kvmi status >/dev/null || fail "kvmisolate status failed"
+
+    # 5. kvmisolate check on the plan's CPUs
+    check_clean "$iso" "$hk"
+
+    # 6. destroy: everything back
+    destroy "$DOM"
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after virsh destroy"
+    wait_restored "$before" 20
+    note "virsh destroy: released, every value restored"
+
+    # 7. --fifo: <vcpusched> and the realtime profile, without which the hook refuses FIFO
+    # vCPUs (RT throttling on): the domain starts, its vCPUs run SCHED_FIFO, RT throttling is
+    # off while it runs, check stays clean (rt-throttling ok), destroy restores everything
+    bare_domain "$RT" > "$KT_STATE/$RT.xml"
+    kvmi plan --fifo --apply "$KT_STATE/$RT.xml" || fail "plan --fifo --apply failed"
+    grep -q "scheduler='fifo'" "$KT_STATE/$RT.xml" || fail "plan --fifo wrote no <vcpusched>"
+    sed "s/mode='host-passthrough'/mode='maximum'/" "$KT_STATE/$RT.xml" > "$KT_STATE/$RT.define.xml"
+    out=$(timeout -k 5 60 $VIRSH define "$KT_STATE/$RT.define.xml" 2>&1) || fail "virsh define $RT failed: $out"
+    start_ok "$RT"
+    wait_state "libvirt-$RT" active 30 || fail "libvirt-$RT: state '$(iso_field "libvirt-$RT" state)'"
+    [ "$(iso_field "libvirt-$RT" profile)" = realtime ] || fail "libvirt-$RT: profile '$(iso_field "libvirt-$RT" profile)', want realtime"
+    [ "$(cat /proc/sys/kernel/sched_rt_runtime_us)" = -1 ] || fail "RT throttling still on ($(cat /proc/sys/kernel/sched_rt_runtime_us)) with FIFO vCPUs"
+    scope=$(scope_of "$RT") || fail "no scope for $RT"
+    local t policy
+    for t in $(cat "$scope"/libvirt/vcpu*/cgroup.threads); do
+        policy=$(chrt -p "$t" | sed -n 's/.*scheduling policy: //p')
+        [ "$policy" = SCHED_FIFO ] || fail "vCPU thread $t runs $policy, want SCHED_FIFO"
+    done
+    note "$RT: profile realtime, vCPU threads SCHED_FIFO, sched_rt_runtime_us -1"
+    KT_EXTRA_TARGETS=("$(qemu_pid "$RT")")
+    check_clean "$iso" "$hk"
+    [ "$(jq -r '.findings[] | select(.id == "rt-throttling") | .severity' "$KT_STATE/check.json")" = ok ] \
+        || fail "check's rt-throttling: $(jq -c '.findings[] | select(.id == "rt-throttling")' "$KT_STATE/check.json")"
+    destroy "$RT"
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after virsh destroy $RT"
+    wait_restored "$before" 20
+    note "virsh destroy $RT: released, every value restored"
+}
+
+cleanup() {
+    lv_forget "$DOM" "$RT" kvmi-pwarm
+    KT_EXTRA_TARGETS=()
+}
