@@ -461,11 +461,15 @@ fn hook_host_view(
         .unwrap_or(false);
     let rt_throttling_off =
         read(args.proc_root.join("sys/kernel/sched_rt_runtime_us")).trim() == "-1";
+    let kernel = read(args.proc_root.join("sys/kernel/osrelease"))
+        .trim()
+        .to_owned();
     hook::check::HostView {
         online,
         remote_partitions,
         held,
         rt_throttling_off,
+        kernel,
     }
 }
 

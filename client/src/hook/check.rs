@@ -23,6 +23,8 @@ pub struct HostView {
     pub held: Vec<(String, CpuSet)>,
     /// `kernel.sched_rt_runtime_us` is -1 already.
     pub rt_throttling_off: bool,
+    /// The running kernel's release (`/proc/sys/kernel/osrelease`; empty when unknown).
+    pub kernel: String,
 }
 
 /// The outcome.
@@ -44,11 +46,24 @@ fn phrase(set: &CpuSet) -> String {
     }
 }
 
-/// The CPUs the domain's pins will isolate (by the rule the service applies,
-/// [`kvmisolate_dbus::libvirt::place`]), and the pin warnings.
-pub fn chosen_cpus(d: &Domain, online: &CpuSet) -> (CpuSet, Vec<String>) {
+/// What the domain's pins give, by the rule the service applies
+/// ([`kvmisolate_dbus::libvirt::place`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chosen {
+    /// The CPUs that will be isolated.
+    pub cpus: CpuSet,
+    /// Pins the service would refuse (two vCPUs on one CPU).
+    pub conflicts: Vec<String>,
+    /// Pins that hurt latency.
+    pub warnings: Vec<String>,
+}
+
+/// The CPUs the domain's pins will isolate, the pins the service would refuse and the pin
+/// warnings.
+pub fn chosen_cpus(d: &Domain, online: &CpuSet) -> Chosen {
     let placed = place(&d.pin_groups(), online, None);
     let mut warnings = Vec::new();
+    let mut conflicts = Vec::new();
     for p in &placed {
         match (&p.placement, p.kind) {
             (Placement::Unpinned, LeafKind::Vcpu(v)) if p.pins.is_empty() => warnings.push(format!(
@@ -63,9 +78,11 @@ pub fn chosen_cpus(d: &Domain, online: &CpuSet) -> (CpuSet, Vec<String>) {
                     phrase(&p.pins)
                 ));
             }
-            (Placement::SharesVcpu { cpus, .. }, kind) => {
-                warnings.push(format!("{kind}: shares {} with another vCPU", phrase(cpus)));
-            }
+            (Placement::SharesVcpu { with, cpus }, kind) => conflicts.push(format!(
+                "{with} and {kind} are both pinned to {}; each vCPU needs CPUs of its own to be \
+                 isolated (one <vcpupin> per vCPU, each on a different CPU)",
+                phrase(cpus)
+            )),
             (Placement::EmulatorOnVcpu(shared), _) => warnings.push(format!(
                 "emulator: shares {} with a vCPU; give it a CPU of its own with <emulatorpin>",
                 phrase(shared)
@@ -73,18 +90,32 @@ pub fn chosen_cpus(d: &Domain, online: &CpuSet) -> (CpuSet, Vec<String>) {
             _ => {}
         }
     }
-    (partitioned_cpus(&placed), warnings)
+    Chosen {
+        cpus: partitioned_cpus(&placed),
+        conflicts,
+        warnings,
+    }
 }
 
 /// Checks `d` with `settings` against `host`.
 pub fn check(d: &Domain, settings: &Settings, host: &HostView) -> Verdict {
-    let (cpus, mut warnings) = chosen_cpus(d, &host.online);
-    let mut conflicts = Vec::new();
+    let Chosen {
+        cpus,
+        mut conflicts,
+        mut warnings,
+    } = chosen_cpus(d, &host.online);
     if !host.remote_partitions {
-        conflicts.push(
-            "this kernel cannot isolate a libvirt domain in place: it needs remote cpuset \
-             partitions (cpuset.cpus.exclusive, Linux 6.7+)"
-                .to_owned(),
+        let kernel = if host.kernel.is_empty() {
+            "this kernel".to_owned()
+        } else {
+            format!("this kernel ({})", host.kernel)
+        };
+        conflicts.insert(
+            0,
+            format!(
+                "{kernel} cannot isolate a libvirt domain in place: it needs remote cpuset \
+                 partitions (cpuset.cpus.exclusive, Linux 6.7+)"
+            ),
         );
     }
     if cpus.is_empty() {

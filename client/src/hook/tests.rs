@@ -103,12 +103,16 @@ fn any_prefix_of_our_namespace_and_libvirt_syntax() {
     let spec = s.hugepage_spec(&d).unwrap().unwrap();
     assert_eq!((spec.pages(), spec.page_size), (4096, PageSize::M2));
     // Four vCPUs, three pinned; the emulator shares the host's CPUs 0-1: not isolated.
-    let (c, w) = chosen_cpus(&d, &cpus("0-7"));
-    assert_eq!(c.to_string(), "2,4-5");
+    let c = chosen_cpus(&d, &cpus("0-7"));
+    assert_eq!(c.cpus.to_string(), "2,4-5");
     assert!(
-        w.iter().any(|w| w.starts_with("vcpu3: not pinned")),
-        "{w:?}"
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("vcpu3: not pinned")),
+        "{:?}",
+        c.warnings
     );
+    assert!(c.conflicts.is_empty(), "{:?}", c.conflicts);
 }
 
 #[test]
@@ -118,6 +122,7 @@ fn conflicts_and_warnings() {
     let busy = HostView {
         held: vec![("libvirt-other".into(), cpus("4-5"))],
         remote_partitions: false,
+        kernel: "6.1.0-50-cloud-amd64".into(),
         ..host()
     };
     let v = check(&d, &s, &busy);
@@ -126,7 +131,10 @@ fn conflicts_and_warnings() {
         all.contains("CPU 4 is already held by isolation 'libvirt-other'"),
         "{all}"
     );
-    assert!(all.contains("remote cpuset partitions"), "{all}");
+    assert!(
+        all.contains("this kernel (6.1.0-50-cloud-amd64) cannot isolate a libvirt domain in place: it needs remote cpuset partitions"),
+        "{all}"
+    );
     // Nothing left for the host.
     let v = check(
         &d,
@@ -167,21 +175,33 @@ fn conflicts_and_warnings() {
 }
 
 #[test]
-fn shared_pins_are_warned_about() {
+fn shared_pins_are_refused_or_warned_about() {
     let mut d = fixture("nested-test");
     d.vcpupins.insert(1, cpus("3"));
     d.emulatorpin = Some(cpus("3"));
-    let (c, w) = chosen_cpus(&d, &cpus("0-5"));
-    assert_eq!(c.to_string(), "3");
-    assert!(
-        w.iter()
-            .any(|w| w == "vcpu1: shares CPU 3 with another vCPU"),
-        "{w:?}"
+    let c = chosen_cpus(&d, &cpus("0-5"));
+    assert_eq!(c.cpus.to_string(), "3");
+    // Two vCPUs on one CPU: the service would refuse at `started`, so `prepare` refuses.
+    assert_eq!(
+        c.conflicts,
+        [
+            "vcpu0 and vcpu1 are both pinned to CPU 3; each vCPU needs CPUs of its own to be \
+          isolated (one <vcpupin> per vCPU, each on a different CPU)"
+        ]
     );
     assert!(
-        w.iter()
+        c.warnings
+            .iter()
             .any(|w| w.starts_with("emulator: shares CPU 3 with a vCPU")),
-        "{w:?}"
+        "{:?}",
+        c.warnings
+    );
+    let s = settings(&d, None).unwrap().unwrap();
+    let v = check(&d, &s, &host());
+    assert!(
+        v.conflicts
+            .iter()
+            .any(|c| c.contains("both pinned to CPU 3"))
     );
 }
 

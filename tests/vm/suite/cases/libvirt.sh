@@ -3,7 +3,8 @@
 # opts in by metadata: `virsh start` → vCPU and emulator leaves `isolated`, every host thread
 # off 2-4, the iothread still on 0-1; `virsh destroy` → restored; `kill -9` of QEMU → released
 # by itself, also with libvirtd killed first (no hook runs); two domains on disjoint CPUs at
-# once; an overlapping third refused at start with kvmisolate's reason in virsh's error;
+# once; an overlapping third, and one whose two vCPUs share a CPU, refused at start with
+# kvmisolate's reason in virsh's error;
 # hugepages="auto" reserved at prepare (a lease with partition "none" saying what it reserves)
 # and returned. On a kernel without remote partitions (6.1): opted-in domains refused at start
 # with kvmisolate's reason and nothing changed, others start, `isolate --vm` exits 6.
@@ -148,8 +149,19 @@ run() {
         || fail "virsh start kvmi-c failed without kvmisolate's reason: $out"
     note "kvmi-c refused: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
     [ "$(iso_count)" = 2 ] || fail "the refused start changed the isolations ($(iso_count))"
-    destroy kvmi-a
     destroy kvmi-b
+    wait_for "[ \"\$(iso_count)\" = 1 ]" 20 0.5 || fail "kvmi-b still isolated after destroy"
+    # Two vCPUs pinned to one CPU: refused at prepare (a partition needs CPUs of its own), not
+    # started unisolated.
+    define kvmi-s 1 5 5
+    rc=0
+    out=$(timeout -k 5 120 $VIRSH start kvmi-s 2>&1) || rc=$?
+    [ "$rc" != 0 ] || fail "kvmi-s (vCPUs 0 and 1 both on CPU 5) started"
+    grep -q "vcpu0 and vcpu1 are both pinned to CPU 5" <<<"$out" \
+        || fail "virsh start kvmi-s failed without kvmisolate's reason: $out"
+    note "kvmi-s refused: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
+    [ "$(iso_count)" = 1 ] || fail "the refused start changed the isolations ($(iso_count))"
+    destroy kvmi-a
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated after destroying both"
     wait_restored "$before" 20
 
@@ -179,6 +191,6 @@ run() {
 }
 
 cleanup() {
-    lv_forget kvmi-warm kvmi-a kvmi-b kvmi-c kvmi-h kvmi-n
+    lv_forget kvmi-warm kvmi-a kvmi-b kvmi-c kvmi-s kvmi-h kvmi-n
     KT_EXTRA_TARGETS=()
 }
