@@ -41,6 +41,26 @@ pub fn isolated_cpus(d: &Daemon) -> CpuSet {
         .fold(CpuSet::new(), |acc, c| acc.union(&c))
 }
 
+/// The IRQs kvmisolated's `irq-affinity` tunings say the kernel refused to move (empty when
+/// not reachable).
+pub fn irqs_left(d: &Daemon) -> std::collections::BTreeSet<u32> {
+    let Daemon::Status(st) = d else {
+        return Default::default();
+    };
+    isolations(st)
+        .iter()
+        .flat_map(|iso| {
+            iso.get(key::I_TUNINGS)
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice)
+        })
+        .filter(|t| t.get(0).and_then(Value::as_str) == Some("irq-affinity"))
+        .flat_map(|t| {
+            kvmisolate_dbus::tunings::irqs_left(t.get(2).and_then(Value::as_str).unwrap_or(""))
+        })
+        .collect()
+}
+
 /// The findings about the daemon's view.
 pub fn findings(d: &Daemon) -> Vec<Finding> {
     let st = match d {
@@ -163,6 +183,17 @@ mod tests {
         assert_eq!(sev(&f, "daemon-tunings"), Some(Severity::Warning));
         assert_eq!(f[1].details, ["b: thp failed: cannot write".to_owned()]);
         assert_eq!(isolated_cpus(&st("active", "applied")).to_string(), "2-3,5");
+        assert!(irqs_left(&st("active", "applied")).is_empty());
+    }
+
+    #[test]
+    fn irqs_the_kernel_kept() {
+        let d = Daemon::Status(json!({"isolations": [
+            {"name": "a", "cpus": "2-3", "state": "active", "tunings": [
+                ["irq-affinity", "applied", "left as they are: IRQ 0 timer (the kernel does not move it: EIO), IRQ 24 nvme0q1 (managed by the kernel)", "", ""],
+                ["thp", "applied", "left as they are: IRQ 5 x", "", ""]]}]}));
+        assert_eq!(irqs_left(&d).into_iter().collect::<Vec<_>>(), [0, 24]);
+        assert!(irqs_left(&Daemon::NotAsked).is_empty());
     }
 
     #[test]

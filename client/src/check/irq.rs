@@ -95,11 +95,20 @@ pub fn looks_like_queue(desc: &str) -> bool {
 }
 
 /// IRQ affinities, the default affinity and irqbalance.
+///
+/// An IRQ counts against the isolation (`irq-affinity`, a warning) when it is allowed on or
+/// delivered to the audited CPUs, except two cases that are only worth an info:
+/// - `irq-move-pending`: its affinity already excludes them but its effective affinity does
+///   not yet (x86 moves an IO-APIC interrupt when it next fires; an idle device's stays put);
+/// - `irq-unmovable`: kvmisolated found the kernel would not move it (the x86 timer, IRQ 0) and
+///   it is delivered on other CPUs.
 pub fn findings(ctx: &Ctx<'_>) -> Vec<Finding> {
     let host = ctx.host;
     let mut out = Vec::new();
     let names = irq_names(host);
     let mut hits = Vec::new();
+    let mut pending = Vec::new();
+    let mut unmovable = Vec::new();
     let mut effective_hits = 0usize;
     let mut managed = Vec::new();
     let irq_dir = host.proc("irq");
@@ -117,7 +126,8 @@ pub fn findings(ctx: &Ctx<'_>) -> Vec<Finding> {
         };
         let eff = host.read_cpulist(&d.join("effective_affinity_list"));
         let eff_hit = eff.as_ref().is_some_and(|e| !e.is_disjoint(ctx.cpus));
-        if !eff_hit && aff.is_disjoint(ctx.cpus) {
+        let aff_hit = !aff.is_disjoint(ctx.cpus);
+        if !eff_hit && !aff_hit {
             continue;
         }
         let label = if name.is_empty() {
@@ -125,7 +135,19 @@ pub fn findings(ctx: &Ctx<'_>) -> Vec<Finding> {
         } else {
             format!("IRQ {n} ({name})")
         };
-        let eff_text = eff.map_or("unknown".to_owned(), |e| e.to_string());
+        let eff_text = eff.as_ref().map_or("unknown".to_owned(), |e| e.to_string());
+        if eff_hit && !aff_hit {
+            pending.push(format!(
+                "{label}: allowed on {aff}, still delivered on {eff_text} until its next interrupt"
+            ));
+            continue;
+        }
+        if !eff_hit && eff.is_some() && ctx.irqs_left.contains(&n) {
+            unmovable.push(format!(
+                "{label}: allowed on {aff}, delivered on {eff_text}; the kernel refused to move it"
+            ));
+            continue;
+        }
         let maybe_managed = aff.is_subset(ctx.cpus) && looks_like_queue(&name);
         let mut line = if eff_hit {
             effective_hits += 1;
@@ -172,6 +194,40 @@ pub fn findings(ctx: &Ctx<'_>) -> Vec<Finding> {
             .why("an interrupt on an isolated CPU stops the vCPU for the handler and its softirq: a few to hundreds of µs")
             .fix(fix)
             .details(hits),
+        );
+    }
+    if !pending.is_empty() {
+        out.push(
+            Finding::new(
+                "irq-move-pending",
+                Severity::Info,
+                format!(
+                    "{} IRQ(s) already moved off CPUs {} are still delivered there until they next fire",
+                    pending.len(),
+                    ctx.cpus
+                ),
+            )
+            .why("x86 moves an IO-APIC interrupt in its next interrupt: at most one more lands on the isolated CPU; an idle device's never does")
+            .details(pending),
+        );
+    }
+    if !unmovable.is_empty() {
+        out.push(
+            Finding::new(
+                "irq-unmovable",
+                Severity::Info,
+                format!(
+                    "{} IRQ(s) the kernel would not move are allowed on CPUs {} but delivered elsewhere",
+                    unmovable.len(),
+                    ctx.cpus
+                ),
+            )
+            .why("the kernel delivers an interrupt on its effective affinity only; it re-targets it within the allowed CPUs only on an affinity change or CPU hot-unplug")
+            .fix(format!(
+                "such IRQs (the x86 timer, IRQ 0) take their affinity at boot: irqaffinity={} on the kernel command line",
+                ctx.hk
+            ))
+            .details(unmovable),
         );
     }
     let dflt = host.read_mask(&host.proc("irq/default_smp_affinity"));
@@ -346,6 +402,65 @@ mod tests {
         assert!(i.details[2].contains("allowed on 0-3 (delivered on 1)"));
         assert!(i.fix.contains("isolcpus=managed_irq"));
         assert_eq!(sev(&r, "irq-default-affinity"), Severity::Warning);
+    }
+
+    #[test]
+    fn pending_and_unmovable_irqs_are_infos() {
+        let f = host_with_irqs();
+        // IRQ 1 moved off 2-3, still delivered on 3 (idle IO-APIC IRQ); IRQ 24 allowed on
+        // every CPU but delivered on 0.
+        f.write("proc/irq/1/effective_affinity_list", "3\n")
+            .write("proc/irq/24/smp_affinity_list", "0-3\n");
+        let r = audit(f.roots(), None);
+        assert_eq!(sev(&r, "irq-move-pending"), Severity::Info);
+        let p = find(&r, "irq-move-pending").unwrap();
+        assert_eq!(
+            p.details,
+            [
+                "IRQ 1 (IO-APIC 1-edge i8042): allowed on 0-1, still delivered on 3 until its next interrupt"
+            ]
+        );
+        // Without the daemon's word, IRQ 24 could be moved: a warning.
+        let i = find(&r, "irq-affinity").unwrap();
+        assert_eq!(i.severity, Severity::Warning);
+        assert_eq!(i.details.len(), 1, "{:?}", i.details);
+        assert!(find(&r, "irq-unmovable").is_none());
+        // kvmisolated found the kernel would not move IRQ 24: an info.
+        let daemon = super::super::daemon::Daemon::Status(serde_json::json!({"isolations": [
+            {"name": "vm", "cpus": "2-3", "state": "active", "tunings": [[
+                "irq-affinity", "applied",
+                "left as they are: IRQ 24 nvme0q1 (the kernel does not move it: EPERM)", "", ""]]}]}));
+        let r = super::super::audit_with(
+            f.roots(),
+            super::super::AuditInput {
+                cpus: None,
+                vm: None,
+                daemon,
+            },
+        );
+        assert_eq!(sev(&r, "irq-affinity"), Severity::Ok);
+        assert_eq!(sev(&r, "irq-unmovable"), Severity::Info);
+        assert!(
+            find(&r, "irq-unmovable")
+                .unwrap()
+                .fix
+                .contains("irqaffinity=0-1")
+        );
+        // Delivered on an isolated CPU: a warning, whatever the daemon says.
+        f.write("proc/irq/24/effective_affinity_list", "2\n");
+        let daemon = super::super::daemon::Daemon::Status(serde_json::json!({"isolations": [
+            {"name": "vm", "cpus": "2-3", "state": "active", "tunings": [[
+                "irq-affinity", "applied",
+                "left as they are: IRQ 24 nvme0q1 (managed by the kernel)", "", ""]]}]}));
+        let r = super::super::audit_with(
+            f.roots(),
+            super::super::AuditInput {
+                cpus: None,
+                vm: None,
+                daemon,
+            },
+        );
+        assert_eq!(sev(&r, "irq-affinity"), Severity::Warning);
     }
 
     #[test]

@@ -167,6 +167,8 @@ pub struct Ctx<'a> {
     pub hk: String,
     /// The same as a hex mask (`HOUSEKEEPING_MASK` if unknown).
     pub hk_mask: String,
+    /// IRQs kvmisolated found the kernel would not move (from its `irq-affinity` tunings).
+    pub irqs_left: &'a std::collections::BTreeSet<u32>,
 }
 
 /// What to audit besides the host.
@@ -237,7 +239,9 @@ pub fn audit_with(roots: Roots, input: AuditInput) -> Report {
             .online_cpus()
             .map(|o| o.difference(&cpus))
             .filter(|h| !h.is_empty());
+        let irqs_left = daemon::irqs_left(&input.daemon);
         let ctx = Ctx {
+            irqs_left: &irqs_left,
             host: &host,
             cpus: &cpus,
             partitions: &partitions,

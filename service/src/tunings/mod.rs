@@ -437,7 +437,11 @@ impl HostTunings {
                         }
                     }
                     if !skipped.is_empty() {
-                        reasons.push(format!("left as they are: {}", skipped.join(", ")));
+                        reasons.push(format!(
+                            "{}{}",
+                            kvmisolate_dbus::tunings::LEFT_AS_THEY_ARE,
+                            skipped.join(", ")
+                        ));
                         if skipped.len() == ws.len() {
                             report.state = TuningState::Skipped;
                         }

@@ -2,8 +2,9 @@
 # (vCPUs 3-4, emulator 2, iothread 0-1, opted in by metadata with profile "realtime"): defined
 # but not running → reported not running, its pins fine (also for an unprivileged user, through
 # libvirt's read-only socket); after `virsh start` (the hook isolates it) → the audited CPUs
-# are the domain's isolated leaves 2-4, all of them `isolated` partitions, no error and no
-# domain finding above info (the host-wide findings left are printed). Induced faults: a second
+# are the domain's isolated leaves 2-4, all of them `isolated` partitions, exit 0: no warning
+# or error at all (IRQs whose move is pending or that the kernel refused are information,
+# printed). Induced faults: a second
 # domain whose vCPU shares the emulator's CPU → vm-shared-cpus; a third backed by hugepages the
 # pool cannot hold → vm-hugepages error; an IRQ moved by hand onto vCPU CPU 3 → irq-affinity
 # names it.
@@ -72,12 +73,11 @@ run() {
     [ "$(jq -r .cpus <<<"$j")" = 2-4 ] || fail "audited CPUs $(jq -r .cpus <<<"$j"), want 2-4"
     [ "$(ck_sev "$j" vm-partitions)" = ok ] || fail "vm-partitions $(ck_sev "$j" vm-partitions): $(jq -c '.findings[] | select(.id == "vm-partitions")' <<<"$j")"
     [ "$(ck_sev "$j" daemon-isolations)" = ok ] || fail "daemon-isolations $(ck_sev "$j" daemon-isolations): $(ck_found "$j" daemon-isolations)"
-    [ "$rc" != 9 ] || fail "check --vm exited 9 with the domain isolated: $(problems "$j")"
+    [ "$rc" = 0 ] || fail "check --vm exited $rc with the domain isolated: $(problems "$j")"
     ! jq -e '.findings[] | select((.id | startswith("vm-")) and (.severity == "warning" or .severity == "error"))' >/dev/null <<<"$j" \
         || fail "domain findings with the domain isolated: $(problems "$j")"
     note "running (exit $rc): $(ck_found "$j" vm-partitions)"
-    note "running, left: $(problems "$j" | cut -c1-900)"
-    jq -r '.findings[] | select(.severity == "warning" or .severity == "error") | .id as $i | .details[] | "    \($i): \(.)"' <<<"$j" | head -20
+    jq -r '.findings[] | select(.severity == "info") | .id as $i | .details[] | "    info \($i): \(.)"' <<<"$j" | head -20
 
     # 3a. A second domain, its vCPU on the emulator's CPU.
     EMU=5 define kvmi-ck2 1 5
