@@ -41,6 +41,20 @@ pub fn isolated_cpus(d: &Daemon) -> CpuSet {
         .fold(CpuSet::new(), |acc, c| acc.union(&c))
 }
 
+/// The daemon's isolations that hold CPUs, as (name, CPUs) (empty when not reachable).
+pub fn isolations_held(d: &Daemon) -> Vec<(String, CpuSet)> {
+    let Daemon::Status(st) = d else {
+        return Vec::new();
+    };
+    isolations(st)
+        .iter()
+        .filter_map(|i| {
+            let cpus = CpuSet::parse(str_of(i, key::I_CPUS)).ok()?;
+            (!cpus.is_empty()).then(|| (str_of(i, key::I_NAME).to_owned(), cpus))
+        })
+        .collect()
+}
+
 /// The IRQs kvmisolated's `irq-affinity` tunings say the kernel refused to move (empty when
 /// not reachable).
 pub fn irqs_left(d: &Daemon) -> std::collections::BTreeSet<u32> {

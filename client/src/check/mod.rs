@@ -204,7 +204,11 @@ pub fn audit_with(roots: Roots, input: AuditInput) -> Report {
     findings.extend(cgroup::base_findings(&host, &scan));
     let partitions = scan.partitions;
     findings.extend(cgroup::partition_findings(&partitions));
-    let vm = input.vm.as_ref().map(|v| vm::audit(&host, v));
+    let start = vm::StartContext {
+        remote_partitions: scan.exclusive_file || host.cgroup("cpuset.cpus.isolated").exists(),
+        held: daemon::isolations_held(&input.daemon),
+    };
+    let vm = input.vm.as_ref().map(|v| vm::audit(&host, v, &start));
     if let Some(v) = &vm {
         findings.extend(v.findings.iter().cloned());
     }

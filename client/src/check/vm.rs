@@ -63,8 +63,17 @@ fn phrase(set: &CpuSet) -> String {
     }
 }
 
+/// What the rest of the audit knows that a stopped domain's start depends on.
+#[derive(Debug, Clone, Default)]
+pub struct StartContext {
+    /// Whether the kernel has remote partitions (from the cgroupfs scan).
+    pub remote_partitions: bool,
+    /// kvmisolated's isolations (name, CPUs); empty when it was not reachable.
+    pub held: Vec<(String, CpuSet)>,
+}
+
 /// Audits the domain of `input` on `host`.
-pub fn audit(host: &Host, input: &VmInput) -> VmAudit {
+pub fn audit(host: &Host, input: &VmInput, start: &StartContext) -> VmAudit {
     let d = &input.domain;
     let running = d.id.is_some();
     let online = host.online_cpus().unwrap_or_default();
@@ -104,6 +113,8 @@ pub fn audit(host: &Host, input: &VmInput) -> VmAudit {
         let (f, cpus) = leaf_findings(host, d, &online, settings.is_some());
         out.push(f);
         isolated = cpus;
+    } else if let Some(s) = settings {
+        out.push(start_finding(host, d, s, &online, start));
     }
     VmAudit {
         findings: out,
@@ -116,6 +127,65 @@ pub fn audit(host: &Host, input: &VmInput) -> VmAudit {
             isolated_cpus: isolated,
         },
     }
+}
+
+/// For a stopped domain that opts in: whether the hook's `prepare` would let it start, by the
+/// same checks (CPUs held by other isolations, the host left no CPU, the kernel's support, pins
+/// the service refuses).
+fn start_finding(
+    host: &Host,
+    d: &Domain,
+    settings: &Settings,
+    online: &CpuSet,
+    start: &StartContext,
+) -> Finding {
+    let view = crate::hook::check::HostView {
+        online: online.clone(),
+        remote_partitions: start.remote_partitions,
+        held: start
+            .held
+            .iter()
+            .filter(|(name, _)| {
+                *name != crate::request::vm_name(&d.name).as_str()
+                    && *name != crate::request::reservation_name(&d.name).as_str()
+            })
+            .cloned()
+            .collect(),
+        rt_throttling_off: host
+            .read(&host.proc("sys/kernel/sched_rt_runtime_us"))
+            .is_some_and(|v| v.trim() == "-1"),
+        kernel: host
+            .read(&host.proc("sys/kernel/osrelease"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default(),
+    };
+    let verdict = crate::hook::check::check(d, settings, &view);
+    if verdict.conflicts.is_empty() {
+        return Finding::ok(
+            "vm-start",
+            format!(
+                "virsh start would isolate {} (the hook's checks pass{})",
+                phrase(&verdict.cpus),
+                if start.held.is_empty() {
+                    "; kvmisolated's isolations unknown or none"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    Finding::new(
+        "vm-start",
+        Severity::Error,
+        format!(
+            "virsh start of {:?} would be refused by kvmisolate's hook: {}",
+            d.name,
+            verdict.conflicts.join("; ")
+        ),
+    )
+    .why("the hook stops a start it cannot isolate (unless on-conflict = \"warn\"), so the domain would not run, or would run unisolated")
+    .fix("pin the domain to CPUs no isolation holds, leaving the host at least one CPU (virsh edit), or release what holds them")
+    .details(verdict.conflicts)
 }
 
 fn optin_finding(d: &Domain, settings: &Result<Option<Settings>, String>) -> Finding {
@@ -543,9 +613,9 @@ fn leaf_findings(host: &Host, d: &Domain, online: &CpuSet, opted_in: bool) -> (F
         )
         .why("host tasks, kernel threads and IRQs may still run on the vCPUs' CPUs")
         .fix(if opted_in {
-            format!("see kvmisolate status (the isolation's state and reason) and journalctl -u kvmisolated; kvmisolate isolate --libvirt-domain {} isolates it by hand", d.name)
+            format!("see kvmisolate status (the isolation's state and reason) and journalctl -u kvmisolated; kvmisolate isolate --vm {} isolates it by hand", d.name)
         } else {
-            format!("opt the domain in (see vm-optin) and restart it, or kvmisolate isolate --libvirt-domain {}", d.name)
+            format!("opt the domain in (see vm-optin) and restart it, or kvmisolate isolate --vm {}", d.name)
         })
         .details(bad.into_iter().chain(good).collect())
     };
@@ -569,6 +639,18 @@ mod tests {
              <emulatorpin cpuset='{emu}'/><iothreadpin iothread='1' cpuset='0'/></cputune>{extra}</domain>",
             id.map_or(String::new(), |i| format!(" id='{i}'")),
             if optin { META } else { "" }
+        )
+    }
+
+    /// The audit on a kernel with remote partitions and no other isolation.
+    fn audit(host: &Host, input: &VmInput) -> VmAudit {
+        super::audit(
+            host,
+            input,
+            &StartContext {
+                remote_partitions: true,
+                held: Vec::new(),
+            },
         )
     }
 
@@ -625,6 +707,48 @@ mod tests {
         assert!(a.findings.iter().all(|f| f.id != "vm-numa"), "one node");
         assert!(a.findings.iter().all(|f| f.id != "vm-rt-throttling"));
         assert_eq!(sev(&a, "vm-hugepages"), Severity::Info);
+        assert_eq!(sev(&a, "vm-start"), Severity::Ok);
+        assert!(get(&a, "vm-start").found.contains("would isolate CPUs 2-4"));
+    }
+
+    #[test]
+    fn a_start_the_hook_would_refuse() {
+        let f = host6();
+        f.write("proc/sys/kernel/osrelease", "6.1.0-50-cloud-amd64\n");
+        let vm = input(&xml(None, true, "3", "4", "2", ""));
+        // Another isolation holds CPU 4; the domain's own (left over) ones do not count.
+        let held = vec![
+            ("libvirt-other".to_owned(), CpuSet::parse("4-5").unwrap()),
+            ("libvirt-vm".to_owned(), CpuSet::parse("2-4").unwrap()),
+        ];
+        let a = super::audit(
+            &f.host(),
+            &vm,
+            &StartContext {
+                remote_partitions: true,
+                held,
+            },
+        );
+        assert_eq!(sev(&a, "vm-start"), Severity::Error);
+        let d = &get(&a, "vm-start").details;
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].starts_with("CPU 4 is already held by isolation 'libvirt-other'"),
+            "{d:?}"
+        );
+        // A kernel without remote partitions.
+        let a = super::audit(&f.host(), &vm, &StartContext::default());
+        assert!(get(&a, "vm-start").details[0].starts_with(
+            "this kernel (6.1.0-50-cloud-amd64) cannot isolate a libvirt domain in place"
+        ));
+        // Two vCPUs on one CPU.
+        let a = audit(&f.host(), &input(&xml(None, true, "3", "3", "2", "")));
+        assert!(
+            get(&a, "vm-start").details[0].contains("vcpu0 and vcpu1 are both pinned to CPU 3")
+        );
+        // Not opted in, or running: no start to predict.
+        let a = audit(&f.host(), &input(&xml(None, false, "3", "3", "2", "")));
+        assert!(a.findings.iter().all(|f| f.id != "vm-start"));
     }
 
     #[test]
