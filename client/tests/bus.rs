@@ -1,12 +1,11 @@
 //! The built `kvmisolate` binary against a mock `org.kvmisolate.Isolator1` served on a private
-//! `dbus-daemon` (skipped, with a message, when `dbus-daemon` is not installed).
+//! `dbus-daemon` (tests/support/bus.rs).
 
 // Test code: a panic is the failure report (clippy.toml allows this only inside #[test] fns).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::BufRead as _;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,71 +17,9 @@ use zbus::{Connection, DBusError, OwnedObjectPath, OwnedVariant, Variant, fdo, i
 
 const BIN: &str = env!("CARGO_BIN_EXE_kvmisolate");
 
-/// A private bus; the daemon is killed on drop.
-struct Bus {
-    daemon: Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-    }
-}
-
-fn dbus_daemon() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("dbus-daemon"))
-        .find(|p| p.is_file())
-}
-
-fn start_bus() -> Option<Bus> {
-    // A missing dbus-daemon is a broken test setup (tests/setup-host installs it), not a skip.
-    let daemon = dbus_daemon().expect("dbus-daemon is not installed (apt-get install dbus-daemon)");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bus.conf");
-    std::fs::write(
-        &config,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(daemon)
-        .arg(format!("--config-file={}", config.display()))
-        .args(["--nofork", "--print-address=1", "--nosyslog"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line.trim().to_owned();
-    assert!(address.starts_with("unix:"), "dbus-daemon printed {line:?}");
-    Some(Bus {
-        daemon: child,
-        address,
-        _dir: dir,
-    })
-}
+#[path = "../../tests/support/bus.rs"]
+mod support_bus;
+use support_bus::TestBus as Bus;
 
 /// One call the mock received.
 #[derive(Debug, Clone)]
@@ -426,7 +363,7 @@ async fn cli(bus: &Bus, args: &[&str]) -> Output {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn isolate_success_and_flags() {
-    let Some(bus) = start_bus() else { return };
+    let bus = Bus::start();
     let (_conn, calls) = serve(&bus).await;
 
     let out = cli(
@@ -505,7 +442,7 @@ async fn isolate_success_and_flags() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_map_to_exit_codes() {
-    let Some(bus) = start_bus() else { return };
+    let bus = Bus::start();
     let (_conn, _calls) = serve(&bus).await;
 
     let out = cli(&bus, &["release", "denied"]).await;
@@ -593,7 +530,7 @@ async fn errors_map_to_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_service() {
-    let Some(bus) = start_bus() else { return };
+    let bus = Bus::start();
     // Nobody owns org.kvmisolate.Isolator1 on this bus.
     let out = cli(&bus, &["status"]).await;
     assert_eq!(out.code, 7, "{}", out.stderr);
@@ -625,7 +562,7 @@ async fn unreachable_service() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_and_release() {
-    let Some(bus) = start_bus() else { return };
+    let bus = Bus::start();
     let (_conn, calls) = serve(&bus).await;
 
     let out = cli(&bus, &["status", "--json"]).await;
@@ -668,7 +605,7 @@ async fn status_and_release() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_execs_in_place() {
-    let Some(bus) = start_bus() else { return };
+    let bus = Bus::start();
     let (_conn, calls) = serve(&bus).await;
 
     let out = cli(
@@ -729,7 +666,7 @@ async fn run_execs_in_place() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn until_disconnect_holds_until_signalled() {
-    let Some(bus) = start_bus() else { return };
+    let bus = Bus::start();
     let (_conn, calls) = serve(&bus).await;
 
     let mut child = tokio::process::Command::new(BIN)
@@ -780,7 +717,7 @@ async fn until_disconnect_holds_until_signalled() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_prints_changes() {
-    let Some(bus) = start_bus() else { return };
+    let bus = Bus::start();
 
     let mut child = tokio::process::Command::new(BIN)
         .args(["--address", &bus.address, "monitor"])
@@ -891,7 +828,7 @@ fn finding<'a>(j: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reads_the_daemon() {
-    let Some(bus) = start_bus() else { return };
+    let bus = Bus::start();
     let tree = check_tree();
     // Nobody on the bus: an info, the audit goes on from cgroupfs alone.
     let (code, j) = check_json(&bus, &tree).await;

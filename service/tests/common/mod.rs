@@ -4,8 +4,11 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/support/bus.rs"]
+mod bus;
+pub use bus::TestBus;
+
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,83 +16,6 @@ use std::time::{Duration, Instant};
 
 use zbus::names::BusName;
 use zbus::{Connection, OwnedVariant, interface};
-
-/// A private dbus-daemon. Killed on drop.
-pub struct TestBus {
-    pub dir: tempfile::TempDir,
-    pub address: String,
-    child: Child,
-}
-
-impl TestBus {
-    pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("kvmisolate-bus")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("bus");
-        let config = dir.path().join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-  <limit name="max_replies_per_connection">50000</limit>
-  <limit name="reply_timeout">300000</limit>
-</busconfig>
-"#,
-                socket.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .arg("--nofork")
-            .arg("--nopidfile")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("dbus-daemon must be installed (tests/setup-host installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "dbus-daemon did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
-        Self {
-            address: format!("unix:path={}", socket.display()),
-            dir,
-            child,
-        }
-    }
-
-    pub async fn connect(&self) -> Connection {
-        zbus::connection::Builder::address(self.address.as_str())
-            .build()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for TestBus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A fake host: cgroup v2 root, sysfs CPU files and a proc tree, with `ncpus` CPUs online.
 pub struct FakeHost {
