@@ -93,11 +93,13 @@ hook_timing() {
     local hook=/etc/libvirt/hooks/qemu.d/kvmisolate xml plain t0 ms i
     xml=$($VIRSH dumpxml "$1") || fail "virsh dumpxml $1 failed"
     plain=$(sed '/<metadata>/,/<\/metadata>/d' <<<"$xml")
-    for what in plain optin; do
+    for what in baseline plain optin; do
         local all=()
         for i in 1 2 3 4 5; do
             t0=$(date +%s%N)
-            if [ $what = plain ]; then
+            if [ $what = baseline ]; then
+                kvmisolate --version >/dev/null || fail "kvmisolate --version failed"
+            elif [ $what = plain ]; then
                 "$hook" "$1" prepare begin - <<<"$plain" || fail "the hook failed for a domain that does not opt in"
             else
                 "$hook" "$1" prepare begin - <<<"$xml" || fail "the hook's prepare of $1 failed"
@@ -105,7 +107,10 @@ hook_timing() {
             all+=($(( ($(date +%s%N) - t0) / 1000000 )))
         done
         ms=$(printf '%s\n' "${all[@]}" | sort -n | sed -n 3p)
-        note "hook prepare, $what domain: median $ms ms of 5 (${all[*]} ms)"
+        case $what in
+            baseline) note "kvmisolate --version (process start, the floor): median $ms ms of 5 (${all[*]} ms)" ;;
+            *) note "hook prepare, $what domain: median $ms ms of 5 (${all[*]} ms)" ;;
+        esac
     done
     [ "$(iso_count)" = 0 ] || fail "the hook's prepare alone made an isolation"
 }
