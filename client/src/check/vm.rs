@@ -430,7 +430,8 @@ fn hugepage_finding(
         );
     };
     let page_kib = backing.page_kib.unwrap_or_else(|| default_page_kib(host));
-    let nodes = backing.nodes.clone().or_else(|| d.numa_nodes.clone());
+    // The host nodes come from <numatune> (a <page nodeset> names *guest* NUMA nodes).
+    let nodes = d.numa_nodes.clone();
     let need = d.memory_kib.div_ceil(page_kib);
     let pool = |dir: std::path::PathBuf| {
         let nr = host.read_i64(&dir.join("nr_hugepages"))?;

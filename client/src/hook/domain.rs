@@ -30,7 +30,8 @@ pub enum DomainError {
 pub struct HugepageBacking {
     /// The page size of its first `<page size=...>`, in KiB; `None`: the host's default.
     pub page_kib: Option<u64>,
-    /// The `nodeset` of that `<page>`, if it has one: the NUMA nodes the pages come from.
+    /// The `nodeset` of that `<page>`, if it has one: the *guest* NUMA nodes those pages back
+    /// (the host nodes they come from are `<numatune>`'s).
     pub nodes: Option<CpuSet>,
 }
 

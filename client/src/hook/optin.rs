@@ -61,10 +61,17 @@ impl Settings {
                     return Err("the domain XML gives no <memory> to reserve hugepages for".into());
                 }
                 let pages = domain.memory_kib.div_ceil(page_kib);
+                // Memory bound to one host node (<numatune>) can only use that node's pool;
+                // otherwise the kernel spreads the pages over the nodes.
+                let node = domain
+                    .numa_nodes
+                    .as_ref()
+                    .filter(|n| n.len() == 1)
+                    .and_then(|n| n.iter().next());
                 Ok(Some(HugepageSpec {
                     total_kib: pages * page_kib,
                     page_size,
-                    node: None,
+                    node,
                 }))
             }
         }

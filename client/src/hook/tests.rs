@@ -51,6 +51,14 @@ fn the_recipe_parses_whole() {
     assert!(s.disables_rt_throttling());
     let spec = s.hugepage_spec(&d).unwrap().unwrap();
     assert_eq!((spec.pages(), spec.page_size), (4, PageSize::G1));
+    // <numatune> binds the memory to node 0: the pages are reserved there.
+    assert_eq!(spec.node, Some(0));
+    // Memory spread over two nodes: the kernel spreads the pool too.
+    let two = Domain {
+        numa_nodes: Some(cpus("0-1")),
+        ..d.clone()
+    };
+    assert_eq!(s.hugepage_spec(&two).unwrap().unwrap().node, None);
 
     let v = check(&d, &s, &host());
     assert_eq!(v.cpus.to_string(), "2-4");

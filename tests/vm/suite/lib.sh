@@ -558,7 +558,7 @@ VIRSH="virsh -q -c qemu:///system"
 
 # domain_xml NAME OPTIN(0/1) VCPU-CPUS...: a disk-less QEMU domain (TCG) pinned like the
 # recipe. Environment: EMU / IOT the emulator and iothread pins (0-1), HP=1 memory backed by
-# hugepages, MEM its memory in MiB (32), PROFILE the opt-in's profile (none), META_EXTRA more
+# hugepages, NUMA its <numatune> node, MEM its memory in MiB (32), PROFILE the opt-in's profile (none), META_EXTRA more
 # attributes of the opt-in element.
 domain_xml() {
     local name=$1 optin=$2; shift 2
@@ -570,6 +570,7 @@ domain_xml() {
   $([ "$optin" = 1 ] && echo "<metadata><kvmisolate:isolate xmlns:kvmisolate='https://kvmisolate.org/xmlns/libvirt/1' profile='${PROFILE:-none}' ${META_EXTRA:-}/></metadata>")
   <memory unit='MiB'>${MEM:-32}</memory>
   $([ -n "${HP:-}" ] && echo "<memoryBacking><hugepages/></memoryBacking>")
+  $([ -n "${NUMA:-}" ] && echo "<numatune><memory mode='strict' nodeset='$NUMA'/></numatune>")
   <vcpu placement='static'>$#</vcpu>
   <iothreads>1</iothreads>
   <cputune>$pins<emulatorpin cpuset='${EMU:-0-1}'/><iothreadpin iothread='1' cpuset='${IOT:-0-1}'/></cputune>

@@ -196,12 +196,16 @@ run() {
     wait_restored "$before" 20
 
     # 4. hugepages="auto" with <memoryBacking><hugepages/>: 32 MiB = 16 pages of 2M reserved at
-    # prepare (QEMU maps them), returned at release
+    # prepare (QEMU maps them), returned at release; <numatune> binds the memory to node 0, so
+    # the pages are reserved in node 0's pool
     local pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages orig
-    orig=$(cat "$pool")
-    HP=1 define kvmi-h 1 5
+    local npool=/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages norig
+    orig=$(cat "$pool"); norig=$(cat "$npool")
+    HP=1 NUMA=0 define kvmi-h 1 5
     start_ok kvmi-h
     [ "$(cat "$pool")" = $((orig + 16)) ] || fail "hugepage pool $(cat "$pool"), want $((orig + 16))"
+    [ "$(cat "$npool")" = $((norig + 16)) ] || fail "node 0's hugepage pool $(cat "$npool"), want $((norig + 16))"
+    grep -q "@0" <<<"$(iso_field hugepages-kvmi-h description)" || fail "the reservation is not on node 0: $(iso_field hugepages-kvmi-h description)"
     iso_exists hugepages-kvmi-h || fail "no hugepages-kvmi-h reservation in status"
     [ "$(iso_field hugepages-kvmi-h target)" = reservation:kvmi-h ] || fail "reservation target '$(iso_field hugepages-kvmi-h target)'"
     check_domain kvmi-h 5 vcpu0
