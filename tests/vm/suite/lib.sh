@@ -607,6 +607,16 @@ start_ok() { # NAME
 
 destroy() { timeout -k 5 60 $VIRSH destroy "$1" >/dev/null 2>&1 || true; }
 
+# start_refused NAME REASON: `virsh start NAME` fails, and its error carries REASON (the words of
+# kvmisolate's hook)
+start_refused() {
+    local out rc=0
+    out=$(timeout -k 5 120 $VIRSH start "$1" 2>&1) || rc=$?
+    [ "$rc" != 0 ] || fail "$1 started; kvmisolate's hook should have refused it ($2)"
+    grep -qF "$2" <<<"$out" || fail "virsh start $1 failed without kvmisolate's reason ($2): $out"
+    note "$1 refused: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
+}
+
 # lv_need: skip unless this boot has libvirt and systemd, fail if the hook is not installed
 lv_need() {
     need_kvmisolate
