@@ -64,9 +64,20 @@ fn golden(file: &str, actual: &str) {
     );
 }
 
+/// The page sizes the kernel lists in `root` (`kernel/mm/hugepages/hugepages-<KiB>kB`).
+fn with_page_sizes(root: &Path, kib: &[u64]) {
+    for k in kib {
+        std::fs::create_dir_all(root.join(format!("kernel/mm/hugepages/hugepages-{k}kB"))).unwrap();
+    }
+}
+
 /// Checks the human, JSON and libvirt forms of one case against their golden files.
 fn case(name: &str, fixture: &str, args: &[&str]) {
-    let root = sysfs(fixture);
+    case_at(name, &sysfs(fixture), args);
+}
+
+/// [`case`] on an expanded tree.
+fn case_at(name: &str, root: &tempfile::TempDir, args: &[&str]) {
     for (ext, extra) in [
         ("txt", None),
         ("json", Some("--json")),
@@ -148,6 +159,17 @@ fn numa_server_stays_in_one_node() {
             "--fifo",
         ],
     );
+    // 1G hugepages from the guest's node.
+    let root = sysfs("numa-2s");
+    with_page_sizes(root.path(), &[2048, 1 << 20]);
+    case_at("numa-2s-hugepages", &root, &["--hugepages", "1G"]);
+    let j: serde_json::Value =
+        serde_json::from_str(&stdout_ok(&plan(root.path(), &["--hugepages", "--json"]))).unwrap();
+    assert_eq!(
+        j["hugepages"],
+        serde_json::json!({"page_size": "2M", "page_kib": 2048,
+            "pool": "/sys/devices/system/node/node1/hugepages/hugepages-2048kB"})
+    );
 }
 
 #[test]
@@ -212,6 +234,16 @@ fn errors_name_the_problem() {
     assert_eq!(fail(&["--dry-run"]).0, Some(2));
     assert_eq!(fail(&["--json", "--libvirt"]).0, Some(2));
     assert_eq!(fail(&["--prefer", "size"]).0, Some(2));
+    assert_eq!(fail(&["--hugepages", "3M"]).0, Some(2));
+    // A page size the kernel does not offer.
+    with_page_sizes(root.path(), &[2048]);
+    let (code, msg) = fail(&["--hugepages", "1G"]);
+    assert_eq!(code, Some(3));
+    assert!(
+        msg.contains("--hugepages 1G: this host has no 1G pages") && msg.contains("hugepagesz=1G"),
+        "{msg}"
+    );
+    assert_eq!(fail(&["--hugepages", "2M"]).0, Some(0));
     // A directory that is no sysfs.
     let empty = tempfile::tempdir().unwrap();
     let out = plan(empty.path(), &[]);
@@ -295,6 +327,33 @@ fn apply_writes_a_backup_and_only_cpu_elements() {
     let msg = stdout_ok(&plan(root.path(), &["--vcpus", "8", "--apply", arg]));
     assert!(msg.contains("already matches"), "{msg}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), applied);
+
+    // --hugepages 1G: the <hugepages/> of its <memoryBacking> gets the page size, <locked/>
+    // stays, nothing else changes.
+    with_page_sizes(root.path(), &[2048, 1 << 20]);
+    stdout_ok(&plan(
+        root.path(),
+        &["--vcpus", "8", "--hugepages", "1G", "--apply", arg],
+    ));
+    let huge = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        huge.contains(
+            "  <memoryBacking>\n    <hugepages><page size='1048576' unit='KiB'/></hugepages>\n    <locked/>\n  </memoryBacking>\n"
+        ),
+        "{huge}"
+    );
+    let changed: Vec<String> = similar::TextDiff::from_lines(&applied, &huge)
+        .iter_all_changes()
+        .filter(|c| c.tag() != similar::ChangeTag::Equal)
+        .map(|c| format!("{}{}", c.tag(), c.value().trim()))
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "-<hugepages/>",
+            "+<hugepages><page size='1048576' unit='KiB'/></hugepages>"
+        ]
+    );
 }
 
 #[test]

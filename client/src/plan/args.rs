@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use kvmisolate_dbus::tunings::PageSize;
+
 use clap::{Args, ValueEnum};
 
 use super::{EmulatorMode, Prefer};
@@ -38,6 +40,13 @@ pub struct PlanArgs {
     /// Schedule the vCPUs SCHED_FIFO priority 1 (<vcpusched>) in the libvirt XML.
     #[arg(long)]
     pub fifo: bool,
+
+    /// Back the guest's memory with hugepages of this size (2M, the default, or 1G) from the
+    /// guest's NUMA node: <memoryBacking><hugepages> in the libvirt XML; kvmisolate's hook
+    /// reserves exactly the domain's memory at each start and returns it after.
+    #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "2M",
+          value_parser = parse_page_size)]
+    pub hugepages: Option<PageSize>,
 
     /// Print the plan as JSON (stable, "version": 1; see docs/ARCHITECTURE.md).
     #[arg(long, conflicts_with_all = ["libvirt", "apply"])]
@@ -95,6 +104,14 @@ impl From<EmulatorArg> for EmulatorMode {
             EmulatorArg::Separate => EmulatorMode::Separate,
             EmulatorArg::Shared => EmulatorMode::Shared,
         }
+    }
+}
+
+fn parse_page_size(s: &str) -> Result<PageSize, String> {
+    match s {
+        "2M" | "2m" | "2048k" | "2048K" => Ok(PageSize::M2),
+        "1G" | "1g" | "1024M" | "1024m" => Ok(PageSize::G1),
+        other => Err(format!("{other:?} is not a hugepage size: use 2M or 1G")),
     }
 }
 

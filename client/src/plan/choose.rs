@@ -270,6 +270,9 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Result<Plan, PlanError> {
         },
         numa_node: domain.node,
         l3,
+        hugepages: opts
+            .hugepages
+            .map(|size| super::Hugepages::new(size, domain.node)),
         reasons: Vec::new(),
     };
     plan.reasons = super::reasons::reasons(&super::reasons::Why {

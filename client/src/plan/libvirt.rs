@@ -1,5 +1,6 @@
-//! The libvirt domain XML elements for a plan: `<vcpu>`, `<iothreads>`, `<cputune>`,
-//! `<numatune>`, `<cpu>` and the kvmisolate opt-in in `<metadata>`.
+//! The libvirt domain XML elements for a plan: `<memoryBacking>` (with `--hugepages`),
+//! `<vcpu>`, `<iothreads>`, `<cputune>`, `<numatune>`, `<cpu>` and the kvmisolate opt-in in
+//! `<metadata>`.
 
 use std::fmt::Write as _;
 
@@ -113,6 +114,24 @@ pub fn elements(plan: &Plan, opts: LibvirtOptions) -> Vec<Managed> {
         replaces: Vec::new(),
         kept_first: false,
     }];
+    if let Some(h) = &plan.hugepages {
+        // Before <vcpu> in libvirt's order; other backing settings (<locked/>, <source>,
+        // <access>...) are kept after it.
+        out.insert(
+            0,
+            Managed {
+                name: "memoryBacking",
+                attrs: Vec::new(),
+                body: Body::Children(vec![format!(
+                    "<hugepages><page size='{}' unit='KiB'/></hugepages>",
+                    h.page_kib
+                )]),
+                keep_other_attrs: false,
+                replaces: vec!["hugepages"],
+                kept_first: false,
+            },
+        );
+    }
     if !plan.iothreads.is_empty() {
         out.push(Managed {
             name: "iothreads",

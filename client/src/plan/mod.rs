@@ -15,6 +15,7 @@ pub mod run;
 mod xml_spans;
 
 use kvmisolate_dbus::cpulist::CpuSet;
+use kvmisolate_dbus::tunings::PageSize;
 
 pub use choose::plan;
 
@@ -62,6 +63,8 @@ pub struct PlanOptions {
     pub emulator: EmulatorMode,
     /// How many I/O threads to define and pin.
     pub iothreads: u32,
+    /// Hugepages of this size back the guest's memory.
+    pub hugepages: Option<PageSize>,
 }
 
 impl Default for PlanOptions {
@@ -72,6 +75,7 @@ impl Default for PlanOptions {
             prefer: Prefer::Cache,
             emulator: EmulatorMode::Separate,
             iothreads: 1,
+            hugepages: None,
         }
     }
 }
@@ -116,6 +120,32 @@ pub struct CacheInfo {
     pub size_kib: Option<u64>,
 }
 
+/// Hugepages for the guest's memory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Hugepages {
+    /// The page size (`2M`, `1G`).
+    pub page_size: &'static str,
+    /// The page size in KiB (libvirt's `<page size=... unit='KiB'>`).
+    pub page_kib: u64,
+    /// The sysfs pool they come from (the guest's node's, when the host has nodes).
+    pub pool: String,
+}
+
+impl Hugepages {
+    /// Pages of `size` from `node`'s pool (the host's without a node).
+    pub fn new(size: PageSize, node: Option<u32>) -> Self {
+        let dir = format!("hugepages-{}kB", size.kib());
+        Self {
+            page_size: size.as_str(),
+            page_kib: size.kib(),
+            pool: match node {
+                Some(n) => format!("/sys/devices/system/node/node{n}/hugepages/{dir}"),
+                None => format!("/sys/kernel/mm/hugepages/{dir}"),
+            },
+        }
+    }
+}
+
 /// A proposed split of the host's CPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -137,6 +167,8 @@ pub struct Plan {
     pub numa_node: Option<u32>,
     /// The L3 cache holding the whole guest, if one does.
     pub l3: Option<CacheInfo>,
+    /// The hugepages backing the guest's memory, if asked for.
+    pub hugepages: Option<Hugepages>,
     /// One line per choice, saying why.
     pub reasons: Vec<String>,
 }

@@ -106,17 +106,32 @@ pub fn reasons(w: &Why<'_>) -> Vec<String> {
         ));
     }
     out.push(cache_reason(w));
+    let pool = |n: u32| {
+        p.hugepages.as_ref().map_or_else(
+            || format!("/sys/devices/system/node/node{n}/hugepages/"),
+            |h| h.pool.clone(),
+        )
+    };
     out.push(match (p.numa_node, w.topo.nodes.len()) {
         (Some(n), count) if count > 1 => format!(
             "NUMA: all guest CPUs on node {n} of {count}; memory strict there (numatune) and \
-             hugepages from /sys/devices/system/node/node{n}/hugepages/"
+             hugepages from {}",
+            pool(n)
         ),
         (Some(n), _) => format!(
-            "NUMA: one node ({n}); memory strict there (numatune), hugepages from \
-             /sys/devices/system/node/node{n}/hugepages/"
+            "NUMA: one node ({n}); memory strict there (numatune), hugepages from {}",
+            pool(n)
         ),
         (None, _) => "NUMA: the kernel shows no nodes, so no numatune".to_owned(),
     });
+    if let Some(h) = &p.hugepages {
+        out.push(format!(
+            "hugepages: the guest's memory in {} pages (<memoryBacking>), fewer TLB misses and no \
+             THP compaction in it; kvmisolate's hook reserves exactly its memory at each start \
+             (hugepages=\"auto\") and returns the pages when it stops",
+            h.page_size
+        ));
+    }
     let cores = plural(p.guest.cores as usize, "core", "cores");
     out.push(match w.opts.size {
         Size::Fill => format!(

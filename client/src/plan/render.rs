@@ -6,7 +6,7 @@ use kvmisolate_dbus::cpulist::CpuSet;
 use serde::Serialize;
 
 use super::reasons::plural;
-use super::{CacheInfo, EmulatorMode, GuestTopology, IothreadPin, Plan, VcpuPin};
+use super::{CacheInfo, EmulatorMode, GuestTopology, Hugepages, IothreadPin, Plan, VcpuPin};
 use crate::topology::Topology;
 
 /// The version of the JSON document; bumped only on incompatible changes.
@@ -87,6 +87,12 @@ pub fn human(topo: &Topology, plan: &Plan) -> String {
     if let Some(n) = plan.numa_node {
         row("NUMA node:", n.to_string());
     }
+    if let Some(h) = &plan.hugepages {
+        row(
+            "Hugepages:",
+            format!("{} pages from {}", h.page_size, h.pool),
+        );
+    }
     let _ = writeln!(s, "\nWhy:");
     for r in &plan.reasons {
         let _ = writeln!(s, "- {r}");
@@ -123,6 +129,9 @@ pub struct JsonPlan<'a> {
     pub numa_node: Option<u32>,
     /// The guest's L3 cache, if one holds it all.
     pub l3: Option<&'a CacheInfo>,
+    /// The hugepages backing the guest's memory (only with `--hugepages`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<&'a Hugepages>,
     /// One line per choice.
     pub reasons: &'a [String],
 }
@@ -202,6 +211,7 @@ pub fn json(topo: &Topology, plan: &Plan) -> String {
         guest_topology: &plan.guest,
         numa_node: plan.numa_node,
         l3: plan.l3.as_ref(),
+        hugepages: plan.hugepages.as_ref(),
         reasons: &plan.reasons,
     };
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();

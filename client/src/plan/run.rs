@@ -21,6 +21,7 @@ pub fn options(args: &PlanArgs) -> PlanOptions {
         prefer: args.prefer.into(),
         emulator: args.emulator.into(),
         iothreads: args.iothreads,
+        hugepages: args.hugepages,
     }
 }
 
@@ -30,6 +31,24 @@ pub fn run(args: &PlanArgs, quiet: bool) -> Result<String, Failure> {
         .map_err(|e| Failure::other(format!("cannot read the CPU topology: {e}")))?;
     let plan = plan(&topo, &options(args))
         .map_err(|e| Failure::new(ExitCode::BadRequest, format!("cannot plan: {e}")))?;
+    if let Some(size) = args.hugepages {
+        // The kernel lists every page size it supports, whatever the pools hold.
+        let dir = args
+            .sysfs_root
+            .join(format!("kernel/mm/hugepages/hugepages-{}kB", size.kib()));
+        if !dir.is_dir() {
+            return Err(Failure::new(
+                ExitCode::BadRequest,
+                format!(
+                    "--hugepages {}: this host has no {} pages ({} does not exist); use 2M, or \
+                     boot with hugepagesz=1G if the CPU has the pdpe1gb flag",
+                    size.as_str(),
+                    size.as_str(),
+                    dir.display()
+                ),
+            ));
+        }
+    }
     let xml = LibvirtOptions { fifo: args.fifo };
     if args.json {
         return Ok(render::json(&topo, &plan));
