@@ -1,7 +1,8 @@
 # plan-libvirt: `kvmisolate plan` for this VM's own topology (booted with 4 cores of 2 threads)
 # is what sysfs says (human, --json, --libvirt); `--apply --dry-run` on a domain XML without
-# CPU elements shows a diff of CPU elements only and changes nothing; `--apply` writes it (with
-# FILE.bak); the domain defined and started under libvirt gets exactly the plan's pins, its
+# CPU elements shows a diff of CPU elements only and changes nothing; `--apply --hugepages`
+# writes it (with FILE.bak); the domain defined and started under libvirt gets exactly the
+# plan's pins and its memory's 2M pages reserved by the hook on the plan's NUMA node, its
 # vCPU and emulator leaves become `isolated` partitions through the opt-in metadata the plan
 # wrote, every host task leaves the guest's CPUs, and `kvmisolate check --cpus <the plan's
 # CPUs>` reports nothing worse than information; `virsh destroy` → everything restored. Then
@@ -152,16 +153,16 @@ run() {
 
     # 2. --apply --dry-run, then --apply
     bare_domain "$DOM" > "$xml"; cp "$xml" "$orig"
-    kvmi plan --apply "$xml" --dry-run || fail "plan --apply --dry-run failed"
+    kvmi plan --hugepages --apply "$xml" --dry-run || fail "plan --apply --dry-run failed"
     local diffout=$KT_STATE/plan.diff; cp "$KT_STATE/last-output" "$diffout"
     cmp -s "$xml" "$orig" || fail "--dry-run changed $xml"
     [ ! -e "$xml.bak" ] || fail "--dry-run wrote $xml.bak"
-    local allowed="^[+-] *(</?(metadata|vcpu|iothreads|cputune|vcpupin|emulatorpin|iothreadpin|vcpusched|numatune|cpu|topology|cache)[ />]|<memory mode=|<kvmisolate:isolate )"
+    local allowed="^[+-] *(</?(metadata|memoryBacking|hugepages|vcpu|iothreads|cputune|vcpupin|emulatorpin|iothreadpin|vcpusched|numatune|cpu|topology|cache)[ />]|<memory mode=|<kvmisolate:isolate )"
     local other
     other=$(grep -E '^[+-]' "$diffout" | grep -vE '^(\+\+\+|---) ' | grep -vE "$allowed" || true)
     [ -z "$other" ] || fail "the dry-run diff touches more than CPU elements: $(echo $other | cut -c1-300)"
     grep -qE '^\+ *<vcpupin ' "$diffout" || fail "the dry-run diff adds no vcpupin"
-    kvmi plan --apply "$xml" || fail "plan --apply failed"
+    kvmi plan --hugepages --apply "$xml" || fail "plan --apply failed"
     cmp -s "$xml.bak" "$orig" || fail "$xml.bak is not the original"
     cmp -s "$xml" "$orig" && fail "--apply did not change $xml"
     diff -u "$orig" "$xml" | tail -n +3 > "$KT_STATE/applied.diff" || true
@@ -195,6 +196,13 @@ run() {
     wait_state "$name" active 30 || fail "$name: state '$(iso_field "$name" state)' after virsh start"
     [ "$(iso_field "$name" cpus)" = "$iso" ] || fail "$name: cpus '$(iso_field "$name" cpus)', plan isolates $iso"
     note "$name: $(iso_field "$name" state), profile $(iso_field "$name" profile), warnings: $(iso_field "$name" warnings)"
+    # --hugepages: the domain's 32 MiB in 2M pages, reserved by the hook on the plan's node
+    local node; node=$(j .numa_node)
+    [ "$(iso_field "hugepages-$DOM" partition)" = none ] || fail "no hugepage reservation for $DOM: $(kstatus | jq -c '[.isolations[].name]')"
+    iso_field "hugepages-$DOM" description | grep -q "reserves 16 hugepages of 2M (32M:2M@$node)" \
+        || fail "reservation: $(iso_field "hugepages-$DOM" description), want 16 pages of 2M on node $node"
+    [ "$(cat /sys/devices/system/node/node$node/hugepages/hugepages-2048kB/nr_hugepages)" -ge 16 ] || fail "node $node's pool holds fewer than 16 pages"
+    note "hugepages: $(iso_field "hugepages-$DOM" description)"
 
     # libvirt's pins are the plan's
     local want got
