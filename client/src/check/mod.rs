@@ -5,12 +5,14 @@
 //! One file per group of checks: `cgroup` (cgroup v2, kernel features, partitions, which CPUs
 //! to audit), `tasks` (threads allowed on isolated CPUs, RT throttling), `irq` (IRQ affinities,
 //! irqbalance), `knobs` (workqueue masks, sysctls, boot parameters, SMT, THP, governor,
-//! hugepages), `vm` (`--vm NAME`: a libvirt domain's pins, memory and leaves), `daemon`
+//! hugepages), `vm` (`--vm NAME`: a libvirt domain's pins, memory and leaves; its XML found by
+//! `domain_source`), `daemon`
 //! (kvmisolated's `Status()`, when it is on the bus). Every path goes through [`host::Host`],
 //! whose roots tests point at fake trees.
 
 pub mod cgroup;
 pub mod daemon;
+pub mod domain_source;
 pub mod host;
 pub mod irq;
 pub mod knobs;
