@@ -6,9 +6,8 @@
 //! to audit), `tasks` (threads allowed on isolated CPUs, RT throttling), `irq` (IRQ affinities,
 //! irqbalance), `knobs` (workqueue masks, sysctls, boot parameters, SMT, THP, governor,
 //! hugepages), `vm` (`--vm NAME`: a libvirt domain's pins, memory and leaves; its XML found by
-//! `domain_source`), `daemon`
-//! (kvmisolated's `Status()`, when it is on the bus). Every path goes through [`host::Host`],
-//! whose roots tests point at fake trees.
+//! `domain_source`), `daemon` (kvmisolated's `Status()`, when it is on the bus). Every path
+//! goes through [`host::Host`], whose roots tests point at fake trees.
 
 pub mod cgroup;
 pub mod daemon;
