@@ -607,6 +607,16 @@ start_ok() { # NAME
 
 destroy() { timeout -k 5 60 $VIRSH destroy "$1" >/dev/null 2>&1 || true; }
 
+# lv_warm_up NAME: start and destroy NAME, a defined domain that does not opt in, so that what
+# libvirt and systemd create once (machine.slice, its cpuset controller) is in a snapshot taken
+# after; nothing may be isolated meanwhile
+lv_warm_up() {
+    start_ok "$1"
+    [ "$(iso_count)" = 0 ] || fail "a domain without the opt-in ($1) was isolated"
+    destroy "$1"
+    wait_for "! scope_of $1 >/dev/null" 20 0.5 || fail "$1's scope stayed"
+}
+
 # start_refused NAME REASON: `virsh start NAME` fails, and its error carries REASON (the words of
 # kvmisolate's hook)
 start_refused() {
