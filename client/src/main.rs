@@ -440,20 +440,10 @@ fn hook_host_view(
         read(args.sysfs_root.join("devices/system/cpu/online")).trim(),
     )
     .unwrap_or_default();
-    let held = status
-        .get(key::ISOLATIONS)
-        .and_then(serde_json::Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(|iso| {
-                    let name = iso.get(key::I_NAME)?.as_str()?;
-                    let cpus =
-                        kvmisolate_dbus::CpuSet::parse(iso.get(key::I_CPUS)?.as_str()?).ok()?;
-                    (!own.contains(&name)).then(|| (name.to_owned(), cpus))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let held = check::daemon::held_in(status)
+        .into_iter()
+        .filter(|(name, _)| !own.contains(&name.as_str()))
+        .collect();
     let remote_partitions = status
         .get(key::KERNEL_SUPPORT)
         .and_then(|k| k.get(key::K_REMOTE_PARTITIONS))

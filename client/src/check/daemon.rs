@@ -43,10 +43,16 @@ pub fn isolated_cpus(d: &Daemon) -> CpuSet {
 
 /// The daemon's isolations that hold CPUs, as (name, CPUs) (empty when not reachable).
 pub fn isolations_held(d: &Daemon) -> Vec<(String, CpuSet)> {
-    let Daemon::Status(st) = d else {
-        return Vec::new();
-    };
-    isolations(st)
+    match d {
+        Daemon::Status(st) => held_in(st),
+        _ => Vec::new(),
+    }
+}
+
+/// The isolations of a `Status()` (as `kvmisolate status --json` prints it) that hold CPUs,
+/// as (name, CPUs); hugepage reservations hold none.
+pub fn held_in(status: &Value) -> Vec<(String, CpuSet)> {
+    isolations(status)
         .iter()
         .filter_map(|i| {
             let cpus = CpuSet::parse(str_of(i, key::I_CPUS)).ok()?;

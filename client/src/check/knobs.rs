@@ -86,7 +86,7 @@ pub fn cpu_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
             )
         });
     }
-    out.extend(smt_finding(host, cpus));
+    out.extend(ctx.topology.map(|t| smt_finding(t, cpus)));
     if let Some(f) = governor_finding(host, cpus) {
         out.push(f);
     }
@@ -121,10 +121,9 @@ pub fn split_cores(topo: &Topology, cpus: &CpuSet, who: &str) -> (CpuSet, Vec<St
     (all, details)
 }
 
-fn smt_finding(host: &Host, cpus: &CpuSet) -> Option<Finding> {
-    let topo = read_topology(host)?;
-    let (_, split) = split_cores(&topo, cpus, "host side");
-    Some(if split.is_empty() {
+fn smt_finding(topo: &Topology, cpus: &CpuSet) -> Finding {
+    let (_, split) = split_cores(topo, cpus, "host side");
+    if split.is_empty() {
         Finding::ok(
             "smt-siblings",
             format!("no core is shared between CPUs {cpus} and the host"),
@@ -138,7 +137,7 @@ fn smt_finding(host: &Host, cpus: &CpuSet) -> Option<Finding> {
         .why("SMT siblings share the core's execution units and caches: host load on the sibling slows the vCPU and adds jitter")
         .fix("isolate whole cores (both siblings, see thread_siblings_list), or leave the sibling idle")
         .details(split)
-    })
+    }
 }
 
 fn governor_finding(host: &Host, cpus: &CpuSet) -> Option<Finding> {

@@ -170,6 +170,8 @@ pub struct Ctx<'a> {
     pub hk_mask: String,
     /// IRQs kvmisolated found the kernel would not move (from its `irq-affinity` tunings).
     pub irqs_left: &'a std::collections::BTreeSet<u32>,
+    /// The CPU topology, when sysfs gives it.
+    pub topology: Option<&'a crate::topology::Topology>,
 }
 
 /// What to audit besides the host.
@@ -209,7 +211,12 @@ pub fn audit_with(roots: Roots, input: AuditInput) -> Report {
         remote_partitions: scan.exclusive_file || host.cgroup("cpuset.cpus.isolated").exists(),
         held: daemon::isolations_held(&input.daemon),
     };
-    let vm = input.vm.as_ref().map(|v| vm::audit(&host, v, &start));
+    // Read once: a failure is recorded among the unreadable files.
+    let topology = knobs::read_topology(&host);
+    let vm = input
+        .vm
+        .as_ref()
+        .map(|v| vm::audit(&host, v, &start, topology.as_ref()));
     if let Some(v) = &vm {
         findings.extend(v.findings.iter().cloned());
     }
@@ -247,6 +254,7 @@ pub fn audit_with(roots: Roots, input: AuditInput) -> Report {
         let irqs_left = daemon::irqs_left(&input.daemon);
         let ctx = Ctx {
             irqs_left: &irqs_left,
+            topology: topology.as_ref(),
             host: &host,
             cpus: &cpus,
             partitions: &partitions,

@@ -10,7 +10,7 @@ use kvmisolate_dbus::libvirt::{LeafKind, Placed, Placement, partitioned_cpus, pl
 use serde::{Deserialize, Serialize};
 
 use super::host::Host;
-use super::knobs::{read_topology, split_cores};
+use super::knobs::split_cores;
 use super::{Finding, Severity, shorten};
 use crate::hook::domain::Domain;
 use crate::hook::optin::{DEFAULT_PAGE_KIB, Settings};
@@ -73,11 +73,15 @@ pub struct StartContext {
 }
 
 /// Audits the domain of `input` on `host`.
-pub fn audit(host: &Host, input: &VmInput, start: &StartContext) -> VmAudit {
+pub fn audit(
+    host: &Host,
+    input: &VmInput,
+    start: &StartContext,
+    topo: Option<&Topology>,
+) -> VmAudit {
     let d = &input.domain;
     let running = d.id.is_some();
     let online = host.online_cpus().unwrap_or_default();
-    let topo = read_topology(host);
     let settings = input.settings.as_ref().ok().and_then(Option::as_ref);
     let mut out = Vec::new();
 
@@ -101,7 +105,7 @@ pub fn audit(host: &Host, input: &VmInput, start: &StartContext) -> VmAudit {
     let placed = place(&d.pin_groups(), &online, None);
     let pinned = partitioned_cpus(&placed);
     out.extend(pin_findings(&placed));
-    if let Some(t) = &topo {
+    if let Some(t) = topo {
         out.push(smt_finding(t, &pinned));
         out.extend(numa_finding(d, t, &placed));
     }
@@ -627,6 +631,7 @@ fn leaf_findings(host: &Host, d: &Domain, online: &CpuSet, opted_in: bool) -> (F
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::super::host::fake::FakeHost;
+    use super::super::knobs::read_topology;
     use super::*;
     use crate::hook::optin::settings;
 
@@ -652,6 +657,7 @@ mod tests {
                 remote_partitions: true,
                 held: Vec::new(),
             },
+            read_topology(host).as_ref(),
         )
     }
 
@@ -713,6 +719,32 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_topology_is_reported_once() {
+        let f = host6();
+        f.remove("sys/devices/system/cpu/cpu0/topology/core_id");
+        let r = super::super::audit_with(
+            f.roots(),
+            super::super::AuditInput {
+                cpus: Some(CpuSet::parse("2-4").unwrap()),
+                vm: Some(input(&xml(None, true, "3", "4", "2", ""))),
+                daemon: super::super::daemon::Daemon::NotAsked,
+            },
+        );
+        let topo: Vec<_> = r
+            .unreadable
+            .iter()
+            .filter(|u| u.path.ends_with("devices/system/cpu"))
+            .collect();
+        assert_eq!(topo.len(), 1, "{:?}", r.unreadable);
+        // Neither SMT check can run without it.
+        assert!(
+            r.findings
+                .iter()
+                .all(|f| f.id != "smt-siblings" && f.id != "vm-smt-siblings")
+        );
+    }
+
+    #[test]
     fn a_start_the_hook_would_refuse() {
         let f = host6();
         f.write("proc/sys/kernel/osrelease", "6.1.0-50-cloud-amd64\n");
@@ -729,6 +761,7 @@ mod tests {
                 remote_partitions: true,
                 held,
             },
+            None,
         );
         assert_eq!(sev(&a, "vm-start"), Severity::Error);
         let d = &get(&a, "vm-start").details;
@@ -738,7 +771,7 @@ mod tests {
             "{d:?}"
         );
         // A kernel without remote partitions.
-        let a = super::audit(&f.host(), &vm, &StartContext::default());
+        let a = super::audit(&f.host(), &vm, &StartContext::default(), None);
         assert!(get(&a, "vm-start").details[0].starts_with(
             "this kernel (6.1.0-50-cloud-amd64) cannot isolate a libvirt domain in place"
         ));
