@@ -104,10 +104,17 @@ bench_load() {
     # Sample the load threads while they run: their allowed CPUs and the CPU they were last
     # on. The load saturates the housekeeping CPUs (and under TCG the guest's CPUs share the
     # host's cores), so the sampling shell runs SCHED_FIFO to get its turns.
-    local seen=" " kp line
+    # No fork per round (pgrep only until the load's process is known, a builtin read as the
+    # sleep): on a busy host a TCG guest's forks take long enough to starve the sampling.
+    local seen=" " kp line kps= round=0 tick
     chrt -f -p 20 $$ || fail "cannot make the sampling shell SCHED_FIFO"
+    exec {tick}<> <(:)
     while kill -0 "$bpid" 2>/dev/null; do
-        for kp in $(pgrep -x kvmisolate || true); do
+        if [[ $seen != *" load-"* ]] || [ $((round % 10)) = 0 ]; then
+            kps=$(pgrep -x kvmisolate || true)
+        fi
+        round=$((round + 1))
+        for kp in $kps; do
             for t in /proc/"$kp"/task/*; do
                 read -r comm < "$t/comm" 2>/dev/null || continue
                 case $comm in load-*) ;; *) continue ;; esac
@@ -125,8 +132,9 @@ bench_load() {
                 cpulist_subset "$cpu" "$hk" || bad="$bad $comm ran on CPU $cpu;"
             done
         done
-        sleep 0.2
+        read -rt 0.2 -u "$tick" || true
     done
+    exec {tick}<&-
     chrt -o -p 0 $$
     rc=0; wait "$bpid" || rc=$?
     j=$(cat "$out")
