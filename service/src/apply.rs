@@ -1502,6 +1502,20 @@ mod tests {
         }
     }
 
+    /// A fresh tree with the scenario's prior isolations and its request applied: the tree,
+    /// the prior records, the state before the request, and its record.
+    fn isolated(sc: &Scenario) -> (FakeTree, Vec<Record>, BTreeMap<String, Vec<u8>>, Record) {
+        let t = FakeTree::new(sc.kernel);
+        let prior: Vec<Record> = sc
+            .prior
+            .iter()
+            .map(|p| t.isolate(&p(&t)).unwrap())
+            .collect();
+        let before = t.state();
+        let rec = t.isolate(&(sc.req)(&t)).unwrap();
+        (t, prior, before, rec)
+    }
+
     /// SIGKILL after k steps of a Release, for every k, then a restart: fully restored.
     #[test]
     fn replay_restores_after_a_crash_during_release() {
@@ -1512,14 +1526,7 @@ mod tests {
             }
             let n = probe.isolate(&(sc.req)(&probe)).unwrap().steps.len();
             for k in 0..n {
-                let t = FakeTree::new(sc.kernel);
-                let prior: Vec<Record> = sc
-                    .prior
-                    .iter()
-                    .map(|p| t.isolate(&p(&t)).unwrap())
-                    .collect();
-                let before = t.state();
-                let rec = t.isolate(&(sc.req)(&t)).unwrap();
+                let (t, prior, before, rec) = isolated(&sc);
                 assert!(t.engine.release_with(&rec, Some(k)).is_err());
                 let left = t.engine.journal.load(rec.name()).unwrap().unwrap();
                 assert_eq!(left.phase, Phase::Releasing);
@@ -1553,14 +1560,7 @@ mod tests {
             }
             let n = probe.isolate(&(sc.req)(&probe)).unwrap().steps.len();
             for k in 1..n {
-                let t = FakeTree::new(sc.kernel);
-                let prior: Vec<Record> = sc
-                    .prior
-                    .iter()
-                    .map(|p| t.isolate(&p(&t)).unwrap())
-                    .collect();
-                let before = t.state();
-                let rec = t.isolate(&(sc.req)(&t)).unwrap();
+                let (t, prior, before, rec) = isolated(&sc);
                 t.engine
                     .journal
                     .faults

@@ -1331,6 +1331,21 @@ fn cli_in_background(
     })
 }
 
+/// A mock polkit that says yes to NOBODY after `secs` seconds (a person typing a password).
+async fn slow_polkit(
+    e: &Env,
+    secs: u64,
+) -> (
+    Connection,
+    std::sync::Arc<std::sync::Mutex<Vec<common::PolkitCall>>>,
+) {
+    let (pk, policy, calls) = start_mock_polkit(&e.bus).await;
+    let mut p = policy.lock().unwrap();
+    p.answers.insert(NOBODY, (true, false));
+    p.delay = Some(Duration::from_secs(secs));
+    (pk, calls)
+}
+
 /// Waits until polkit was asked for `action`.
 async fn polkit_asked(
     calls: &std::sync::Arc<std::sync::Mutex<Vec<common::PolkitCall>>>,
@@ -1355,12 +1370,7 @@ fn stderr(o: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_acts_on_the_lease_it_was_asked_for() {
     let e = env().await;
-    let (_pk, policy, calls) = start_mock_polkit(&e.bus).await;
-    {
-        let mut p = policy.lock().unwrap();
-        p.answers.insert(NOBODY, (true, false));
-        p.delay = Some(Duration::from_secs(2));
-    }
+    let (_pk, calls) = slow_polkit(&e, 2).await;
     let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
     proxy.isolate("x", "2", pids(&[4242])).await.unwrap();
     let cli = cli_in_background(&e, NOBODY, &["--no-ask-password", "release", "x"]);
@@ -1391,12 +1401,7 @@ async fn a_release_acts_on_the_lease_it_was_asked_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_all_leaves_leases_made_while_it_runs() {
     let e = env().await;
-    let (_pk, policy, calls) = start_mock_polkit(&e.bus).await;
-    {
-        let mut p = policy.lock().unwrap();
-        p.answers.insert(NOBODY, (true, false));
-        p.delay = Some(Duration::from_secs(2));
-    }
+    let (_pk, calls) = slow_polkit(&e, 2).await;
     let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
     proxy.isolate("old", "2", pids(&[4242])).await.unwrap();
     let cli = cli_in_background(&e, NOBODY, &["--no-ask-password", "release", "--all"]);
@@ -1415,12 +1420,7 @@ async fn release_all_leaves_leases_made_while_it_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_exit_waits_for_a_call_in_flight() {
     let mut e = env_with(&[], &["--idle-timeout", "2"]).await;
-    let (_pk, policy, calls) = start_mock_polkit(&e.bus).await;
-    {
-        let mut p = policy.lock().unwrap();
-        p.answers.insert(NOBODY, (true, false));
-        p.delay = Some(Duration::from_secs(5));
-    }
+    let (_pk, calls) = slow_polkit(&e, 5).await;
     let cli = cli_in_background(
         &e,
         NOBODY,
@@ -1462,12 +1462,7 @@ async fn idle_exit_waits_for_a_call_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_call_in_flight() {
     let mut e = env().await;
-    let (_pk, policy, calls) = start_mock_polkit(&e.bus).await;
-    {
-        let mut p = policy.lock().unwrap();
-        p.answers.insert(NOBODY, (true, false));
-        p.delay = Some(Duration::from_secs(2));
-    }
+    let (_pk, calls) = slow_polkit(&e, 2).await;
     let cli = cli_in_background(
         &e,
         NOBODY,
