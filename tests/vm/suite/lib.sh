@@ -405,7 +405,14 @@ daemon_start() {
             systemctl restart kvmisolated.service
         else
             systemctl reset-failed kvmisolated.service 2>/dev/null || true
-            systemctl start kvmisolated.service
+            # systemd may have restarted a crashed daemon (Restart=on-failure) before a test
+            # environment was cleared: such a daemon must not serve the next case.
+            local p; p=$(daemon_pid)
+            if [ -n "$p" ] && tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -q '^KVMISOLATED_CRASH_'; then
+                systemctl restart kvmisolated.service
+            else
+                systemctl start kvmisolated.service
+            fi
         fi
     else
         [ -n "$(daemon_pid)" ] && [ $# -eq 0 ] && return 0
