@@ -145,14 +145,14 @@ pub struct BenchLoadArgs {
     /// The CPUs to load.
     #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
     pub cpus: CpuSet,
-    /// The disk writer's file (removed at the end).
-    #[arg(long, value_name = "FILE")]
-    pub file: PathBuf,
+    /// The directory of the disk writer's file (an unnamed file: nothing to remove after).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// `kvmisolate bench-load`.
 pub fn cmd_bench_load(a: BenchLoadArgs) -> Result<(), Failure> {
-    bench::load::serve(&a.cpus.iter().collect::<Vec<_>>(), &a.file)
+    bench::load::serve(&a.cpus.iter().collect::<Vec<_>>(), &a.dir)
         .map_err(|e| Failure::other(format!("bench load: {e}")))
 }
 

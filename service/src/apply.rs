@@ -514,8 +514,20 @@ impl Engine {
         };
         let mut rec = record.clone();
         rec.phase = Phase::Releasing;
+        // The phase must be on disk before the first undo: a record still `active` whose steps
+        // were undone would be adopted again by the next start.
         if let Err(e) = self.journal.save(&rec) {
-            failures.push(e.to_string());
+            tracing::warn!(isolation = %name, "{e}; marking the record releasing instead");
+            if let Err(m) = self.journal.mark_releasing(rec.name()) {
+                return Err(ReleaseError {
+                    name,
+                    failures: vec![format!(
+                        "cannot record that the release started ({e}; {m}): nothing was undone \
+                         and the isolation stays as it was; make room in {} and release again",
+                        self.journal.dir().display()
+                    )],
+                });
+            }
         }
         let (undo_failures, stopped) = self.undo_steps(&mut rec, &others, stop_after);
         if stopped {
@@ -1490,6 +1502,20 @@ mod tests {
         }
     }
 
+    /// A fresh tree with the scenario's prior isolations and its request applied: the tree,
+    /// the prior records, the state before the request, and its record.
+    fn isolated(sc: &Scenario) -> (FakeTree, Vec<Record>, BTreeMap<String, Vec<u8>>, Record) {
+        let t = FakeTree::new(sc.kernel);
+        let prior: Vec<Record> = sc
+            .prior
+            .iter()
+            .map(|p| t.isolate(&p(&t)).unwrap())
+            .collect();
+        let before = t.state();
+        let rec = t.isolate(&(sc.req)(&t)).unwrap();
+        (t, prior, before, rec)
+    }
+
     /// SIGKILL after k steps of a Release, for every k, then a restart: fully restored.
     #[test]
     fn replay_restores_after_a_crash_during_release() {
@@ -1500,14 +1526,7 @@ mod tests {
             }
             let n = probe.isolate(&(sc.req)(&probe)).unwrap().steps.len();
             for k in 0..n {
-                let t = FakeTree::new(sc.kernel);
-                let prior: Vec<Record> = sc
-                    .prior
-                    .iter()
-                    .map(|p| t.isolate(&p(&t)).unwrap())
-                    .collect();
-                let before = t.state();
-                let rec = t.isolate(&(sc.req)(&t)).unwrap();
+                let (t, prior, before, rec) = isolated(&sc);
                 assert!(t.engine.release_with(&rec, Some(k)).is_err());
                 let left = t.engine.journal.load(rec.name()).unwrap().unwrap();
                 assert_eq!(left.phase, Phase::Releasing);
@@ -1518,6 +1537,98 @@ mod tests {
                 t.assert_state(&before, &format!("{}: crash after {k} undos", sc.what));
             }
         }
+    }
+
+    fn journal_files(t: &FakeTree) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(t.engine.journal.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A full (or failing) file system: the `releasing` phase cannot be saved, the release
+    /// goes on on the strength of the marker, a crash stops it half-way, and the next start
+    /// finishes the undo instead of adopting the half-undone isolation.
+    #[test]
+    fn replay_finishes_a_release_whose_phase_could_not_be_saved() {
+        for sc in scenarios() {
+            let probe = FakeTree::new(sc.kernel);
+            for p in sc.prior {
+                probe.isolate(&p(&probe)).unwrap();
+            }
+            let n = probe.isolate(&(sc.req)(&probe)).unwrap().steps.len();
+            for k in 1..n {
+                let (t, prior, before, rec) = isolated(&sc);
+                t.engine
+                    .journal
+                    .faults
+                    .saves
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                assert!(t.engine.release_with(&rec, Some(k)).is_err());
+                // What is on disk still says `active`, with every step.
+                let raw: Record = serde_json::from_slice(
+                    &std::fs::read(t.engine.journal.path_of(rec.name())).unwrap(),
+                )
+                .unwrap();
+                assert_eq!((raw.phase, raw.steps.len()), (Phase::Active, n));
+                // The target lives: without the marker it would be adopted.
+                let report = t.engine.replay(|_| true);
+                let what = format!("{}: crash after {k} undos, no space", sc.what);
+                assert_eq!(names(&report.adopted), names(&prior), "{what}");
+                assert_eq!(report.released, [rec.name().to_string()], "{what}");
+                t.assert_state(&before, &what);
+                assert!(!t.engine.journal.contains(rec.name()), "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_release_that_can_record_nothing_undoes_nothing() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        let rec = t.isolate(&t.unit_request("vm", "2-3")).unwrap();
+        let isolated = t.state();
+        t.engine.journal.faults.saves.store(true, SeqCst);
+        t.engine.journal.faults.markers.store(true, SeqCst);
+        let e = t.engine.release(&rec).unwrap_err();
+        assert!(e.to_string().contains("nothing was undone"), "{e}");
+        t.assert_state(&isolated, "still isolated, every step in force");
+        assert_eq!(journal_files(&t), ["vm.json"]);
+        // A restart adopts it whole (it is whole); with room again it releases.
+        assert_eq!(names(&t.engine.replay(|_| true).adopted), ["vm"]);
+        t.engine.journal.faults.markers.store(false, SeqCst);
+        t.engine.release(&rec).unwrap();
+        t.assert_state(&before, "released with the marker only");
+        assert!(journal_files(&t).is_empty(), "{:?}", journal_files(&t));
+    }
+
+    #[test]
+    fn a_record_of_a_newer_version_is_restored_not_adopted() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let before = t.state();
+        let rec = t.isolate(&t.unit_request("vm", "2-3")).unwrap();
+        let path = t.engine.journal.path_of(rec.name());
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["version"] = serde_json::json!(crate::journal::RECORD_VERSION + 1);
+        v["something-new"] = serde_json::json!([1, 2]);
+        std::fs::write(&path, v.to_string()).unwrap();
+        let report = t.engine.replay(|_| true);
+        assert!(report.adopted.is_empty());
+        assert_eq!(report.released, ["vm"]);
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("newer kvmisolated")),
+            "{:?}",
+            report.warnings
+        );
+        t.assert_state(&before, "restored");
+        assert!(journal_files(&t).is_empty());
     }
 
     #[test]

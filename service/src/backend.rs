@@ -87,7 +87,25 @@ pub struct Lease {
     pub warnings: Vec<String>,
 }
 
+/// A lease's identity: its name and creation time. An isolation made later under the same
+/// name is another lease, which a release meant for this one must never touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseKey {
+    /// The isolation's name.
+    pub name: String,
+    /// µs since the epoch (unique per name: see [`Backend::isolate`]).
+    pub created_usec: u64,
+}
+
 impl Lease {
+    /// This lease's identity.
+    pub fn key(&self) -> LeaseKey {
+        LeaseKey {
+            name: self.name.to_string(),
+            created_usec: self.created_usec,
+        }
+    }
+
     fn from_record(record: Record) -> Self {
         let r = &record.request;
         Self {
@@ -182,6 +200,9 @@ pub struct Backend {
     plan_config: PlanConfig,
     fake_reject: Option<String>,
     tunings: Arc<HostTunings>,
+    /// The last creation time handed out: creation times only grow, even if the clock steps
+    /// back, so a name's next lease never has its previous one's identity.
+    last_created: std::sync::atomic::AtomicU64,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -260,7 +281,22 @@ impl Backend {
             plan_config,
             fake_reject,
             tunings: Arc::new(tunings),
+            last_created: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A creation time later than every lease's held or handed out before (see [`LeaseKey`]).
+    fn next_created(&self, active: &[&Lease]) -> u64 {
+        use std::sync::atomic::Ordering;
+        let floor = active
+            .iter()
+            .map(|l| l.created_usec)
+            .max()
+            .unwrap_or(0)
+            .max(self.last_created.load(Ordering::SeqCst));
+        let t = now_usec().max(floor + 1);
+        self.last_created.fetch_max(t, Ordering::SeqCst);
+        t
     }
 
     /// The CPUs and tunings of a request, completed from the configuration.
@@ -408,7 +444,7 @@ impl Backend {
             release_when: req.release_when,
             owner_uid: caller.uid,
             caller: Some(caller.bus_name.clone()),
-            created_usec: now_usec(),
+            created_usec: self.next_created(active),
             pre_steps,
             tunings: selected,
         };

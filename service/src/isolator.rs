@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use kvmisolate_dbus::options::{IsolationState, ReleaseWhen};
 use kvmisolate_dbus::status as keys;
@@ -16,7 +17,7 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{BoxDBusError, Connection, OwnedObjectPath, OwnedVariant, Variant, fdo, interface};
 
-use crate::backend::{Backend, Lease};
+use crate::backend::{Backend, Lease, LeaseKey};
 use crate::kthreads::KthreadPinner;
 use crate::polkit;
 use crate::request;
@@ -30,9 +31,27 @@ pub struct Shared {
     watcher: Watcher,
     /// Pins kernel threads created while isolations exist (`None` in the emulated test mode).
     kthreads: Option<KthreadPinner>,
-    /// Woken on every change, for the idle-exit timer.
+    /// Woken on every change and at the start and end of every call, for the idle-exit timer
+    /// and the drain at SIGTERM.
     pub activity: tokio::sync::Notify,
     warnings: std::sync::Mutex<Vec<String>>,
+    /// Method calls and event handlers (target exit, caller gone) in progress.
+    in_flight: AtomicUsize,
+    /// Set at SIGTERM: no new operation starts.
+    stopping: AtomicBool,
+}
+
+/// One operation in progress (see [`Shared::begin`]); ends when dropped.
+struct InFlight<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.shared.activity.notify_waiters();
+        self.shared.activity.notify_one();
+    }
 }
 
 fn boxed<E: zbus::DBusError + Send + Sync + 'static>(e: E) -> BoxDBusError {
@@ -62,7 +81,7 @@ impl Isolator {
         options: HashMap<String, OwnedVariant>,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OwnedObjectPath, BoxDBusError> {
-        self.shared.activity.notify_one();
+        let _call = self.shared.begin().map_err(boxed)?;
         let req = request::parse(name, cpus, &options).map_err(boxed)?;
         let caller = polkit::caller(&self.shared.conn, &header)
             .await
@@ -79,31 +98,39 @@ impl Isolator {
         name: &str,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BoxDBusError> {
-        self.shared.activity.notify_one();
-        self.shared.release_checked(name, &header).await
+        let _call = self.shared.begin().map_err(boxed)?;
+        let held = {
+            let leases = self.shared.leases.lock().await;
+            leases.get(name).map(|l| (l.key(), l.owner_uid))
+        };
+        let Some((key, owner)) = held else {
+            return Err(boxed(no_such(name)));
+        };
+        self.shared.release_checked(&key, owner, &header).await
     }
 
-    /// Releases every isolation.
+    /// Releases every isolation held when it is called (not those made while it runs).
     async fn release_all(&self, #[zbus(header)] header: Header<'_>) -> Result<(), BoxDBusError> {
-        self.shared.activity.notify_one();
+        let _call = self.shared.begin().map_err(boxed)?;
         let caller = polkit::caller(&self.shared.conn, &header)
             .await
             .map_err(boxed)?;
-        let foreign = {
+        // The leases this call is about, by identity: a lease made while polkit is asked is
+        // not part of it, whoever owns it.
+        let held: Vec<(LeaseKey, u32)> = {
             let leases = self.shared.leases.lock().await;
-            leases.values().any(|l| l.owner_uid != caller.uid)
+            leases.values().map(|l| (l.key(), l.owner_uid)).collect()
         };
-        if foreign {
+        if held.iter().any(|(_, owner)| *owner != caller.uid) {
             polkit::authorize(&self.shared.conn, &header, &caller, names::ACTION_RELEASE)
                 .await
                 .map_err(boxed)?;
         }
-        let names: Vec<String> = self.shared.leases.lock().await.keys().cloned().collect();
         let mut failures = Vec::new();
-        for name in names {
-            match self.shared.release(&name, "released").await {
+        for (key, _) in held {
+            match self.shared.release(&key, "released", |_| true).await {
                 Ok(()) | Err(Error::NoSuchIsolation(_)) => {}
-                Err(e) => failures.push(format!("{name}: {e:?}")),
+                Err(e) => failures.push(format!("{}: {e:?}", key.name)),
             }
         }
         if failures.is_empty() {
@@ -177,9 +204,10 @@ pub struct IsolationObject {
 impl IsolationObject {
     /// Releases this isolation.
     async fn release(&self, #[zbus(header)] header: Header<'_>) -> Result<(), BoxDBusError> {
-        self.shared.activity.notify_one();
-        let name = self.lease.name.as_str().to_owned();
-        self.shared.release_checked(&name, &header).await
+        let _call = self.shared.begin().map_err(boxed)?;
+        self.shared
+            .release_checked(&self.lease.key(), self.lease.owner_uid, &header)
+            .await
     }
 
     /// The isolation's name.
@@ -273,6 +301,8 @@ impl Shared {
             kthreads,
             activity: tokio::sync::Notify::new(),
             warnings: std::sync::Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
         });
         let server = conn.object_server();
         server.at(names::OBJECT_PATH, fdo::ObjectManager).await?;
@@ -285,6 +315,10 @@ impl Shared {
             )
             .await?;
 
+        // Subscribed before adopting: a caller that leaves from now on is seen by
+        // follow_callers, one that left before by the NameHasOwner check below.
+        let dbus = fdo::DBusProxy::new(&conn).await?;
+        let owner_changes = dbus.receive_name_owner_changed().await?;
         let (adopted, warnings) = shared.backend.recover().await;
         if let Ok(mut w) = shared.warnings.lock() {
             w.extend(warnings);
@@ -303,6 +337,7 @@ impl Shared {
         for name in names {
             shared.recheck(&name).await;
         }
+        shared.release_orphans(&dbus).await;
         shared.follow_kthreads().await;
 
         let s = shared.clone();
@@ -312,7 +347,7 @@ impl Shared {
             }
         });
         let s = shared.clone();
-        tokio::spawn(async move { s.follow_callers().await });
+        tokio::spawn(async move { s.follow_callers(owner_changes).await });
         match crate::hotplug::start() {
             Ok(mut hotplug) => {
                 let s = shared.clone();
@@ -332,9 +367,48 @@ impl Shared {
         Ok(shared)
     }
 
-    /// Whether no isolation is held (for the idle exit).
+    /// Whether no isolation is held and no call is in progress (for the idle exit).
     pub async fn is_idle(&self) -> bool {
-        self.leases.lock().await.is_empty()
+        self.in_flight.load(Ordering::SeqCst) == 0 && self.leases.lock().await.is_empty()
+    }
+
+    /// Marks the start of an operation (a method call, an event handler): the idle exit waits
+    /// for it, and so does [`Shared::stop`]. Refused once the service is stopping.
+    fn begin(&self) -> Result<InFlight<'_>, Error> {
+        // Counted before the flag is read: `stop` sets the flag before it reads the count, so
+        // one of the two sees the other.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let call = InFlight { shared: self };
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Error::Failed(
+                "kvmisolated is stopping; call again in a moment (D-Bus activation starts it anew)"
+                    .into(),
+            ));
+        }
+        self.activity.notify_one();
+        Ok(call)
+    }
+
+    /// SIGTERM: refuses new operations, waits for those in progress to finish (an Isolate
+    /// completes or rolls back, a Release restores), then holds the lease lock so nothing
+    /// starts after. Held isolations stay; the next start adopts them.
+    pub async fn stop(&self) -> tokio::sync::MutexGuard<'_, BTreeMap<String, Lease>> {
+        self.stopping.store(true, Ordering::SeqCst);
+        loop {
+            let ended = self.activity.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let n = self.in_flight.load(Ordering::SeqCst);
+            if n == 0 {
+                break;
+            }
+            tracing::info!(
+                "stopping: waiting for {n} operation{} in progress",
+                if n == 1 { "" } else { "s" }
+            );
+            ended.await;
+        }
+        self.leases.lock().await
     }
 
     async fn isolated_cpus(&self) -> CpuSet {
@@ -389,29 +463,43 @@ impl Shared {
         }
     }
 
-    async fn release_checked(&self, name: &str, header: &Header<'_>) -> Result<(), BoxDBusError> {
+    /// A caller's release of the lease `key`, owned by `owner`: the caller's own, or
+    /// authorized by polkit. Only that lease is released, never a later one of its name.
+    async fn release_checked(
+        &self,
+        key: &LeaseKey,
+        owner: u32,
+        header: &Header<'_>,
+    ) -> Result<(), BoxDBusError> {
         let caller = polkit::caller(&self.conn, header).await.map_err(boxed)?;
-        let owner = {
-            let leases = self.leases.lock().await;
-            leases.get(name).map(|l| l.owner_uid)
-        };
-        let Some(owner) = owner else {
-            return Err(boxed(no_such(name)));
-        };
         if owner != caller.uid {
             polkit::authorize(&self.conn, header, &caller, names::ACTION_RELEASE)
                 .await
                 .map_err(boxed)?;
         }
-        self.release(name, "released").await.map_err(boxed)
+        self.release(key, "released", |_| true).await.map_err(boxed)
     }
 
-    /// Releases `name`, restoring everything, and announces it with `reason`.
-    pub async fn release(&self, name: &str, reason: &str) -> Result<(), Error> {
+    /// Releases the lease `key` if `still(lease)` holds, both checked under the lock the
+    /// release holds (so a lease made meanwhile under the same name is never touched),
+    /// restoring everything, and announces it with `reason`. `Ok` without releasing when
+    /// `still` says no.
+    pub async fn release(
+        &self,
+        key: &LeaseKey,
+        reason: &str,
+        still: impl FnOnce(&Lease) -> bool,
+    ) -> Result<(), Error> {
+        let name = key.name.as_str();
         let mut leases = self.leases.lock().await;
-        let Some(lease) = leases.get(name).cloned() else {
-            return Err(no_such(name));
+        let lease = match leases.get(name) {
+            Some(l) if l.created_usec == key.created_usec => l.clone(),
+            Some(l) => return Err(replaced(key, l)),
+            None => return Err(no_such(name)),
         };
+        if !still(&lease) {
+            return Ok(());
+        }
         let others: Vec<&Lease> = leases.values().filter(|l| l.name != lease.name).collect();
         let staying = others
             .iter()
@@ -470,6 +558,9 @@ impl Shared {
     /// Re-reads the state of `name` after a watcher event, and releases it when its target is
     /// gone (unless only an explicit Release may end it).
     async fn recheck(&self, name: &str) {
+        let Ok(_call) = self.begin() else {
+            return;
+        };
         let health = {
             let leases = self.leases.lock().await;
             let Some(lease) = leases.get(name) else {
@@ -477,14 +568,17 @@ impl Shared {
             };
             (
                 self.backend.health(lease),
+                lease.key(),
                 lease.release_when,
                 lease.state,
                 lease.state_reason.clone(),
             )
         };
-        let (health, release_when, old_state, old_reason) = health;
+        let (health, key, release_when, old_state, old_reason) = health;
         if !health.target_alive && release_when != ReleaseWhen::Released {
-            if let Err(e) = self.release(name, "target-exited").await {
+            // Judged again under the release's lock: the target of this very lease is gone.
+            let dead = |l: &Lease| !self.backend.health(l).target_alive;
+            if let Err(e) = self.release(&key, "target-exited", dead).await {
                 tracing::error!(name, error = ?e, "automatic release after the target exited failed");
             }
             return;
@@ -582,33 +676,69 @@ impl Shared {
         }
     }
 
-    /// Releases `caller-disconnects` leases whose caller left the bus.
-    async fn follow_callers(self: Arc<Self>) {
+    /// Releases `caller-disconnects` leases whose caller left the bus (`changes`: the
+    /// `NameOwnerChanged` stream, subscribed before the journal's leases were adopted).
+    async fn follow_callers(self: Arc<Self>, mut changes: fdo::NameOwnerChangedStream) {
         use futures_util::StreamExt;
-        let Ok(dbus) = fdo::DBusProxy::new(&self.conn).await else {
-            return;
-        };
-        let Ok(mut stream) = dbus.receive_name_owner_changed().await else {
-            return;
-        };
-        while let Some(signal) = stream.next().await {
+        while let Some(signal) = changes.next().await {
             let Ok(args) = signal.args() else { continue };
             if args.new_owner().is_some() {
                 continue;
             }
-            let gone = args.name().to_string();
-            let names: Vec<String> = self
-                .leases
-                .lock()
-                .await
-                .values()
-                .filter(|l| l.release_when == ReleaseWhen::CallerDisconnects && l.caller == gone)
-                .map(|l| l.name.to_string())
-                .collect();
-            for name in names {
-                if let Err(e) = self.release(&name, "caller-disconnected").await {
-                    tracing::error!(name, error = ?e, "release after the caller disconnected failed");
-                }
+            self.release_callers_leases(&args.name().to_string()).await;
+        }
+    }
+
+    /// Releases the `caller-disconnects` leases of `gone`, a bus name that has no owner.
+    async fn release_callers_leases(&self, gone: &str) {
+        let Ok(_call) = self.begin() else {
+            return;
+        };
+        let keys: Vec<LeaseKey> = self
+            .leases
+            .lock()
+            .await
+            .values()
+            .filter(|l| l.release_when == ReleaseWhen::CallerDisconnects && l.caller == gone)
+            .map(Lease::key)
+            .collect();
+        for key in keys {
+            if let Err(e) = self.release(&key, "caller-disconnected", |_| true).await {
+                tracing::error!(name = key.name, error = ?e, "release after the caller disconnected failed");
+            }
+        }
+    }
+
+    /// Start-up: releases the adopted `caller-disconnects` leases whose caller left the bus
+    /// while the service was down (nobody would ever end them otherwise).
+    async fn release_orphans(&self, dbus: &fdo::DBusProxy<'_>) {
+        let callers: std::collections::BTreeSet<String> = self
+            .leases
+            .lock()
+            .await
+            .values()
+            .filter(|l| l.release_when == ReleaseWhen::CallerDisconnects)
+            .map(|l| l.caller.clone())
+            .collect();
+        for caller in callers {
+            let present = match zbus::names::BusName::try_from(caller.as_str()) {
+                Ok(name) => match dbus.name_has_owner(name).await {
+                    Ok(has) => has,
+                    Err(e) => {
+                        // Not proof that it left: keep the lease, its NameOwnerChanged ends it.
+                        tracing::warn!(caller, error = %e, "cannot ask the bus whether a lease's caller is still there");
+                        true
+                    }
+                },
+                // No caller recorded: no disconnect could ever end it.
+                Err(_) => false,
+            };
+            if !present {
+                tracing::info!(
+                    caller,
+                    "the caller of an adopted caller-disconnects lease left while kvmisolated was down"
+                );
+                self.release_callers_leases(&caller).await;
             }
         }
     }
@@ -682,6 +812,16 @@ fn lease_entry(
     put(keys::I_TUNINGS, Variant::from(tuning_rows(tunings)));
     put(keys::I_WARNINGS, Variant::from(l.warnings.clone()));
     m
+}
+
+/// The error for a release of `key` that found `now` under its name: another lease.
+fn replaced(key: &LeaseKey, now: &Lease) -> Error {
+    Error::NoSuchIsolation(format!(
+        "the isolation {:?} this call was for (created {} µs since the epoch) was released \
+         meanwhile; the one of that name now (created {}) is another and was left alone; \
+         call again to release it",
+        key.name, key.created_usec, now.created_usec
+    ))
 }
 
 fn no_such(name: &str) -> Error {

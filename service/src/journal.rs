@@ -5,6 +5,15 @@
 //! done. Each save is atomic: a temporary file in the same directory is written and fsynced,
 //! renamed over the record, and the directory is fsynced. Deleting the record is the last act
 //! of a release. `/run` is a tmpfs, so a reboot (which undoes every partition) empties it.
+//!
+//! A release that cannot save its `releasing` phase (ENOSPC, EIO) leaves an empty marker
+//! `<name>.releasing` instead (a new empty file needs no data block): a record with a marker
+//! is `releasing` whatever its phase says, so the next start finishes the undo rather than
+//! adopting steps already undone. A release that can write neither undoes nothing.
+//!
+//! A record written by another version: one of a newer version is read as far as this
+//! version understands it and restored (never adopted); one it cannot read stays where it is
+//! and is reported (never set aside); one of an older version is migrated.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -139,6 +148,19 @@ pub struct Loaded {
 pub struct Journal {
     dir: PathBuf,
     fsync: bool,
+    /// Tests: make saves or markers fail as a full or broken file system would.
+    #[cfg(test)]
+    pub(crate) faults: std::sync::Arc<Faults>,
+}
+
+/// Injected failures (tests).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    /// Every save fails with ENOSPC.
+    pub saves: std::sync::atomic::AtomicBool,
+    /// Creating a `releasing` marker fails with EIO.
+    pub markers: std::sync::atomic::AtomicBool,
 }
 
 impl Journal {
@@ -151,7 +173,12 @@ impl Journal {
             .mode(0o700)
             .create(&dir)
             .map_err(io_err("create", &dir))?;
-        Ok(Self { dir, fsync: true })
+        Ok(Self {
+            dir,
+            fsync: true,
+            #[cfg(test)]
+            faults: Default::default(),
+        })
     }
 
     /// Turns the fsyncs off (tests only: durability is what the journal is for).
@@ -175,9 +202,38 @@ impl Journal {
         self.path_of(name).exists()
     }
 
+    /// The `releasing` marker of `name`.
+    fn marker_of(&self, name: &IsolationName) -> PathBuf {
+        self.dir.join(format!("{name}.releasing"))
+    }
+
+    /// Marks the record of `name` `releasing` without rewriting it (an empty file: see the
+    /// module docs), for when [`Journal::save`] fails.
+    pub fn mark_releasing(&self, name: &IsolationName) -> Result<(), JournalError> {
+        let path = self.marker_of(name);
+        #[cfg(test)]
+        if self
+            .faults
+            .markers
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(io_err("create", &path)(io::Error::from_raw_os_error(
+                nix::libc::EIO,
+            )));
+        }
+        fs::File::create(&path).map_err(io_err("create", &path))?;
+        self.sync_dir()
+    }
+
     /// Writes `record` atomically: temp file, fsync, rename, fsync of the directory.
     pub fn save(&self, record: &Record) -> Result<(), JournalError> {
         let name = record.name();
+        #[cfg(test)]
+        if self.faults.saves.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io_err("write", &self.path_of(name))(
+                io::Error::from_raw_os_error(nix::libc::ENOSPC),
+            ));
+        }
         let bytes = serde_json::to_vec_pretty(record).map_err(|source| JournalError::Encode {
             name: name.to_string(),
             source,
@@ -210,8 +266,10 @@ impl Journal {
     }
 
     /// Reads every record. A record that cannot be read or parsed (or whose name does not
-    /// match its file) is renamed to `<file>.corrupt` and reported in `warnings`; leftover
-    /// temporary files of interrupted saves are removed.
+    /// match its file) is renamed to `<file>.corrupt` and reported in `warnings`, but one
+    /// written by a newer version stays in place (reported); leftover temporary files of
+    /// interrupted saves and markers without a record are removed. A record with a
+    /// `releasing` marker, or of a newer version, is returned in phase `releasing`.
     pub fn load_all(&self) -> Result<Loaded, JournalError> {
         let mut out = Loaded::default();
         let entries = fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))?;
@@ -239,12 +297,43 @@ impl Journal {
                 }
                 continue;
             }
+            if let Some(stem) = file.strip_suffix(".releasing") {
+                let record = self.dir.join(format!("{stem}.json"));
+                if !record.exists() && fs::remove_file(&path).is_ok() {
+                    out.warnings.push(format!(
+                        "journal: removed {}, a marker whose record is gone",
+                        path.display()
+                    ));
+                }
+                continue;
+            }
             let Some(stem) = file.strip_suffix(".json") else {
                 continue;
             };
             match self.parse_record(&path, stem) {
-                Ok(record) => out.records.push(record),
-                Err(reason) => {
+                Ok(Parsed::Current(mut record)) => {
+                    if self.dir.join(format!("{stem}.releasing")).exists() {
+                        record.phase = Phase::Releasing;
+                    }
+                    out.records.push(record);
+                }
+                Ok(Parsed::Newer(mut record, version)) => {
+                    out.warnings.push(format!(
+                        "journal: record {} was written by a newer kvmisolated (record version \
+                         {version}, this one reads {RECORD_VERSION}): restoring what this \
+                         version knows of it instead of adopting it",
+                        path.display()
+                    ));
+                    record.phase = Phase::Releasing;
+                    out.records.push(record);
+                }
+                Err(ParseError::Newer(version, reason)) => out.warnings.push(format!(
+                    "journal: record {} was written by a newer kvmisolated (record version \
+                     {version}) and this one cannot read it ({reason}): left in place; start \
+                     that version to restore it, or restore what it records by hand",
+                    path.display()
+                )),
+                Err(ParseError::Unreadable(reason)) => {
                     let aside = self.dir.join(format!("{file}.corrupt"));
                     let moved = fs::rename(&path, &aside);
                     let _ = self.sync_dir();
@@ -267,26 +356,54 @@ impl Journal {
         Ok(out)
     }
 
-    fn parse_record(&self, path: &Path, stem: &str) -> Result<Record, String> {
-        let bytes = fs::read(path).map_err(|e| e.to_string())?;
-        let record: Record = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    fn parse_record(&self, path: &Path, stem: &str) -> Result<Parsed, ParseError> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let unreadable = |e: &dyn std::fmt::Display| ParseError::Unreadable(e.to_string());
+        let bytes = fs::read(path).map_err(|e| unreadable(&e))?;
+        let version = serde_json::from_slice::<Version>(&bytes)
+            .map_err(|e| unreadable(&e))?
+            .version;
+        let record: Record = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) if version > RECORD_VERSION => {
+                return Err(ParseError::Newer(version, e.to_string()));
+            }
+            Err(e) => return Err(unreadable(&e)),
+        };
         if record.name().as_str() != stem {
-            return Err(format!("it belongs to {:?}", record.name().as_str()));
+            return Err(ParseError::Unreadable(format!(
+                "it belongs to {:?}",
+                record.name().as_str()
+            )));
         }
-        if record.version != RECORD_VERSION {
-            return Err(format!("unknown record version {}", record.version));
+        match version {
+            RECORD_VERSION => Ok(Parsed::Current(record)),
+            v if v > RECORD_VERSION => Ok(Parsed::Newer(record, v)),
+            // Version 1 is the first: there is nothing older to migrate from.
+            v => Err(ParseError::Unreadable(format!(
+                "unknown record version {v}"
+            ))),
         }
-        Ok(record)
     }
 
-    /// Deletes the record of `name` (and fsyncs the directory); absent is fine.
+    /// Deletes the record of `name` and its marker (and fsyncs the directory); absent is fine.
     pub fn remove(&self, name: &IsolationName) -> Result<(), JournalError> {
         let path = self.path_of(name);
         match fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &path)(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &path)(e)),
         }
+        let marker = self.marker_of(name);
+        match fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &marker)(e)),
+        }
+        self.sync_dir()
     }
 
     fn sync_dir(&self) -> Result<(), JournalError> {
@@ -297,6 +414,22 @@ impl Journal {
             .and_then(|d| d.sync_all())
             .map_err(io_err("fsync", &self.dir))
     }
+}
+
+/// A record file read.
+enum Parsed {
+    /// This version's.
+    Current(Record),
+    /// A newer version's, read as far as this version understands it.
+    Newer(Record, u32),
+}
+
+/// Why a record file was not read.
+enum ParseError {
+    /// A newer version's that this one cannot read: left in place.
+    Newer(u32, String),
+    /// Not a record this or any version wrote: set aside.
+    Unreadable(String),
 }
 
 #[cfg(test)]
@@ -432,20 +565,13 @@ mod tests {
             serde_json::to_vec(&other).unwrap(),
         )
         .unwrap();
-        let mut future = record("future");
-        future.version = 99;
-        fs::write(
-            j.dir().join("future.json"),
-            serde_json::to_vec(&future).unwrap(),
-        )
-        .unwrap();
         // An interrupted save of "good" leaves a temporary file and the old record intact.
         fs::write(j.dir().join(".good.json.tmp"), b"{half").unwrap();
         fs::write(j.dir().join("README"), b"not a record").unwrap();
 
         let loaded = j.load_all().unwrap();
         assert_eq!(loaded.records, vec![record("good")]);
-        assert_eq!(loaded.warnings.len(), 5, "{:#?}", loaded.warnings);
+        assert_eq!(loaded.warnings.len(), 4, "{:#?}", loaded.warnings);
         assert!(
             loaded
                 .warnings
@@ -453,7 +579,6 @@ mod tests {
                 .any(|w| w.contains("bad.json") && w.contains("bad.json.corrupt"))
         );
         assert!(loaded.warnings.iter().any(|w| w.contains("someone-else")));
-        assert!(loaded.warnings.iter().any(|w| w.contains("version 99")));
         assert!(
             loaded
                 .warnings
@@ -466,7 +591,6 @@ mod tests {
                 "README",
                 "bad.json.corrupt",
                 "empty.json.corrupt",
-                "future.json.corrupt",
                 "good.json",
                 "zed.json.corrupt"
             ]
@@ -475,6 +599,74 @@ mod tests {
         let again = j.load_all().unwrap();
         assert_eq!(again.records.len(), 1);
         assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    }
+
+    #[test]
+    fn newer_records_are_restored_or_left_in_place_never_set_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::open(tmp.path()).unwrap();
+        // Fields this version does not know: read, and restored rather than adopted.
+        let mut v = serde_json::to_value(record("newer")).unwrap();
+        v["version"] = serde_json::json!(RECORD_VERSION + 1);
+        v["lease-token"] = serde_json::json!("abc");
+        v["steps"][0]["checked"] = serde_json::json!(true);
+        fs::write(j.dir().join("newer.json"), v.to_string()).unwrap();
+        // A step kind this version does not know: cannot be read, stays where it is.
+        let mut w = serde_json::to_value(record("opaque")).unwrap();
+        w["version"] = serde_json::json!(RECORD_VERSION + 1);
+        w["steps"][0]["step"] = serde_json::json!({"kind": "teleport", "to": "mars"});
+        fs::write(j.dir().join("opaque.json"), w.to_string()).unwrap();
+
+        let loaded = j.load_all().unwrap();
+        assert_eq!(loaded.records.len(), 1);
+        let newer = &loaded.records[0];
+        assert_eq!(newer.name().as_str(), "newer");
+        assert_eq!(newer.phase, Phase::Releasing);
+        assert_eq!(newer.steps, record("newer").steps);
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("newer.json") && w.contains("instead of adopting")),
+            "{:#?}",
+            loaded.warnings
+        );
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("opaque.json") && w.contains("left in place")),
+            "{:#?}",
+            loaded.warnings
+        );
+        assert_eq!(files(j.dir()), ["newer.json", "opaque.json"]);
+        assert!(j.contains(&name("opaque")), "its name stays taken");
+    }
+
+    #[test]
+    fn a_marker_makes_a_record_releasing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::open(tmp.path()).unwrap();
+        let mut r = record("x");
+        r.phase = Phase::Active;
+        j.save(&r).unwrap();
+        j.mark_releasing(r.name()).unwrap();
+        let loaded = j.load_all().unwrap();
+        assert_eq!(loaded.records[0].phase, Phase::Releasing);
+        // A save fails as on a full file system; the marker needs no space.
+        j.faults
+            .saves
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = j.save(&r).unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{e}");
+        j.remove(r.name()).unwrap();
+        assert!(files(j.dir()).is_empty());
+        // A marker whose record is gone is removed.
+        fs::write(j.dir().join("y.releasing"), b"").unwrap();
+        let loaded = j.load_all().unwrap();
+        assert!(loaded.records.is_empty());
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(files(j.dir()).is_empty());
     }
 
     #[test]

@@ -37,8 +37,6 @@ pub const RECHECKS: [Duration; 3] = [
 
 /// `NETLINK_CONNECTOR` (linux/netlink.h).
 const NETLINK_CONNECTOR: libc::c_int = 11;
-/// `SO_ATTACH_FILTER` (asm-generic/socket.h; every architecture but mips/sparc/parisc/alpha).
-const SO_ATTACH_FILTER: libc::c_int = 26;
 /// `CN_IDX_PROC`, `CN_VAL_PROC` (linux/connector.h).
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
@@ -146,7 +144,7 @@ fn open_connector() -> std::io::Result<OwnedFd> {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_ATTACH_FILTER,
+            libc::SO_ATTACH_FILTER,
             (&prog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
@@ -465,8 +463,24 @@ fn sweep(cpus: &CpuSet, proc_root: &Path) {
     }
 }
 
+/// Whether `tid` is (still) a child of kthreadd: after a delay, the thread may have exited and
+/// its pid gone to another task, which must not be pinned.
+fn child_of_kthreadd(proc_root: &Path, tid: u32) -> bool {
+    std::fs::read_to_string(proc_root.join(format!("{tid}/stat")))
+        .is_ok_and(|stat| parent_of(&stat) == Some(KTHREADD))
+}
+
 /// One look at a followed thread, `at` after its fork event.
 fn look(f: &mut Followed, cpus: &CpuSet, proc_root: &Path, at: Duration) {
+    if !at.is_zero() && !child_of_kthreadd(proc_root, f.tid) {
+        tracing::debug!(
+            tid = f.tid,
+            at_ms = at.as_millis() as u64,
+            "a followed kernel thread is gone (its pid is no child of kthreadd now)"
+        );
+        f.next = RECHECKS.len();
+        return;
+    }
     match pin(f.tid, cpus) {
         Pin::Pinned { was, now } => {
             tracing::debug!(tid = f.tid, comm = %comm(proc_root, f.tid), at_ms = at.as_millis() as u64, %was, %now, "pinned a new kernel thread");
@@ -593,6 +607,47 @@ mod tests {
         assert_eq!(parent_of("77 (psimon) S 2 0 0 0 -1 2129984"), Some(2));
         assert_eq!(parent_of("90 (a) b (c)) R 1 90 90"), Some(1));
         assert_eq!(parent_of("garbage"), None);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_pinned_at_a_recheck() {
+        // The followed "kthread" is this test process, whose stat (in a fake proc tree) says
+        // its parent is PID 1 now: the pid went to another task, so the recheck drops it.
+        let tmp = tempfile::tempdir().unwrap();
+        let tid = std::process::id();
+        let stat = tmp.path().join(format!("{tid}/stat"));
+        std::fs::create_dir_all(stat.parent().unwrap()).unwrap();
+        std::fs::write(
+            &stat,
+            format!("{tid} (kworker/u8:1) S 1 0 0 0 -1 2129984\n"),
+        )
+        .unwrap();
+        let all: CpuSet = (0..nix::sched::CpuSet::count() as u32).collect();
+        let mut f = Followed {
+            tid,
+            born: Instant::now(),
+            next: 1,
+            pins: Vec::new(),
+        };
+        look(&mut f, &all, tmp.path(), RECHECKS[1]);
+        assert_eq!(f.next, RECHECKS.len(), "followed no longer");
+        assert!(f.pins.is_empty());
+        // Still kthreadd's child: looked at (and left as it is, being within `all`).
+        std::fs::write(
+            &stat,
+            format!("{tid} (kworker/u8:1) S 2 0 0 0 -1 2129984\n"),
+        )
+        .unwrap();
+        let mut f = Followed {
+            tid,
+            born: Instant::now(),
+            next: 1,
+            pins: Vec::new(),
+        };
+        look(&mut f, &all, tmp.path(), RECHECKS[1]);
+        assert_eq!(f.next, 1);
+        assert!(child_of_kthreadd(tmp.path(), tid));
+        assert!(!child_of_kthreadd(tmp.path(), tid + 1));
     }
 
     #[test]

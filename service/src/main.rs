@@ -171,10 +171,14 @@ async fn run(args: Args, file: kvmisolated::config::Config) -> anyhow::Result<()
                 }
             }
             _ = term.recv() => {
-                tracing::info!("SIGTERM: exiting; active isolations stay and are adopted on the next start");
+                tracing::info!("SIGTERM: finishing the operations in progress, then exiting; active isolations stay and are adopted on the next start");
+                let _held = shared.stop().await;
                 return Ok(());
             }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => {
+                let _held = shared.stop().await;
+                return Ok(());
+            }
         }
     }
 }

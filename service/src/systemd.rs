@@ -88,6 +88,8 @@ trait Unit {
     fn id(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn fragment_path(&self) -> zbus::Result<String>;
 }
 
 /// systemd's manager, reached over `conn` (the system bus).
@@ -245,6 +247,23 @@ impl Systemd {
             proxy.active_state().await.as_deref(),
             Ok("active" | "reloading" | "activating")
         )
+    }
+
+    /// The unit file defining a loaded unit (`Some("")` for one systemd made up, such as a
+    /// slice a transient scope named; `None` when the unit is not loaded).
+    pub async fn unit_fragment(&self, unit: &str) -> Result<Option<String>, SystemdError> {
+        let manager = self.manager().await?;
+        let path = match manager.get_unit(unit).await {
+            Ok(p) => p,
+            Err(e) => {
+                return match no_such_unit(e, unit) {
+                    SystemdError::NoSuchUnit(_) => Ok(None),
+                    other => Err(other),
+                };
+            }
+        };
+        let proxy = UnitProxy::builder(&self.conn).path(path).build().await?;
+        Ok(Some(proxy.fragment_path().await?))
     }
 
     /// `systemctl daemon-reload`, then `systemctl try-restart unit` (waiting for the job): a

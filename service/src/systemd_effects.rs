@@ -2,7 +2,8 @@
 //! ([`crate::plan::ExternalStep`]) the engine performs and undoes like any other step:
 //!
 //! - `start-transient-scope`: kvmisolate's delegated scope for a `pids` target. Undo moves any
-//!   process still in it back to the unit it came from, then stops the scope.
+//!   process still in it back to the unit it came from, stops the scope, and stops
+//!   `kvmisolate.slice` when that was the last cgroup in it and no unit file defines it.
 //! - `start-keeper-slice`: the keeper slice of a unit target that is not delegated
 //!   ([`crate::keeper`]). Undo stops it (a keeper already gone is fine).
 //!
@@ -84,7 +85,9 @@ impl SystemdEffects {
     }
 
     fn undo_scope(&self, data: &ScopeData) -> Result<(), Error> {
-        let scope_cg = format!("{}/{}", systemd::SLICE, data.unit);
+        let scope_cg = CgroupPath::new(systemd::SLICE)
+            .and_then(|s| s.join(&data.unit))
+            .map_err(failed)?;
         let fs = CgroupFs::new(&self.cgroup_root);
         let mut stuck = Vec::new();
         for (pid, (unit, cgroup)) in &data.origins {
@@ -94,8 +97,9 @@ impl SystemdEffects {
             if !pid_alive(&self.proc_root, pid) {
                 continue;
             }
+            // By path components: `vm.scope2/x` is not inside `vm.scope`.
             let in_scope = cgroup_of_pid(&self.proc_root, pid)
-                .map(|c| c.as_str().starts_with(&scope_cg))
+                .map(|c| c == scope_cg || scope_cg.is_ancestor_of(&c))
                 .unwrap_or(false);
             if !in_scope {
                 continue;
@@ -123,7 +127,43 @@ impl SystemdEffects {
         }
         self.handle
             .block_on(self.systemd.stop_unit(&data.unit))
-            .map_err(failed)
+            .map_err(failed)?;
+        self.stop_slice_if_unused(&fs, &scope_cg)
+    }
+
+    /// Stops [`systemd::SLICE`] once the last scope in it is gone. systemd keeps the slice it
+    /// made up for the first scope active (an empty unit and cgroup) until someone stops it;
+    /// left alone are a slice an administrator defined (a unit file) and one that still holds
+    /// a cgroup (another isolation's scope, a unit someone else put there).
+    fn stop_slice_if_unused(&self, fs: &CgroupFs, scope_cg: &CgroupPath) -> Result<(), Error> {
+        let slice = CgroupPath::new(systemd::SLICE).map_err(failed)?;
+        let dir = self.cgroup_root.join(slice.as_str());
+        // systemd removes the stopped scope's cgroup as the stop job ends; give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while fs.exists(scope_cg) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        if let Some(child) = entries
+            .flatten()
+            .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
+            tracing::debug!(child = ?child.file_name(), "{} still holds a cgroup; kept", systemd::SLICE);
+            return Ok(());
+        }
+        match self
+            .handle
+            .block_on(self.systemd.unit_fragment(systemd::SLICE))
+        {
+            Ok(Some(file)) if file.is_empty() => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(failed(e)),
+        }
+        self.handle
+            .block_on(self.systemd.stop_unit(systemd::SLICE))
+            .map_err(|e| failed(format!("stopping {} once empty: {e}", systemd::SLICE)))
     }
 }
 

@@ -1316,3 +1316,209 @@ async fn the_hook_reserves_hugepages_at_prepare_and_returns_them_at_release() {
     let err = proxy.isolate("r", "", bad).await.unwrap_err();
     assert_eq!(error_name(&err), ename::INVALID_OPTION, "{err:?}");
 }
+
+/// Runs the CLI as `uid` on a thread of its own (the test keeps driving the bus meanwhile).
+fn cli_in_background(
+    e: &Env,
+    uid: u32,
+    args: &[&str],
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let address = e.bus.address.clone();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run_cli_at(uid, &address, &args)
+    })
+}
+
+/// A mock polkit that says yes to NOBODY after `secs` seconds (a person typing a password).
+async fn slow_polkit(
+    e: &Env,
+    secs: u64,
+) -> (
+    Connection,
+    std::sync::Arc<std::sync::Mutex<Vec<common::PolkitCall>>>,
+) {
+    let (pk, policy, calls) = start_mock_polkit(&e.bus).await;
+    let mut p = policy.lock().unwrap();
+    p.answers.insert(NOBODY, (true, false));
+    p.delay = Some(Duration::from_secs(secs));
+    (pk, calls)
+}
+
+/// Waits until polkit was asked for `action`.
+async fn polkit_asked(
+    calls: &std::sync::Arc<std::sync::Mutex<Vec<common::PolkitCall>>>,
+    action: &str,
+) {
+    let calls = calls.clone();
+    let action = action.to_owned();
+    wait_until(move || {
+        let calls = calls.clone();
+        let action = action.clone();
+        async move { calls.lock().unwrap().iter().any(|c| c.action == action) }
+    })
+    .await;
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A Release is for the lease it was asked about: one made under the same name while polkit
+/// was being asked is another lease, left alone (even for a caller polkit then says yes to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_acts_on_the_lease_it_was_asked_for() {
+    let e = env().await;
+    let (_pk, calls) = slow_polkit(&e, 2).await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    proxy.isolate("x", "2", pids(&[4242])).await.unwrap();
+    let cli = cli_in_background(&e, NOBODY, &["--no-ask-password", "release", "x"]);
+    polkit_asked(&calls, names::ACTION_RELEASE).await;
+    // Meanwhile root releases x and makes a new x.
+    proxy.release("x").await.unwrap();
+    proxy.isolate("x", "3", pids(&[4243])).await.unwrap();
+    let out = cli.await.unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("released meanwhile"),
+        "{}",
+        stderr(&out)
+    );
+    let paths = proxy.isolations().await.unwrap();
+    assert_eq!(paths.len(), 1);
+    let iso = Isolation1Proxy::builder(&e.conn)
+        .path(paths[0].clone())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(iso.cpus().await.unwrap(), "3", "the new x stays");
+    proxy.release("x").await.unwrap();
+}
+
+/// ReleaseAll releases what was held when it was called: a lease made while polkit is asked
+/// (here: someone else's) is not part of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_all_leaves_leases_made_while_it_runs() {
+    let e = env().await;
+    let (_pk, calls) = slow_polkit(&e, 2).await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    proxy.isolate("old", "2", pids(&[4242])).await.unwrap();
+    let cli = cli_in_background(&e, NOBODY, &["--no-ask-password", "release", "--all"]);
+    polkit_asked(&calls, names::ACTION_RELEASE).await;
+    proxy.isolate("new", "3", pids(&[4243])).await.unwrap();
+    let out = cli.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let paths = proxy.isolations().await.unwrap();
+    assert_eq!(paths.len(), 1);
+    assert!(paths[0].as_str().ends_with("new"), "{paths:?}");
+    proxy.release("new").await.unwrap();
+}
+
+/// The idle exit never ends the service while a call is in progress (here: a polkit check
+/// that takes longer than the idle timeout), and still comes once it is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_exit_waits_for_a_call_in_flight() {
+    let mut e = env_with(&[], &["--idle-timeout", "2"]).await;
+    let (_pk, calls) = slow_polkit(&e, 5).await;
+    let cli = cli_in_background(
+        &e,
+        NOBODY,
+        &[
+            "--no-ask-password",
+            "isolate",
+            "--cpus",
+            "2",
+            "--pid",
+            "4242",
+            "--name",
+            "slow",
+        ],
+    );
+    polkit_asked(&calls, names::ACTION_ISOLATE).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        e._daemon.child.try_wait().unwrap().is_none(),
+        "the daemon exited idle during a call"
+    );
+    let out = cli.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    proxy.release("slow").await.unwrap();
+    // Idle now: it exits by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = e._daemon.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no idle exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM lets the call in progress finish (the isolation is made and journalled, the caller
+/// gets its answer), then the service exits; the next start adopts the isolation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_call_in_flight() {
+    let mut e = env().await;
+    let (_pk, calls) = slow_polkit(&e, 2).await;
+    let cli = cli_in_background(
+        &e,
+        NOBODY,
+        &[
+            "--no-ask-password",
+            "isolate",
+            "--cpus",
+            "2",
+            "--pid",
+            "4242",
+            "--name",
+            "busy",
+        ],
+    );
+    polkit_asked(&calls, names::ACTION_ISOLATE).await;
+    let pid = nix::unistd::Pid::from_raw(e._daemon.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = cli.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let status = tokio::task::block_in_place(|| e._daemon.child.wait()).unwrap();
+    assert!(status.success(), "{status}");
+    assert!(e.host.run().join("isolations/busy.json").exists());
+    // The next start adopts it.
+    let mut daemon = Daemon::start(&e.bus, &e.host, &[]);
+    daemon.wait_ready(&e.conn).await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    assert_eq!(proxy.isolations().await.unwrap().len(), 1);
+    proxy.release("busy").await.unwrap();
+    e._daemon = daemon;
+}
+
+/// A `caller-disconnects` lease whose caller left while the service was down is released at
+/// the next start; one whose caller is still there is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_caller_left_while_the_service_was_down_is_released() {
+    let mut e = env().await;
+    let before = e.host.snapshot();
+    let stays = e.bus.connect().await;
+    let leaves = e.bus.connect().await;
+    for (conn, name, cpus, pid) in [(&stays, "stays", "2", 4242), (&leaves, "leaves", "3", 4243)] {
+        let p = Isolator1Proxy::new(conn).await.unwrap();
+        let mut opts = pids(&[pid]);
+        opts.insert("release-when", Variant::from("caller-disconnects"));
+        p.isolate(name, cpus, opts).await.unwrap();
+    }
+    e._daemon.kill();
+    drop(leaves);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut daemon = Daemon::start(&e.bus, &e.host, &[]);
+    daemon.wait_ready(&e.conn).await;
+    e._daemon = daemon;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let paths = proxy.isolations().await.unwrap();
+    assert_eq!(paths.len(), 1, "{paths:?}");
+    assert!(paths[0].as_str().ends_with("stays"), "{paths:?}");
+    drop(stays);
+    wait_until(|| async { proxy.isolations().await.unwrap().is_empty() }).await;
+    assert_eq!(e.host.snapshot(), before);
+}

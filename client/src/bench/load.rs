@@ -1,6 +1,11 @@
 //! `--load`: pressure on the housekeeping CPUs while measuring — a CPU spinner per CPU, a
-//! memory writer (64 MiB rewritten over and over) and a disk writer (write + fsync a temp file
-//! in a loop), all pinned to the housekeeping CPUs.
+//! memory writer (64 MiB rewritten over and over) and a disk writer (write + fsync a file in a
+//! loop), all pinned to the housekeeping CPUs.
+//!
+//! The disk writer's file is unnamed (`O_TMPFILE` in /var/tmp): the bench may run as root, and
+//! a name in a world-writable directory could be a symlink someone placed there. Where the
+//! file system has no `O_TMPFILE`, a fresh name is created with `O_EXCL|O_NOFOLLOW` (never an
+//! existing file, never through a symlink) and unlinked at once.
 //!
 //! When the bench may run on the housekeeping CPUs, the load is threads of its own process.
 //! When it is confined to the measured CPUs (run inside their isolation, `kvmisolate run --cpus
@@ -9,16 +14,16 @@
 //! (the shell that started it, on the housekeeping CPUs) before it starts.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use super::measure::{GO, Phase, STOP, pin_to};
 
-/// The running load threads and the file the disk writer uses.
+/// The running load threads.
 pub struct Load {
     threads: Vec<JoinHandle<()>>,
-    file: PathBuf,
 }
 
 /// The load, in this process or in a child.
@@ -50,13 +55,53 @@ impl Running {
     }
 }
 
-fn temp_file() -> PathBuf {
-    let dir = ["/var/tmp", "/tmp"]
+/// Where the disk writer's file goes: /var/tmp (on disk, unlike a tmpfs /tmp).
+fn scratch_dir() -> PathBuf {
+    ["/var/tmp", "/tmp"]
         .iter()
         .map(PathBuf::from)
         .find(|d| d.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("kvmisolate-bench-load-{}", std::process::id()))
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// An unnamed file in `dir` for the disk writer, readable by nobody else.
+pub fn scratch_file(dir: &Path) -> std::io::Result<std::fs::File> {
+    let unnamed = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        // O_EXCL: the file can never be given a name (linkat) later either.
+        .custom_flags(libc::O_TMPFILE | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(dir);
+    match unnamed {
+        Ok(f) => Ok(f),
+        // No O_TMPFILE on this file system (or kernel).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let path = dir.join(format!(
+                "kvmisolate-bench-load-{}-{nanos:08x}",
+                std::process::id()
+            ));
+            let f = create_new_here(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok(f)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `path` as a new file: fails if anything (a file, a symlink) is there already.
+fn create_new_here(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(path)
 }
 
 /// The CPUs this process may run on.
@@ -102,8 +147,8 @@ pub fn start_anywhere(
     };
     let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find kvmisolate: {e}")))?;
     let mut child = std::process::Command::new(exe)
-        .args(["bench-load", "--cpus", &list.join(","), "--file"])
-        .arg(temp_file())
+        .args(["bench-load", "--cpus", &list.join(","), "--dir"])
+        .arg(scratch_dir())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -129,8 +174,8 @@ pub fn start_anywhere(
 }
 
 /// `kvmisolate bench-load`: waits for "go" on stdin, loads `cpus` until stdin closes, then
-/// stops and removes `file`.
-pub fn serve(cpus: &[u32], file: &std::path::Path) -> std::io::Result<()> {
+/// stops (the disk writer's file, unnamed in `dir`, goes with it).
+pub fn serve(cpus: &[u32], dir: &Path) -> std::io::Result<()> {
     use std::io::BufRead as _;
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
@@ -139,7 +184,7 @@ pub fn serve(cpus: &[u32], file: &std::path::Path) -> std::io::Result<()> {
         return Ok(());
     }
     let phase: Phase = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(GO));
-    let load = start_at(cpus, &phase, file.to_owned())?;
+    let load = start_at(cpus, &phase, dir.to_owned())?;
     // Until EOF (the bench finished, or died).
     while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {}
     load.finish(&phase);
@@ -153,10 +198,12 @@ fn running(phase: &Phase) -> bool {
 /// Starts the load on `cpus` (the housekeeping CPUs) as threads of this process. The threads
 /// stop when `phase` is [`STOP`].
 pub fn start(cpus: &[u32], phase: &Phase) -> std::io::Result<Load> {
-    start_at(cpus, phase, temp_file())
+    start_at(cpus, phase, scratch_dir())
 }
 
-fn start_at(cpus: &[u32], phase: &Phase, file: PathBuf) -> std::io::Result<Load> {
+fn start_at(cpus: &[u32], phase: &Phase, dir: PathBuf) -> std::io::Result<Load> {
+    // First: a refusal is the caller's error, before any thread runs.
+    let mut f = scratch_file(&dir)?;
     let mut threads = Vec::new();
     for &c in cpus {
         let p = phase.clone();
@@ -196,15 +243,11 @@ fn start_at(cpus: &[u32], phase: &Phase, file: PathBuf) -> std::io::Result<Load>
             })?,
     );
     let p = phase.clone();
-    let path = file.clone();
     threads.push(
         std::thread::Builder::new()
             .name("load-disk".into())
             .spawn(move || {
                 let _ = pin_to(&hk);
-                let Ok(mut f) = std::fs::File::create(&path) else {
-                    return;
-                };
                 let block = vec![0x5au8; 1 << 20];
                 let mut written = 0usize;
                 while running(&p) {
@@ -220,16 +263,50 @@ fn start_at(cpus: &[u32], phase: &Phase, file: PathBuf) -> std::io::Result<Load>
                 }
             })?,
     );
-    Ok(Load { threads, file })
+    Ok(Load { threads })
 }
 
 impl Load {
-    /// Waits for the threads (after `phase` became [`STOP`]) and removes the temp file.
+    /// Waits for the threads (after `phase` became [`STOP`]); the unnamed file goes with
+    /// the disk writer's descriptor.
     pub fn finish(self, phase: &Phase) {
         phase.store(STOP, Ordering::Release);
         for t in self.threads {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_scratch_file_has_no_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = scratch_file(dir.path()).unwrap();
+        f.write_all(b"data").unwrap();
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    }
+
+    #[test]
+    fn a_planted_name_is_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let planted = dir.path().join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let e = create_new_here(&planted).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        assert!(create_new_here(&dir.path().join("file")).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
     }
 }

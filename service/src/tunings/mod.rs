@@ -30,6 +30,71 @@ use wants::{Ctx, Irqbalance, Outcome, Want};
 /// The journal format version.
 const STATE_VERSION: u32 = 1;
 
+/// The sysfs files (relative to the sysfs root) the tunings write; `*` stands for one name.
+const SYSFS_FILES: &[&str] = &[
+    "devices/virtual/workqueue/cpumask",
+    "bus/workqueue/devices/writeback/cpumask",
+    "devices/system/cpu/cpufreq/policy*/scaling_governor",
+    "kernel/mm/transparent_hugepage/enabled",
+    "kernel/mm/transparent_hugepage/defrag",
+    "kernel/mm/hugepages/hugepages-*/nr_hugepages",
+    "devices/system/node/node*/hugepages/hugepages-*/nr_hugepages",
+];
+/// The debugfs files (relative to the debugfs root) the tunings write.
+const DEBUGFS_FILES: &[&str] = &["sched/fair_server/cpu*/runtime"];
+
+impl Paths {
+    /// Whether a tuning may write or remove `path` (as a file of kind `codec`): a sysctl, an
+    /// IRQ file, one of the sysfs/debugfs files the tunings name, or (the only file of ours)
+    /// the irqbalance drop-in. A journal that names anything else was not written by this
+    /// service, and nothing it says is acted on.
+    pub fn may_touch(&self, path: &Path, codec: Codec) -> Result<(), String> {
+        use std::path::Component;
+        let refuse = |why: &str| {
+            Err(format!(
+                "{} {why}; the tunings touch only /proc/sys, /proc/irq, the sysfs files they \
+                 name and the irqbalance drop-in",
+                path.display()
+            ))
+        };
+        if path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return refuse("has . or .. in it");
+        }
+        let dropin = wants::irqbalance_dropin(self);
+        if codec == Codec::OwnFile || path == dropin {
+            return if codec == Codec::OwnFile && path == dropin {
+                Ok(())
+            } else {
+                refuse("is not a file of ours")
+            };
+        }
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: true,
+        };
+        let under = |root: &Path, patterns: &[&str]| {
+            path.strip_prefix(root).is_ok_and(|rel| {
+                patterns
+                    .iter()
+                    .any(|p| glob::Pattern::new(p).is_ok_and(|p| p.matches_path_with(rel, opts)))
+            })
+        };
+        if path.starts_with(self.proc.join("sys"))
+            || path.starts_with(self.proc.join("irq"))
+            || under(&self.sys, SYSFS_FILES)
+            || under(&self.debugfs, DEBUGFS_FILES)
+        {
+            Ok(())
+        } else {
+            refuse("is no file a tuning changes")
+        }
+    }
+}
+
 /// Where the tuned files live (injectable for tests).
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -267,20 +332,51 @@ impl HostTunings {
         &self.settings
     }
 
+    /// Reads the journal. One written by another version is taken as far as this version
+    /// understands it (serde skips fields it does not know; the originals and the files are
+    /// what matter) and saved in this version's format at the next change: never set aside.
+    /// Every file it names is checked ([`Paths::may_touch`]) before anything is done with it.
     fn load(&self) -> Result<State, Error> {
-        match fs::read(&self.state_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+        let bytes = match fs::read(&self.state_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(State {
+                    version: STATE_VERSION,
+                    ..State::default()
+                });
+            }
+            Err(e) => {
+                return Err(failed(format!(
+                    "cannot read {}: {e}",
+                    self.state_path.display()
+                )));
+            }
+        };
+        let state: State = serde_json::from_slice(&bytes).map_err(|e| {
+            failed(format!(
+                "the tunings journal {} cannot be read ({e}); nothing was changed: the originals \
+                 it holds must be restored by hand{}",
+                self.state_path.display(),
+                version_hint(&bytes)
+            ))
+        })?;
+        if state.version != STATE_VERSION {
+            tracing::warn!(
+                version = state.version,
+                "{} was written by another kvmisolated version; taken in this version's format",
+                self.state_path.display()
+            );
+        }
+        for (path, entry) in &state.files {
+            self.paths.may_touch(path, entry.codec).map_err(|why| {
                 failed(format!(
-                    "the tunings journal {} is corrupt ({e}); the originals it holds must be restored by hand",
+                    "the tunings journal {} lists {why}: nothing was written or removed; check \
+                     the file and restore what it records by hand",
                     self.state_path.display()
                 ))
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State {
-                version: STATE_VERSION,
-                ..State::default()
-            }),
-            Err(e) => Err(failed(format!("cannot read {}: {e}", self.state_path.display()))),
+            })?;
         }
+        Ok(state)
     }
 
     fn save(&self, state: &State) -> Result<(), Error> {
@@ -660,6 +756,22 @@ enum WantError {
 impl From<FileError> for Error {
     fn from(e: FileError) -> Self {
         Error::TuningFailed(e.to_string())
+    }
+}
+
+/// ` (it says version N, this is version M)` when a journal that could not be read names a
+/// version other than this one's.
+fn version_hint(bytes: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    match serde_json::from_slice::<Version>(bytes) {
+        Ok(v) if v.version != STATE_VERSION => format!(
+            " (it says version {}, written by another kvmisolated; this one writes version {STATE_VERSION})",
+            v.version
+        ),
+        _ => String::new(),
     }
 }
 

@@ -673,3 +673,178 @@ fn compacting_before_growing_a_pool_is_optional() {
         "2"
     );
 }
+
+#[test]
+fn only_the_files_of_the_tunings_may_be_touched() {
+    let f = Fake::new(8);
+    let p = f.paths();
+    let ok = |rel: &str, codec| p.may_touch(&f.path(rel), codec);
+    assert!(ok("proc/sys/vm/stat_interval", Codec::Text).is_ok());
+    assert!(ok("proc/irq/24/smp_affinity_list", Codec::CpuList).is_ok());
+    assert!(
+        ok(
+            "sys/devices/virtual/workqueue/cpumask",
+            Codec::WorkqueueMask
+        )
+        .is_ok()
+    );
+    assert!(
+        ok(
+            "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+            Codec::Count
+        )
+        .is_ok()
+    );
+    assert!(
+        ok(
+            "sys/devices/system/node/node1/hugepages/hugepages-1048576kB/nr_hugepages",
+            Codec::Count
+        )
+        .is_ok()
+    );
+    assert!(
+        ok(
+            "sys/kernel/debug/sched/fair_server/cpu3/runtime",
+            Codec::Text
+        )
+        .is_ok()
+    );
+    assert!(
+        ok(
+            "run/systemd/system/irqbalance.service.d/50-kvmisolate.conf",
+            Codec::OwnFile
+        )
+        .is_ok()
+    );
+    for (rel, codec) in [
+        ("proc/sys/../../etc/shadow", Codec::Text),
+        ("etc/passwd", Codec::Text),
+        (
+            "sys/kernel/mm/transparent_hugepage/khugepaged/defrag",
+            Codec::Selected,
+        ),
+        ("sys/devices/system/cpu/cpu3/online", Codec::Text),
+        (
+            "sys/kernel/debug/sched/fair_server/cpu3/../../x",
+            Codec::Text,
+        ),
+        (
+            "run/systemd/system/sshd.service.d/50-kvmisolate.conf",
+            Codec::OwnFile,
+        ),
+        ("proc/sys/kernel/x", Codec::OwnFile),
+        (
+            "run/systemd/system/irqbalance.service.d/50-kvmisolate.conf",
+            Codec::Text,
+        ),
+    ] {
+        let e = ok(rel, codec).expect_err(rel);
+        assert!(e.contains("the tunings touch only"), "{e}");
+    }
+}
+
+/// Edits the tunings journal as JSON.
+fn edit_journal(f: &Fake, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = f.path("run/kvmisolate/tunings.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_journal_naming_another_file_is_refused_before_any_write() {
+    let f = Fake::new(8);
+    let before = f.snapshot();
+    let e = f.plain();
+    e.reconcile(&[holder("vm", "2-5", Profile::Default)])
+        .unwrap();
+    f.put("etc/passwd", "root:x:0:0\n");
+    let applied = f.snapshot();
+    let victim = f.path("etc/passwd").to_string_lossy().into_owned();
+    edit_journal(&f, |v| {
+        let files = v["files"].as_object_mut().unwrap();
+        let entry = files.values().next().unwrap().clone();
+        let mut entry = entry;
+        entry["original"] = serde_json::json!("pwned");
+        files.insert(victim.clone(), entry);
+    });
+    for attempt in [
+        e.reconcile(&[]),
+        e.reconcile(&[holder("vm", "2-5", Profile::Default)]),
+    ] {
+        let err = attempt.unwrap_err().to_string();
+        assert!(
+            err.contains(&victim) && err.contains("nothing was written"),
+            "{err}"
+        );
+        assert_eq!(f.snapshot(), applied, "nothing written or removed");
+    }
+    // The drop-in path under another name is refused the same way.
+    edit_journal(&f, |v| {
+        let files = v["files"].as_object_mut().unwrap();
+        files.remove(&victim);
+        let mut own = files.values().next().unwrap().clone();
+        own["codec"] = serde_json::json!("own-file");
+        own["original"] = serde_json::Value::Null;
+        files.insert(
+            f.path("run/systemd/system/x.service.d/50-kvmisolate.conf")
+                .to_string_lossy()
+                .into_owned(),
+            own,
+        );
+    });
+    assert!(e.reconcile(&[]).is_err());
+    assert_eq!(f.snapshot(), applied);
+    // Fixed by hand: restored.
+    edit_journal(&f, |v| {
+        let files = v["files"].as_object_mut().unwrap();
+        files.retain(|k, _| !k.contains("x.service.d"));
+    });
+    e.reconcile(&[]).unwrap();
+    std::fs::remove_file(f.path("etc/passwd")).unwrap();
+    std::fs::remove_dir(f.path("etc")).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn a_journal_of_another_version_is_restored_not_set_aside() {
+    let f = Fake::new(8);
+    let before = f.snapshot();
+    let h = holder("vm", "2-5", Profile::Realtime);
+    f.plain().reconcile(std::slice::from_ref(&h)).unwrap();
+    let applied = f.snapshot();
+    // A newer kvmisolated wrote it: another version number and fields this one does not know.
+    edit_journal(&f, |v| {
+        v["version"] = serde_json::json!(7);
+        v["generation"] = serde_json::json!({"some": "thing"});
+        for entry in v["files"].as_object_mut().unwrap().values_mut() {
+            entry["checksum"] = serde_json::json!(42);
+        }
+    });
+    let e = f.plain();
+    assert_eq!(e.journalled_holders().unwrap(), vec![h.clone()]);
+    // Adopted again: completes, nothing changes; the journal is this version's again.
+    e.reconcile(std::slice::from_ref(&h)).unwrap();
+    assert_eq!(f.snapshot(), applied);
+    let again: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(f.path("run/kvmisolate/tunings.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(again["version"], serde_json::json!(STATE_VERSION));
+    // Released: every original back.
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+    // One it cannot read at all says which version wrote it, and changes nothing.
+    f.plain().reconcile(std::slice::from_ref(&h)).unwrap();
+    edit_journal(&f, |v| {
+        v["version"] = serde_json::json!(9);
+        v["files"] = serde_json::json!(["a list now"]);
+    });
+    let err = f.plain().reconcile(&[]).unwrap_err().to_string();
+    assert!(
+        err.contains("version 9") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(f.snapshot(), applied);
+}

@@ -151,6 +151,8 @@ impl FakeHost {
 pub struct PolkitPolicy {
     /// uid → (authorized, challenge)
     pub answers: HashMap<u32, (bool, bool)>,
+    /// How long each answer takes (a person typing a password).
+    pub delay: Option<Duration>,
 }
 
 /// One CheckAuthorization call the mock saw.
@@ -200,14 +202,16 @@ impl MockAuthority {
             action: action_id,
             flags,
         });
-        let (ok, challenge) = self
-            .policy
-            .lock()
-            .unwrap()
-            .answers
-            .get(&uid)
-            .copied()
-            .unwrap_or((false, false));
+        let ((ok, challenge), delay) = {
+            let policy = self.policy.lock().unwrap();
+            (
+                policy.answers.get(&uid).copied().unwrap_or((false, false)),
+                policy.delay,
+            )
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         Ok((ok, challenge, HashMap::new()))
     }
 }
@@ -267,8 +271,6 @@ impl Daemon {
             .arg(host.proc())
             .arg("--run-dir")
             .arg(host.run())
-            .arg("--idle-timeout")
-            .arg("0")
             // The host's own /etc/kvmisolate must not change a test; a test writes this file
             // before starting the daemon when it wants a configuration.
             .arg("--config")
@@ -280,6 +282,9 @@ impl Daemon {
             .env("KVMISOLATED_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if !extra_args.contains(&"--idle-timeout") {
+            cmd.args(["--idle-timeout", "0"]);
+        }
         cmd.args(extra_args);
         for (k, v) in extra_env {
             cmd.env(k, v);
@@ -331,6 +336,20 @@ pub fn cli_path() -> PathBuf {
         cli.display()
     );
     cli
+}
+
+/// Runs the CLI as `uid` against the bus at `address` (for a thread of its own).
+pub fn run_cli_at(uid: u32, address: &str, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    Command::new(cli_path())
+        .uid(uid)
+        .gid(uid)
+        .arg("--address")
+        .arg(address)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// Runs the CLI as `uid` against `bus`.

@@ -405,7 +405,14 @@ daemon_start() {
             systemctl restart kvmisolated.service
         else
             systemctl reset-failed kvmisolated.service 2>/dev/null || true
-            systemctl start kvmisolated.service
+            # systemd may have restarted a crashed daemon (Restart=on-failure) before a test
+            # environment was cleared: such a daemon must not serve the next case.
+            local p; p=$(daemon_pid)
+            if [ -n "$p" ] && tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -q '^KVMISOLATED_CRASH_'; then
+                systemctl restart kvmisolated.service
+            else
+                systemctl start kvmisolated.service
+            fi
         fi
     else
         [ -n "$(daemon_pid)" ] && [ $# -eq 0 ] && return 0
@@ -541,6 +548,27 @@ wait_restored() {
     if wait_for "snapshot '$now' && snapshot_diff '$before' '$now' $sem >/dev/null" "$t" 0.5; then return 0; fi
     snapshot_same "$before" "$now" $sem || true
     fail "not restored${sem:+ ($sem)}: $(snapshot_diff_short "$before" "$now" $sem)"
+}
+# kvmisolate_leftovers: prints what of kvmisolate's exists besides the service itself, one per
+# line: its own cgroups (kvmisolate.slice, /kvmisolate), keeper slices, and loaded units of its
+# (the slice, scopes, keepers) in `systemctl list-units`. Nothing once every isolation is
+# released: the cgroup tree and the unit list are as they were.
+kvmisolate_leftovers() {
+    local d
+    for d in "$CG/kvmisolate.slice" "$CG/kvmisolate"; do
+        if [ -d "$d" ]; then echo "cgroup ${d#"$CG"}"; fi
+    done
+    find "$CG" -type d -name '*kvmisolate?x2dkeep*' 2>/dev/null | sed "s|^$CG|cgroup |" || true
+    if have_systemd; then
+        systemctl list-units --plain --no-legend 2>/dev/null | awk '{print $1}' \
+            | grep -E '^kvmisolate\.slice$|^kvmisolate-.*\.scope$|kvmisolate\\x2dkeep' | sed 's/^/unit /' || true
+    fi
+    return 0
+}
+# expect_no_leftovers: fail unless kvmisolate_leftovers is empty (systemd may take a moment)
+expect_no_leftovers() {
+    wait_for "[ -z \"\$(kvmisolate_leftovers)\" ]" 10 0.3 \
+        || fail "left behind after the last release: $(kvmisolate_leftovers | paste -sd ';' -)"
 }
 expect_no_isolations() {
     [ "$(iso_count)" = 0 ] || fail "status still lists isolations: $(kstatus | jq -c '[.isolations[].name]')"
