@@ -12,10 +12,13 @@ use kvmisolate_dbus::{CpuSet, Error, IsolationName};
 use zbus::{Connection, OwnedVariant, Variant};
 
 use crate::apply::{Engine, ExternalEffects, NoExternalEffects, PartitionState};
+use crate::authz::{self, TargetFacts};
 use crate::cgroupfs::{CgroupFs, CgroupPath, pid_alive};
 use crate::host::HostCpus;
 use crate::journal::{Journal, Record};
 use crate::kernel::{KernelSupport, kernel_release};
+use crate::meminfo::MemInfo;
+use crate::ownership::{self, HeldProcess};
 use crate::plan::{self, PlanConfig, Request, Target};
 use crate::polkit::Caller;
 use crate::request::{IsolateRequest, TargetRequest};
@@ -385,14 +388,109 @@ impl Backend {
         m
     }
 
-    /// Plans and applies an isolation. `active` are the isolations held now.
+    /// The host's memory now (`None` if `/proc/meminfo` cannot be read).
+    pub fn meminfo(&self) -> Option<MemInfo> {
+        MemInfo::read(&self.config.proc_root)
+    }
+
+    /// What authorization needs to know about `req`'s target for a caller `uid` (not 0):
+    /// whose processes it holds. The processes of a `pids` target are returned held by
+    /// pidfds (on a real kernel), to be passed to [`Backend::isolate`]: a pid reused between
+    /// this check and the move is then noticed and nothing is isolated. Cheap reads only:
+    /// this runs before polkit is asked.
+    pub async fn inspect(
+        &self,
+        req: &IsolateRequest,
+        uid: u32,
+    ) -> Result<(TargetFacts, Vec<HeldProcess>), Error> {
+        match &req.target {
+            TargetRequest::Pids(pids) => {
+                let (owners, held) =
+                    ownership::pids_owners(&self.config.proc_root, pids, !self.config.fake_kernel)?;
+                let foreign = authz::foreign_owners("the target", &owners, uid);
+                Ok((TargetFacts { owners, foreign }, held))
+            }
+            TargetRequest::Unit(unit) => {
+                let cgroup = self.unit_cgroup(unit).await?;
+                let facts = if !ownership::in_user_slice(&cgroup, uid) {
+                    TargetFacts {
+                        owners: Vec::new(),
+                        foreign: Some(format!(
+                            "unit {unit} runs in {}, not in the caller's user-{uid}.slice",
+                            if cgroup.is_root() {
+                                "the root cgroup"
+                            } else {
+                                cgroup.as_str()
+                            }
+                        )),
+                    }
+                } else {
+                    match ownership::cgroup_owners(&self.engine.fs, &self.config.proc_root, &cgroup)
+                    {
+                        Ok(set) => {
+                            let owners: Vec<Option<u32>> = set.into_iter().collect();
+                            let foreign =
+                                authz::foreign_owners(&format!("unit {unit}"), &owners, uid);
+                            TargetFacts { owners, foreign }
+                        }
+                        Err(why) => TargetFacts {
+                            owners: Vec::new(),
+                            foreign: Some(format!("unit {unit}: {why}")),
+                        },
+                    }
+                };
+                Ok((facts, Vec::new()))
+            }
+            TargetRequest::Libvirt(_) | TargetRequest::Reservation(_) => Ok((
+                TargetFacts {
+                    owners: Vec::new(),
+                    foreign: authz::never_own(&req.target),
+                },
+                Vec::new(),
+            )),
+        }
+    }
+
+    /// The cgroup of a running systemd unit.
+    async fn unit_cgroup(&self, unit: &str) -> Result<CgroupPath, Error> {
+        let Some(systemd) = &self.systemd else {
+            return Err(Error::UnsupportedHost(
+                "isolating a systemd unit needs systemd, which does not manage this host; use pids instead"
+                    .into(),
+            ));
+        };
+        let cgroup = systemd.unit_cgroup(unit).await.map_err(|e| match e {
+            systemd::SystemdError::NoSuchUnit(_) => Error::TargetNotFound(format!(
+                "no running systemd unit {unit:?} (systemctl status {unit})"
+            )),
+            other => failed(other),
+        })?;
+        CgroupPath::new(&cgroup).map_err(failed)
+    }
+
+    /// Plans and applies an isolation. `active` are the isolations held now; `held` the
+    /// processes of a `pids` target as authorization saw them ([`Backend::inspect`]): if one
+    /// of them exits before the processes are in place, its pid may name another process by
+    /// then, and the isolation is undone (`TargetNotFound`).
     pub async fn isolate(
         &self,
         req: &IsolateRequest,
         caller: &Caller,
         active_leases: &[&Lease],
+        held: &[HeldProcess],
     ) -> Result<Lease, Error> {
         let active = active_leases;
+        let exited = || {
+            held.iter().find(|p| p.exited()).map(|p| {
+                Error::TargetNotFound(format!(
+                    "process {} exited after it was authorized (its pid may name another process now); nothing was isolated",
+                    p.pid
+                ))
+            })
+        };
+        if let Some(e) = exited() {
+            return Err(e);
+        }
         let (target, pre_steps) = self.resolve_target(req).await?;
         let (mut cpus, selected) = self.complete(req, &target)?;
         if let Target::Libvirt { leaves, .. } = &target {
@@ -441,6 +539,22 @@ impl Backend {
         })
         .await
         .map_err(failed)??;
+        // The processes were moved by pid: each was the one authorized only if it is still
+        // alive now (a live process keeps its pid).
+        if let Some(e) = exited() {
+            let engine = self.engine.clone();
+            let undo = record.clone();
+            let undone = tokio::task::spawn_blocking(move || engine.release(&undo))
+                .await
+                .map_err(failed)
+                .and_then(|r| r.map_err(Error::from));
+            return Err(match undone {
+                Ok(()) => e,
+                Err(problem) => {
+                    crate::apply::with_context(e, &format!("rolling back failed too: {problem:?}"))
+                }
+            });
+        }
         // The partition stands; now the host tunings, for every isolation including this one.
         let mut lease = Lease::from_record(record);
         let mut holders = self.holders(active_leases, &lease.name);
@@ -471,19 +585,10 @@ impl Backend {
     ) -> Result<(Target, Vec<plan::ExternalStep>), Error> {
         match &req.target {
             TargetRequest::Unit(unit) => {
+                let cgroup = self.unit_cgroup(unit).await?;
                 let Some(systemd) = &self.systemd else {
-                    return Err(Error::UnsupportedHost(
-                        "isolating a systemd unit needs systemd, which does not manage this host; use pids instead"
-                            .into(),
-                    ));
+                    return Err(failed("systemd is gone"));
                 };
-                let cgroup = systemd.unit_cgroup(unit).await.map_err(|e| match e {
-                    systemd::SystemdError::NoSuchUnit(_) => Error::TargetNotFound(format!(
-                        "no running systemd unit {unit:?} (systemctl status {unit})"
-                    )),
-                    other => failed(other),
-                })?;
-                let cgroup = CgroupPath::new(&cgroup).map_err(failed)?;
                 // No systemd property is set on the unit: AllowedCPUs= would make systemd write
                 // its cpuset.cpus, which the kernel then refuses to empty again while it runs.
                 // A unit that is not delegated gets a keeper slice next to it instead.
