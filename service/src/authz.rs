@@ -222,6 +222,77 @@ mod tests {
         assert!(get(&a[0], detail::WHY).contains("uid 0,mixed"));
     }
 
+    /// The shipped policy declares every action the service asks for, with the defaults the
+    /// contract promises, and its messages only use details the service sends.
+    #[test]
+    fn the_shipped_policy_matches() {
+        let text = include_str!("../../polkit/org.kvmisolate.policy");
+        let options = roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        };
+        let doc = roxmltree::Document::parse_with_options(text, options).unwrap();
+        let defaults = |id: &str| -> Vec<String> {
+            let action = doc
+                .descendants()
+                .find(|n| n.has_tag_name("action") && n.attribute("id") == Some(id))
+                .unwrap_or_else(|| panic!("no action {id}"));
+            ["allow_any", "allow_inactive", "allow_active"]
+                .iter()
+                .map(|k| {
+                    action
+                        .descendants()
+                        .find(|n| n.has_tag_name(*k))
+                        .and_then(|n| n.text())
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(
+            defaults(names::ACTION_ISOLATE),
+            ["auth_admin", "auth_admin", "auth_admin_keep"]
+        );
+        assert_eq!(
+            defaults(names::ACTION_ISOLATE_ANY),
+            ["auth_admin", "auth_admin", "auth_admin"]
+        );
+        assert_eq!(
+            defaults(names::ACTION_TUNE_HOST),
+            ["auth_admin", "auth_admin", "auth_admin_keep"]
+        );
+        assert_eq!(
+            defaults(names::ACTION_RELEASE),
+            ["auth_admin", "auth_admin", "auth_admin_keep"]
+        );
+        let known = [
+            detail::NAME,
+            detail::CPUS,
+            detail::TARGET_KIND,
+            detail::TARGET,
+            detail::TARGET_OWNER,
+            detail::WHY,
+            detail::TUNINGS,
+            detail::HUGEPAGES,
+        ];
+        for message in doc.descendants().filter(|n| n.has_tag_name("message")) {
+            let m = message.text().unwrap();
+            for var in m.split("$(").skip(1) {
+                let key = var.split(')').next().unwrap();
+                assert!(known.contains(&key), "{key} in {m:?}");
+            }
+        }
+        let rules = include_str!("../../polkit/50-kvmisolate.rules.example");
+        for action in [
+            names::ACTION_ISOLATE,
+            names::ACTION_ISOLATE_ANY,
+            names::ACTION_TUNE_HOST,
+            names::ACTION_RELEASE,
+        ] {
+            assert!(rules.contains(&format!("\"{action}\"")), "{action}");
+        }
+    }
+
     #[test]
     fn domains_and_reservations_are_never_the_callers() {
         let r = req(&[("libvirt-domain", Variant::from("win"))]);
