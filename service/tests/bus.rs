@@ -1177,6 +1177,16 @@ fn domain_xml(name: &str, vcpus: &[&str], emulator: &str, optin: bool) -> String
     )
 }
 
+/// [`domain_xml`] opted in with `hugepages='auto'` and its 64 MiB backed by 2M hugepages.
+fn hugepage_domain_xml(name: &str, vcpus: &[&str], emulator: &str) -> String {
+    domain_xml(name, vcpus, emulator, true)
+        .replace(
+            "<memory unit='MiB'>64</memory>",
+            "<memory unit='MiB'>64</memory><memoryBacking><hugepages/></memoryBacking>",
+        )
+        .replace("profile='none'", "profile='none' hugepages='auto'")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_libvirt_hook_checks_at_prepare_isolates_at_started_and_releases() {
     let e = env_full(&[], &[], libvirt_domain).await;
@@ -1247,11 +1257,7 @@ async fn the_hook_reserves_hugepages_at_prepare_and_returns_them_at_release() {
         .build()
         .await
         .unwrap();
-    let xml = domain_xml("win10", &["3", "4"], "2", true).replace(
-        "<memory unit='MiB'>64</memory>",
-        "<memory unit='MiB'>64</memory><memoryBacking><hugepages/></memoryBacking>",
-    );
-    let xml = xml.replace("profile='none'", "profile='none' hugepages='auto'");
+    let xml = hugepage_domain_xml("win10", &["3", "4"], "2");
     let out = run_hook(&e, &["win10", "prepare", "begin", "-"], &xml);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
@@ -1389,15 +1395,10 @@ async fn domains_whose_names_collided_are_isolated_and_released_apart() {
         .build()
         .await
         .unwrap();
-    let xml = |name: &str, pins: &[&str]| {
-        domain_xml(name, pins, "0-1", true)
-            .replace(
-                "<memory unit='MiB'>64</memory>",
-                "<memory unit='MiB'>64</memory><memoryBacking><hugepages/></memoryBacking>",
-            )
-            .replace("profile='none'", "profile='none' hugepages='auto'")
-    };
-    let (xa, xb) = (xml(&a, &["2", "3"]), xml(&b, &["4", "5"]));
+    let (xa, xb) = (
+        hugepage_domain_xml(&a, &["2", "3"], "0-1"),
+        hugepage_domain_xml(&b, &["4", "5"], "0-1"),
+    );
     for (name, x) in [(&a, &xa), (&b, &xb)] {
         for op in ["prepare", "started"] {
             let out = run_hook(&e, &[name, op, "begin", "-"], x);
