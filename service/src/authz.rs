@@ -1,7 +1,10 @@
 //! Which polkit actions an `Isolate` call needs, decided from what it acts on (pure).
 //!
 //! - `org.kvmisolate.isolate`: the caller's own target: processes whose uids are all the
-//!   caller's, or a unit in the caller's `user-UID.slice` whose processes all are.
+//!   caller's, or a unit in the caller's `user-UID.slice` whose processes all are. The
+//!   isolation follows the cgroup, so what counts is everything in it: a unit's cgroup is
+//!   checked whole, and the scope a `pids` target lands in is a new one of kvmisolate's that
+//!   holds only those processes (and what they fork).
 //! - `org.kvmisolate.isolate-any`: anything else (another user's or root's processes, system
 //!   units, system libvirt domains, hugepage reservations for a domain). It replaces
 //!   `isolate`; an administrator grants it separately.
