@@ -184,8 +184,13 @@ pub struct Backend {
     systemd: Option<Systemd>,
     plan_config: PlanConfig,
     fake_reject: Option<String>,
+    /// Where libvirt keeps its QEMU pid files, in the emulated test mode.
+    libvirt_run_dir: Option<PathBuf>,
     tunings: Arc<HostTunings>,
 }
+
+/// Where libvirt's QEMU driver writes `<domain>.pid`.
+const LIBVIRT_QEMU_RUN_DIR: &str = "/run/libvirt/qemu";
 
 fn failed(e: impl std::fmt::Display) -> Error {
     Error::Failed(e.to_string())
@@ -255,6 +260,10 @@ impl Backend {
             .fake_kernel
             .then(|| std::env::var("KVMISOLATED_TEST_FAKE_REJECT").ok())
             .flatten();
+        let libvirt_run_dir = config
+            .fake_kernel
+            .then(|| std::env::var_os("KVMISOLATED_TEST_LIBVIRT_RUN_DIR").map(PathBuf::from))
+            .flatten();
         Ok(Self {
             engine,
             config,
@@ -262,6 +271,7 @@ impl Backend {
             systemd,
             plan_config,
             fake_reject,
+            libvirt_run_dir,
             tunings: Arc::new(tunings),
         })
     }
@@ -660,10 +670,22 @@ impl Backend {
         Ok(vec![step])
     }
 
+    /// The cgroup of a running domain's QEMU, from libvirt's pid file (`None` if unreadable).
+    fn qemu_cgroup(&self, domain: &str) -> Option<CgroupPath> {
+        // The test mode's libvirt state lives in the fake tree.
+        let dir = match &self.libvirt_run_dir {
+            Some(d) => d.clone(),
+            None => PathBuf::from(LIBVIRT_QEMU_RUN_DIR),
+        };
+        let text = std::fs::read_to_string(dir.join(format!("{domain}.pid"))).ok()?;
+        let pid = text.trim().parse::<u32>().ok()?;
+        crate::cgroupfs::cgroup_of_pid(&self.config.proc_root, pid).ok()
+    }
+
     /// Finds a running libvirt domain's scope and chooses its leaves to partition.
     fn resolve_domain(&self, domain: &str, cpus: &CpuSet) -> Result<Target, Error> {
         let fs = &self.engine.fs;
-        let scope = crate::libvirt::find_scope(fs, domain)?;
+        let scope = crate::libvirt::find_scope_of(fs, domain, self.qemu_cgroup(domain).as_ref())?;
         let layout = crate::libvirt::Layout::read(fs, &scope)?;
         let host = HostCpus::read(&self.config.sysfs_root).map_err(failed)?;
         let sysfs = self.config.sysfs_root.clone();

@@ -1582,3 +1582,73 @@ async fn the_target_decides_the_action() {
     );
     assert_eq!(e.host.snapshot(), before);
 }
+
+/// `win 11` and `win_11`: one machine name for libvirt (`qemu-N-win11`), one isolation name for
+/// the hook before. The service tells their scopes apart by libvirt's pid file of each; the
+/// hook's names differ; releasing one leaves the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn win_11_and_win_underscore_11_are_two_domains() {
+    let host_dir = tempfile::tempdir().unwrap();
+    let run = host_dir.path().join("libvirt-qemu");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("win 11.pid"), "5000\n").unwrap();
+    std::fs::write(run.join("win_11.pid"), "5001\n").unwrap();
+    let run_text = run.to_str().unwrap().to_owned();
+    let e = env_full(
+        &[("KVMISOLATED_TEST_LIBVIRT_RUN_DIR", run_text.as_str())],
+        &[],
+        |h| {
+            libvirt_domain_as(h, 7, "win 11", 5000, ["2\n", "3\n", "0-1\n"]);
+            libvirt_domain_as(h, 8, "win_11", 5001, ["4\n", "5\n", "0-1\n"]);
+        },
+    )
+    .await;
+    let before = e.host.snapshot();
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let xa = domain_xml("win 11", &["2", "3"], "0-1", true);
+    let xb = domain_xml("win_11", &["4", "5"], "0-1", true);
+    for (name, x) in [("win 11", &xa), ("win_11", &xb)] {
+        let out = run_hook(&e, &[name, "started", "begin", "-"], x);
+        assert!(out.status.success(), "{name}: {out:?}");
+    }
+    let status = proxy.status().await.unwrap();
+    let mut held: Vec<(String, String, String)> =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone())
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    text(&i[keys::I_NAME]),
+                    text(&i[keys::I_TARGET]),
+                    text(&i[keys::I_CPUS]),
+                )
+            })
+            .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            (
+                "libvirt-win_11".into(),
+                "libvirt:win_11".into(),
+                "4-5".into()
+            ),
+            (
+                "libvirt-win_11-6c1a7f5d".into(),
+                "libvirt:win 11".into(),
+                "2-3".into()
+            ),
+        ]
+    );
+    let out = run_hook(&e, &["win 11", "release", "end", "-"], &xa);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "4-5");
+    let out = run_hook(&e, &["win_11", "release", "end", "-"], &xb);
+    assert!(out.status.success(), "{out:?}");
+    assert!(proxy.isolations().await.unwrap().is_empty());
+    assert_eq!(e.host.snapshot(), before);
+}

@@ -1,7 +1,9 @@
 # libvirt-names: the hook's names are one-to-one. Two domains whose names differ only in their
 # last (56th) character got one hugepage reservation name before (`hugepages-` and the first 54
 # characters): both start isolated with their own hugepages, and destroying one leaves the
-# other's isolation and pool as they were; destroying the second restores everything. A broken
+# other's isolation and pool as they were; destroying the second restores everything. The same
+# for `kvmi win` and `kvmi_win` (one machine name for libvirt: the service tells their scopes
+# apart by libvirt's pid files). A broken
 # /etc/kvmisolate/kvmisolate.toml does not stop a domain that does not opt in (the error is
 # logged), but does stop one that opts in, with the file's error. Needs a kernel with remote
 # partitions (6.7+).
@@ -12,7 +14,7 @@ LONG=$(printf 'n%.0s' $(seq 55))
 A=${LONG}a
 B=${LONG}b
 cleanup() {
-    lv_forget "$A" "$B" kvmi-plain kvmi-opt kvmi-nwarm
+    lv_forget "$A" "$B" "kvmi win" kvmi_win kvmi-plain kvmi-opt kvmi-nwarm
     if [ -f "$KT_STATE/conf.saved" ]; then mv "$KT_STATE/conf.saved" "$CONF"; else rm -f "$CONF"; fi
     return 0
 }
@@ -62,6 +64,28 @@ run() {
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated after both were destroyed"
     wait_restored "$before" 20
     note "both destroyed: restored"
+
+    # 1b. `kvmi win` and `kvmi_win`: one machine name for libvirt (qemu-N-kvmiwin), one
+    # isolation name for the hook before; the service tells the scopes apart by libvirt's pid
+    # files, the hook's names differ
+    define "kvmi win" 1 2 3
+    define kvmi_win 1 4 5
+    start_ok "kvmi win"
+    start_ok kvmi_win
+    local is iu
+    wait_for "[ \"\$(iso_count)\" = 2 ]" 30 0.5 || fail "not both isolated: $(kstatus | jq -c '[.isolations[] | [.name, .target, .cpus]]')"
+    is=$(kstatus | jq -r '.isolations[] | select(.target == "libvirt:kvmi win") | .name')
+    iu=$(kstatus | jq -r '.isolations[] | select(.target == "libvirt:kvmi_win") | .name')
+    [ -n "$is" ] && [ -n "$iu" ] && [ "$is" != "$iu" ] || fail "names: '$is' '$iu'"
+    [ "$(iso_field "$is" cpus)" = 2-3 ] && [ "$(iso_field "$iu" cpus)" = 4-5 ] || fail "cpus: $(iso_field "$is" cpus) $(iso_field "$iu" cpus)"
+    note "'kvmi win' -> $is on 2-3, kvmi_win -> $iu on 4-5"
+    destroy "kvmi win"
+    wait_for "! iso_exists '$is'" 20 0.5 || fail "$is still there after virsh destroy"
+    iso_exists "$iu" || fail "destroying 'kvmi win' released kvmi_win's isolation"
+    [ "$(iso_field "$iu" state)" = active ] || fail "$iu: state '$(iso_field "$iu" state)'"
+    destroy kvmi_win
+    wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated after both were destroyed"
+    wait_restored "$before" 20
 
     # 2. a broken configuration file
     mkdir -p /etc/kvmisolate
