@@ -7,6 +7,14 @@
 # seconds. Wall times (dominated under TCG by the CLI's start and polkitd) are printed next to
 # those of the same calls with a short list.
 # timeout: 300
+WATCHER=
+cleanup() {
+    # the status loop ends with the case, whatever happened
+    touch "$KT_STATE/c16-stop"
+    [ -n "$WATCHER" ] && { kill "$WATCHER" 2>/dev/null; wait "$WATCHER" 2>/dev/null; }
+    rm -f "$KT_STATE/c16-stop"
+    return 0
+}
 ms_now() { echo $(( $(date +%s%N) / 1000000 )); }
 # cpu_ticks PID: utime+stime of PID in clock ticks
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -49,7 +57,7 @@ run() {
           timeout -k 2 20 kvmisolate status --json >/dev/null 2>&1 || rc=$?
           if [ "$rc" = 0 ]; then echo $(( $(ms_now) - t0 )) >> "$KT_STATE/c16-status"; else echo fail >> "$KT_STATE/c16-status"; fi
       done ) &
-    local watcher=$!
+    WATCHER=$!
 
     c0=$(cpu_ticks "$dpid")
     for i in 1 2 3; do
@@ -75,7 +83,7 @@ run() {
         [ "$(cat "$KT_STATE/c16-rc$i")" = 4 ] || fail "concurrent call $i: exit $(cat "$KT_STATE/c16-rc$i"), want 4"
     done
     note "four concurrent 16 KiB lists answered within ${t} ms"
-    touch "$KT_STATE/c16-stop"; wait "$watcher" 2>/dev/null || true
+    touch "$KT_STATE/c16-stop"; wait "$WATCHER" 2>/dev/null || true; WATCHER=
     ! grep -q fail "$KT_STATE/c16-status" || fail "status failed while the lists were parsed"
     local st_n st_worst
     st_n=$(wc -l < "$KT_STATE/c16-status")
