@@ -26,9 +26,15 @@ Exit status:
   9  check: the worst finding is an error
 
 Authorization:
-  Isolate and release go through polkit (actions org.kvmisolate.isolate and
-  org.kvmisolate.release). On a terminal kvmisolate starts pkttyagent so that a password can
-  be asked for. To let a group do it without a password, install
+  Isolate and release go through polkit; root needs nothing. What an isolation acts on decides
+  the action: org.kvmisolate.isolate for your own target (processes whose uids are all yours,
+  a unit in your user-UID.slice whose processes all are yours), org.kvmisolate.isolate-any for
+  anything else (root's or other users' processes, system units, libvirt domains), and
+  org.kvmisolate.tune-host as well for RT throttling off (rt-throttling, fair-server, the
+  realtime profile) or a hugepage pool larger than half of what the host can spare.
+  org.kvmisolate.release ends another user's isolation. Names starting with libvirt- or
+  hugepages- are the libvirt hook's (root only). On a terminal kvmisolate starts pkttyagent so
+  that a password can be asked for. To let groups do it without a password, install
   /usr/share/doc/kvmisolate/50-kvmisolate.rules.example in /etc/polkit-1/rules.d/.
 
 Environment:
@@ -234,8 +240,10 @@ pub struct IsolateArgs {
     pub unit: Option<String>,
 
     /// Isolate this running libvirt domain in place: its pinned vCPUs and emulator become
-    /// isolated partitions on the cgroups libvirt made (Linux 6.7+). Default name:
-    /// libvirt-DOMAIN.
+    /// isolated partitions on the cgroups libvirt made (Linux 6.7+). Needs
+    /// org.kvmisolate.isolate-any (a system domain is not yours). Default name: libvirt-DOMAIN
+    /// as root, vm-DOMAIN otherwise (a domain name with other characters than A-Z a-z 0-9 _ .
+    /// -, or too long, is written with _ and cut, and ends with -HASH).
     #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["pids", "unit"])]
     pub vm: Option<String>,
 

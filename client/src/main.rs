@@ -303,9 +303,20 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
     }
     let dom = &args.domain;
     let bad = |m: String| Failure::new(ExitCode::BadRequest, format!("domain {dom:?}: {m}"));
+    // Opt-in first: what is broken stops only a domain that opted in.
+    let section = match hook::optin::decide(&xml, &args.config, dom) {
+        hook::optin::OptIn::No { broken } => {
+            if let Some(e) = broken {
+                eprintln!(
+                    "kvmisolate: warning: {e}; domain {dom:?} does not opt in and starts unisolated (fix the file: domains that opt in cannot start until it is)"
+                );
+            }
+            return Ok(());
+        }
+        hook::optin::OptIn::Maybe(section) => section.map_err(bad)?,
+    };
     let domain = hook::domain::Domain::parse(&xml).map_err(|e| bad(e.to_string()))?;
-    let sections = hook::optin::read_vm_sections(&args.config).map_err(bad)?;
-    let Some(settings) = hook::optin::settings(&domain, sections.get(dom)).map_err(bad)? else {
+    let Some(settings) = hook::optin::settings(&domain, section.as_ref()).map_err(bad)? else {
         return Ok(());
     };
     let warn_only = settings.on_conflict == kvmisolate_dbus::libvirt::OnConflict::Warn;
@@ -355,9 +366,12 @@ async fn hook_operation(
                 let Ok(Some(spec)) = settings.hugepage_spec(domain) else {
                     return Ok(());
                 };
-                let _: Result<(), Failure> = ctx
-                    .call_authorized(&proxy, "Release", &DynamicTuple((reserve_name.as_str(),)))
-                    .await;
+                let status = status::status_to_json(&st);
+                for n in hook::leases::releasable(&status, dom, hook::leases::Which::Reservation) {
+                    let _: Result<(), Failure> = ctx
+                        .call_authorized(&proxy, "Release", &DynamicTuple((n.as_str(),)))
+                        .await;
+                }
                 let req =
                     IsolateRequest::new("", None, Target::Reservation(dom.clone()), None, None)?
                         .with_tunings(None, Some(&spec.to_string()), false)?;
@@ -411,7 +425,9 @@ async fn hook_operation(
         }
         _ => {
             let mut result = Ok(());
-            for n in [name, request::reservation_name(dom)] {
+            let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
+            let status = status::status_to_json(&st);
+            for n in hook::leases::releasable(&status, dom, hook::leases::Which::Both) {
                 let reply: Result<(), Failure> = ctx
                     .call_authorized(&proxy, "Release", &DynamicTuple((n.as_str(),)))
                     .await;

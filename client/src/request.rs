@@ -107,7 +107,9 @@ impl IsolateRequest {
         let name = match (name, &target) {
             (Some(n), _) => IsolationName::new(n)
                 .map_err(|e| Failure::new(ExitCode::BadRequest, e.to_string()))?,
-            (None, Target::Libvirt(domain)) => vm_name(domain),
+            // The hook's `libvirt-` names are root's: another user gets `vm-`.
+            (None, Target::Libvirt(domain)) if nix::unistd::geteuid().is_root() => vm_name(domain),
+            (None, Target::Libvirt(domain)) => user_vm_name(domain),
             (None, Target::Reservation(domain)) => reservation_name(domain),
             (None, _) => IsolationName::new(&default_name(cpus)).map_err(|e| {
                 Failure::new(
@@ -247,39 +249,91 @@ pub fn target_text(target: &Target) -> String {
     }
 }
 
-/// The default isolation name of a libvirt domain: `libvirt-` and the domain name, with each
-/// character an isolation name cannot hold written as `_`, cut to the longest name allowed.
+/// The isolation name of a libvirt domain as the libvirt hook makes it (and `isolate --vm`
+/// run as root): `libvirt-` and the domain name. See [`domain_name`] for how the domain's name
+/// is written so that two domains never share one.
 pub fn vm_name(domain: &str) -> IsolationName {
-    prefixed_name("libvirt-", domain)
+    domain_name("libvirt-", domain)
 }
 
 /// The name of the hugepage reservation the libvirt hook makes for a domain at `prepare`:
 /// `hugepages-` and the domain name, written as in [`vm_name`].
 pub fn reservation_name(domain: &str) -> IsolationName {
-    prefixed_name("hugepages-", domain)
+    domain_name("hugepages-", domain)
 }
 
-fn prefixed_name(prefix: &str, domain: &str) -> IsolationName {
-    let mut text: String = prefix
+/// The default name of `isolate --vm DOMAIN` for a user other than root, who may not use the
+/// hook's `libvirt-` names: `vm-` and the domain name, written as in [`vm_name`].
+pub fn user_vm_name(domain: &str) -> IsolationName {
+    domain_name("vm-", domain)
+}
+
+/// How many hex digits of the domain name's hash a rewritten name ends with.
+const HASH_DIGITS: usize = 8;
+
+/// 32-bit FNV-1a of `text`: small, stable across versions and platforms (names are kept in
+/// the journal across upgrades), and enough to tell domain names apart.
+fn fnv1a32(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Whether `text` ends the way a rewritten name does: `-` and [`HASH_DIGITS`] lower-case hex
+/// digits.
+fn looks_hashed(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() > HASH_DIGITS
+        && bytes[bytes.len() - HASH_DIGITS - 1] == b'-'
+        && bytes[bytes.len() - HASH_DIGITS..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// `prefix` and `domain`, one-to-one: a domain name that fits as it is (only
+/// `[A-Za-z0-9_.-]`, short enough, not itself ending like a rewritten name) is kept; any other
+/// is written with `_` for each character a name cannot hold, cut to fit, and ends with `-`
+/// and 8 hex digits of a hash of the whole original name. So `win 11` and `win_11` (or two
+/// long names sharing their first 50 characters) get different names, and a kept name can
+/// never equal a rewritten one.
+fn domain_name(prefix: &str, domain: &str) -> IsolationName {
+    let plain = domain
         .chars()
-        .chain(domain.chars().map(|c| {
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let kept = format!("{prefix}{domain}");
+    if plain
+        && kept.len() <= kvmisolate_dbus::isolation_name::MAX_LEN
+        && !looks_hashed(&kept)
+        && let Ok(n) = IsolationName::new(&kept)
+    {
+        return n;
+    }
+    let room = kvmisolate_dbus::isolation_name::MAX_LEN - prefix.len() - 1 - HASH_DIGITS;
+    let written: String = domain
+        .chars()
+        .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
                 c
             } else {
                 '_'
             }
-        }))
-        .take(kvmisolate_dbus::isolation_name::MAX_LEN)
+        })
+        .take(room)
         .collect();
-    loop {
-        if let Ok(n) = IsolationName::new(&text) {
-            return n;
-        }
-        // Unreachable with the characters above; keep a valid name whatever happens.
-        if text.pop().is_none() {
-            text = "libvirt".to_owned();
-        }
-    }
+    let text = format!(
+        "{prefix}{written}-{:0width$x}",
+        fnv1a32(domain),
+        width = HASH_DIGITS
+    );
+    // Always valid: a fixed prefix, then the characters above.
+    IsolationName::new(&text).unwrap_or_else(|_| {
+        IsolationName::new(prefix.trim_end_matches('-')).unwrap_or_else(|_| unreachable_name())
+    })
+}
+
+fn unreachable_name() -> IsolationName {
+    // "libvirt" is a valid name; this is never reached with the fixed prefixes above.
+    IsolationName::new("libvirt").unwrap_or_else(|_| unreachable!("a constant valid name"))
 }
 
 #[cfg(test)]
@@ -325,10 +379,61 @@ mod tests {
     }
 
     #[test]
+    fn domain_names_map_one_to_one() {
+        // Kept as they are when they fit.
+        assert_eq!(vm_name("win11").as_str(), "libvirt-win11");
+        assert_eq!(vm_name("db-1.prod_x").as_str(), "libvirt-db-1.prod_x");
+        assert_eq!(reservation_name("win11").as_str(), "hugepages-win11");
+        assert_eq!(user_vm_name("win11").as_str(), "vm-win11");
+        // Names that collided before: a character replaced, or a cut.
+        let long_a = format!("{}a", "x".repeat(70));
+        let long_b = format!("{}b", "x".repeat(70));
+        let fits = "y".repeat(64 - "libvirt-".len());
+        let too_long = "y".repeat(64 - "libvirt-".len() + 1);
+        let tricky = format!("win_11-{:08x}", fnv1a32("win 11"));
+        let domains = [
+            "win 11",
+            "win_11",
+            "win/11",
+            "win\u{e9}11",
+            long_a.as_str(),
+            long_b.as_str(),
+            fits.as_str(),
+            too_long.as_str(),
+            tricky.as_str(),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for d in domains {
+            for n in [vm_name(d), reservation_name(d), user_vm_name(d)] {
+                assert!(n.as_str().len() <= 64, "{n:?}");
+                assert!(
+                    seen.insert(n.as_str().to_owned()),
+                    "{d:?} collides as {n:?}"
+                );
+            }
+        }
+        assert_eq!(vm_name(&fits).as_str(), format!("libvirt-{fits}"));
+        let cut = vm_name(&too_long);
+        assert_eq!(cut.as_str().len(), 64);
+        assert!(
+            cut.as_str()
+                .ends_with(&format!("-{:08x}", fnv1a32(&too_long)))
+        );
+        // A domain literally named like a rewritten name is rewritten itself.
+        assert_ne!(vm_name(&tricky), vm_name("win 11"));
+        assert!(vm_name("win 11").as_str().starts_with("libvirt-win_11-"));
+        // Stable: the same domain always gets the same name (it is in the journal).
+        assert_eq!(vm_name("win 11").as_str(), "libvirt-win_11-6c1a7f5d");
+    }
+
+    #[test]
     fn vm_targets() {
         let r =
             IsolateRequest::new("", None, Target::Libvirt("win 10/ü".into()), None, None).unwrap();
-        assert_eq!(r.name.as_str(), "libvirt-win_10__");
+        assert_eq!(
+            r.name.as_str(),
+            format!("libvirt-win_10__-{:08x}", fnv1a32("win 10/ü"))
+        );
         assert_eq!(
             r.options()[options::LIBVIRT_DOMAIN],
             Variant::from("win 10/ü")
@@ -340,7 +445,10 @@ mod tests {
             .unwrap()
             .with_tunings(None, Some("64M"), false)
             .unwrap();
-        assert_eq!(r.name.as_str(), "hugepages-w_1");
+        assert_eq!(
+            r.name.as_str(),
+            format!("hugepages-w_1-{:08x}", fnv1a32("w 1"))
+        );
         assert_eq!(
             r.options()[options::RESERVE_FOR_DOMAIN],
             Variant::from("w 1")

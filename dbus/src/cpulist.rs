@@ -3,8 +3,13 @@
 //! Parsing is strict on purpose: the same text reaches cgroupfs, and anything the kernel might
 //! read differently from us (spaces, empty items, reversed ranges, stride syntax) is rejected
 //! with an error that names the offending item.
+//!
+//! A [`CpuSet`] is a fixed-size bitset of [`MAX_CPU`]` + 1` bits, and parsing is one pass over
+//! the text that sets each range a 64-bit word at a time: the cost is linear in the length of
+//! the text (at most [`MAX_TEXT_LEN`] bytes) whatever the ranges say. The service parses a
+//! caller's list before authorization, so this bound is what an unprivileged caller can make
+//! it spend (`cargo run --release -p kvmisolate-dbus --example cpulist_bench` prints it).
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -13,9 +18,16 @@ pub const MAX_CPU: u32 = 8191;
 /// The longest cpulist text accepted, in bytes.
 pub const MAX_TEXT_LEN: usize = 16 * 1024;
 
-/// A set of CPU numbers, printed and parsed in the kernel's cpulist format.
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CpuSet(BTreeSet<u32>);
+const WORDS: usize = (MAX_CPU as usize + 1) / 64;
+/// How much of a list an error message quotes.
+const QUOTE_LEN: usize = 64;
+
+/// A set of CPU numbers (0 to [`MAX_CPU`]), printed and parsed in the kernel's cpulist format.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CpuSet {
+    // Boxed: 1 KiB inline would make every type holding a set that large.
+    words: Box<[u64; WORDS]>,
+}
 
 /// Why a cpulist or CPU mask could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +57,22 @@ pub enum CpuListError {
     BadMask(String),
 }
 
+impl Default for CpuSet {
+    fn default() -> Self {
+        Self {
+            words: Box::new([0; WORDS]),
+        }
+    }
+}
+
+/// `text` cut to [`QUOTE_LEN`] characters for an error message (`...` marks a cut).
+fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_LEN) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
 impl CpuSet {
     /// The empty set.
     pub fn new() -> Self {
@@ -52,23 +80,28 @@ impl CpuSet {
     }
 
     /// Parses a cpulist. The empty string (or a lone newline, as sysfs prints it) is the
-    /// empty set; one trailing newline is accepted, no other white space is.
+    /// empty set; one trailing newline is accepted, no other white space is. Linear in the
+    /// length of `text`.
     pub fn parse(text: &str) -> Result<Self, CpuListError> {
         if text.len() > MAX_TEXT_LEN {
             return Err(CpuListError::TooLong(text.len()));
         }
         let body = text.strip_suffix('\n').unwrap_or(text);
-        let mut set = BTreeSet::new();
         if body.is_empty() {
-            return Ok(Self(set));
+            return Ok(Self::new());
         }
+        // reach[lo] = the highest end of the ranges starting at lo: each item costs O(1) and
+        // one sweep over the CPUs at the end sets the bits, so overlapping wide ranges cost
+        // no more than disjoint ones.
+        let mut reach = vec![-1i32; MAX_CPU as usize + 1];
+        let mut top = 0usize;
         for item in body.split(',') {
             if item.is_empty() {
-                return Err(CpuListError::EmptyItem(body.to_owned()));
+                return Err(CpuListError::EmptyItem(quote(body)));
             }
             let bad = || CpuListError::BadItem {
-                item: item.to_owned(),
-                list: body.to_owned(),
+                item: quote(item),
+                list: quote(body),
             };
             let (lo, hi) = match item.split_once('-') {
                 Some((a, b)) => (
@@ -81,55 +114,66 @@ impl CpuSet {
                 }
             };
             if hi < lo {
-                return Err(CpuListError::Reversed(item.to_owned()));
+                return Err(CpuListError::Reversed(quote(item)));
             }
-            set.extend(lo..=hi);
+            let r = &mut reach[lo as usize];
+            *r = (*r).max(hi as i32);
+            top = top.max(hi as usize);
         }
-        Ok(Self(set))
+        let mut set = Self::new();
+        let mut end = -1i32;
+        for (cpu, &r) in reach[..=top].iter().enumerate() {
+            end = end.max(r);
+            if cpu as i32 <= end {
+                set.words[cpu / 64] |= 1 << (cpu % 64);
+            }
+        }
+        Ok(set)
     }
 
     /// Parses a hex mask as found in `smp_affinity` or workqueue `cpumask` files
     /// (`3f`, `00000000,0000003f`); bit N is CPU N.
     pub fn from_hex_mask(text: &str) -> Result<Self, CpuListError> {
         let body = text.trim_end_matches('\n');
-        let bad = || CpuListError::BadMask(body.to_owned());
+        let bad = || CpuListError::BadMask(quote(body));
         if body.is_empty() || body.len() > MAX_TEXT_LEN {
             return Err(bad());
         }
-        let digits: String = body.split(',').collect();
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        let mut set = BTreeSet::new();
-        for (i, c) in digits.bytes().rev().enumerate() {
+        let mut set = Self::new();
+        let mut bit = 0usize;
+        for c in body.bytes().rev() {
+            if c == b',' {
+                continue;
+            }
             let v = (c as char).to_digit(16).ok_or_else(bad)?;
-            for bit in 0..4 {
-                if v & (1 << bit) != 0 {
-                    let cpu = u32::try_from(i * 4 + bit).map_err(|_| bad())?;
-                    if cpu > MAX_CPU {
+            for b in 0..4 {
+                if v & (1 << b) != 0 {
+                    let cpu = bit + b;
+                    if cpu > MAX_CPU as usize {
                         return Err(CpuListError::TooLarge(cpu.to_string()));
                     }
-                    set.insert(cpu);
+                    set.words[cpu / 64] |= 1 << (cpu % 64);
                 }
             }
+            bit += 4;
         }
-        Ok(Self(set))
+        if bit == 0 {
+            return Err(bad());
+        }
+        Ok(set)
     }
 
     /// Formats as a hex mask in the kernel's style: 32-bit groups separated by commas, the
     /// highest group first, groups after the first zero-padded to 8 digits; `0` when empty.
     pub fn to_hex_mask(&self) -> String {
-        let Some(&max) = self.0.last() else {
+        let Some(max) = self.last() else {
             return "0".to_owned();
         };
         let groups = (max / 32 + 1) as usize;
-        let mut words = vec![0u32; groups];
-        for &cpu in &self.0 {
-            words[(cpu / 32) as usize] |= 1 << (cpu % 32);
-        }
         let mut out = String::new();
-        for (i, w) in words.iter().rev().enumerate() {
-            if i == 0 {
+        for g in (0..groups).rev() {
+            let w = (self.words[g / 2] >> ((g % 2) * 32)) as u32;
+            if g + 1 == groups {
                 out.push_str(&format!("{w:x}"));
             } else {
                 out.push_str(&format!(",{w:08x}"));
@@ -140,62 +184,123 @@ impl CpuSet {
 
     /// Whether the set holds no CPU.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.words.iter().all(|&w| w == 0)
     }
 
     /// How many CPUs the set holds.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     /// Whether `cpu` is in the set.
     pub fn contains(&self, cpu: u32) -> bool {
-        self.0.contains(&cpu)
+        cpu <= MAX_CPU && self.words[cpu as usize / 64] & (1 << (cpu % 64)) != 0
     }
 
-    /// Adds a CPU.
+    /// Adds a CPU; whether it was not there yet. A CPU above [`MAX_CPU`] cannot be held and
+    /// is not added (`false`).
     pub fn insert(&mut self, cpu: u32) -> bool {
-        self.0.insert(cpu)
+        if cpu > MAX_CPU || self.contains(cpu) {
+            return false;
+        }
+        self.words[cpu as usize / 64] |= 1 << (cpu % 64);
+        true
     }
 
-    /// Removes a CPU.
+    /// Removes a CPU; whether it was there.
     pub fn remove(&mut self, cpu: u32) -> bool {
-        self.0.remove(&cpu)
+        if !self.contains(cpu) {
+            return false;
+        }
+        self.words[cpu as usize / 64] &= !(1 << (cpu % 64));
+        true
     }
 
     /// The CPUs in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0.iter().copied()
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            let mut rest = w;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let b = rest.trailing_zeros();
+                rest &= rest - 1;
+                Some(i as u32 * 64 + b)
+            })
+        })
     }
 
     /// The lowest CPU, if any.
     pub fn first(&self) -> Option<u32> {
-        self.0.first().copied()
+        self.words
+            .iter()
+            .position(|&w| w != 0)
+            .map(|i| i as u32 * 64 + self.words[i].trailing_zeros())
+    }
+
+    /// The highest CPU, if any.
+    pub fn last(&self) -> Option<u32> {
+        self.words
+            .iter()
+            .rposition(|&w| w != 0)
+            .map(|i| i as u32 * 64 + 63 - self.words[i].leading_zeros())
+    }
+
+    fn zip(&self, other: &CpuSet, f: impl Fn(u64, u64) -> u64) -> CpuSet {
+        let mut out = Self::new();
+        for (o, (a, b)) in out
+            .words
+            .iter_mut()
+            .zip(self.words.iter().zip(other.words.iter()))
+        {
+            *o = f(*a, *b);
+        }
+        out
     }
 
     /// CPUs in either set.
     pub fn union(&self, other: &CpuSet) -> CpuSet {
-        Self(self.0.union(&other.0).copied().collect())
+        self.zip(other, |a, b| a | b)
     }
 
     /// CPUs in both sets.
     pub fn intersection(&self, other: &CpuSet) -> CpuSet {
-        Self(self.0.intersection(&other.0).copied().collect())
+        self.zip(other, |a, b| a & b)
     }
 
     /// CPUs in `self` but not in `other`.
     pub fn difference(&self, other: &CpuSet) -> CpuSet {
-        Self(self.0.difference(&other.0).copied().collect())
+        self.zip(other, |a, b| a & !b)
     }
 
     /// Whether every CPU of `self` is in `other`.
     pub fn is_subset(&self, other: &CpuSet) -> bool {
-        self.0.is_subset(&other.0)
+        self.words
+            .iter()
+            .zip(other.words.iter())
+            .all(|(a, b)| a & !b == 0)
     }
 
     /// Whether the sets share no CPU.
     pub fn is_disjoint(&self, other: &CpuSet) -> bool {
-        self.0.is_disjoint(&other.0)
+        self.words
+            .iter()
+            .zip(other.words.iter())
+            .all(|(a, b)| a & b == 0)
+    }
+}
+
+/// Sets compare as their ascending CPU lists do (as a sorted set of numbers would).
+impl Ord for CpuSet {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.iter().cmp(other.iter())
+    }
+}
+
+impl PartialOrd for CpuSet {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -208,15 +313,19 @@ fn parse_cpu(text: &str, item: &str) -> Option<Result<u32, CpuListError>> {
     if text.len() > 1 && text.starts_with('0') {
         return None;
     }
-    Some(match text.parse::<u64>() {
-        Ok(n) if n <= u64::from(MAX_CPU) => Ok(n as u32),
-        _ => Err(CpuListError::TooLarge(item.to_owned())),
+    // More than five digits is beyond MAX_CPU whatever they are (and would not fit a u64).
+    if text.len() > 5 {
+        return Some(Err(CpuListError::TooLarge(quote(item))));
+    }
+    Some(match text.parse::<u32>() {
+        Ok(n) if n <= MAX_CPU => Ok(n),
+        _ => Err(CpuListError::TooLarge(quote(item))),
     })
 }
 
 impl fmt::Display for CpuSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut iter = self.0.iter().copied().peekable();
+        let mut iter = self.iter().peekable();
         let mut first = true;
         while let Some(start) = iter.next() {
             let mut end = start;
@@ -251,9 +360,14 @@ impl FromStr for CpuSet {
     }
 }
 
+/// CPUs above [`MAX_CPU`] are left out.
 impl FromIterator<u32> for CpuSet {
     fn from_iter<T: IntoIterator<Item = u32>>(iter: T) -> Self {
-        Self(iter.into_iter().collect())
+        let mut set = Self::new();
+        for cpu in iter {
+            set.insert(cpu);
+        }
+        set
     }
 }
 
@@ -345,7 +459,77 @@ mod tests {
         assert!(CpuSet::from_hex_mask("").is_err());
     }
 
+    /// The worst case of the issue: the longest list of the widest ranges.
+    pub(crate) fn worst_case_list() -> String {
+        let mut text = String::new();
+        while text.len() + "1-8191,".len() + "1-8191".len() <= MAX_TEXT_LEN {
+            text.push_str("1-8191,");
+        }
+        text.push_str("1-8191");
+        text
+    }
+
+    #[test]
+    fn the_longest_list_of_the_widest_ranges_parses() {
+        let text = worst_case_list();
+        assert!(text.len() <= MAX_TEXT_LEN);
+        let set = CpuSet::parse(&text).unwrap();
+        assert_eq!(set.len(), 8191);
+        assert_eq!(set.to_string(), "1-8191");
+        // An error about such a list quotes a bounded part of it.
+        let e = CpuSet::parse(&format!("{}x", &text[..text.len() - 1])).unwrap_err();
+        assert!(e.to_string().len() < 300, "{e}");
+    }
+
+    #[test]
+    fn set_operations_on_word_boundaries() {
+        let a = CpuSet::parse("0,63-64,127,8191").unwrap();
+        let b = CpuSet::parse("63,128-130").unwrap();
+        assert_eq!(a.len(), 5);
+        assert_eq!(a.first(), Some(0));
+        assert_eq!(a.last(), Some(8191));
+        assert_eq!(a.union(&b).to_string(), "0,63-64,127-130,8191");
+        assert_eq!(a.intersection(&b).to_string(), "63");
+        assert_eq!(a.difference(&b).to_string(), "0,64,127,8191");
+        assert!(CpuSet::parse("63").unwrap().is_subset(&a));
+        assert!(!b.is_subset(&a));
+        assert!(CpuSet::parse("1-62").unwrap().is_disjoint(&a));
+        let mut c = CpuSet::new();
+        assert!(c.insert(64) && !c.insert(64) && !c.insert(MAX_CPU + 1));
+        assert!(c.remove(64) && !c.remove(64) && c.is_empty());
+        assert_eq!(CpuSet::new().first(), None);
+        assert!(CpuSet::parse("2").unwrap() < CpuSet::parse("10").unwrap());
+        assert!(CpuSet::parse("1,9").unwrap() < CpuSet::parse("2").unwrap());
+        assert_eq!(
+            CpuSet::parse("0-8191").unwrap().to_hex_mask().len(),
+            256 * 9 - 1
+        );
+    }
+
     proptest! {
+        #[test]
+        fn behaves_like_a_sorted_set(
+            a in proptest::collection::btree_set(0u32..=MAX_CPU, 0..64),
+            b in proptest::collection::btree_set(0u32..=MAX_CPU, 0..64),
+        ) {
+            let (sa, sb): (CpuSet, CpuSet) = (a.iter().copied().collect(), b.iter().copied().collect());
+            prop_assert_eq!(sa.iter().collect::<Vec<_>>(), a.iter().copied().collect::<Vec<_>>());
+            prop_assert_eq!(sa.union(&sb).iter().collect::<Vec<_>>(), a.union(&b).copied().collect::<Vec<_>>());
+            prop_assert_eq!(sa.intersection(&sb).iter().collect::<Vec<_>>(), a.intersection(&b).copied().collect::<Vec<_>>());
+            prop_assert_eq!(sa.difference(&sb).iter().collect::<Vec<_>>(), a.difference(&b).copied().collect::<Vec<_>>());
+            prop_assert_eq!(sa.is_subset(&sb), a.is_subset(&b));
+            prop_assert_eq!(sa.is_disjoint(&sb), a.is_disjoint(&b));
+            prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
+            prop_assert_eq!(sa.len(), a.len());
+        }
+
+        #[test]
+        fn ranges_set_exactly_their_cpus(lo in 0u32..=MAX_CPU, len in 0u32..300) {
+            let hi = (lo + len).min(MAX_CPU);
+            let set = CpuSet::parse(&format!("{lo}-{hi}")).unwrap();
+            prop_assert_eq!(set.iter().collect::<Vec<_>>(), (lo..=hi).collect::<Vec<_>>());
+        }
+
         #[test]
         fn display_parse_roundtrip(cpus in proptest::collection::btree_set(0u32..=MAX_CPU, 0..64)) {
             let set: CpuSet = cpus.into_iter().collect();

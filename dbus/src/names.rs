@@ -16,3 +16,11 @@ pub const ERROR_PREFIX: &str = "org.kvmisolate.Error";
 pub const ACTION_ISOLATE: &str = "org.kvmisolate.isolate";
 /// The polkit action that guards releasing another user's isolation.
 pub const ACTION_RELEASE: &str = "org.kvmisolate.release";
+/// The polkit action that guards `Isolate` of what is not the caller's own (another user's or
+/// root's processes, system units, libvirt domains). Asked instead of [`ACTION_ISOLATE`].
+pub const ACTION_ISOLATE_ANY: &str = "org.kvmisolate.isolate-any";
+/// The polkit action that guards host-wide risk, asked in addition: RT throttling off and
+/// hugepage pools beyond what the host can spare.
+pub const ACTION_TUNE_HOST: &str = "org.kvmisolate.tune-host";
+/// Isolation name prefixes only uid 0 may use (the libvirt hook's names).
+pub const RESERVED_NAME_PREFIXES: &[&str] = &["libvirt-", "hugepages-"];

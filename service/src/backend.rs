@@ -12,10 +12,13 @@ use kvmisolate_dbus::{CpuSet, Error, IsolationName};
 use zbus::{Connection, OwnedVariant, Variant};
 
 use crate::apply::{Engine, ExternalEffects, NoExternalEffects, PartitionState};
+use crate::authz::{self, TargetFacts};
 use crate::cgroupfs::{CgroupFs, CgroupPath, pid_alive};
 use crate::host::HostCpus;
 use crate::journal::{Journal, Record};
 use crate::kernel::{KernelSupport, kernel_release};
+use crate::meminfo::MemInfo;
+use crate::ownership::{self, HeldProcess};
 use crate::plan::{self, PlanConfig, Request, Target};
 use crate::polkit::Caller;
 use crate::request::{IsolateRequest, TargetRequest};
@@ -199,11 +202,16 @@ pub struct Backend {
     systemd: Option<Systemd>,
     plan_config: PlanConfig,
     fake_reject: Option<String>,
+    /// Where libvirt keeps its QEMU pid files, in the emulated test mode.
+    libvirt_run_dir: Option<PathBuf>,
     tunings: Arc<HostTunings>,
     /// The last creation time handed out: creation times only grow, even if the clock steps
     /// back, so a name's next lease never has its previous one's identity.
     last_created: std::sync::atomic::AtomicU64,
 }
+
+/// Where libvirt's QEMU driver writes `<domain>.pid`.
+const LIBVIRT_QEMU_RUN_DIR: &str = "/run/libvirt/qemu";
 
 fn failed(e: impl std::fmt::Display) -> Error {
     Error::Failed(e.to_string())
@@ -273,6 +281,10 @@ impl Backend {
             .fake_kernel
             .then(|| std::env::var("KVMISOLATED_TEST_FAKE_REJECT").ok())
             .flatten();
+        let libvirt_run_dir = config
+            .fake_kernel
+            .then(|| std::env::var_os("KVMISOLATED_TEST_LIBVIRT_RUN_DIR").map(PathBuf::from))
+            .flatten();
         Ok(Self {
             engine,
             config,
@@ -280,6 +292,7 @@ impl Backend {
             systemd,
             plan_config,
             fake_reject,
+            libvirt_run_dir,
             tunings: Arc::new(tunings),
             last_created: std::sync::atomic::AtomicU64::new(0),
         })
@@ -421,14 +434,109 @@ impl Backend {
         m
     }
 
-    /// Plans and applies an isolation. `active` are the isolations held now.
+    /// The host's memory now (`None` if `/proc/meminfo` cannot be read).
+    pub fn meminfo(&self) -> Option<MemInfo> {
+        MemInfo::read(&self.config.proc_root)
+    }
+
+    /// What authorization needs to know about `req`'s target for a caller `uid` (not 0):
+    /// whose processes it holds. The processes of a `pids` target are returned held by
+    /// pidfds (on a real kernel), to be passed to [`Backend::isolate`]: a pid reused between
+    /// this check and the move is then noticed and nothing is isolated. Cheap reads only:
+    /// this runs before polkit is asked.
+    pub async fn inspect(
+        &self,
+        req: &IsolateRequest,
+        uid: u32,
+    ) -> Result<(TargetFacts, Vec<HeldProcess>), Error> {
+        match &req.target {
+            TargetRequest::Pids(pids) => {
+                let (owners, held) =
+                    ownership::pids_owners(&self.config.proc_root, pids, !self.config.fake_kernel)?;
+                let foreign = authz::foreign_owners("the target", &owners, uid);
+                Ok((TargetFacts { owners, foreign }, held))
+            }
+            TargetRequest::Unit(unit) => {
+                let cgroup = self.unit_cgroup(unit).await?;
+                let facts = if !ownership::in_user_slice(&cgroup, uid) {
+                    TargetFacts {
+                        owners: Vec::new(),
+                        foreign: Some(format!(
+                            "unit {unit} runs in {}, not in the caller's user-{uid}.slice",
+                            if cgroup.is_root() {
+                                "the root cgroup"
+                            } else {
+                                cgroup.as_str()
+                            }
+                        )),
+                    }
+                } else {
+                    match ownership::cgroup_owners(&self.engine.fs, &self.config.proc_root, &cgroup)
+                    {
+                        Ok(set) => {
+                            let owners: Vec<Option<u32>> = set.into_iter().collect();
+                            let foreign =
+                                authz::foreign_owners(&format!("unit {unit}"), &owners, uid);
+                            TargetFacts { owners, foreign }
+                        }
+                        Err(why) => TargetFacts {
+                            owners: Vec::new(),
+                            foreign: Some(format!("unit {unit}: {why}")),
+                        },
+                    }
+                };
+                Ok((facts, Vec::new()))
+            }
+            TargetRequest::Libvirt(_) | TargetRequest::Reservation(_) => Ok((
+                TargetFacts {
+                    owners: Vec::new(),
+                    foreign: authz::never_own(&req.target),
+                },
+                Vec::new(),
+            )),
+        }
+    }
+
+    /// The cgroup of a running systemd unit.
+    async fn unit_cgroup(&self, unit: &str) -> Result<CgroupPath, Error> {
+        let Some(systemd) = &self.systemd else {
+            return Err(Error::UnsupportedHost(
+                "isolating a systemd unit needs systemd, which does not manage this host; use pids instead"
+                    .into(),
+            ));
+        };
+        let cgroup = systemd.unit_cgroup(unit).await.map_err(|e| match e {
+            systemd::SystemdError::NoSuchUnit(_) => Error::TargetNotFound(format!(
+                "no running systemd unit {unit:?} (systemctl status {unit})"
+            )),
+            other => failed(other),
+        })?;
+        CgroupPath::new(&cgroup).map_err(failed)
+    }
+
+    /// Plans and applies an isolation. `active` are the isolations held now; `held` the
+    /// processes of a `pids` target as authorization saw them ([`Backend::inspect`]): if one
+    /// of them exits before the processes are in place, its pid may name another process by
+    /// then, and the isolation is undone (`TargetNotFound`).
     pub async fn isolate(
         &self,
         req: &IsolateRequest,
         caller: &Caller,
         active_leases: &[&Lease],
+        held: &[HeldProcess],
     ) -> Result<Lease, Error> {
         let active = active_leases;
+        let exited = || {
+            held.iter().find(|p| p.exited()).map(|p| {
+                Error::TargetNotFound(format!(
+                    "process {} exited after it was authorized (its pid may name another process now); nothing was isolated",
+                    p.pid
+                ))
+            })
+        };
+        if let Some(e) = exited() {
+            return Err(e);
+        }
         let (target, pre_steps) = self.resolve_target(req).await?;
         let (mut cpus, selected) = self.complete(req, &target)?;
         if let Target::Libvirt { leaves, .. } = &target {
@@ -477,6 +585,22 @@ impl Backend {
         })
         .await
         .map_err(failed)??;
+        // The processes were moved by pid: each was the one authorized only if it is still
+        // alive now (a live process keeps its pid).
+        if let Some(e) = exited() {
+            let engine = self.engine.clone();
+            let undo = record.clone();
+            let undone = tokio::task::spawn_blocking(move || engine.release(&undo))
+                .await
+                .map_err(failed)
+                .and_then(|r| r.map_err(Error::from));
+            return Err(match undone {
+                Ok(()) => e,
+                Err(problem) => {
+                    crate::apply::with_context(e, &format!("rolling back failed too: {problem:?}"))
+                }
+            });
+        }
         // The partition stands; now the host tunings, for every isolation including this one.
         let mut lease = Lease::from_record(record);
         let mut holders = self.holders(active_leases, &lease.name);
@@ -507,19 +631,10 @@ impl Backend {
     ) -> Result<(Target, Vec<plan::ExternalStep>), Error> {
         match &req.target {
             TargetRequest::Unit(unit) => {
+                let cgroup = self.unit_cgroup(unit).await?;
                 let Some(systemd) = &self.systemd else {
-                    return Err(Error::UnsupportedHost(
-                        "isolating a systemd unit needs systemd, which does not manage this host; use pids instead"
-                            .into(),
-                    ));
+                    return Err(failed("systemd is gone"));
                 };
-                let cgroup = systemd.unit_cgroup(unit).await.map_err(|e| match e {
-                    systemd::SystemdError::NoSuchUnit(_) => Error::TargetNotFound(format!(
-                        "no running systemd unit {unit:?} (systemctl status {unit})"
-                    )),
-                    other => failed(other),
-                })?;
-                let cgroup = CgroupPath::new(&cgroup).map_err(failed)?;
                 // No systemd property is set on the unit: AllowedCPUs= would make systemd write
                 // its cpuset.cpus, which the kernel then refuses to empty again while it runs.
                 // A unit that is not delegated gets a keeper slice next to it instead.
@@ -591,10 +706,22 @@ impl Backend {
         Ok(vec![step])
     }
 
+    /// The cgroup of a running domain's QEMU, from libvirt's pid file (`None` if unreadable).
+    fn qemu_cgroup(&self, domain: &str) -> Option<CgroupPath> {
+        // The test mode's libvirt state lives in the fake tree.
+        let dir = match &self.libvirt_run_dir {
+            Some(d) => d.clone(),
+            None => PathBuf::from(LIBVIRT_QEMU_RUN_DIR),
+        };
+        let text = std::fs::read_to_string(dir.join(format!("{domain}.pid"))).ok()?;
+        let pid = text.trim().parse::<u32>().ok()?;
+        crate::cgroupfs::cgroup_of_pid(&self.config.proc_root, pid).ok()
+    }
+
     /// Finds a running libvirt domain's scope and chooses its leaves to partition.
     fn resolve_domain(&self, domain: &str, cpus: &CpuSet) -> Result<Target, Error> {
         let fs = &self.engine.fs;
-        let scope = crate::libvirt::find_scope(fs, domain)?;
+        let scope = crate::libvirt::find_scope_of(fs, domain, self.qemu_cgroup(domain).as_ref())?;
         let layout = crate::libvirt::Layout::read(fs, &scope)?;
         let host = HostCpus::read(&self.config.sysfs_root).map_err(failed)?;
         let sysfs = self.config.sysfs_root.clone();

@@ -2,8 +2,9 @@
 //! `org.kvmisolate.Isolation1` per isolation, and the event handling that keeps them current
 //! (partition changes, target exit, caller disconnect) without polling.
 //!
-//! Flow of a call: parse and validate the arguments (no lock, no prompt) → authorize with
-//! polkit (no lock held) → take the state lock → plan and apply through the [`Backend`] →
+//! Flow of a call: parse and validate the arguments (no lock, no prompt) → find out whose
+//! target it is ([`Backend::inspect`], cheap reads) → authorize with polkit the actions that
+//! needs ([`crate::authz`]; no lock held) → take the state lock → plan and apply through the [`Backend`] →
 //! publish the object and announce the change.
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,7 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{BoxDBusError, Connection, OwnedObjectPath, OwnedVariant, Variant, fdo, interface};
 
+use crate::authz;
 use crate::backend::{Backend, Lease, LeaseKey};
 use crate::kthreads::KthreadPinner;
 use crate::polkit;
@@ -86,10 +88,28 @@ impl Isolator {
         let caller = polkit::caller(&self.shared.conn, &header)
             .await
             .map_err(boxed)?;
-        polkit::authorize(&self.shared.conn, &header, &caller, names::ACTION_ISOLATE)
-            .await
-            .map_err(boxed)?;
-        self.shared.isolate(req, caller).await.map_err(boxed)
+        request::check_reserved_name(&req.name, caller.uid).map_err(boxed)?;
+        // What the call acts on decides the actions (uid 0 needs none).
+        let held = if caller.uid == 0 {
+            Vec::new()
+        } else {
+            let backend = &self.shared.backend;
+            let (facts, held) = backend.inspect(&req, caller.uid).await.map_err(boxed)?;
+            let mem = backend.meminfo();
+            for ask in authz::asks(&req, &facts, mem.as_ref()) {
+                polkit::authorize_with(
+                    &self.shared.conn,
+                    &header,
+                    &caller,
+                    ask.action,
+                    &ask.details,
+                )
+                .await
+                .map_err(boxed)?;
+            }
+            held
+        };
+        self.shared.isolate(req, caller, held).await.map_err(boxed)
     }
 
     /// Releases one isolation.
@@ -423,6 +443,7 @@ impl Shared {
         self: &Arc<Self>,
         req: request::IsolateRequest,
         caller: polkit::Caller,
+        held: Vec<crate::ownership::HeldProcess>,
     ) -> Result<OwnedObjectPath, Error> {
         let mut leases = self.leases.lock().await;
         if leases.contains_key(req.name.as_str()) {
@@ -432,7 +453,7 @@ impl Shared {
             )));
         }
         let active: Vec<&Lease> = leases.values().collect();
-        let lease = self.backend.isolate(&req, &caller, &active).await?;
+        let lease = self.backend.isolate(&req, &caller, &active, &held).await?;
         tracing::info!(
             name = %lease.name, cpus = %lease.cpus, target = %lease.target, partition = lease.partition_word(),
             uid = caller.uid, "isolated"

@@ -28,6 +28,7 @@
 //! Data flow: D-Bus request → authorization → [`plan::plan`] → [`apply::apply`] → report.
 
 pub mod apply;
+pub mod authz;
 pub mod backend;
 pub mod cgroupfs;
 pub mod config;
@@ -39,6 +40,8 @@ pub mod keeper;
 pub mod kernel;
 pub mod kthreads;
 pub mod libvirt;
+pub mod meminfo;
+pub mod ownership;
 pub mod plan;
 pub mod polkit;
 pub mod request;

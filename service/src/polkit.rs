@@ -64,6 +64,18 @@ pub async fn authorize(
     caller: &Caller,
     action: &str,
 ) -> fdo::Result<()> {
+    authorize_with(conn, header, caller, action, &[]).await
+}
+
+/// [`authorize`] with polkit details: what the call acts on, for rules
+/// (`action.lookup(KEY)`) and for the authentication prompt (`$(KEY)` in the message).
+pub async fn authorize_with(
+    conn: &Connection,
+    header: &Header<'_>,
+    caller: &Caller,
+    action: &str,
+    details: &[(&str, String)],
+) -> fdo::Result<()> {
     if caller.uid == 0 {
         return Ok(());
     }
@@ -79,10 +91,11 @@ pub async fn authorize(
     } else {
         CHECK_TIMEOUT
     };
+    let details: HashMap<&str, &str> = details.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let check = async {
         let authority = AuthorityProxy::new(conn).await?;
         authority
-            .check_authorization(&subject, action, &HashMap::new(), flags, "")
+            .check_authorization(&subject, action, &details, flags, "")
             .await
     };
     let result = match tokio::time::timeout(timeout, check).await {

@@ -243,6 +243,23 @@ pub fn parse(
     })
 }
 
+/// Refuses the names reserved for the libvirt hook (`libvirt-`, `hugepages-`) to callers
+/// other than uid 0, so that no user can take, or make the hook release, a domain's name.
+pub fn check_reserved_name(name: &IsolationName, uid: u32) -> Result<(), Error> {
+    if uid == 0 {
+        return Ok(());
+    }
+    match kvmisolate_dbus::names::RESERVED_NAME_PREFIXES
+        .iter()
+        .find(|p| name.as_str().starts_with(**p))
+    {
+        Some(prefix) => Err(Error::InvalidName(format!(
+            "names starting with {prefix:?} are reserved for the libvirt hook (uid 0); pick another name"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn validate_pids(list: Vec<u32>) -> Result<Vec<u32>, Error> {
     if list.is_empty() {
         return Err(invalid(
@@ -282,6 +299,22 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), OwnedVariant::try_from(v.clone()).unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn the_hooks_prefixes_are_root_only() {
+        let n = |s: &str| IsolationName::new(s).unwrap();
+        assert!(check_reserved_name(&n("libvirt-win"), 0).is_ok());
+        assert!(check_reserved_name(&n("hugepages-win"), 0).is_ok());
+        for bad in ["libvirt-win", "hugepages-win", "libvirt-"] {
+            assert!(matches!(
+                check_reserved_name(&n(bad), 1000),
+                Err(Error::InvalidName(m)) if m.contains("reserved for the libvirt hook")
+            ));
+        }
+        for ok in ["libvirt", "vm-libvirt-x", "hugepages", "win"] {
+            assert!(check_reserved_name(&n(ok), 1000).is_ok());
+        }
     }
 
     #[test]

@@ -39,7 +39,9 @@ async fn env_full(
     let bus = TestBus::start();
     let host = FakeHost::new(6);
     prepare(&host);
-    for pid in [4242, 4243, 4244, 4245] {
+    // 4242 is the unprivileged test user's (NOBODY), the others root's.
+    host.add_process_of(4242, "user.slice/session-1.scope", NOBODY);
+    for pid in [4243, 4244, 4245] {
         host.add_process(pid, "user.slice/session-1.scope");
     }
     let conn = bus.connect().await;
@@ -839,7 +841,10 @@ fn with_knobs(h: &FakeHost) {
         "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
         "0\n",
     );
-    h.put("proc/meminfo", "MemTotal:        2014848 kB\n");
+    h.put(
+        "proc/meminfo",
+        "MemTotal:        2014848 kB\nMemAvailable:    1500000 kB\n",
+    );
 }
 
 fn rows(t: &[(String, String, String, String, String)]) -> Vec<(&str, &str, &str, &str)> {
@@ -966,9 +971,17 @@ fn a_malformed_configuration_stops_the_daemon_naming_the_line() {
 /// A running libvirt domain laid out as libvirt does (vCPUs on 3-4, emulator on 2, iothread
 /// on 0-1), cpuset enabled down to the leaves; CPUs 4 and 5 are SMT siblings.
 fn libvirt_domain(h: &FakeHost) {
-    let scope = r"machine.slice/machine-qemu\x2d7\x2dwin10.scope";
+    libvirt_domain_as(h, 7, "win10", 5000, ["3\n", "4\n", "2\n"]);
+}
+
+/// A running domain `name` with id `id` (a single digit), QEMU as `pid`, vCPUs and emulator
+/// pinned to `pins`.
+fn libvirt_domain_as(h: &FakeHost, id: u32, name: &str, pid: u32, pins: [&str; 3]) {
+    let machine = kvmisolate_dbus::libvirt::machine::machine_name(id, name).replace('-', r"\x2d");
+    let scope = format!("machine.slice/machine-{machine}.scope");
+    let scope = scope.as_str();
     h.put("cgroup/cgroup.subtree_control", "cpuset memory pids\n");
-    h.add_process(5000, &format!("{scope}/libvirt/emulator"));
+    h.add_process(pid, &format!("{scope}/libvirt/emulator"));
     let cpuset = |dir: &str, pins: &str, control: &str| {
         for (f, v) in [
             ("cgroup.controllers", "cpuset memory pids\n"),
@@ -991,9 +1004,9 @@ fn libvirt_domain(h: &FakeHost) {
     cpuset(scope, "\n", "cpuset\n");
     cpuset(&format!("{scope}/libvirt"), "\n", "cpuset\n");
     for (leaf, pins) in [
-        ("vcpu0", "3\n"),
-        ("vcpu1", "4\n"),
-        ("emulator", "2\n"),
+        ("vcpu0", pins[0]),
+        ("vcpu1", pins[1]),
+        ("emulator", pins[2]),
         ("iothread1", "0-1\n"),
     ] {
         cpuset(&format!("{scope}/libvirt/{leaf}"), pins, "\n");
@@ -1164,6 +1177,16 @@ fn domain_xml(name: &str, vcpus: &[&str], emulator: &str, optin: bool) -> String
     )
 }
 
+/// [`domain_xml`] opted in with `hugepages='auto'` and its 64 MiB backed by 2M hugepages.
+fn hugepage_domain_xml(name: &str, vcpus: &[&str], emulator: &str) -> String {
+    domain_xml(name, vcpus, emulator, true)
+        .replace(
+            "<memory unit='MiB'>64</memory>",
+            "<memory unit='MiB'>64</memory><memoryBacking><hugepages/></memoryBacking>",
+        )
+        .replace("profile='none'", "profile='none' hugepages='auto'")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_libvirt_hook_checks_at_prepare_isolates_at_started_and_releases() {
     let e = env_full(&[], &[], libvirt_domain).await;
@@ -1205,7 +1228,9 @@ async fn the_libvirt_hook_checks_at_prepare_isolates_at_started_and_releases() {
     let out = run_hook(&e, &["plain", "prepare", "begin", "-"], &plain);
     assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
     // Malformed XML from an opted-in domain is an error naming the problem.
-    let out = run_hook(&e, &["win10", "prepare", "begin", "-"], "<domain>");
+    let broken = "<domain><metadata><kvmisolate:isolate \
+                  xmlns:kvmisolate='https://kvmisolate.org/xmlns/libvirt/1'/>";
+    let out = run_hook(&e, &["win10", "prepare", "begin", "-"], broken);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not well-formed"));
 
@@ -1232,11 +1257,7 @@ async fn the_hook_reserves_hugepages_at_prepare_and_returns_them_at_release() {
         .build()
         .await
         .unwrap();
-    let xml = domain_xml("win10", &["3", "4"], "2", true).replace(
-        "<memory unit='MiB'>64</memory>",
-        "<memory unit='MiB'>64</memory><memoryBacking><hugepages/></memoryBacking>",
-    );
-    let xml = xml.replace("profile='none'", "profile='none' hugepages='auto'");
+    let xml = hugepage_domain_xml("win10", &["3", "4"], "2");
     let out = run_hook(&e, &["win10", "prepare", "begin", "-"], &xml);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
@@ -1520,5 +1541,320 @@ async fn a_lease_whose_caller_left_while_the_service_was_down_is_released() {
     assert!(paths[0].as_str().ends_with("stays"), "{paths:?}");
     drop(stays);
     wait_until(|| async { proxy.isolations().await.unwrap().is_empty() }).await;
+    assert_eq!(e.host.snapshot(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_broken_stops_only_domains_that_opt_in() {
+    let e = env_full(&[], &[], libvirt_domain).await;
+    let before = e.host.snapshot();
+    e.host.put(
+        "kvmisolate.toml",
+        "[vm.win10]\nprofile = \"none\"\n[vm.other\n",
+    );
+    // A domain that does not opt in starts: a broken file or an XML the parser rejects is
+    // logged, not fatal.
+    let plain = domain_xml("plain", &["4"], "0-1", false);
+    for xml in [plain.as_str(), "<domain><name>plain</", "not xml at all"] {
+        for op in ["prepare", "started", "release"] {
+            let out = run_hook(&e, &["plain", op, "begin", "-"], xml);
+            assert!(out.status.success(), "{op} {xml}: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("warning")
+                    && err.contains("does not opt in")
+                    && err.contains("kvmisolate.toml"),
+                "{err}"
+            );
+        }
+    }
+    // A domain that opts in (in the XML, or by a section of the broken file) does not.
+    for (dom, optin) in [("win10", false), ("other", false), ("plain", true)] {
+        let xml = domain_xml(dom, &["3", "4"], "2", optin);
+        let out = run_hook(&e, &[dom, "prepare", "begin", "-"], &xml);
+        assert_eq!(out.status.code(), Some(3), "{dom}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("kvmisolate.toml"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(e.host.snapshot(), before);
+}
+
+/// Two domains whose names were one isolation name before (`libvirt-` and the first 56
+/// characters): both isolated, each with its hugepages, and the release of one leaves the
+/// other whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_whose_names_collided_are_isolated_and_released_apart() {
+    let long = "d".repeat(56);
+    let (a, b) = (format!("{long}a"), format!("{long}b"));
+    let e = env_full(&[], &[], |h| {
+        libvirt_domain_as(h, 7, &a, 5000, ["2\n", "3\n", "0-1\n"]);
+        libvirt_domain_as(h, 8, &b, 5001, ["4\n", "5\n", "0-1\n"]);
+        with_knobs(h);
+    })
+    .await;
+    let before = e.host.snapshot();
+    let pool = "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let (xa, xb) = (
+        hugepage_domain_xml(&a, &["2", "3"], "0-1"),
+        hugepage_domain_xml(&b, &["4", "5"], "0-1"),
+    );
+    for (name, x) in [(&a, &xa), (&b, &xb)] {
+        for op in ["prepare", "started"] {
+            let out = run_hook(&e, &[name, op, "begin", "-"], x);
+            assert!(out.status.success(), "{op} {name}: {out:?}");
+        }
+    }
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "2-5");
+    assert_eq!(e.host.get(pool).trim(), "64");
+    let names = |st: &HashMap<String, OwnedVariant>| -> BTreeSet<(String, String)> {
+        Vec::<HashMap<String, OwnedVariant>>::try_from(st[keys::ISOLATIONS].clone())
+            .unwrap()
+            .iter()
+            .map(|i| (text(&i[keys::I_NAME]), text(&i[keys::I_TARGET])))
+            .collect()
+    };
+    let held = names(&proxy.status().await.unwrap());
+    assert_eq!(held.len(), 4, "{held:?}");
+    for (name, target) in &held {
+        assert!(name.len() <= 64 && name.contains(&long[..40]), "{name}");
+        assert!(target.ends_with(&a) || target.ends_with(&b), "{target}");
+    }
+
+    let out = run_hook(&e, &[&a, "release", "end", "-"], &xa);
+    assert!(out.status.success(), "{out:?}");
+    let left = names(&proxy.status().await.unwrap());
+    assert_eq!(
+        left.iter()
+            .map(|(_, t)| t.as_str())
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            format!("libvirt:{b}").as_str(),
+            format!("reservation:{b}").as_str()
+        ]),
+    );
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "4-5");
+    assert_eq!(e.host.get(pool).trim(), "32", "b keeps its hugepages");
+
+    let out = run_hook(&e, &[&b, "release", "end", "-"], &xb);
+    assert!(out.status.success(), "{out:?}");
+    assert!(proxy.isolations().await.unwrap().is_empty());
+    assert_eq!(e.host.snapshot(), before);
+}
+
+/// Whose target it is decides the action: the caller's own processes need
+/// `org.kvmisolate.isolate`, anyone else's `org.kvmisolate.isolate-any`, and RT throttling off
+/// or a large pool `org.kvmisolate.tune-host` too. polkit sees what is done in the details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_decides_the_action() {
+    let e = env_full(&[], &[], with_knobs).await;
+    let (_pk, policy, calls) = start_mock_polkit(&e.bus).await;
+    let before = e.host.snapshot();
+    let grant = |action: &str, yes: bool| {
+        policy
+            .lock()
+            .unwrap()
+            .per_action
+            .insert((NOBODY, action.to_owned()), (yes, false));
+    };
+    grant(names::ACTION_ISOLATE, true);
+    grant(names::ACTION_ISOLATE_ANY, false);
+    grant(names::ACTION_TUNE_HOST, false);
+    let isolate = |extra: &[&str]| {
+        let mut args = vec![
+            "--no-ask-password",
+            "isolate",
+            "--cpus",
+            "2",
+            "--until",
+            "release",
+        ];
+        args.extend_from_slice(extra);
+        run_cli_as(NOBODY, &e.bus, &args)
+    };
+    let last = || calls.lock().unwrap().last().cloned().unwrap();
+
+    // Its own process: isolate, with the target in the details.
+    let out = isolate(&["--pid", "4242", "--name", "mine"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let call = last();
+    assert_eq!(call.action, names::ACTION_ISOLATE);
+    assert_eq!(call.details["target"], "pids:4242");
+    assert_eq!(call.details["target_kind"], "pids");
+    assert_eq!(call.details["target_owner"], NOBODY.to_string());
+    assert_eq!(call.details["name"], "mine");
+    assert_eq!(call.details["cpus"], "2");
+    assert_eq!(
+        run_cli_as(NOBODY, &e.bus, &["release", "mine"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(e.host.snapshot(), before);
+
+    // Root's process, or its own together with root's: isolate-any, denied, nothing changed.
+    for pids in [
+        &["--pid", "4243"][..],
+        &["--pid", "4242", "--pid", "4243"][..],
+    ] {
+        let mut args = pids.to_vec();
+        args.extend(["--name", "theirs"]);
+        let out = isolate(&args);
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        let call = last();
+        assert_eq!(call.action, names::ACTION_ISOLATE_ANY);
+        assert!(call.details["target_owner"].split(',').any(|u| u == "0"));
+        assert!(call.details["why"].contains("uid 0"), "{:?}", call.details);
+        assert_eq!(e.host.snapshot(), before);
+    }
+    // A libvirt domain is never the caller's (it is not even looked up first).
+    let out = run_cli_as(
+        NOBODY,
+        &e.bus,
+        &["--no-ask-password", "isolate", "--vm", "win10"],
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(last().action, names::ACTION_ISOLATE_ANY);
+    assert_eq!(last().details["target"], "libvirt:win10");
+    assert_eq!(last().details["name"], "vm-win10", "users get vm- names");
+    // The hook's names are root's: refused before polkit is asked.
+    let asked = calls.lock().unwrap().len();
+    for name in ["libvirt-x", "hugepages-x"] {
+        let out = isolate(&["--pid", "4242", "--name", name]);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("reserved for the libvirt hook"));
+    }
+    assert_eq!(calls.lock().unwrap().len(), asked);
+    // A unit needs systemd, which this host lacks: said before polkit is asked.
+    let out = isolate(&["--unit", "sshd.service"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert_eq!(calls.lock().unwrap().len(), asked);
+
+    // Host-wide risk: tune-host on top of isolate.
+    for extra in [
+        &["--tunings", "realtime"][..],
+        &["--tunings", "rt-throttling"][..],
+        // MemAvailable 1500000 kB - 256 MiB margin: 1208 MiB may be taken, 604 MiB is spare.
+        &["--hugepages", "700M"][..],
+    ] {
+        let mut args = vec!["--pid", "4242", "--name", "risky"];
+        args.extend_from_slice(extra);
+        let out = isolate(&args);
+        assert_eq!(out.status.code(), Some(4), "{extra:?}: {out:?}");
+        let call = last();
+        assert_eq!(call.action, names::ACTION_TUNE_HOST);
+        assert_eq!(call.details["target"], "pids:4242");
+        assert_eq!(e.host.snapshot(), before);
+    }
+    assert_eq!(last().details["hugepages"], "700M:2M");
+    let out = isolate(&["--pid", "4242", "--name", "small", "--hugepages", "64M"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(last().action, names::ACTION_ISOLATE);
+    assert_eq!(
+        run_cli_as(NOBODY, &e.bus, &["release", "small"])
+            .status
+            .code(),
+        Some(0)
+    );
+
+    // With the rules granting them, the same calls work.
+    grant(names::ACTION_ISOLATE_ANY, true);
+    grant(names::ACTION_TUNE_HOST, true);
+    let out = isolate(&["--pid", "4243", "--name", "theirs", "--hugepages", "700M"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "2");
+    assert_eq!(
+        run_cli_as(NOBODY, &e.bus, &["release", "theirs"])
+            .status
+            .code(),
+        Some(0)
+    );
+    // More than MemAvailable minus the margin: refused for everyone, saying why.
+    let mut opts = pids(&[4243]);
+    opts.insert("hugepages", Variant::from("1300M"));
+    let err = proxy.isolate("huge", "2", opts).await.unwrap_err();
+    assert_eq!(error_name(&err), ename::TUNING_FAILED);
+    assert!(
+        err.to_string()
+            .contains("MemAvailable 1464 MiB minus a margin of 256 MiB"),
+        "{err}"
+    );
+    assert_eq!(e.host.snapshot(), before);
+}
+
+/// `win 11` and `win_11`: one machine name for libvirt (`qemu-N-win11`), one isolation name for
+/// the hook before. The service tells their scopes apart by libvirt's pid file of each; the
+/// hook's names differ; releasing one leaves the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn win_11_and_win_underscore_11_are_two_domains() {
+    let host_dir = tempfile::tempdir().unwrap();
+    let run = host_dir.path().join("libvirt-qemu");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("win 11.pid"), "5000\n").unwrap();
+    std::fs::write(run.join("win_11.pid"), "5001\n").unwrap();
+    let run_text = run.to_str().unwrap().to_owned();
+    let e = env_full(
+        &[("KVMISOLATED_TEST_LIBVIRT_RUN_DIR", run_text.as_str())],
+        &[],
+        |h| {
+            libvirt_domain_as(h, 7, "win 11", 5000, ["2\n", "3\n", "0-1\n"]);
+            libvirt_domain_as(h, 8, "win_11", 5001, ["4\n", "5\n", "0-1\n"]);
+        },
+    )
+    .await;
+    let before = e.host.snapshot();
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let xa = domain_xml("win 11", &["2", "3"], "0-1", true);
+    let xb = domain_xml("win_11", &["4", "5"], "0-1", true);
+    for (name, x) in [("win 11", &xa), ("win_11", &xb)] {
+        let out = run_hook(&e, &[name, "started", "begin", "-"], x);
+        assert!(out.status.success(), "{name}: {out:?}");
+    }
+    let status = proxy.status().await.unwrap();
+    let mut held: Vec<(String, String, String)> =
+        Vec::<HashMap<String, OwnedVariant>>::try_from(status[keys::ISOLATIONS].clone())
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    text(&i[keys::I_NAME]),
+                    text(&i[keys::I_TARGET]),
+                    text(&i[keys::I_CPUS]),
+                )
+            })
+            .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            (
+                "libvirt-win_11".into(),
+                "libvirt:win_11".into(),
+                "4-5".into()
+            ),
+            (
+                "libvirt-win_11-6c1a7f5d".into(),
+                "libvirt:win 11".into(),
+                "2-3".into()
+            ),
+        ]
+    );
+    let out = run_hook(&e, &["win 11", "release", "end", "-"], &xa);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(proxy.isolated_cpus().await.unwrap(), "4-5");
+    let out = run_hook(&e, &["win_11", "release", "end", "-"], &xb);
+    assert!(out.status.success(), "{out:?}");
+    assert!(proxy.isolations().await.unwrap().is_empty());
     assert_eq!(e.host.snapshot(), before);
 }

@@ -10,11 +10,17 @@
 //! - `started`: isolates the running domain in place (`Isolate` with `libvirt-domain`);
 //! - `release`: releases it (the service also does by itself when the domain's cgroup empties).
 //!
+//! Whether a domain opts in is decided first, from the raw XML text and configuration file, so a
+//! malformed `kvmisolate.toml` or a domain XML the parser rejects never stops a domain that did
+//! not opt in (the error is logged and the domain starts). Only the leases the hook made for the
+//! domain are released ([`leases`]).
+//!
 //! [`domain`] reads the XML, [`optin`] decides whether and how the domain opts in, [`check`]
 //! is `prepare`'s pure part.
 
 pub mod check;
 pub mod domain;
+pub mod leases;
 pub mod optin;
 
 #[cfg(test)]

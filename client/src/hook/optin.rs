@@ -97,6 +97,72 @@ pub fn read_vm_sections(path: &Path) -> Result<BTreeMap<String, VmSection>, Stri
     Ok(tables.vm)
 }
 
+/// Whether a domain XML may carry the opt-in element: it names kvmisolate's namespace. A text
+/// search, so it answers for XML the parser would reject too (libvirt writes the XML itself,
+/// without character references in namespace names).
+pub fn xml_may_opt_in(xml: &str) -> bool {
+    xml.contains(kvmisolate_dbus::libvirt::METADATA_NS)
+}
+
+/// Whether the text of a configuration file that does not parse may hold a `[vm.DOMAIN]`
+/// section: a table header naming `vm` and the domain, a dotted `vm.` key naming it, or a key
+/// starting with its name inside `[vm]`. Errs on the side of "yes" (the domain then fails to
+/// start with the file's error, as it must when it did opt in).
+pub fn broken_config_may_opt_in(text: &str, domain: &str) -> bool {
+    let mut in_vm = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if t.contains("vm") && t.contains(domain) {
+                return true;
+            }
+            in_vm = t.trim_start_matches('[').trim_end_matches(']').trim() == "vm";
+            continue;
+        }
+        let key = t.trim_start_matches(['"', '\'']);
+        if (t.starts_with("vm.") && t.contains(domain)) || (in_vm && key.starts_with(domain)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// What the hook knows about a domain's opt-in before parsing anything that may fail.
+#[derive(Debug)]
+pub enum OptIn {
+    /// It does not opt in (and whatever is broken is not its business): start it, log
+    /// `broken` if something is.
+    No {
+        /// The configuration file's error, if it does not parse.
+        broken: Option<String>,
+    },
+    /// It may opt in: its `[vm.NAME]` section if the file parses (`Err`: its error).
+    Maybe(Result<Option<VmSection>, String>),
+}
+
+/// Decides whether `domain` opts in from the raw XML and the configuration file at `path`,
+/// before the XML is parsed.
+pub fn decide(xml: &str, path: &Path, domain: &str) -> OptIn {
+    match read_vm_sections(path) {
+        Ok(mut sections) => {
+            let section = sections.remove(domain);
+            if section.is_none() && !xml_may_opt_in(xml) {
+                OptIn::No { broken: None }
+            } else {
+                OptIn::Maybe(Ok(section))
+            }
+        }
+        Err(e) => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if xml_may_opt_in(xml) || broken_config_may_opt_in(&text, domain) {
+                OptIn::Maybe(Err(e))
+            } else {
+                OptIn::No { broken: Some(e) }
+            }
+        }
+    }
+}
+
 fn merge(meta: Option<String>, conf: Option<String>) -> Option<String> {
     conf.or(meta)
 }

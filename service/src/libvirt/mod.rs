@@ -12,7 +12,7 @@ pub mod scope;
 pub mod select;
 
 pub use layout::{Layout, Leaf, LeafKind};
-pub use scope::find_scope;
+pub use scope::{find_scope, find_scope_of};
 pub use select::{Selection, select};
 
 /// The longest domain name accepted (libvirt has no limit of its own; this bounds the work).

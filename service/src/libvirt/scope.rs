@@ -21,6 +21,17 @@ pub use kvmisolate_dbus::libvirt::machine::{
 /// `machine`) whose machine name is libvirt's for this domain name and the id in it.
 /// `TargetNotFound` when none is, `Failed` when several do (two names libvirt shortens alike).
 pub fn find_scope(fs: &CgroupFs, domain: &str) -> Result<CgroupPath, Error> {
+    find_scope_of(fs, domain, None)
+}
+
+/// [`find_scope`], where two names libvirt shortens alike (`win 11`, `win_11`) are told apart
+/// by `qemu`, the cgroup of the domain's own QEMU process (from libvirt's pid file): the
+/// matching scope that holds it is the domain's.
+pub fn find_scope_of(
+    fs: &CgroupFs,
+    domain: &str,
+    qemu: Option<&CgroupPath>,
+) -> Result<CgroupPath, Error> {
     let mut found = Vec::new();
     for parent in [MACHINE_SLICE, MACHINE_DIR] {
         let Ok(parent) = CgroupPath::new(parent) else {
@@ -46,6 +57,20 @@ pub fn find_scope(fs: &CgroupFs, domain: &str) -> Result<CgroupPath, Error> {
              or /{MACHINE_DIR} (virsh list shows the running domains)"
         ))),
         1 => Ok(found.swap_remove(0)),
+        _ if qemu.is_some_and(|q| {
+            found
+                .iter()
+                .filter(|s| *s == q || s.is_ancestor_of(q))
+                .count()
+                == 1
+        }) =>
+        {
+            let q = qemu.ok_or_else(|| Error::Failed("no QEMU cgroup".into()))?;
+            found
+                .into_iter()
+                .find(|s| s == q || s.is_ancestor_of(q))
+                .ok_or_else(|| Error::Failed("no scope holds the domain's QEMU".into()))
+        }
         _ => {
             let list: Vec<String> = found.iter().map(ToString::to_string).collect();
             Err(Error::Failed(format!(

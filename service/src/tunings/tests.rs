@@ -461,6 +461,38 @@ fn more_hugepages_than_memory_is_refused_before_touching_the_pool() {
 }
 
 #[test]
+fn a_pool_grows_by_at_most_mem_available_minus_the_margin() {
+    let f = Fake::new(8);
+    // 2 GiB in all, 1 GiB available: 768 MiB may be taken (256 MiB margin).
+    f.put(
+        "proc/meminfo",
+        "MemTotal:        2097152 kB\nMemFree:  1000 kB\nMemAvailable:    1048576 kB\n",
+    );
+    let before = f.snapshot();
+    let e = f.plain();
+    let mut a = holder("a", "2-3", Profile::None);
+    a.hugepages = Some("800M".parse().unwrap());
+    let text = e
+        .reconcile(std::slice::from_ref(&a))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("would take 800 MiB more from the host, but only 768 MiB can be taken now: MemAvailable 1024 MiB minus a margin of 256 MiB"),
+        "{text}"
+    );
+    assert_eq!(f.snapshot(), before);
+    // Within the cap it is applied; the pages already in the pool do not count again when
+    // another isolation comes (the pool grows only by the newcomer's pages).
+    a.hugepages = Some("512M".parse().unwrap());
+    e.reconcile(std::slice::from_ref(&a)).unwrap();
+    let mut b = holder("b", "4-5", Profile::None);
+    b.hugepages = Some("256M".parse().unwrap());
+    e.reconcile(&[a.clone(), b]).unwrap();
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
 fn governor_follows_the_policies_that_cover_isolated_cpus() {
     let f = Fake::new(4);
     for (p, cpus) in [(0, "0 1"), (2, "2 3")] {

@@ -600,11 +600,31 @@ fn hugepages(holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
                 )));
             }
         }
+        // Growing the pool now takes that memory from the host: never more than what it can
+        // spare (MemAvailable minus a margin), or the host itself starts to swap and kill.
+        let target = base + pages;
+        let current = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(base);
+        if let Some(mem) = crate::meminfo::MemInfo::read(&ctx.paths.proc) {
+            let grow_kib = target
+                .saturating_sub(current)
+                .saturating_mul(page_kib(&path));
+            if grow_kib > mem.cap_kib() {
+                return Err(FileError::Impossible(format!(
+                    "{pages} {label} asked for would take {} MiB more from the host, but only {}; \
+                     ask for less, or free memory first",
+                    grow_kib / 1024,
+                    mem.explain_cap()
+                )));
+            }
+        }
         wants.push(Want {
             tuning: Tuning::Hugepages,
             path,
             codec: Codec::Count,
-            value: (base + pages).to_string(),
+            value: target.to_string(),
             label,
         });
     }

@@ -86,11 +86,23 @@ impl FakeHost {
         self.dir.path().join("run")
     }
 
-    /// Makes a fake process `pid` living in cgroup `cg` (relative).
+    /// Makes a fake process `pid` of root living in cgroup `cg` (relative).
     pub fn add_process(&self, pid: u32, cg: &str) {
+        self.add_process_of(pid, cg, 0);
+    }
+
+    /// Makes a fake process `pid` of `uid` living in cgroup `cg` (relative).
+    pub fn add_process_of(&self, pid: u32, cg: &str, uid: u32) {
         let p = self.proc().join(pid.to_string());
         std::fs::create_dir_all(&p).unwrap();
         std::fs::write(p.join("cgroup"), format!("0::/{cg}\n")).unwrap();
+        std::fs::write(
+            p.join("status"),
+            format!(
+                "Name:\tfake\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t{uid}\t{uid}\t{uid}\t{uid}\n"
+            ),
+        )
+        .unwrap();
         let dir = self.cgroup().join(cg);
         std::fs::create_dir_all(&dir).unwrap();
         // Every cgroup on the way gets the core files a kernel would show.
@@ -149,8 +161,10 @@ impl FakeHost {
 /// What the mock authority answers.
 #[derive(Clone, Debug, Default)]
 pub struct PolkitPolicy {
-    /// uid → (authorized, challenge)
+    /// uid → (authorized, challenge), for every action not in `per_action`.
     pub answers: HashMap<u32, (bool, bool)>,
+    /// (uid, action) → (authorized, challenge): what a rule on one action would say.
+    pub per_action: HashMap<(u32, String), (bool, bool)>,
     /// How long each answer takes (a person typing a password).
     pub delay: Option<Duration>,
 }
@@ -162,6 +176,7 @@ pub struct PolkitCall {
     pub uid: u32,
     pub action: String,
     pub flags: u32,
+    pub details: HashMap<String, String>,
 }
 
 /// `org.freedesktop.PolicyKit1.Authority` for tests.
@@ -179,7 +194,7 @@ impl MockAuthority {
         &self,
         subject: Subject,
         action_id: String,
-        _details: HashMap<String, String>,
+        details_in: HashMap<String, String>,
         flags: u32,
         _cancellation_id: String,
     ) -> zbus::fdo::Result<(bool, bool, HashMap<String, String>)> {
@@ -199,13 +214,19 @@ impl MockAuthority {
         self.calls.lock().unwrap().push(PolkitCall {
             subject_kind: kind,
             uid,
-            action: action_id,
+            action: action_id.clone(),
             flags,
+            details: details_in,
         });
         let ((ok, challenge), delay) = {
             let policy = self.policy.lock().unwrap();
             (
-                policy.answers.get(&uid).copied().unwrap_or((false, false)),
+                policy
+                    .per_action
+                    .get(&(uid, action_id))
+                    .or_else(|| policy.answers.get(&uid))
+                    .copied()
+                    .unwrap_or((false, false)),
                 policy.delay,
             )
         };
