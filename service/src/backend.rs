@@ -345,6 +345,12 @@ impl Backend {
         (!self.config.fake_kernel).then(|| self.config.proc_root.clone())
     }
 
+    /// Where the kernel threads kvmisolated narrowed are recorded (`kthread_ledger`); `None`
+    /// in the emulated test mode.
+    pub fn kthread_ledger_path(&self) -> Option<PathBuf> {
+        (!self.config.fake_kernel).then(|| self.config.run_dir.join("kthreads-narrowed"))
+    }
+
     /// The host's online CPUs now (empty if sysfs cannot be read).
     pub fn online_cpus(&self) -> CpuSet {
         HostCpus::read(&self.config.sysfs_root)

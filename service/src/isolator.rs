@@ -264,7 +264,9 @@ impl Shared {
     /// objects. Returns the shared state and the receiver of watcher events.
     pub async fn start(conn: Connection, backend: Backend) -> anyhow::Result<Arc<Self>> {
         let (watcher, mut changes) = Watcher::start()?;
-        let kthreads = backend.kthread_proc_root().map(KthreadPinner::new);
+        let kthreads = backend
+            .kthread_proc_root()
+            .map(|p| KthreadPinner::new(p, backend.kthread_ledger_path()));
         let shared = Arc::new(Self {
             conn: conn.clone(),
             backend,
