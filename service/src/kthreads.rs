@@ -399,7 +399,15 @@ fn confine(
             Step::Restore { to } => {
                 ledger.remove(tid);
                 match set_affinity(tid, &to) {
-                    Ok(()) => Pin::Restored(to),
+                    Ok(()) => {
+                        // the kernel clamps a kthread to the top cpuset's CPUs: say if it did
+                        if let Ok(back) = get_affinity(tid)
+                            && back != to
+                        {
+                            tracing::warn!(tid, comm = %comm(proc_root, tid), %to, %back, "kernel thread restored, but the kernel allows it only on {back}");
+                        }
+                        Pin::Restored(to)
+                    }
                     Err(Errno::ESRCH) => Pin::Gone,
                     Err(e) => Pin::Failed(e),
                 }
@@ -455,7 +463,20 @@ impl KthreadPinner {
     /// `Some(cpus)`: keep unbound kernel threads within `cpus` — the existing ones now (kthreadd
     /// and its children, before this returns), new ones as they come (starting the listener
     /// if needed); `None`: no isolation is left: stop listening and restore what was narrowed.
+    /// Call it once the partitions are as they will stay: a kthread's affinity is clamped to
+    /// the top cpuset's CPUs, so a restore made while a partition still holds CPUs would not
+    /// give them back.
     pub fn set(&self, housekeeping: Option<CpuSet>) {
+        self.follow(housekeeping.clone());
+        // Every partition change may have moved kernel threads (7.x resets unbound ones to its
+        // housekeeping mask when an isolated partition comes or goes): look at all of them.
+        sweep(housekeeping.as_ref(), &self.ledger, &self.proc_root);
+    }
+
+    /// Only the listener's part of [`KthreadPinner::set`]: new kernel threads are pinned into
+    /// `housekeeping` from now on (`None`: stop listening); existing ones are not looked at.
+    /// Before a release, so kthreads made meanwhile are not narrowed to CPUs being returned.
+    pub fn follow(&self, housekeeping: Option<CpuSet>) {
         let Ok(mut running) = self.running.lock() else {
             return;
         };
@@ -480,9 +501,6 @@ impl KthreadPinner {
             }
             (None, None) => {}
         }
-        // Every partition change may have moved kernel threads (7.x resets unbound ones to its
-        // housekeeping mask when an isolated partition comes or goes): look at all of them.
-        sweep(housekeeping.as_ref(), &self.ledger, &self.proc_root);
     }
 
     fn start(&self, cpus: CpuSet) -> std::io::Result<Running> {
