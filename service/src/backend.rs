@@ -636,7 +636,10 @@ impl Backend {
                 Some(PartitionState::Valid(_)) => {}
                 Some(PartitionState::Invalid { word, reason }) => {
                     state = IsolationState::Degraded;
-                    reasons.push(format!("{cg}: {word} invalid: {reason}"));
+                    reasons.push(format!(
+                        "{cg}: {word} invalid: {}",
+                        crate::apply::explain_invalid(&reason)
+                    ));
                 }
                 Some(PartitionState::Member) => {
                     state = IsolationState::Degraded;
