@@ -90,8 +90,10 @@ lint:
 unit-test:
 	$(CARGO) test --workspace --locked
 
-# The real-kernel acceptance suite in QEMU: 6.12 with systemd, 6.12 without, 6.1; then the
-# libvirt image on 6.12 and on 6.1 (no remote partitions: the refusal users see).
+# The real-kernel acceptance suite in QEMU, on both ends of the matrix: 6.12 + Debian 13
+# (systemd 257, libvirt 11) and the newest Debian cloud kernel + Debian unstable (systemd 26x,
+# libvirt 12), each with and without systemd, and 6.1; then the libvirt image on both ends and
+# on 6.1 (no remote partitions: the refusal users see).
 test-vm:
 	tests/vm/run --all
 	tests/vm/run --libvirt --only libvirt,check-vm,plan-libvirt

@@ -969,6 +969,28 @@ fn write_error(path: &CgroupPath, file: &str, value: &str, e: &CgroupError) -> E
     Error::Failed(e.to_string())
 }
 
+/// The kernel's reason for an invalid partition with what it means and what to do, for the
+/// reasons whose words alone don't say it.
+pub fn explain_invalid(reason: &str) -> String {
+    let why = match reason {
+        // 6.15+: a local partition cannot take CPUs a remote partition below it holds
+        "Have remote partition underneath" => {
+            "a remote partition below this cgroup holds some of its CPUs (Linux 6.15+ refuses \
+             a local partition over them): release that partition first, or choose other CPUs"
+        }
+        // 6.19+: isolated partitions and nohz_full
+        "partition config conflicts with housekeeping setup" => {
+            "with nohz_full= (or isolcpus=) at boot, no CPU would be left that is neither \
+             nohz_full nor isolated: use --partition root, or isolate fewer CPUs"
+        }
+        "Cpu list in cpuset.cpus not exclusive" => {
+            "another cgroup beside it holds some of these CPUs exclusively"
+        }
+        _ => return reason.to_owned(),
+    };
+    format!("{reason}: {why}")
+}
+
 /// Compares a read-back with what was written.
 fn verify(path: &CgroupPath, file: &str, value: &str, back: &str) -> Result<(), Error> {
     let mismatch = || {
@@ -984,9 +1006,9 @@ fn verify(path: &CgroupPath, file: &str, value: &str, back: &str) -> Result<(), 
                 Err(Error::PartitionRejected(format!(
                     "the kernel made {path} an invalid {value} partition: {}",
                     if reason.is_empty() {
-                        "(this kernel gives no reason)"
+                        "(this kernel gives no reason)".to_owned()
                     } else {
-                        &reason
+                        explain_invalid(&reason)
                     }
                 )))
             }
@@ -1025,6 +1047,22 @@ mod tests {
     use crate::testutil::*;
 
     const REASON: &str = "Cpu list in cpuset.cpus not exclusive";
+
+    #[test]
+    fn explains_known_invalid_reasons() {
+        let e = explain_invalid("Have remote partition underneath");
+        assert!(
+            e.starts_with("Have remote partition underneath: a remote partition below")
+                && e.contains("release that partition"),
+            "{e}"
+        );
+        let e = explain_invalid("partition config conflicts with housekeeping setup");
+        assert!(
+            e.contains("nohz_full") && e.contains("--partition root"),
+            "{e}"
+        );
+        assert_eq!(explain_invalid("something new"), "something new");
+    }
 
     #[test]
     fn parses_partition_states() {

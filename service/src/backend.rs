@@ -181,6 +181,7 @@ fn holder_of(record: &Record) -> Holder {
         record.cpus(),
         &record.request.tunings,
     )
+    .with_isolated_partition(record.partition == PartitionType::Isolated)
 }
 
 /// What [`Backend::health`] found.
@@ -392,6 +393,12 @@ impl Backend {
     /// in the emulated test mode (whose CPUs are not the host's).
     pub fn kthread_proc_root(&self) -> Option<PathBuf> {
         (!self.config.fake_kernel).then(|| self.config.proc_root.clone())
+    }
+
+    /// Where the kernel threads kvmisolated narrowed are recorded (`kthread_ledger`); `None`
+    /// in the emulated test mode.
+    pub fn kthread_ledger_path(&self) -> Option<PathBuf> {
+        (!self.config.fake_kernel).then(|| self.config.run_dir.join("kthreads-narrowed"))
     }
 
     /// The host's online CPUs now (empty if sysfs cannot be read).
@@ -635,6 +642,18 @@ impl Backend {
                 let Some(systemd) = &self.systemd else {
                     return Err(failed("systemd is gone"));
                 };
+                // systemd 261+ writes cpuset.cpus.partition itself for a unit that sets
+                // CPUSetPartition=, at every reload and set-property: the partition would be
+                // systemd's, not ours, and a release could not restore the file.
+                if let Some(value) = systemd.unit_cpuset_partition(unit).await.map_err(failed)? {
+                    return Err(Error::PartitionRejected(format!(
+                        "unit {unit} sets CPUSetPartition={value}: systemd writes its \
+                         cpuset.cpus.partition itself (at every daemon-reload and set-property), \
+                         so kvmisolate cannot own that partition; either let systemd do it \
+                         (AllowedCPUs= with CPUSetPartition=) or unset it \
+                         (systemctl set-property {unit} CPUSetPartition=) and isolate again"
+                    )));
+                }
                 // No systemd property is set on the unit: AllowedCPUs= would make systemd write
                 // its cpuset.cpus, which the kernel then refuses to empty again while it runs.
                 // A unit that is not delegated gets a keeper slice next to it instead.
@@ -780,7 +799,10 @@ impl Backend {
                 Some(PartitionState::Valid(_)) => {}
                 Some(PartitionState::Invalid { word, reason }) => {
                     state = IsolationState::Degraded;
-                    reasons.push(format!("{cg}: {word} invalid: {reason}"));
+                    reasons.push(format!(
+                        "{cg}: {word} invalid: {}",
+                        crate::apply::explain_invalid(&reason)
+                    ));
                 }
                 Some(PartitionState::Member) => {
                     state = IsolationState::Degraded;
@@ -808,6 +830,15 @@ impl Backend {
                 }
             }
         }
+        // Someone re-pinned a partition (libvirt rewrites a leaf's cpuset.cpus on a live
+        // `virsh vcpupin`/`emulatorpin`): from 7.0 the kernel no longer refuses such a write nor
+        // always invalidates the partition, so compare what it holds with what we gave it.
+        for cg in &lease.record.partitions {
+            if let Some(r) = self.repinned(cg) {
+                state = IsolationState::Degraded;
+                reasons.push(r);
+            }
+        }
         // A partition stays valid while one of its CPUs is online: say which ones it lost.
         if let Some(effective) = self.partition_cpus(&lease.record) {
             let lost = lease.cpus.difference(&effective);
@@ -833,6 +864,28 @@ impl Backend {
 
     /// The CPUs the isolation's partitions really hold now (`cpuset.cpus.effective`), if
     /// they can be read.
+    /// Why partition `cg` no longer matches its pins, if it doesn't: its `cpuset.cpus` was
+    /// set (by us or its owner) and now differs from the `cpuset.cpus.exclusive` we gave it.
+    fn repinned(&self, cg: &CgroupPath) -> Option<String> {
+        let read = |f: &str| {
+            self.engine
+                .fs
+                .read_opt(cg, f)
+                .ok()
+                .flatten()
+                .and_then(|t| CpuSet::parse(t.trim()).ok())
+        };
+        let exclusive = read(crate::kernel::EXCLUSIVE_FILE).filter(|c| !c.is_empty())?;
+        let cpus = read("cpuset.cpus").filter(|c| !c.is_empty())?;
+        (cpus != exclusive).then(|| {
+            format!(
+                "{cg}: its cpuset.cpus was changed to {cpus} while its partition holds {exclusive} \
+                 (for a libvirt domain: a live virsh vcpupin/emulatorpin); the isolation no longer \
+                 matches the pins: pin back to {exclusive}, or release and isolate again"
+            )
+        })
+    }
+
     fn partition_cpus(&self, record: &Record) -> Option<CpuSet> {
         let mut all = CpuSet::new();
         for cg in &record.partitions {
@@ -864,6 +917,10 @@ impl Backend {
         let mut out = Vec::new();
         for cg in &lease.record.partitions {
             if let Ok(p) = self.engine.fs.file_path(cg, crate::kernel::PARTITION_FILE) {
+                out.push(p);
+            }
+            // re-pins (virsh vcpupin/emulatorpin rewrite a leaf's cpuset.cpus)
+            if let Ok(p) = self.engine.fs.file_path(cg, "cpuset.cpus") {
                 out.push(p);
             }
         }

@@ -37,6 +37,9 @@ pub struct HostCpus {
     pub online: CpuSet,
     /// CPUs the kernel could ever bring up (`possible`).
     pub possible: CpuSet,
+    /// CPUs booted `nohz_full=` (or `isolcpus=nohz`): `nohz_full`, empty when the file is
+    /// missing or says `(null)`.
+    pub nohz_full: CpuSet,
 }
 
 impl HostCpus {
@@ -47,6 +50,10 @@ impl HostCpus {
             present: read_list(&dir.join("present"))?,
             online: read_list(&dir.join("online"))?,
             possible: read_list(&dir.join("possible"))?,
+            nohz_full: std::fs::read_to_string(dir.join("nohz_full"))
+                .ok()
+                .and_then(|t| CpuSet::parse(t.trim()).ok())
+                .unwrap_or_default(),
         })
     }
 

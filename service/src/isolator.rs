@@ -312,7 +312,9 @@ impl Shared {
     /// objects. Returns the shared state and the receiver of watcher events.
     pub async fn start(conn: Connection, backend: Backend) -> anyhow::Result<Arc<Self>> {
         let (watcher, mut changes) = Watcher::start()?;
-        let kthreads = backend.kthread_proc_root().map(KthreadPinner::new);
+        let kthreads = backend
+            .kthread_proc_root()
+            .map(|p| KthreadPinner::new(p, backend.kthread_ledger_path()));
         let shared = Arc::new(Self {
             conn: conn.clone(),
             backend,
@@ -525,7 +527,10 @@ impl Shared {
         let staying = others
             .iter()
             .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus));
-        self.follow_kthreads_with(&staying);
+        // New kthreads: no longer narrowed to the CPUs being returned. Existing ones are put
+        // back after the partition is gone (manager_changed below): until then the kernel
+        // clamps a kthread's affinity to the top cpuset's CPUs.
+        self.follow_kthreads_with(&staying, false);
         let result = self.backend.release(&lease, &others).await;
         match result {
             Ok(warnings) => {
@@ -647,20 +652,28 @@ impl Shared {
         .await;
     }
 
-    /// Pins new kernel threads to the housekeeping CPUs while any isolation exists.
+    /// Keeps kernel threads on the housekeeping CPUs while any isolation exists, restores them
+    /// when none is left.
     async fn follow_kthreads(&self) {
         let isolated = self.isolated_cpus().await;
-        self.follow_kthreads_with(&isolated);
+        self.follow_kthreads_with(&isolated, true);
     }
 
-    /// `follow_kthreads` for the CPUs `isolated` (before a release: what stays isolated, so
-    /// kthreads made while it runs are not narrowed to CPUs the host is getting back).
-    fn follow_kthreads_with(&self, isolated: &CpuSet) {
+    /// `follow_kthreads` for the CPUs `isolated`; `sweep`: also bring the existing kthreads
+    /// where they belong (false before a release: only new kthreads are no longer narrowed to
+    /// the CPUs the host is getting back).
+    fn follow_kthreads_with(&self, isolated: &CpuSet, sweep: bool) {
         let Some(pinner) = &self.kthreads else {
             return;
         };
         let housekeeping = self.backend.online_cpus().difference(isolated);
-        pinner.set((!isolated.is_empty() && !housekeeping.is_empty()).then_some(housekeeping));
+        let housekeeping =
+            (!isolated.is_empty() && !housekeeping.is_empty()).then_some(housekeeping);
+        if sweep {
+            pinner.set(housekeeping);
+        } else {
+            pinner.follow(housekeeping);
+        }
     }
 
     async fn manager_changed(&self) {

@@ -193,6 +193,13 @@ pub fn kernel_release(proc_root: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// `(MAJOR, MINOR)` of a kernel release (`7.3.4+deb13-cloud-amd64` → `(7, 3)`). Only for the
+/// behaviours no file shows (a backport may make an older release do the same).
+pub fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +289,13 @@ mod tests {
         let ks = KernelSupport::detect(&CgroupFs::new(tmp.path()), "");
         assert!(!ks.partitions);
         assert!(matches!(ks.check_usable(), Err(Error::UnsupportedHost(m)) if m.contains("5.15")));
+    }
+
+    #[test]
+    fn release_versions() {
+        assert_eq!(release_version("7.3.4+deb13-cloud-amd64\n"), Some((7, 3)));
+        assert_eq!(release_version("6.1.0-50-cloud-amd64"), Some((6, 1)));
+        assert_eq!(release_version("test"), None);
     }
 
     #[test]

@@ -1,20 +1,30 @@
-//! Kernel threads created while an isolation exists, pinned to the housekeeping CPUs.
+//! Unbound kernel threads kept off the isolated CPUs while isolations exist, and put back
+//! exactly as they were when they are gone.
 //!
-//! A partition re-affines the kernel threads that exist when it forms, but Linux (up to about
-//! 6.16) resets every *new* kernel thread to the kthread housekeeping mask (all CPUs without
-//! `isolcpus=`), ignoring partitions, so a `psimon` or a worker started later may run on
-//! isolated CPUs. While at least one isolation exists a thread here listens to the proc
-//! connector (`NETLINK_CONNECTOR`, `CN_IDX_PROC`; needs `CAP_NET_ADMIN`) behind a classic BPF
-//! socket filter that lets through only fork events whose parent is `kthreadd` (tgid 2): an
-//! idle host, or one forking ordinary processes, never wakes it.
+//! What the kernel does itself depends on the version (measured in the test VM, case
+//! `kernel-duties`; docs/ARCHITECTURE.md, "Kernel duties"): up to 6.x a partition re-affines
+//! the kernel threads that exist when it forms and widens them back when it goes, but every
+//! *new* kernel thread is reset to all CPUs; from 7.0 only *isolated* partitions (the
+//! housekeeping mask, HK_TYPE_DOMAIN) move unbound kthreads, existing and new, and a `root`
+//! partition moves none, nor widens back anything. So kvmisolated, while isolations exist,
+//! looks at kthreadd and its children at each partition change (a sweep, done before the
+//! Isolate or Release returns) and at each new one: whatever is allowed outside the
+//! housekeeping CPUs is narrowed to `current ∩ housekeeping`, its original affinity recorded
+//! first in a ledger ([`crate::kthread_ledger`]); with no isolation left each is restored to
+//! that original. Where the kernel already did the job a sweep finds nothing to do (so the
+//! re-pinning stops by itself where the kernel does it, and nothing of the kernel's is
+//! overwritten); per-CPU threads (`PF_NO_SETAFFINITY`: EINVAL), threads placed only on
+//! isolated CPUs and IRQ threads (`irq/N-name`: they follow their IRQ, which the irq-affinity
+//! tuning moves through `/proc/irq`; 6.19+ makes them `PF_NO_SETAFFINITY`) are left alone.
 //!
-//! The kernel sends the fork event before the new thread has run, and the reset to all CPUs
-//! comes after it (6.4+: in `kthread()` itself; 6.1: in `__kthread_create_on_node` once the
-//! thread exists), so a pin made on the event alone can be overwritten. Each new kthread is
-//! therefore pinned on the event and checked again [`RECHECKS`] later (a timer armed only by
-//! such an event). Its affinity becomes `current ∩ housekeeping`; threads already inside the
-//! housekeeping CPUs, threads placed only on isolated CPUs, and per-CPU threads
-//! (`PF_NO_SETAFFINITY`: `sched_setaffinity` fails with EINVAL) are left alone.
+//! New kernel threads: a thread listens to the proc connector (`NETLINK_CONNECTOR`,
+//! `CN_IDX_PROC`; needs `CAP_NET_ADMIN`) behind a classic BPF socket filter that lets through
+//! only fork events whose parent is `kthreadd` (tgid 2): an idle host, or one forking ordinary
+//! processes, never wakes it. The kernel sends the fork event before the new thread has run,
+//! and the reset to all CPUs comes after it (6.4+: in `kthread()` itself; 6.1: in
+//! `__kthread_create_on_node` once the thread exists), so a pin made on the event alone can
+//! be overwritten: each new kthread is looked at on the event and [`RECHECKS`] later (a timer
+//! armed only by such an event).
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -27,6 +37,8 @@ use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, NetlinkAddr, bind, recv, sendto};
 use nix::unistd::Pid;
+
+use crate::kthread_ledger::{Ledger, Narrowed, start_time};
 
 /// When a new kernel thread is checked again after its fork event.
 pub const RECHECKS: [Duration; 3] = [
@@ -166,22 +178,28 @@ fn send_control(fd: &OwnedFd, op: u32) -> nix::Result<usize> {
     )
 }
 
-/// What one look at a kernel thread found.
+/// What one look at a kernel thread found (and did).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pin {
-    /// Its affinity was `was`; it is now `now`.
+    /// Its affinity was `was`; it is now `now` (narrowed, or widened back towards what it had).
     Pinned {
         /// The affinity found.
         was: CpuSet,
         /// The affinity set.
         now: CpuSet,
     },
+    /// Put back to what it had before kvmisolated narrowed it.
+    Restored(CpuSet),
     /// Already within the housekeeping CPUs.
     Fine,
     /// Allowed only on isolated CPUs: placed there on purpose, left alone.
     LeftAlone(CpuSet),
+    /// Narrowed by kvmisolated, then changed by someone else to something narrower: theirs now.
+    Forgotten(CpuSet),
     /// `PF_NO_SETAFFINITY` (per-CPU threads): the kernel refuses, as it should.
     Unmovable,
+    /// An IRQ thread (`irq/N-name`): it follows its IRQ, moved through `/proc/irq`.
+    IrqThread,
     /// The thread is gone.
     Gone,
     /// Another error.
@@ -198,6 +216,82 @@ pub fn pinned_affinity(current: &CpuSet, housekeeping: &CpuSet) -> Option<CpuSet
     (!target.is_empty()).then_some(target)
 }
 
+/// What to do with one kernel thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing (within housekeeping, or not ours and no isolation).
+    Nothing,
+    /// Set `to`, recording `entry` in the ledger first.
+    Narrow {
+        /// The affinity to set.
+        to: CpuSet,
+        /// The ledger entry (its `original` is what to restore later).
+        entry: Narrowed,
+    },
+    /// Put back `to` (its original) and forget it.
+    Restore {
+        /// The original affinity.
+        to: CpuSet,
+    },
+    /// Forget it without touching it (someone else narrowed it meanwhile).
+    Forget,
+}
+
+/// The step for a kernel thread allowed on `current`, started at `start`, given the
+/// housekeeping CPUs (`None`: no isolation left, restore) and its ledger entry.
+///
+/// A thread kvmisolated narrowed is always computed from its original affinity, so the same
+/// answer comes whatever the kernel did meanwhile (7.x resets unbound kthreads to its own
+/// housekeeping mask at each isolated-partition change): `original ∩ housekeeping` while
+/// isolations need it, `original` once they don't. Restoring is skipped only if someone
+/// narrowed it to something else meanwhile (not what kvmisolated set, not a widening).
+pub fn step(
+    current: &CpuSet,
+    start: u64,
+    housekeeping: Option<&CpuSet>,
+    known: Option<&Narrowed>,
+) -> Step {
+    match (known, housekeeping) {
+        (Some(e), hk) => {
+            let target = hk.map(|h| e.original.intersection(h)).unwrap_or_default();
+            if hk.is_some() && !target.is_empty() && target != e.original {
+                return if *current == target {
+                    Step::Nothing
+                } else {
+                    Step::Narrow {
+                        to: target.clone(),
+                        entry: Narrowed {
+                            set: target,
+                            ..e.clone()
+                        },
+                    }
+                };
+            }
+            if *current == e.original {
+                Step::Forget
+            } else if *current == e.set || e.original.is_subset(current) {
+                Step::Restore {
+                    to: e.original.clone(),
+                }
+            } else {
+                Step::Forget
+            }
+        }
+        (None, Some(h)) => match pinned_affinity(current, h) {
+            Some(to) => Step::Narrow {
+                to: to.clone(),
+                entry: Narrowed {
+                    start,
+                    original: current.clone(),
+                    set: to,
+                },
+            },
+            None => Step::Nothing,
+        },
+        (None, None) => Step::Nothing,
+    }
+}
+
 fn to_cpuset(set: &nix::sched::CpuSet) -> CpuSet {
     (0..nix::sched::CpuSet::count())
         .filter(|&c| set.is_set(c).unwrap_or(false))
@@ -205,39 +299,124 @@ fn to_cpuset(set: &nix::sched::CpuSet) -> CpuSet {
         .collect()
 }
 
-/// Pins thread `tid` into `housekeeping` if it is allowed elsewhere.
-pub fn pin(tid: u32, housekeeping: &CpuSet) -> Pin {
-    let Ok(raw) = i32::try_from(tid) else {
-        return Pin::Gone;
-    };
-    let pid = Pid::from_raw(raw);
-    let current = match nix::sched::sched_getaffinity(pid) {
-        Ok(set) => to_cpuset(&set),
-        Err(Errno::ESRCH) => return Pin::Gone,
-        Err(e) => return Pin::Failed(e),
-    };
-    let Some(target) = pinned_affinity(&current, housekeeping) else {
-        return if current.is_subset(housekeeping) {
-            Pin::Fine
-        } else {
-            Pin::LeftAlone(current)
-        };
-    };
+fn get_affinity(tid: u32) -> Result<CpuSet, Errno> {
+    let raw = i32::try_from(tid).map_err(|_| Errno::ESRCH)?;
+    nix::sched::sched_getaffinity(Pid::from_raw(raw)).map(|s| to_cpuset(&s))
+}
+
+fn set_affinity(tid: u32, cpus: &CpuSet) -> Result<(), Errno> {
+    let raw = i32::try_from(tid).map_err(|_| Errno::ESRCH)?;
     let mut set = nix::sched::CpuSet::new();
-    for cpu in target.iter() {
-        if set.set(cpu as usize).is_err() {
-            return Pin::Failed(Errno::EINVAL);
+    for cpu in cpus.iter() {
+        set.set(cpu as usize).map_err(|_| Errno::EINVAL)?;
+    }
+    nix::sched::sched_setaffinity(Pid::from_raw(raw), &set)
+}
+
+/// `/proc/TID/stat` of a thread: (parent pid, start time).
+fn stat_of(proc_root: &Path, tid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(proc_root.join(format!("{tid}/stat"))).ok()?;
+    Some((parent_of(&stat)?, start_time(&stat)?))
+}
+
+/// Brings each of `tids` where it belongs for `housekeeping` (see [`step`]), the ledger
+/// saved before any affinity is narrowed. Returns what was found for each.
+fn confine(
+    tids: &[u32],
+    housekeeping: Option<&CpuSet>,
+    ledger: &Mutex<Ledger>,
+    proc_root: &Path,
+) -> Vec<(u32, Pin)> {
+    let Ok(mut ledger) = ledger.lock() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut steps = Vec::new();
+    for &tid in tids {
+        // An IRQ thread follows its IRQ's affinity (and is PF_NO_SETAFFINITY on 6.19+): it is
+        // moved through /proc/irq by the irq-affinity tuning, never with sched_setaffinity.
+        if comm(proc_root, tid).starts_with("irq/") {
+            out.push((tid, Pin::IrqThread));
+            continue;
         }
+        let (start, current) = match (stat_of(proc_root, tid), get_affinity(tid)) {
+            (Some((_, start)), Ok(c)) => (start, c),
+            (_, Err(e)) if e != Errno::ESRCH => {
+                out.push((tid, Pin::Failed(e)));
+                continue;
+            }
+            _ => {
+                ledger.remove(tid);
+                out.push((tid, Pin::Gone));
+                continue;
+            }
+        };
+        let known = ledger.get(tid, start).cloned();
+        if known.is_none() {
+            // a stale entry of an earlier thread with this tid
+            ledger.remove(tid);
+        }
+        let s = step(&current, start, housekeeping, known.as_ref());
+        if let Step::Narrow { entry, .. } = &s {
+            ledger.insert(tid, entry.clone());
+        }
+        steps.push((tid, current, s));
     }
-    match nix::sched::sched_setaffinity(pid, &set) {
-        Ok(()) => Pin::Pinned {
-            was: current,
-            now: target,
-        },
-        Err(Errno::EINVAL) => Pin::Unmovable,
-        Err(Errno::ESRCH) => Pin::Gone,
-        Err(e) => Pin::Failed(e),
+    let journalled = ledger.save();
+    if let Err(e) = &journalled {
+        tracing::warn!(error = %e, "cannot save the kthread ledger: kernel threads are not narrowed (they could not be restored after a crash)");
     }
+    for (tid, current, s) in steps {
+        let pin = match s {
+            Step::Nothing if housekeeping.is_some_and(|h| !current.is_subset(h)) => {
+                Pin::LeftAlone(current)
+            }
+            Step::Nothing => Pin::Fine,
+            Step::Forget => {
+                ledger.remove(tid);
+                Pin::Forgotten(current)
+            }
+            Step::Narrow { .. } if journalled.is_err() => {
+                ledger.remove(tid);
+                Pin::Failed(Errno::EIO)
+            }
+            Step::Narrow { to, .. } => match set_affinity(tid, &to) {
+                Ok(()) => Pin::Pinned {
+                    was: current,
+                    now: to,
+                },
+                Err(e) => {
+                    ledger.remove(tid);
+                    match e {
+                        Errno::EINVAL => Pin::Unmovable,
+                        Errno::ESRCH => Pin::Gone,
+                        e => Pin::Failed(e),
+                    }
+                }
+            },
+            Step::Restore { to } => {
+                ledger.remove(tid);
+                match set_affinity(tid, &to) {
+                    Ok(()) => {
+                        // the kernel clamps a kthread to the top cpuset's CPUs: say if it did
+                        if let Ok(back) = get_affinity(tid)
+                            && back != to
+                        {
+                            tracing::warn!(tid, comm = %comm(proc_root, tid), %to, %back, "kernel thread restored, but the kernel allows it only on {back}");
+                        }
+                        Pin::Restored(to)
+                    }
+                    Err(Errno::ESRCH) => Pin::Gone,
+                    Err(e) => Pin::Failed(e),
+                }
+            }
+        };
+        out.push((tid, pin));
+    }
+    if let Err(e) = ledger.save() {
+        tracing::warn!(error = %e, "cannot save the kthread ledger");
+    }
+    out
 }
 
 /// A new kernel thread being followed: when to look at it again.
@@ -249,8 +428,7 @@ struct Followed {
     pins: Vec<(Duration, CpuSet)>,
 }
 
-/// Bytes on the control pipe: look at every kernel thread again; stop.
-const SWEEP: &[u8] = b"s";
+/// Byte on the control pipe: stop.
 const STOP: &[u8] = b"x";
 
 /// The running listener: its control pipe and the CPUs it pins to.
@@ -260,39 +438,53 @@ struct Running {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Pins new kernel threads to the housekeeping CPUs while isolations exist.
+/// Keeps unbound kernel threads off the isolated CPUs while isolations exist, and puts back
+/// exactly what it narrowed when they are gone (see the module docs and
+/// [`crate::kthread_ledger`]).
 pub struct KthreadPinner {
     proc_root: PathBuf,
+    ledger: Arc<Mutex<Ledger>>,
     running: Mutex<Option<Running>>,
 }
 
 impl KthreadPinner {
-    /// A pinner that is not running yet; `proc_root` is where `comm` names are read.
-    pub fn new(proc_root: PathBuf) -> Self {
+    /// A pinner that is not running yet; `proc_root` is where threads are read, `ledger` the
+    /// file of what it narrowed (what an earlier run left there is honoured).
+    pub fn new(proc_root: PathBuf, ledger: Option<PathBuf>) -> Self {
         Self {
             proc_root,
+            ledger: Arc::new(Mutex::new(Ledger::load(ledger))),
             running: Mutex::new(None),
         }
     }
 
-    /// `Some(cpus)`: pin new kernel threads into `cpus` (starting the listener if needed);
-    /// `None`: no isolation is left, stop listening.
+    /// `Some(cpus)`: keep unbound kernel threads within `cpus` — the existing ones now (kthreadd
+    /// and its children, before this returns), new ones as they come (starting the listener
+    /// if needed); `None`: no isolation is left: stop listening and restore what was narrowed.
+    /// Call it once the partitions are as they will stay: a kthread's affinity is clamped to
+    /// the top cpuset's CPUs, so a restore made while a partition still holds CPUs would not
+    /// give them back.
     pub fn set(&self, housekeeping: Option<CpuSet>) {
+        self.follow(housekeeping.clone());
+        // Every partition change may have moved kernel threads (7.x resets unbound ones to its
+        // housekeeping mask when an isolated partition comes or goes): look at all of them.
+        sweep(housekeeping.as_ref(), &self.ledger, &self.proc_root);
+    }
+
+    /// Only the listener's part of [`KthreadPinner::set`]: new kernel threads are pinned into
+    /// `housekeeping` from now on (`None`: stop listening); existing ones are not looked at.
+    /// Before a release, so kthreads made meanwhile are not narrowed to CPUs being returned.
+    pub fn follow(&self, housekeeping: Option<CpuSet>) {
         let Ok(mut running) = self.running.lock() else {
             return;
         };
-        match (housekeeping, running.as_ref()) {
+        match (&housekeeping, running.as_ref()) {
             (Some(cpus), Some(r)) => {
-                let changed = r.housekeeping.lock().map(|mut h| {
-                    let changed = *h != cpus;
-                    *h = cpus;
-                    changed
-                });
-                if changed.unwrap_or(false) {
-                    let _ = nix::unistd::write(&r.control, SWEEP);
+                if let Ok(mut h) = r.housekeeping.lock() {
+                    *h = cpus.clone();
                 }
             }
-            (Some(cpus), None) => match self.start(cpus) {
+            (Some(cpus), None) => match self.start(cpus.clone()) {
                 Ok(r) => *running = Some(r),
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -302,9 +494,7 @@ impl KthreadPinner {
             },
             (None, Some(_)) => {
                 if let Some(r) = running.take() {
-                    let _ = nix::unistd::write(&r.control, STOP);
-                    let _ = r.thread.join();
-                    tracing::debug!("no isolation left: stopped following new kernel threads");
+                    stop(r);
                 }
             }
             (None, None) => {}
@@ -314,15 +504,13 @@ impl KthreadPinner {
     fn start(&self, cpus: CpuSet) -> std::io::Result<Running> {
         let sock = open_connector()?;
         let (control_rx, control) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        // Kernel threads made between the partition write and now (an Isolate can make some,
-        // e.g. systemd re-creating a PSI trigger) had no listener: a sweep finds them.
-        nix::unistd::write(&control, SWEEP)?;
         let housekeeping = Arc::new(Mutex::new(cpus));
         let shared = housekeeping.clone();
+        let ledger = self.ledger.clone();
         let proc_root = self.proc_root.clone();
         let thread = std::thread::Builder::new()
             .name("kthreads".into())
-            .spawn(move || listen(&sock, &control_rx, &shared, &proc_root))?;
+            .spawn(move || listen(&sock, &control_rx, &shared, &ledger, &proc_root))?;
         tracing::debug!("following new kernel threads (proc connector)");
         Ok(Running {
             control,
@@ -332,9 +520,19 @@ impl KthreadPinner {
     }
 }
 
+fn stop(r: Running) {
+    let _ = nix::unistd::write(&r.control, STOP);
+    let _ = r.thread.join();
+    tracing::debug!("stopped following new kernel threads");
+}
+
 impl Drop for KthreadPinner {
+    /// Stops listening; restores nothing (isolations may outlive the daemon: the ledger file
+    /// tells the next start what is narrowed).
     fn drop(&mut self) {
-        self.set(None);
+        if let Some(r) = self.running.get_mut().ok().and_then(|r| r.take()) {
+            stop(r);
+        }
     }
 }
 
@@ -346,7 +544,13 @@ fn comm(proc_root: &Path, tid: u32) -> String {
 
 /// The listener thread: blocks in poll(2) on the socket and the control pipe, with a timeout
 /// only while a new kernel thread awaits a re-check.
-fn listen(sock: &OwnedFd, control: &OwnedFd, housekeeping: &Mutex<CpuSet>, proc_root: &Path) {
+fn listen(
+    sock: &OwnedFd,
+    control: &OwnedFd,
+    housekeeping: &Mutex<CpuSet>,
+    ledger: &Mutex<Ledger>,
+    proc_root: &Path,
+) {
     let mut followed: Vec<Followed> = Vec::new();
     let mut buf = vec![0u8; 4096];
     loop {
@@ -376,7 +580,6 @@ fn listen(sock: &OwnedFd, control: &OwnedFd, housekeeping: &Mutex<CpuSet>, proc_
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             let mut byte = [0u8; 1];
             match nix::unistd::read(control, &mut byte) {
-                Ok(1) if byte == SWEEP => sweep(&cpus, proc_root),
                 Err(Errno::EINTR) => {}
                 _ => {
                     let _ = send_control(sock, MCAST_IGNORE);
@@ -394,7 +597,7 @@ fn listen(sock: &OwnedFd, control: &OwnedFd, housekeeping: &Mutex<CpuSet>, proc_
                             next: 0,
                             pins: Vec::new(),
                         };
-                        look(&mut f, &cpus, proc_root, Duration::ZERO);
+                        look(&mut f, &cpus, ledger, proc_root, Duration::ZERO);
                         followed.push(f);
                     }
                 }
@@ -415,7 +618,7 @@ fn listen(sock: &OwnedFd, control: &OwnedFd, housekeeping: &Mutex<CpuSet>, proc_
                     break;
                 }
                 f.next += 1;
-                look(f, &cpus, proc_root, *d);
+                look(f, &cpus, ledger, proc_root, *d);
             }
         }
         followed.retain(|f| {
@@ -434,32 +637,61 @@ fn parent_of(stat: &str) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Pins every existing child of kthreadd that is allowed outside `cpus`.
-fn sweep(cpus: &CpuSet, proc_root: &Path) {
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
+/// Looks at every unbound kernel thread there is — kthreadd itself and its children — and at
+/// every thread in the ledger: each is narrowed to the housekeeping CPUs, widened back, or
+/// restored (see [`step`]).
+fn sweep(housekeeping: Option<&CpuSet>, ledger: &Mutex<Ledger>, proc_root: &Path) {
+    let mut tids: Vec<u32> = ledger
+        .lock()
+        .map(|l| l.entries().map(|(t, _)| t).collect())
+        .unwrap_or_default();
+    if housekeeping.is_some()
+        && let Ok(entries) = std::fs::read_dir(proc_root)
+    {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == KTHREADD || stat_of(proc_root, pid).is_some_and(|(p, _)| p == KTHREADD) {
+                tids.push(pid);
+            }
+        }
+    }
+    tids.sort_unstable();
+    tids.dedup();
+    if tids.is_empty() {
         return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if parent_of(&stat) != Some(KTHREADD) {
-            continue;
+    }
+    let (mut narrowed, mut restored) = (0, 0);
+    for (tid, pin) in confine(&tids, housekeeping, ledger, proc_root) {
+        match pin {
+            Pin::Pinned { was, now } => {
+                narrowed += 1;
+                tracing::debug!(tid, comm = %comm(proc_root, tid), %was, %now, "kernel thread kept to the housekeeping CPUs");
+            }
+            Pin::Restored(to) => {
+                restored += 1;
+                tracing::debug!(tid, comm = %comm(proc_root, tid), %to, "kernel thread restored");
+            }
+            Pin::Forgotten(now) => {
+                tracing::info!(tid, comm = %comm(proc_root, tid), %now, "kernel thread narrowed by kvmisolated was changed by someone else meanwhile; left as it is")
+            }
+            Pin::Failed(e) => {
+                tracing::warn!(tid, comm = %comm(proc_root, tid), error = %e, "cannot set a kernel thread's affinity")
+            }
+            _ => {}
         }
-        if let Pin::Pinned { was, now } = pin(pid, cpus) {
-            tracing::info!(
-                tid = pid,
-                comm = %comm(proc_root, pid),
-                "kernel thread created during an isolate pinned to the housekeeping CPUs: {was} -> {now}"
-            );
-        }
+    }
+    if narrowed + restored > 0 {
+        tracing::info!(
+            narrowed,
+            restored,
+            "unbound kernel threads: {narrowed} kept to the housekeeping CPUs, {restored} put back as they were"
+        );
     }
 }
 
@@ -471,7 +703,7 @@ fn child_of_kthreadd(proc_root: &Path, tid: u32) -> bool {
 }
 
 /// One look at a followed thread, `at` after its fork event.
-fn look(f: &mut Followed, cpus: &CpuSet, proc_root: &Path, at: Duration) {
+fn look(f: &mut Followed, cpus: &CpuSet, ledger: &Mutex<Ledger>, proc_root: &Path, at: Duration) {
     if !at.is_zero() && !child_of_kthreadd(proc_root, f.tid) {
         tracing::debug!(
             tid = f.tid,
@@ -481,13 +713,17 @@ fn look(f: &mut Followed, cpus: &CpuSet, proc_root: &Path, at: Duration) {
         f.next = RECHECKS.len();
         return;
     }
-    match pin(f.tid, cpus) {
+    let pin = confine(&[f.tid], Some(cpus), ledger, proc_root)
+        .pop()
+        .map(|(_, p)| p)
+        .unwrap_or(Pin::Gone);
+    match pin {
         Pin::Pinned { was, now } => {
             tracing::debug!(tid = f.tid, comm = %comm(proc_root, f.tid), at_ms = at.as_millis() as u64, %was, %now, "pinned a new kernel thread");
             f.pins.push((at, was));
         }
-        Pin::Gone | Pin::Unmovable => f.next = RECHECKS.len(),
-        Pin::Fine | Pin::LeftAlone(_) => {}
+        Pin::Gone | Pin::Unmovable | Pin::IrqThread => f.next = RECHECKS.len(),
+        Pin::Fine | Pin::LeftAlone(_) | Pin::Restored(_) | Pin::Forgotten(_) => {}
         Pin::Failed(e) => {
             tracing::warn!(tid = f.tid, comm = %comm(proc_root, f.tid), error = %e, "cannot pin a new kernel thread");
             f.next = RECHECKS.len();
@@ -609,6 +845,15 @@ mod tests {
         assert_eq!(parent_of("garbage"), None);
     }
 
+    fn n(original: &str, set: &str) -> Narrowed {
+        let s = |t: &str| CpuSet::parse(t).unwrap();
+        Narrowed {
+            start: 9,
+            original: s(original),
+            set: s(set),
+        }
+    }
+
     #[test]
     fn a_reused_pid_is_not_pinned_at_a_recheck() {
         // The followed "kthread" is this test process, whose stat (in a fake proc tree) says
@@ -623,13 +868,14 @@ mod tests {
         )
         .unwrap();
         let all: CpuSet = (0..nix::sched::CpuSet::count() as u32).collect();
+        let ledger = Mutex::new(Ledger::default());
         let mut f = Followed {
             tid,
             born: Instant::now(),
             next: 1,
             pins: Vec::new(),
         };
-        look(&mut f, &all, tmp.path(), RECHECKS[1]);
+        look(&mut f, &all, &ledger, tmp.path(), RECHECKS[1]);
         assert_eq!(f.next, RECHECKS.len(), "followed no longer");
         assert!(f.pins.is_empty());
         // Still kthreadd's child: looked at (and left as it is, being within `all`).
@@ -644,14 +890,80 @@ mod tests {
             next: 1,
             pins: Vec::new(),
         };
-        look(&mut f, &all, tmp.path(), RECHECKS[1]);
+        look(&mut f, &all, &ledger, tmp.path(), RECHECKS[1]);
         assert_eq!(f.next, 1);
         assert!(child_of_kthreadd(tmp.path(), tid));
         assert!(!child_of_kthreadd(tmp.path(), tid + 1));
     }
 
     #[test]
-    fn pinning_a_missing_thread_says_gone() {
-        assert_eq!(pin(u32::MAX - 1, &CpuSet::parse("0").unwrap()), Pin::Gone);
+    fn steps_narrow_new_threads_and_record_their_original() {
+        let s = |t: &str| CpuSet::parse(t).unwrap();
+        let hk = s("0-1,4-5");
+        assert_eq!(
+            step(&s("0-5"), 9, Some(&hk), None),
+            Step::Narrow {
+                to: hk.clone(),
+                entry: n("0-5", "0-1,4-5")
+            }
+        );
+        assert_eq!(step(&s("0-1"), 9, Some(&hk), None), Step::Nothing);
+        assert_eq!(step(&s("2-3"), 9, Some(&hk), None), Step::Nothing);
+        assert_eq!(step(&s("0-5"), 9, None, None), Step::Nothing);
+    }
+
+    #[test]
+    fn steps_follow_the_original_whatever_the_kernel_did_meanwhile() {
+        let s = |t: &str| CpuSet::parse(t).unwrap();
+        let e = n("0-5", "0-1,4-5");
+        // ours still in place: nothing to do
+        assert_eq!(
+            step(&s("0-1,4-5"), 9, Some(&s("0-1,4-5")), Some(&e)),
+            Step::Nothing
+        );
+        // a second isolation (4-5): original ∩ the smaller housekeeping
+        assert_eq!(
+            step(&s("0-1,4-5"), 9, Some(&s("0-1")), Some(&e)),
+            Step::Narrow {
+                to: s("0-1"),
+                entry: n("0-5", "0-1")
+            }
+        );
+        // 7.x reset it to its housekeeping mask (0-3) at an isolated partition's change
+        assert_eq!(
+            step(&s("0-3"), 9, Some(&s("0-1")), Some(&e)),
+            Step::Narrow {
+                to: s("0-1"),
+                entry: n("0-5", "0-1")
+            }
+        );
+    }
+
+    #[test]
+    fn steps_restore_exactly_unless_someone_else_narrowed_it() {
+        let s = |t: &str| CpuSet::parse(t).unwrap();
+        let e = n("0-3,5", "0-1,5");
+        let restore = Step::Restore { to: s("0-3,5") };
+        assert_eq!(step(&s("0-1,5"), 9, None, Some(&e)), restore);
+        // housekeeping grew back over the whole original: restored too
+        assert_eq!(step(&s("0-1,5"), 9, Some(&s("0-5")), Some(&e)), restore);
+        // the kernel widened it (to all CPUs): still put back to the original
+        assert_eq!(step(&s("0-5"), 9, None, Some(&e)), restore);
+        // already the original: forgotten without a write
+        assert_eq!(step(&s("0-3,5"), 9, None, Some(&e)), Step::Forget);
+        // someone pinned it elsewhere meanwhile: theirs
+        assert_eq!(step(&s("1"), 9, None, Some(&e)), Step::Forget);
+    }
+
+    #[test]
+    fn confining_a_missing_thread_says_gone() {
+        let ledger = Mutex::new(Ledger::default());
+        let got = confine(
+            &[u32::MAX - 1],
+            Some(&CpuSet::parse("0").unwrap()),
+            &ledger,
+            Path::new("/proc"),
+        );
+        assert_eq!(got, [(u32::MAX - 1, Pin::Gone)]);
     }
 }

@@ -22,7 +22,8 @@
 //! - [`keeper`]: the slice that keeps `+cpuset` on above a unit target that is not delegated;
 //! - [`watch`]: inotify on partition and `cgroup.events` files;
 //! - [`hotplug`]: CPU hotplug uevents;
-//! - [`kthreads`]: kernel threads created during an isolation, pinned to housekeeping CPUs;
+//! - [`kthreads`]: unbound kernel threads kept off isolated CPUs, restored exactly after;
+//! - [`kthread_ledger`]: what [`kthreads`] narrowed, kept in a file for the restore;
 //! - [`isolator`]: the `org.kvmisolate.Isolator1`/`Isolation1` objects.
 //!
 //! Data flow: D-Bus request → authorization → [`plan::plan`] → [`apply::apply`] → report.
@@ -38,6 +39,7 @@ pub mod isolator;
 pub mod journal;
 pub mod keeper;
 pub mod kernel;
+pub mod kthread_ledger;
 pub mod kthreads;
 pub mod libvirt;
 pub mod meminfo;

@@ -594,6 +594,25 @@ pub fn plan(
         )));
     }
 
+    if partition == PartitionType::Isolated && !host.nohz_full.is_empty() {
+        // 6.19+ refuses an isolated partition that would leave no CPU both online and neither
+        // nohz_full nor isolated ("partition config conflicts with housekeeping setup"); older
+        // kernels accept it and leave the tick housekeeping nowhere to go. Counted with every
+        // held CPU as isolated (a root partition's CPUs would do, but may be released first).
+        let left = housekeeping.difference(&host.nohz_full);
+        if left.is_empty() {
+            return Err(Error::PartitionRejected(format!(
+                "an isolated partition of {} would leave no CPU that is neither nohz_full ({}) \
+                 nor isolated (housekeeping left: {housekeeping}); the kernel refuses it \
+                 (\"partition config conflicts with housekeeping setup\", Linux 6.19+) because \
+                 the tick and timers need such a CPU; use --partition root, or isolate fewer \
+                 CPUs, or boot with a smaller nohz_full=",
+                cpus_phrase(cpus),
+                host.nohz_full
+            )));
+        }
+    }
+
     let target_cg = req.target.cgroup();
     if target_cg.is_root() {
         return Err(Error::Failed(
@@ -1164,6 +1183,30 @@ mod tests {
             plan_with(&t, &t.unit_request("vm", "1-5"), &c).is_ok(),
             "one CPU left is enough"
         );
+
+        // nohz_full=1-5: an isolated partition of 1-5 leaves CPU 0 only if it is not nohz_full
+        std::fs::write(t.sysfs.join("devices/system/cpu/nohz_full"), "1-5\n").unwrap();
+        let mut req = t.unit_request("vm", "1-5");
+        req.partition = Some(PartitionType::Isolated);
+        assert!(
+            plan_with(&t, &req, &c).is_ok(),
+            "CPU 0 is neither nohz_full nor isolated"
+        );
+        std::fs::write(t.sysfs.join("devices/system/cpu/nohz_full"), "0-5\n").unwrap();
+        let before = t.state();
+        let e = expect_err(&t, &req, &c);
+        assert!(
+            matches!(e, Error::PartitionRejected(ref m) if m.contains("partition config conflicts with housekeeping setup")
+                && m.contains("--partition root")),
+            "{e:?}"
+        );
+        assert_eq!(before, t.state(), "a refusal changes nothing");
+        req.partition = Some(PartitionType::Root);
+        assert!(
+            plan_with(&t, &req, &c).is_ok(),
+            "root partitions do not conflict"
+        );
+        std::fs::write(t.sysfs.join("devices/system/cpu/nohz_full"), "(null)\n").unwrap();
 
         let e = expect_err(
             &t,

@@ -158,6 +158,19 @@ impl Systemd {
         Ok(controllers.iter().any(|c| c == "cpuset"))
     }
 
+    /// The unit's `CPUSetPartition=` (systemd 261+): `Some(value)` when the unit sets it
+    /// (then systemd writes its `cpuset.cpus.partition` on every realize, reload and
+    /// set-property), `None` when it does not or when systemd has no such property (older
+    /// systemd never writes the file).
+    pub async fn unit_cpuset_partition(&self, unit: &str) -> Result<Option<String>, SystemdError> {
+        let value = match self.unit_property(unit, "CPUSetPartition").await {
+            Ok(v) => v,
+            Err(SystemdError::NoSuchUnit(u)) => return Err(SystemdError::NoSuchUnit(u)),
+            Err(_) => return Ok(None),
+        };
+        Ok(String::try_from(value).ok().filter(|v| !v.is_empty()))
+    }
+
     /// Starts the transient slice `unit` with `AllowedMemoryNodes=` set to the nodes in
     /// `nodes_mask` (a keeper, see [`crate::keeper`]), and waits for the job.
     pub async fn start_keeper_slice(

@@ -200,11 +200,158 @@ pub fn boot_cpus(value: &str) -> Option<CpuSet> {
     CpuSet::parse(&items.join(",")).ok()
 }
 
+/// `MAJOR.MINOR` of a kernel release string (`7.3.4+deb13-cloud-amd64` → `(7, 3)`).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Who keeps one source of interference off the isolated CPUs on a given kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duty {
+    /// What is kept off (`unbound kthreads`...).
+    pub what: &'static str,
+    /// Who does it, with `isolated` partitions.
+    pub isolated: &'static str,
+    /// Who does it, with `root` partitions.
+    pub root: &'static str,
+}
+
+/// The run-time duties on kernel `v` (measured in the test VM on 6.1, 6.12 and 7.3: case
+/// `kernel-duties`; docs/ARCHITECTURE.md "Kernel duties"). From the version, so a backport
+/// may make a kernel do more than this says, never less than kvmisolated covers.
+pub fn kernel_duties(v: (u32, u32)) -> Vec<Duty> {
+    let at_least = |m: u32, n: u32| v >= (m, n);
+    vec![
+        Duty {
+            what: "unbound kthreads",
+            isolated: if at_least(7, 0) {
+                "the kernel (existing and new ones: housekeeping follows isolated partitions)"
+            } else {
+                "the kernel moves the existing ones; kvmisolated pins new ones"
+            },
+            root: if at_least(7, 0) {
+                "kvmisolated (the kernel leaves kthreads of the top cpuset alone; restored at release)"
+            } else {
+                "the kernel moves the existing ones; kvmisolated pins new ones"
+            },
+        },
+        Duty {
+            what: "unbound workqueues",
+            isolated: if at_least(6, 8) {
+                "the kernel (workqueue cpumask)"
+            } else {
+                "kvmisolated's workqueue tuning"
+            },
+            root: "kvmisolated's workqueue tuning",
+        },
+        Duty {
+            what: "timer migration",
+            isolated: if at_least(6, 19) {
+                "the kernel (isolated CPUs are not timer-migration targets)"
+            } else {
+                "kvmisolated's timer-migration tuning"
+            },
+            root: "kvmisolated's timer-migration tuning",
+        },
+    ]
+}
+
+/// The `kernel-duties` finding: what the running kernel does itself at run time, what
+/// kvmisolated does, and what still takes boot parameters.
+pub fn duties_finding(release: &str, cmdline: &str, cpus: &CpuSet) -> Finding {
+    let Some(v) = kernel_version(release) else {
+        return Finding::new(
+            "kernel-duties",
+            Severity::Info,
+            format!("cannot tell this kernel's isolation duties (release '{release}')"),
+        );
+    };
+    let mut details: Vec<String> = kernel_duties(v)
+        .into_iter()
+        .map(|d| {
+            format!(
+                "{}: with isolated partitions {}; with root partitions {}",
+                d.what, d.isolated, d.root
+            )
+        })
+        .collect();
+    let nohz = nohz_full_value(cmdline);
+    let isolcpus = boot_param(cmdline, "isolcpus").unwrap_or("");
+    let boot_only = [
+        ("scheduler tick", "nohz_full", nohz.as_deref()),
+        (
+            "RCU callbacks",
+            "rcu_nocbs",
+            boot_param(cmdline, "rcu_nocbs"),
+        ),
+        (
+            "managed IRQs",
+            "isolcpus=managed_irq",
+            isolcpus
+                .split(',')
+                .any(|w| w == "managed_irq")
+                .then_some(isolcpus),
+        ),
+    ];
+    let mut missing = Vec::new();
+    for (what, param, value) in boot_only {
+        details.push(match value {
+            Some(v) => format!("{what}: boot-only, set ({param}: {v})"),
+            None => {
+                missing.push(param);
+                format!(
+                    "{what}: boot-only, not set (boot with {param}={})",
+                    cpus_or_list(cpus)
+                )
+            }
+        });
+    }
+    Finding::new(
+        "kernel-duties",
+        Severity::Info,
+        format!(
+            "Linux {}.{}: at run time {}; boot-only and not set: {}",
+            v.0,
+            v.1,
+            if v >= (7, 0) {
+                "the kernel itself keeps unbound kthreads, workqueues and timers off isolated partitions, kvmisolated does it for root partitions"
+            } else if v >= (6, 19) {
+                "the kernel keeps workqueues and timers off isolated partitions, kvmisolated pins new kthreads"
+            } else {
+                "kvmisolated pins new kthreads and tunes workqueues and timer migration"
+            },
+            if missing.is_empty() {
+                "none".to_owned()
+            } else {
+                missing.join(", ")
+            }
+        ),
+    )
+    .why("partitions move tasks at run time; the tick, RCU callbacks and managed IRQs can only be moved off CPUs at boot (runtime nohz_full/managed_irq through partitions is not merged as of 7.3)")
+    .details(details)
+}
+
+/// The value that means `nohz_full`: `nohz_full=` itself, or `isolcpus=` with the `nohz` flag
+/// (the same thing since 6.14).
+pub fn nohz_full_value(cmdline: &str) -> Option<String> {
+    if let Some(v) = boot_param(cmdline, "nohz_full") {
+        return Some(v.to_owned());
+    }
+    let iso = boot_param(cmdline, "isolcpus")?;
+    iso.split(',').any(|w| w == "nohz").then(|| iso.to_owned())
+}
+
 /// Host-wide findings: boot parameters, THP, the hugepage pool.
 pub fn host_findings(host: &Host, cpus: &CpuSet) -> Vec<Finding> {
     let mut out = Vec::new();
     if let Some(cmdline) = host.read(&host.proc("cmdline")) {
         out.extend(boot_findings(&cmdline, cpus));
+        if let Some(release) = host.read_trim(&host.proc("sys/kernel/osrelease")) {
+            out.push(duties_finding(&release, &cmdline, cpus));
+        }
     }
     let thp = host.sys("kernel/mm/transparent_hugepage/enabled");
     if let Some(text) = host.read_trim(&thp) {
@@ -271,7 +418,13 @@ fn boot_findings(cmdline: &str, cpus: &CpuSet) -> Vec<Finding> {
             "boot with rcu_nocbs=ISOLATED (boot-only; pairs with nohz_full)",
         ),
     ] {
-        let f = match boot_param(cmdline, name) {
+        // isolcpus=nohz,LIST means nohz_full=LIST (6.14+: both feed the same housekeeping type)
+        let value = if name == "nohz_full" {
+            nohz_full_value(cmdline)
+        } else {
+            boot_param(cmdline, name).map(str::to_owned)
+        };
+        let f = match value.as_deref() {
             None => Finding::new(
                 id,
                 Severity::Info,
@@ -503,6 +656,79 @@ mod tests {
         assert_eq!(sev(&r, "boot-nohz-full"), Severity::Info);
         // A bare rcu_nocbs (all CPUs on newer kernels): no list to compare, fine.
         assert_eq!(sev(&r, "boot-rcu-nocbs"), Severity::Ok);
+    }
+
+    #[test]
+    fn isolcpus_nohz_counts_as_nohz_full() {
+        let f = tuned();
+        f.write(
+            "proc/cmdline",
+            "isolcpus=nohz,managed_irq,2-3 rcu_nocbs=2-3\n",
+        );
+        let r = audit(f.roots(), cpus("2-3"));
+        assert_eq!(
+            sev(&r, "boot-nohz-full"),
+            Severity::Ok,
+            "{:?}",
+            find(&r, "boot-nohz-full")
+        );
+        f.write("proc/cmdline", "isolcpus=managed_irq,2-3 rcu_nocbs=2-3\n");
+        let r = audit(f.roots(), cpus("2-3"));
+        assert_eq!(sev(&r, "boot-nohz-full"), Severity::Info);
+    }
+
+    #[test]
+    fn duties_follow_the_kernel_version() {
+        let c = cpus("2-3").unwrap();
+        let f = duties_finding("7.3.4+deb13-cloud-amd64", "root=/dev/vda", &c);
+        assert_eq!(f.severity, Severity::Info);
+        assert!(
+            f.found.contains("Linux 7.3")
+                && f.found.contains("kvmisolated does it for root partitions"),
+            "{}",
+            f.found
+        );
+        assert!(
+            f.found
+                .contains("nohz_full, rcu_nocbs, isolcpus=managed_irq"),
+            "{}",
+            f.found
+        );
+        assert!(
+            f.details
+                .iter()
+                .any(|d| d.starts_with("unbound kthreads: with isolated partitions the kernel")),
+            "{:?}",
+            f.details
+        );
+        let f = duties_finding(
+            "6.12.57+deb13-cloud-amd64",
+            "isolcpus=nohz,managed_irq,2-3 rcu_nocbs=2-3",
+            &c,
+        );
+        assert!(
+            f.found.contains("Linux 6.12") && f.found.ends_with("not set: none"),
+            "{}",
+            f.found
+        );
+        assert!(
+            f.details.iter().any(|d| d.starts_with(
+                "timer migration: with isolated partitions kvmisolated's timer-migration tuning"
+            )),
+            "{:?}",
+            f.details
+        );
+        let f = duties_finding("6.19.2", "", &c);
+        assert!(
+            f.details
+                .iter()
+                .any(|d| d.starts_with("timer migration: with isolated partitions the kernel")),
+            "{:?}",
+            f.details
+        );
+        assert_eq!(kernel_version("6.1.0-50-cloud-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!(duties_finding("?", "", &c).found.contains("cannot tell"));
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub struct Holder {
     pub hugepages: Option<HugepageSpec>,
     /// Keep the isolation when fewer hugepages than asked are allocated.
     pub hugepages_best_effort: bool,
+    /// Its partition is `isolated` (the kernel may do some duties itself there).
+    #[serde(default)]
+    pub isolated_partition: bool,
 }
 
 impl Holder {
@@ -178,7 +181,14 @@ impl Holder {
             tunings: selected.tunings.clone(),
             hugepages: selected.hugepages,
             hugepages_best_effort: selected.hugepages_best_effort,
+            isolated_partition: false,
         }
+    }
+
+    /// The same holder, marked as holding an `isolated` partition (or not).
+    pub fn with_isolated_partition(mut self, isolated: bool) -> Self {
+        self.isolated_partition = isolated;
+        self
     }
 
     fn selects(&self, t: Tuning) -> bool {

@@ -160,6 +160,7 @@ fn holder(name: &str, cpus: &str, profile: Profile) -> Holder {
             .collect(),
         hugepages: None,
         hugepages_best_effort: false,
+        isolated_partition: false,
     }
 }
 
@@ -563,6 +564,48 @@ fn fair_server_needs_debugfs_and_the_6_12_files() {
     assert_eq!(f.get("proc/sys/kernel/sched_rt_runtime_us"), "-1");
     e.reconcile(&[]).unwrap();
     assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn timer_migration_left_to_kernels_that_exclude_isolated_partitions() {
+    let f = Fake::new(4);
+    let e = f.plain();
+    let iso = holder("vm", "2-3", Profile::Default).with_isolated_partition(true);
+    let root = holder("other", "1", Profile::Default);
+    let orig = f.get("proc/sys/kernel/timer_migration");
+    std::fs::write(
+        f.path("proc/sys/kernel/osrelease"),
+        "6.12.57+deb13-cloud-amd64\n",
+    )
+    .unwrap();
+    let r = e.reconcile(std::slice::from_ref(&iso)).unwrap();
+    assert_eq!(
+        report(&r, Tuning::TimerMigration).state,
+        TuningState::Applied
+    );
+    assert_eq!(f.get("proc/sys/kernel/timer_migration"), "0");
+    e.reconcile(&[]).unwrap();
+    std::fs::write(
+        f.path("proc/sys/kernel/osrelease"),
+        "7.3.4+deb13-cloud-amd64\n",
+    )
+    .unwrap();
+    let before = f.get("proc/sys/kernel/timer_migration");
+    let r = e.reconcile(std::slice::from_ref(&iso)).unwrap();
+    let rep = report(&r, Tuning::TimerMigration);
+    assert_eq!(rep.state, TuningState::Skipped);
+    assert!(rep.reason.contains("6.19+"), "{}", rep.reason);
+    assert_eq!(f.get("proc/sys/kernel/timer_migration"), before);
+    // a root partition among the holders: the sysctl is still needed
+    let r = e.reconcile(&[iso, root]).unwrap();
+    assert_eq!(
+        report(&r, Tuning::TimerMigration).state,
+        TuningState::Applied
+    );
+    assert_eq!(f.get("proc/sys/kernel/timer_migration"), "0");
+    e.reconcile(&[]).unwrap();
+    // procfs always reads back with a newline; the fake file keeps what was written
+    assert_eq!(f.get("proc/sys/kernel/timer_migration").trim(), orig.trim());
 }
 
 #[test]

@@ -138,6 +138,16 @@ pub fn wants(tuning: Tuning, holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outco
             "vm/stat_interval",
             ctx.settings.vmstat_interval.to_string(),
         ),
+        Tuning::TimerMigration
+            if holders.iter().all(|h| h.isolated_partition)
+                && kernel_excludes_isolated_from_timer_migration(ctx) =>
+        {
+            Ok(Outcome::Skip(
+                "this kernel (6.19+) already keeps CPUs of isolated partitions out of timer \
+                 migration; the global kernel.timer_migration is left as it is"
+                    .into(),
+            ))
+        }
         Tuning::TimerMigration => sysctl(tuning, ctx, "kernel/timer_migration", "0".into()),
         Tuning::RtThrottling => sysctl(tuning, ctx, "kernel/sched_rt_runtime_us", "-1".into()),
         Tuning::WatchdogCpumask => {
@@ -220,6 +230,15 @@ fn mask_file(
         &orig_set,
         cpus,
     ))
+}
+
+/// Linux 6.19+ (7dec062cfcf2) never picks a CPU of an isolated partition as a timer-migration
+/// target. Known from the release only (no file shows it).
+fn kernel_excludes_isolated_from_timer_migration(ctx: &Ctx<'_>) -> bool {
+    fs::read_to_string(ctx.paths.proc.join("sys/kernel/osrelease"))
+        .ok()
+        .and_then(|r| crate::kernel::release_version(&r))
+        .is_some_and(|v| v >= (6, 19))
 }
 
 fn sysctl(tuning: Tuning, ctx: &Ctx<'_>, name: &str, value: String) -> Result<Outcome, FileError> {

@@ -18,6 +18,18 @@ run() {
     [ "$(ck_sev "$j" cpuset-controller)" = ok ] || fail "cpuset-controller is $(ck_sev "$j" cpuset-controller)"
     want=ok; kernel_at_least 6 8 || want=info
     [ "$(ck_sev "$j" kernel-features)" = "$want" ] || fail "kernel-features is $(ck_sev "$j" kernel-features) on $(uname -r), want $want"
+    # which isolation duties this kernel does itself, and what still takes boot parameters
+    [ "$(ck_sev "$j" kernel-duties)" = info ] || fail "kernel-duties is '$(ck_sev "$j" kernel-duties)', want info"
+    local duties r
+    duties=$(jq -r '[.findings[] | select(.id == "kernel-duties")][0] | .found + " | " + (.details | join(" | "))' <<<"$j")
+    r=$(uname -r); grep -q "Linux ${r%%.*}\.$(cut -d. -f2 <<<"$r" | tr -dc 0-9):" <<<"$duties" || fail "kernel-duties does not name this kernel: $duties"
+    grep -q 'nohz_full, rcu_nocbs, isolcpus=managed_irq' <<<"$duties" || fail "kernel-duties does not list the boot-only parameters: $duties"
+    if kernel_at_least 7 0; then
+        grep -q 'unbound kthreads: with isolated partitions the kernel' <<<"$duties" || fail "7.x: kthreads not the kernel's with isolated partitions: $duties"
+    else
+        grep -q 'unbound kthreads: with isolated partitions the kernel moves the existing ones; kvmisolated pins new ones' <<<"$duties" || fail "$(uname -r): kthread duty wrong: $duties"
+    fi
+    note "kernel-duties: $(cut -c1-300 <<<"$duties")"
     [ -z "$(ck_sev "$j" irq-affinity)" ] || fail "CPU checks ran with nothing to audit"
     want=0; [ "$(jq -r .worst <<<"$j")" = warning ] && want=8
     [ "$rc" = "$want" ] || fail "exit $rc with worst $(jq -r .worst <<<"$j"), want $want"

@@ -111,6 +111,37 @@ hook_timing() {
     [ "$(iso_count)" = 0 ] || fail "the hook's prepare alone made an isolation"
 }
 
+# live_repin NAME: a live `virsh vcpupin NAME 0 5` (vCPU 0 from 3 to 5, a CPU outside the
+# isolation) and `virsh emulatorpin NAME 0-1`: either nothing changes (refused before the leaf is
+# written: the isolation stays `active`) or the leaf's cpuset.cpus changed — whether virsh
+# reports success or not — and the isolation turns `degraded` naming the re-pin; never an
+# `active` isolation whose partition no longer matches the pins. Pinned back afterwards.
+live_repin() {
+    local iso=libvirt-$1 what cmd back leaf out rc
+    for what in vcpu emulator; do
+        if [ $what = vcpu ]; then cmd=(vcpupin "$1" 0 5 --live); back=(vcpupin "$1" 0 3 --live); leaf=vcpu0
+        else cmd=(emulatorpin "$1" 0-1 --live); back=(emulatorpin "$1" 2 --live); leaf=emulator; fi
+        local dir before_cpus
+        dir=$(scope_of "$1")/libvirt/$leaf
+        before_cpus=$(cat "$dir/cpuset.cpus")
+        rc=0; out=$(timeout -k 5 60 $VIRSH "${cmd[@]}" 2>&1) || rc=$?
+        if [ "$rc" != 0 ] && [ "$(cat "$dir/cpuset.cpus")" = "$before_cpus" ]; then
+            note "virsh ${cmd[*]} refused (exit $rc: $(head -1 <<<"$out")); $leaf keeps $before_cpus"
+            [ "$(iso_field "$iso" state)" = active ] || fail "after a refused ${cmd[0]} that changed nothing: state $(iso_field "$iso" state) ($(iso_field "$iso" state-reason))"
+            continue
+        fi
+        # libvirt 11.3 on 6.12 writes the leaf's cpuset.cpus first and then fails to set the
+        # thread's affinity (EINVAL): the leaf is changed although virsh reports an error
+        [ "$rc" = 0 ] || note "virsh ${cmd[*]} failed (exit $rc: $(head -1 <<<"$out")) but $leaf is now on $(cat "$dir/cpuset.cpus")"
+        wait_state "$iso" degraded 15 || fail "after virsh ${cmd[*]} (leaf $leaf now on $(cat "$(scope_of "$1")/libvirt/$leaf/cpuset.cpus"), partition '$(cat "$(scope_of "$1")/libvirt/$leaf/cpuset.cpus.partition")') the isolation is $(iso_field "$iso" state), want degraded"
+        iso_field "$iso" state-reason | grep -q 'vcpupin' || fail "degraded without naming the re-pin: $(iso_field "$iso" state-reason)"
+        note "virsh ${cmd[*]}: degraded: $(iso_field "$iso" state-reason | cut -c1-200)"
+        timeout -k 5 60 $VIRSH "${back[@]}" >/dev/null 2>&1 || note "virsh ${back[*]} failed"
+        [ "$(cat "$dir/cpuset.cpus")" = "$before_cpus" ] || echo "$before_cpus" > "$dir/cpuset.cpus" || true
+        wait_state "$iso" active 15 || note "pinned back: state $(iso_field "$iso" state) ($(iso_field "$iso" state-reason | cut -c1-200))"
+    done
+}
+
 run() {
     lv_need
 
@@ -131,6 +162,7 @@ run() {
     start_ok kvmi-a
     check_domain kvmi-a 2-4 vcpu0 vcpu1 emulator
     host_threads_off 2-4 "$(qemu_pid kvmi-a)"
+    live_repin kvmi-a
     destroy kvmi-a
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after virsh destroy"
     wait_restored "$before" 20
