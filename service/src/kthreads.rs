@@ -864,7 +864,7 @@ mod tests {
         std::fs::create_dir_all(stat.parent().unwrap()).unwrap();
         std::fs::write(
             &stat,
-            format!("{tid} (kworker/u8:1) S 1 0 0 0 -1 2129984\n"),
+            format!("{tid} (kworker/u8:1) S 1 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 12345\n"),
         )
         .unwrap();
         let all: CpuSet = (0..nix::sched::CpuSet::count() as u32).collect();
@@ -881,7 +881,7 @@ mod tests {
         // Still kthreadd's child: looked at (and left as it is, being within `all`).
         std::fs::write(
             &stat,
-            format!("{tid} (kworker/u8:1) S 2 0 0 0 -1 2129984\n"),
+            format!("{tid} (kworker/u8:1) S 2 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 12345\n"),
         )
         .unwrap();
         let mut f = Followed {
