@@ -57,7 +57,14 @@ pub fn cpu_findings(ctx: &Ctx<'_>) -> Vec<Finding> {
         });
     }
     if let Some(v) = sysctl("kernel/timer_migration") {
-        out.push(if v != 0 {
+        out.push(if v != 0 && kernel_excludes_from_timer_migration(host, cpus) {
+            Finding::ok(
+                "timer-migration",
+                format!(
+                    "kernel.timer_migration is 1, and the kernel (6.19+) keeps timer migration off CPUs {cpus}: they are in isolated partitions"
+                ),
+            )
+        } else if v != 0 {
             Finding::new("timer-migration", Severity::Warning, "kernel.timer_migration is 1")
                 .why("with timer migration a busy isolated CPU can be picked to expire the timers of idle CPUs (kernels before 7.0 do not exclude isolated CPUs)")
                 .fix("sysctl kernel.timer_migration=0 while the VM runs (restore 1 afterwards)")
@@ -257,6 +264,20 @@ pub fn kernel_duties(v: (u32, u32)) -> Vec<Duty> {
             root: "kvmisolated's timer-migration tuning",
         },
     ]
+}
+
+/// Whether the running kernel itself keeps timer migration off `cpus`: 6.19+ does for the CPUs
+/// of isolated partitions (7dec062cfcf2), which the root's `cpuset.cpus.isolated` lists. The
+/// `timer-migration` tuning of kvmisolated is skipped there, so the sysctl stays 1.
+fn kernel_excludes_from_timer_migration(host: &Host, cpus: &CpuSet) -> bool {
+    let new_enough = host
+        .read_trim(&host.proc("sys/kernel/osrelease"))
+        .and_then(|r| kernel_version(&r))
+        .is_some_and(|v| v >= (6, 19));
+    new_enough
+        && host
+            .read_cpulist(&host.cgroup("cpuset.cpus.isolated"))
+            .is_some_and(|isolated| !cpus.is_empty() && cpus.is_subset(&isolated))
 }
 
 /// The `kernel-duties` finding: what the running kernel does itself at run time, what
@@ -567,6 +588,30 @@ mod tests {
                 .unwrap()
                 .found
                 .contains("2048kB: 512 page(s), 500 free")
+        );
+    }
+
+    #[test]
+    fn timer_migration_is_the_kernels_job_for_isolated_partitions_on_6_19() {
+        let f = tuned();
+        f.write("proc/sys/kernel/timer_migration", "1\n")
+            .write("cgroup/cpuset.cpus.isolated", "2-3\n")
+            .write("proc/sys/kernel/osrelease", "7.3.4+deb13-cloud-amd64\n");
+        let r = audit(f.roots(), None);
+        assert_eq!(sev(&r, "timer-migration"), Severity::Ok);
+        assert!(find(&r, "timer-migration").unwrap().found.contains("6.19+"));
+        // Before 6.19 the kernel does not: the sysctl is still a warning.
+        f.write("proc/sys/kernel/osrelease", "6.18.1\n");
+        assert_eq!(
+            sev(&audit(f.roots(), None), "timer-migration"),
+            Severity::Warning
+        );
+        // A root partition is not in cpuset.cpus.isolated: a warning on 7.3 too.
+        f.write("proc/sys/kernel/osrelease", "7.3.4\n")
+            .write("cgroup/cpuset.cpus.isolated", "\n");
+        assert_eq!(
+            sev(&audit(f.roots(), None), "timer-migration"),
+            Severity::Warning
         );
     }
 
