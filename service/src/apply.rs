@@ -19,7 +19,7 @@ use kvmisolate_dbus::options::PartitionType;
 use kvmisolate_dbus::{CpuSet, Error};
 
 use crate::cgroupfs::{CgroupError, CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
-use crate::journal::{Journal, JournalError, JournalStep, Loaded, Phase, Record};
+use crate::journal::{Journal, JournalError, JournalStep, Phase, Record};
 use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
 use crate::plan::{ExternalStep, Plan, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target};
 
@@ -280,6 +280,22 @@ impl Engine {
         Ok(snap)
     }
 
+    /// Whether `record`'s target still has processes (`cgroup.events` says `populated 1`; a
+    /// hugepage reservation has none and is always alive); `None` if that cannot be read.
+    pub fn target_alive(&self, record: &Record) -> Option<bool> {
+        if record.request.target.is_reservation() {
+            return Some(true);
+        }
+        match self
+            .fs
+            .read_opt(record.request.target.cgroup(), "cgroup.events")
+        {
+            Ok(Some(events)) => Some(events.lines().any(|l| l.trim() == "populated 1")),
+            Ok(None) => Some(false),
+            Err(_) => None,
+        }
+    }
+
     /// The state of a partition cgroup (`None` if the cgroup or file is gone).
     pub fn partition_state(&self, cgroup: &CgroupPath) -> Option<PartitionState> {
         self.fs
@@ -380,12 +396,9 @@ impl Engine {
         Ok(record)
     }
 
-    /// The other records in the journal (shared steps look at them).
+    /// The other records in the journal (shared steps look at them), from its mirror.
     fn others(&self, name: &kvmisolate_dbus::IsolationName) -> Result<Vec<Record>, Error> {
-        let Loaded { records, warnings } = self.journal.load_all().map_err(journal_failed)?;
-        for w in warnings {
-            tracing::warn!("{w}");
-        }
+        let records = self.journal.records().map_err(journal_failed)?;
         Ok(records.into_iter().filter(|r| r.name() != name).collect())
     }
 
@@ -1707,6 +1720,20 @@ mod tests {
         assert!(report.failed.is_empty(), "{:?}", report.failed);
         assert!(!t.fs().exists(&vm));
         assert_eq!(t.read("", SUBTREE_CONTROL_FILE), "memory pids\n");
+    }
+
+    #[test]
+    fn isolate_and_release_read_no_journal_file_once_loaded() {
+        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
+        let other = t.isolate(&t.pids_request("other", "4", &[101])).unwrap();
+        // As at a start: the journal is read once (the replay), then served from memory.
+        t.engine.journal.load_all().unwrap();
+        let reads = t.engine.journal.reads();
+        let rec = t.isolate(&t.pids_request("vm", "2-3", &[100])).unwrap();
+        t.engine.release(&rec).unwrap();
+        t.engine.release(&other).unwrap();
+        assert_eq!(t.engine.journal.reads(), reads);
+        assert!(t.engine.journal.load_all().unwrap().records.is_empty());
     }
 
     #[test]

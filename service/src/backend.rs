@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kvmisolate_dbus::options::{IsolationState, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::options::IsolationState;
 use kvmisolate_dbus::status as keys;
 use kvmisolate_dbus::{CpuSet, Error, IsolationName};
 use zbus::{Connection, OwnedVariant, Variant};
@@ -21,6 +21,7 @@ use crate::meminfo::MemInfo;
 use crate::ownership::{self, HeldProcess};
 use crate::plan::{self, PlanConfig, Request, Target};
 use crate::polkit::Caller;
+use crate::registry::{Lease, holder_of};
 use crate::request::{IsolateRequest, TargetRequest};
 use crate::systemd::{self, Systemd};
 use crate::systemd_effects::{SystemdEffects, SystemdServices};
@@ -53,135 +54,6 @@ pub struct Config {
     pub crash_after_tuning: Option<usize>,
     /// `/etc/kvmisolate/kvmisolate.toml`.
     pub file: crate::config::Config,
-}
-
-/// One isolation as the D-Bus layer shows it.
-#[derive(Debug, Clone)]
-pub struct Lease {
-    /// The isolation's name.
-    pub name: IsolationName,
-    /// Its CPUs.
-    pub cpus: CpuSet,
-    /// `unit:NAME` or `pids:N,...`.
-    pub target: String,
-    /// The partition type in force.
-    pub partition: PartitionType,
-    /// `active` or `degraded`.
-    pub state: IsolationState,
-    /// Why it is degraded (empty when active).
-    pub state_reason: String,
-    /// The creator's uid.
-    pub owner_uid: u32,
-    /// µs since the epoch.
-    pub created_usec: u64,
-    /// When it ends by itself.
-    pub release_when: ReleaseWhen,
-    /// The unique bus name of the creator.
-    pub caller: String,
-    /// The partitioned cgroups (relative to the cgroup root).
-    pub cgroups: Vec<String>,
-    /// The journal record (what to restore).
-    pub record: Record,
-    /// The tuning profile (`none`, `default`, `realtime`, `custom`).
-    pub profile: String,
-    /// Each selected tuning's state.
-    pub tunings: Vec<TuningReport>,
-    /// What the user should know about the target (a libvirt domain's pins).
-    pub warnings: Vec<String>,
-}
-
-/// A lease's identity: its name and creation time. An isolation made later under the same
-/// name is another lease, which a release meant for this one must never touch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseKey {
-    /// The isolation's name.
-    pub name: String,
-    /// µs since the epoch (unique per name: see [`Backend::isolate`]).
-    pub created_usec: u64,
-}
-
-impl Lease {
-    /// This lease's identity.
-    pub fn key(&self) -> LeaseKey {
-        LeaseKey {
-            name: self.name.to_string(),
-            created_usec: self.created_usec,
-        }
-    }
-
-    fn from_record(record: Record) -> Self {
-        let r = &record.request;
-        Self {
-            name: r.name.clone(),
-            cpus: r.cpus.clone(),
-            target: r.target.describe(),
-            partition: record.partition,
-            state: IsolationState::Active,
-            state_reason: String::new(),
-            owner_uid: r.owner_uid,
-            created_usec: r.created_usec,
-            release_when: r.release_when,
-            caller: r.caller.clone().unwrap_or_default(),
-            cgroups: record
-                .partitions
-                .iter()
-                .map(|c| c.as_str().to_owned())
-                .collect(),
-            profile: record.request.tunings.profile.clone(),
-            tunings: Vec::new(),
-            warnings: record.request.target.warnings().to_vec(),
-            record,
-        }
-    }
-
-    /// The partition reported on the bus (`Partition`, the `partition` key of `Status()`):
-    /// the type in force, or `none` for a hugepage reservation, which holds no partition.
-    pub fn partition_word(&self) -> &'static str {
-        if self.record.request.target.is_reservation() {
-            "none"
-        } else {
-            self.partition.as_str()
-        }
-    }
-
-    /// What the isolation holds, in one sentence (the `description` key of `Status()`).
-    pub fn description(&self) -> String {
-        match &self.record.request.target {
-            Target::Reservation { domain, .. } => {
-                let pool = self.record.request.tunings.hugepages.map_or_else(
-                    || "a hugepage pool".to_owned(),
-                    |h| format!("{} hugepages of {} ({h})", h.pages(), h.page_size.as_str()),
-                );
-                format!(
-                    "reserves {pool} for libvirt domain {domain:?} from its prepare to its release; holds no CPUs and no partition"
-                )
-            }
-            target => {
-                let n = self.cgroups.len();
-                format!(
-                    "CPUs {} in {n} {} partition{} for {}",
-                    self.cpus,
-                    self.partition,
-                    if n == 1 { "" } else { "s" },
-                    target.describe()
-                )
-            }
-        }
-    }
-
-    /// The tunings engine's view of this isolation.
-    pub fn holder(&self) -> Holder {
-        holder_of(&self.record)
-    }
-}
-
-fn holder_of(record: &Record) -> Holder {
-    Holder::new(
-        record.name().as_str(),
-        record.cpus(),
-        &record.request.tunings,
-    )
-    .with_isolated_partition(record.partition == PartitionType::Isolated)
 }
 
 /// What [`Backend::health`] found.
@@ -299,12 +171,13 @@ impl Backend {
         })
     }
 
-    /// A creation time later than every lease's held or handed out before (see [`LeaseKey`]).
-    fn next_created(&self, active: &[&Lease]) -> u64 {
+    /// A creation time later than every record's held or handed out before (see
+    /// [`crate::registry::LeaseKey`]).
+    fn next_created(&self, held: &[Record]) -> u64 {
         use std::sync::atomic::Ordering;
-        let floor = active
+        let floor = held
             .iter()
-            .map(|l| l.created_usec)
+            .map(|r| r.request.created_usec)
             .max()
             .unwrap_or(0)
             .max(self.last_created.load(Ordering::SeqCst));
@@ -354,21 +227,27 @@ impl Backend {
         Ok((cpus, selected))
     }
 
-    /// The holders of every isolation the journal or `leases` has, but `except`.
-    fn holders(&self, leases: &[&Lease], except: &IsolationName) -> Vec<Holder> {
-        let mut out: Vec<Holder> = leases
-            .iter()
-            .filter(|l| l.name != *except)
-            .map(|l| l.holder())
-            .collect();
-        if let Ok(loaded) = self.engine.journal.load_all() {
-            for r in loaded.records {
-                if r.name() != except && !out.iter().any(|h| h.name == r.name().as_str()) {
-                    out.push(holder_of(&r));
-                }
-            }
-        }
-        out
+    /// The records the journal holds: the truth about what is held (an isolation whose
+    /// release failed is still there, and its CPUs and tunings are still taken). From the
+    /// journal's mirror: no file is read.
+    fn held(&self) -> Vec<Record> {
+        self.engine.journal.records().unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            Vec::new()
+        })
+    }
+
+    /// Whether an isolation named `name` is held (a record of it is in the journal).
+    pub fn name_taken(&self, name: &IsolationName) -> bool {
+        self.engine.journal.contains(name)
+    }
+
+    /// The tunings holders of `held`, but `except`.
+    fn holders(held: &[Record], except: &IsolationName) -> Vec<Holder> {
+        held.iter()
+            .filter(|r| r.name() != except)
+            .map(holder_of)
+            .collect()
     }
 
     /// The current state of `lease`'s tunings.
@@ -529,10 +408,8 @@ impl Backend {
         &self,
         req: &IsolateRequest,
         caller: &Caller,
-        active_leases: &[&Lease],
         held: &[HeldProcess],
     ) -> Result<Lease, Error> {
-        let active = active_leases;
         let exited = || {
             held.iter().find(|p| p.exited()).map(|p| {
                 Error::TargetNotFound(format!(
@@ -544,6 +421,7 @@ impl Backend {
         if let Some(e) = exited() {
             return Err(e);
         }
+        let records = self.held();
         let (target, pre_steps) = self.resolve_target(req).await?;
         let (mut cpus, selected) = self.complete(req, &target)?;
         if let Target::Libvirt { leaves, .. } = &target {
@@ -559,20 +437,11 @@ impl Backend {
             release_when: req.release_when,
             owner_uid: caller.uid,
             caller: Some(caller.bus_name.clone()),
-            created_usec: self.next_created(active),
+            created_usec: self.next_created(&records),
             pre_steps,
             tunings: selected,
         };
-        // The journal, not the lease table, is the truth about what is held: an isolation
-        // whose release failed is still in it, and its CPUs are still taken.
-        let mut active: Vec<_> = active.iter().map(|l| l.record.to_active()).collect();
-        if let Ok(loaded) = self.engine.journal.load_all() {
-            for r in loaded.records {
-                if !active.iter().any(|a| a.name == *r.name()) {
-                    active.push(r.to_active());
-                }
-            }
-        }
+        let active: Vec<_> = records.iter().map(Record::to_active).collect();
         let engine = self.engine.clone();
         let kernel = self.kernel.clone();
         let plan_config = self.plan_config.clone();
@@ -609,8 +478,8 @@ impl Backend {
             });
         }
         // The partition stands; now the host tunings, for every isolation including this one.
-        let mut lease = Lease::from_record(record);
-        let mut holders = self.holders(active_leases, &lease.name);
+        let lease = Lease::new(record);
+        let mut holders = Self::holders(&records, lease.name());
         holders.push(lease.holder());
         if let Err(e) = self.reconcile(holders.clone()).await {
             holders.pop();
@@ -628,7 +497,6 @@ impl Backend {
             }
             return Err(e);
         }
-        lease.tunings = self.tuning_reports(&lease);
         Ok(lease)
     }
 
@@ -770,8 +638,9 @@ impl Backend {
     /// Restores everything `lease` changed: its tunings (host-wide ones now follow the other
     /// isolations), then its partition. Returns what the user should know (e.g. hugepages
     /// still in use that stay allocated as surplus).
-    pub async fn release(&self, lease: &Lease, others: &[&Lease]) -> Result<Vec<String>, Error> {
-        let (tunings, warnings) = match self.reconcile(self.holders(others, &lease.name)).await {
+    pub async fn release(&self, lease: &Lease) -> Result<Vec<String>, Error> {
+        let holders = Self::holders(&self.held(), lease.name());
+        let (tunings, warnings) = match self.reconcile(holders).await {
             Ok(r) => (None, r.warnings),
             Err(e) => (Some(e), Vec::new()),
         };
@@ -841,7 +710,7 @@ impl Backend {
         }
         // A partition stays valid while one of its CPUs is online: say which ones it lost.
         if let Some(effective) = self.partition_cpus(&lease.record) {
-            let lost = lease.cpus.difference(&effective);
+            let lost = lease.cpus().difference(&effective);
             if !lost.is_empty() && target_alive {
                 state = IsolationState::Degraded;
                 reasons.push(format!(
@@ -899,17 +768,10 @@ impl Backend {
         Some(all)
     }
 
+    /// Whether `record`'s target still has processes; unreadable is not proof of death: the
+    /// isolation is kept.
     fn target_alive(&self, record: &Record) -> bool {
-        if record.request.target.is_reservation() {
-            return true;
-        }
-        let cg = record.request.target.cgroup();
-        match self.engine.fs.read_opt(cg, "cgroup.events") {
-            Ok(Some(events)) => events.lines().any(|l| l.trim() == "populated 1"),
-            Ok(None) => false,
-            // Unreadable is not proof of death: keep the isolation.
-            Err(_) => true,
-        }
+        self.engine.target_alive(record).unwrap_or(true)
     }
 
     /// The files whose changes matter for `lease`.
@@ -937,17 +799,11 @@ impl Backend {
     /// Start-up: replays the journal. Returns the isolations to adopt and warnings.
     pub async fn recover(&self) -> (Vec<Lease>, Vec<String>) {
         let engine = self.engine.clone();
-        let this_fs_alive = {
+        let alive = {
             let engine = self.engine.clone();
-            move |r: &Record| {
-                if r.request.target.is_reservation() {
-                    return true;
-                }
-                let cg = r.request.target.cgroup();
-                matches!(engine.fs.read_opt(cg, "cgroup.events"), Ok(Some(e)) if e.lines().any(|l| l.trim() == "populated 1"))
-            }
+            move |r: &Record| engine.target_alive(r) == Some(true)
         };
-        let report = match tokio::task::spawn_blocking(move || engine.replay(this_fs_alive)).await {
+        let report = match tokio::task::spawn_blocking(move || engine.replay(alive)).await {
             Ok(r) => r,
             Err(e) => return (Vec::new(), vec![format!("journal replay failed: {e}")]),
         };
@@ -962,7 +818,7 @@ impl Backend {
             tracing::error!(error = %f, "could not restore an isolation from the journal");
             warnings.push(f.to_string());
         }
-        let mut adopted: Vec<Lease> = report.adopted.into_iter().map(Lease::from_record).collect();
+        let adopted: Vec<Lease> = report.adopted.into_iter().map(Lease::new).collect();
         // Tunings: complete those of the isolations adopted again, restore the rest.
         let holders = adopted.iter().map(Lease::holder).collect();
         match self.reconcile(holders).await {
@@ -971,9 +827,6 @@ impl Backend {
                 tracing::error!(error = %e, "could not restore or complete the host tunings from the journal");
                 warnings.push(format!("host tunings: {e}"));
             }
-        }
-        for lease in &mut adopted {
-            lease.tunings = self.tuning_reports(lease);
         }
         (adopted, warnings)
     }

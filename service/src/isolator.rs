@@ -4,10 +4,11 @@
 //!
 //! Flow of a call: parse and validate the arguments (no lock, no prompt) → find out whose
 //! target it is ([`Backend::inspect`], cheap reads) → authorize with polkit the actions that
-//! needs ([`crate::authz`]; no lock held) → take the state lock → plan and apply through the [`Backend`] →
-//! publish the object and announce the change.
+//! needs ([`crate::authz`]; no lock held) → take the registry's change lock → plan and apply
+//! through the [`Backend`] → publish the object and announce the change. Reads (`Status()`,
+//! properties) take a snapshot of the [`Registry`] and never wait for a change in flight.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -19,9 +20,10 @@ use zbus::object_server::SignalEmitter;
 use zbus::{BoxDBusError, Connection, OwnedObjectPath, OwnedVariant, Variant, fdo, interface};
 
 use crate::authz;
-use crate::backend::{Backend, Lease, LeaseKey};
+use crate::backend::Backend;
 use crate::kthreads::KthreadPinner;
 use crate::polkit;
+use crate::registry::{Change, Lease, LeaseKey, Registry};
 use crate::request;
 use crate::watch::Watcher;
 
@@ -29,7 +31,8 @@ use crate::watch::Watcher;
 pub struct Shared {
     conn: Connection,
     backend: Backend,
-    leases: tokio::sync::Mutex<BTreeMap<String, Lease>>,
+    /// The leases held (read without waiting) and the lock that orders their changes.
+    registry: Registry,
     watcher: Watcher,
     /// Pins kernel threads created while isolations exist (`None` in the emulated test mode).
     kthreads: Option<KthreadPinner>,
@@ -62,7 +65,7 @@ fn boxed<E: zbus::DBusError + Send + Sync + 'static>(e: E) -> BoxDBusError {
 
 fn path_of(lease: &Lease) -> OwnedObjectPath {
     // Names are validated, so their encoded paths always are valid object paths.
-    OwnedObjectPath::try_from(lease.name.object_path()).unwrap_or_else(|_| {
+    OwnedObjectPath::try_from(lease.name().object_path()).unwrap_or_else(|_| {
         OwnedObjectPath::try_from(names::ISOLATION_PATH_PREFIX).unwrap_or_default()
     })
 }
@@ -119,10 +122,11 @@ impl Isolator {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BoxDBusError> {
         let _call = self.shared.begin().map_err(boxed)?;
-        let held = {
-            let leases = self.shared.leases.lock().await;
-            leases.get(name).map(|l| (l.key(), l.owner_uid))
-        };
+        let held = self
+            .shared
+            .registry
+            .get(name)
+            .map(|l| (l.key(), l.owner_uid()));
         let Some((key, owner)) = held else {
             return Err(boxed(no_such(name)));
         };
@@ -137,10 +141,13 @@ impl Isolator {
             .map_err(boxed)?;
         // The leases this call is about, by identity: a lease made while polkit is asked is
         // not part of it, whoever owns it.
-        let held: Vec<(LeaseKey, u32)> = {
-            let leases = self.shared.leases.lock().await;
-            leases.values().map(|l| (l.key(), l.owner_uid)).collect()
-        };
+        let held: Vec<(LeaseKey, u32)> = self
+            .shared
+            .registry
+            .leases()
+            .iter()
+            .map(|l| (l.key(), l.owner_uid()))
+            .collect();
         if held.iter().any(|(_, owner)| *owner != caller.uid) {
             polkit::authorize(&self.shared.conn, &header, &caller, names::ACTION_RELEASE)
                 .await
@@ -181,13 +188,13 @@ impl Isolator {
     /// CPUs held by active isolations.
     #[zbus(property)]
     async fn isolated_cpus(&self) -> String {
-        self.shared.isolated_cpus().await.to_string()
+        self.shared.registry.isolated_cpus().to_string()
     }
 
     /// Online CPUs left to the host.
     #[zbus(property)]
     async fn housekeeping_cpus(&self) -> String {
-        let isolated = self.shared.isolated_cpus().await;
+        let isolated = self.shared.registry.isolated_cpus();
         self.shared
             .backend
             .online_cpus()
@@ -198,13 +205,7 @@ impl Isolator {
     /// The isolation objects.
     #[zbus(property)]
     async fn isolations(&self) -> Vec<OwnedObjectPath> {
-        self.shared
-            .leases
-            .lock()
-            .await
-            .values()
-            .map(path_of)
-            .collect()
+        self.shared.registry.leases().iter().map(path_of).collect()
     }
 
     /// What the kernel supports.
@@ -226,24 +227,24 @@ impl IsolationObject {
     async fn release(&self, #[zbus(header)] header: Header<'_>) -> Result<(), BoxDBusError> {
         let _call = self.shared.begin().map_err(boxed)?;
         self.shared
-            .release_checked(&self.lease.key(), self.lease.owner_uid, &header)
+            .release_checked(&self.lease.key(), self.lease.owner_uid(), &header)
             .await
     }
 
     /// The isolation's name.
     #[zbus(property(emits_changed_signal = "const"))]
     fn name(&self) -> String {
-        self.lease.name.to_string()
+        self.lease.name().to_string()
     }
     /// The isolated CPUs.
     #[zbus(property(emits_changed_signal = "const"))]
     fn cpus(&self) -> String {
-        self.lease.cpus.to_string()
+        self.lease.cpus().to_string()
     }
     /// What was isolated.
     #[zbus(property(emits_changed_signal = "const"))]
     fn target(&self) -> String {
-        self.lease.target.clone()
+        self.lease.target()
     }
     /// `isolated` or `root`; `none` for a hugepage reservation.
     #[zbus(property(emits_changed_signal = "const"))]
@@ -263,22 +264,22 @@ impl IsolationObject {
     /// The creator's uid.
     #[zbus(property(emits_changed_signal = "const"))]
     fn owner_uid(&self) -> u32 {
-        self.lease.owner_uid
+        self.lease.owner_uid()
     }
     /// Creation time in µs since the epoch.
     #[zbus(property(emits_changed_signal = "const"))]
     fn created(&self) -> u64 {
-        self.lease.created_usec
+        self.lease.created_usec()
     }
     /// When it ends by itself.
     #[zbus(property(emits_changed_signal = "const"))]
     fn release_when(&self) -> String {
-        self.lease.release_when.to_string()
+        self.lease.release_when().to_string()
     }
     /// The tuning profile: `none`, `default`, `realtime`, or `custom` (an explicit list).
     #[zbus(property(emits_changed_signal = "const"))]
     fn profile(&self) -> String {
-        self.lease.profile.clone()
+        self.lease.profile().to_owned()
     }
     /// Each selected host tuning: (name, state `applied`/`skipped`/`failed`, reason,
     /// original value, current value). Read live; invalidated whenever another isolation
@@ -318,7 +319,7 @@ impl Shared {
         let shared = Arc::new(Self {
             conn: conn.clone(),
             backend,
-            leases: tokio::sync::Mutex::new(BTreeMap::new()),
+            registry: Registry::new(),
             watcher,
             kthreads,
             activity: tokio::sync::Notify::new(),
@@ -346,16 +347,15 @@ impl Shared {
             w.extend(warnings);
         }
         for lease in adopted {
-            tracing::info!(name = %lease.name, cpus = %lease.cpus, "adopted isolation from the journal");
-            shared
-                .leases
-                .lock()
-                .await
-                .insert(lease.name.to_string(), lease.clone());
+            tracing::info!(name = %lease.name(), cpus = %lease.cpus(), "adopted isolation from the journal");
+            {
+                let change = shared.registry.change().await;
+                shared.registry.insert(&change, lease.clone());
+            }
             shared.publish(&lease).await;
         }
         // Re-check every adopted lease once: the world may have moved while we were down.
-        let names: Vec<String> = shared.leases.lock().await.keys().cloned().collect();
+        let names = shared.registry.names();
         for name in names {
             shared.recheck(&name).await;
         }
@@ -375,7 +375,7 @@ impl Shared {
                 let s = shared.clone();
                 tokio::spawn(async move {
                     while hotplug.recv().await.is_some() {
-                        let names: Vec<String> = s.leases.lock().await.keys().cloned().collect();
+                        let names = s.registry.names();
                         for name in names {
                             s.recheck(&name).await;
                         }
@@ -391,7 +391,7 @@ impl Shared {
 
     /// Whether no isolation is held and no call is in progress (for the idle exit).
     pub async fn is_idle(&self) -> bool {
-        self.in_flight.load(Ordering::SeqCst) == 0 && self.leases.lock().await.is_empty()
+        self.in_flight.load(Ordering::SeqCst) == 0 && self.registry.is_empty()
     }
 
     /// Marks the start of an operation (a method call, an event handler): the idle exit waits
@@ -414,7 +414,7 @@ impl Shared {
     /// SIGTERM: refuses new operations, waits for those in progress to finish (an Isolate
     /// completes or rolls back, a Release restores), then holds the lease lock so nothing
     /// starts after. Held isolations stay; the next start adopts them.
-    pub async fn stop(&self) -> tokio::sync::MutexGuard<'_, BTreeMap<String, Lease>> {
+    pub async fn stop(&self) -> Change<'_> {
         self.stopping.store(true, Ordering::SeqCst);
         loop {
             let ended = self.activity.notified();
@@ -430,15 +430,7 @@ impl Shared {
             );
             ended.await;
         }
-        self.leases.lock().await
-    }
-
-    async fn isolated_cpus(&self) -> CpuSet {
-        self.leases
-            .lock()
-            .await
-            .values()
-            .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus))
+        self.registry.change().await
     }
 
     async fn isolate(
@@ -447,24 +439,22 @@ impl Shared {
         caller: polkit::Caller,
         held: Vec<crate::ownership::HeldProcess>,
     ) -> Result<OwnedObjectPath, Error> {
-        let mut leases = self.leases.lock().await;
-        if leases.contains_key(req.name.as_str()) {
+        let change = self.registry.change().await;
+        // The one name check: the journal holds every isolation, also one whose release failed.
+        if self.backend.name_taken(&req.name) {
             return Err(Error::NameExists(format!(
                 "an isolation named {:?} exists already; release it first or pick another name",
                 req.name.as_str()
             )));
         }
-        let active: Vec<&Lease> = leases.values().collect();
-        let lease = self.backend.isolate(&req, &caller, &active, &held).await?;
+        let lease = self.backend.isolate(&req, &caller, &held).await?;
         tracing::info!(
-            name = %lease.name, cpus = %lease.cpus, target = %lease.target, partition = lease.partition_word(),
+            name = %lease.name(), cpus = %lease.cpus(), target = %lease.target(), partition = lease.partition_word(),
             uid = caller.uid, "isolated"
         );
         let path = path_of(&lease);
-        leases.insert(lease.name.to_string(), lease.clone());
-        // Never call into the object server with the lease lock held: it dispatches property
-        // reads (which take this lock) under its own lock.
-        drop(leases);
+        self.registry.insert(&change, lease.clone());
+        drop(change);
         self.publish(&lease).await;
         self.manager_changed().await;
         Ok(path)
@@ -473,8 +463,8 @@ impl Shared {
     /// Registers the object of `lease` and its watches.
     async fn publish(self: &Arc<Self>, lease: &Lease) {
         for path in self.backend.watch_paths(lease) {
-            if let Err(e) = self.watcher.watch(lease.name.as_str(), &path) {
-                tracing::warn!(name = %lease.name, path = %path.display(), error = %e, "cannot watch; changes there go unnoticed");
+            if let Err(e) = self.watcher.watch(lease.name().as_str(), &path) {
+                tracing::warn!(name = %lease.name(), path = %path.display(), error = %e, "cannot watch; changes there go unnoticed");
             }
         }
         let obj = IsolationObject {
@@ -482,7 +472,7 @@ impl Shared {
             shared: self.clone(),
         };
         if let Err(e) = self.conn.object_server().at(path_of(lease), obj).await {
-            tracing::error!(name = %lease.name, error = %e, "cannot publish the isolation object");
+            tracing::error!(name = %lease.name(), error = %e, "cannot publish the isolation object");
         }
     }
 
@@ -514,24 +504,26 @@ impl Shared {
         still: impl FnOnce(&Lease) -> bool,
     ) -> Result<(), Error> {
         let name = key.name.as_str();
-        let mut leases = self.leases.lock().await;
-        let lease = match leases.get(name) {
-            Some(l) if l.created_usec == key.created_usec => l.clone(),
-            Some(l) => return Err(replaced(key, l)),
+        let change = self.registry.change().await;
+        let lease = match self.registry.get(name) {
+            Some(l) if l.created_usec() == key.created_usec => l,
+            Some(l) => return Err(replaced(key, &l)),
             None => return Err(no_such(name)),
         };
         if !still(&lease) {
             return Ok(());
         }
-        let others: Vec<&Lease> = leases.values().filter(|l| l.name != lease.name).collect();
-        let staying = others
+        let staying = self
+            .registry
+            .leases()
             .iter()
-            .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus));
+            .filter(|l| l.name() != lease.name())
+            .fold(CpuSet::new(), |acc, l| acc.union(l.cpus()));
         // New kthreads: no longer narrowed to the CPUs being returned. Existing ones are put
         // back after the partition is gone (manager_changed below): until then the kernel
         // clamps a kthread's affinity to the top cpuset's CPUs.
         self.follow_kthreads_with(&staying, false);
-        let result = self.backend.release(&lease, &others).await;
+        let result = self.backend.release(&lease).await;
         match result {
             Ok(warnings) => {
                 if !warnings.is_empty()
@@ -543,8 +535,8 @@ impl Shared {
                             .map(|x| format!("after releasing {name}: {x}")),
                     );
                 }
-                leases.remove(name);
-                drop(leases);
+                self.registry.remove(&change, name);
+                drop(change);
                 self.watcher.unwatch(name);
                 let path = path_of(&lease);
                 let _ = self
@@ -568,11 +560,13 @@ impl Shared {
             }
             Err(e) => {
                 tracing::error!(name, error = ?e, "release incomplete; the journal keeps what is left to restore");
-                if let Some(l) = leases.get_mut(name) {
-                    l.state = IsolationState::Degraded;
-                    l.state_reason = format!("release incomplete: {e:?}");
-                    let updated = l.clone();
-                    drop(leases);
+                let updated = self.registry.set_state(
+                    key,
+                    IsolationState::Degraded,
+                    format!("release incomplete: {e:?}"),
+                );
+                drop(change);
+                if let Some(updated) = updated {
                     self.follow_kthreads().await;
                     self.update_object(&updated).await;
                 }
@@ -587,21 +581,12 @@ impl Shared {
         let Ok(_call) = self.begin() else {
             return;
         };
-        let health = {
-            let leases = self.leases.lock().await;
-            let Some(lease) = leases.get(name) else {
-                return;
-            };
-            (
-                self.backend.health(lease),
-                lease.key(),
-                lease.release_when,
-                lease.state,
-                lease.state_reason.clone(),
-            )
+        let Some(lease) = self.registry.get(name) else {
+            return;
         };
-        let (health, key, release_when, old_state, old_reason) = health;
-        if !health.target_alive && release_when != ReleaseWhen::Released {
+        let health = self.backend.health(&lease);
+        let key = lease.key();
+        if !health.target_alive && lease.release_when() != ReleaseWhen::Released {
             // Judged again under the release's lock: the target of this very lease is gone.
             let dead = |l: &Lease| !self.backend.health(l).target_alive;
             if let Err(e) = self.release(&key, "target-exited", dead).await {
@@ -609,15 +594,12 @@ impl Shared {
             }
             return;
         }
-        if health.state != old_state || health.reason != old_reason {
-            let updated = {
-                let mut leases = self.leases.lock().await;
-                let Some(lease) = leases.get_mut(name) else {
-                    return;
-                };
-                lease.state = health.state;
-                lease.state_reason = health.reason.clone();
-                lease.clone()
+        if health.state != lease.state || health.reason != lease.state_reason {
+            let Some(updated) = self
+                .registry
+                .set_state(&key, health.state, health.reason.clone())
+            else {
+                return;
             };
             tracing::warn!(name, state = %updated.state, reason = %updated.state_reason, "isolation state changed");
             self.update_object(&updated).await;
@@ -655,7 +637,7 @@ impl Shared {
     /// Keeps kernel threads on the housekeeping CPUs while any isolation exists, restores them
     /// when none is left.
     async fn follow_kthreads(&self) {
-        let isolated = self.isolated_cpus().await;
+        let isolated = self.registry.isolated_cpus();
         self.follow_kthreads_with(&isolated, true);
     }
 
@@ -693,7 +675,7 @@ impl Shared {
         let _ = obj.housekeeping_cpus_changed(emitter).await;
         drop(obj);
         // Host-wide tunings follow the union of all isolations: every Tunings may differ now.
-        let paths: Vec<OwnedObjectPath> = self.leases.lock().await.values().map(path_of).collect();
+        let paths: Vec<OwnedObjectPath> = self.registry.leases().iter().map(path_of).collect();
         for path in paths {
             if let Ok(iface) = self
                 .conn
@@ -729,11 +711,10 @@ impl Shared {
             return;
         };
         let keys: Vec<LeaseKey> = self
-            .leases
-            .lock()
-            .await
-            .values()
-            .filter(|l| l.release_when == ReleaseWhen::CallerDisconnects && l.caller == gone)
+            .registry
+            .leases()
+            .iter()
+            .filter(|l| l.release_when() == ReleaseWhen::CallerDisconnects && l.caller() == gone)
             .map(Lease::key)
             .collect();
         for key in keys {
@@ -747,12 +728,11 @@ impl Shared {
     /// while the service was down (nobody would ever end them otherwise).
     async fn release_orphans(&self, dbus: &fdo::DBusProxy<'_>) {
         let callers: std::collections::BTreeSet<String> = self
-            .leases
-            .lock()
-            .await
-            .values()
-            .filter(|l| l.release_when == ReleaseWhen::CallerDisconnects)
-            .map(|l| l.caller.clone())
+            .registry
+            .leases()
+            .iter()
+            .filter(|l| l.release_when() == ReleaseWhen::CallerDisconnects)
+            .map(|l| l.caller().to_owned())
             .collect();
         for caller in callers {
             let present = match zbus::names::BusName::try_from(caller.as_str()) {
@@ -778,10 +758,11 @@ impl Shared {
     }
 
     async fn status(&self) -> HashMap<String, OwnedVariant> {
-        let leases = self.leases.lock().await;
+        // A snapshot: never waits for an Isolate or Release in flight.
+        let leases = self.registry.leases();
         let isolated = leases
-            .values()
-            .fold(CpuSet::new(), |acc, l| acc.union(&l.cpus));
+            .iter()
+            .fold(CpuSet::new(), |acc, l| acc.union(l.cpus()));
         let online = self.backend.online_cpus();
         let mut out: HashMap<String, OwnedVariant> = HashMap::new();
         let mut put = |k: &str, v: Variant<'_>| {
@@ -797,7 +778,7 @@ impl Shared {
         );
         put(keys::ONLINE_CPUS, Variant::from(online.to_string()));
         let entries: Vec<HashMap<String, OwnedVariant>> = leases
-            .values()
+            .iter()
             .map(|l| lease_entry(l, &self.backend.tuning_reports(l)))
             .collect();
         put(keys::ISOLATIONS, Variant::from(entries));
@@ -807,12 +788,13 @@ impl Shared {
         );
         let mut warnings = self.warnings.lock().map(|w| w.clone()).unwrap_or_default();
         for l in leases
-            .values()
+            .iter()
             .filter(|l| l.state == IsolationState::Degraded)
         {
             warnings.push(format!(
                 "isolation {} is degraded: {}",
-                l.name, l.state_reason
+                l.name(),
+                l.state_reason
             ));
         }
         put(keys::WARNINGS, Variant::from(warnings));
@@ -830,21 +812,24 @@ fn lease_entry(
             m.insert(k.to_owned(), v);
         }
     };
-    put(keys::I_NAME, Variant::from(l.name.as_str()));
+    put(keys::I_NAME, Variant::from(l.name().as_str()));
     put(keys::I_OBJECT_PATH, Variant::from(path_of(l)));
-    put(keys::I_CPUS, Variant::from(l.cpus.to_string()));
-    put(keys::I_TARGET, Variant::from(l.target.as_str()));
+    put(keys::I_CPUS, Variant::from(l.cpus().to_string()));
+    put(keys::I_TARGET, Variant::from(l.target()));
     put(keys::I_PARTITION, Variant::from(l.partition_word()));
     put(keys::I_DESCRIPTION, Variant::from(l.description()));
     put(keys::I_STATE, Variant::from(l.state.as_str()));
     put(keys::I_STATE_REASON, Variant::from(l.state_reason.as_str()));
-    put(keys::I_OWNER_UID, Variant::from(l.owner_uid));
-    put(keys::I_CREATED, Variant::from(l.created_usec));
-    put(keys::I_RELEASE_WHEN, Variant::from(l.release_when.as_str()));
-    put(keys::I_CGROUPS, Variant::from(l.cgroups.clone()));
-    put(keys::I_PROFILE, Variant::from(l.profile.as_str()));
+    put(keys::I_OWNER_UID, Variant::from(l.owner_uid()));
+    put(keys::I_CREATED, Variant::from(l.created_usec()));
+    put(
+        keys::I_RELEASE_WHEN,
+        Variant::from(l.release_when().as_str()),
+    );
+    put(keys::I_CGROUPS, Variant::from(l.cgroups()));
+    put(keys::I_PROFILE, Variant::from(l.profile()));
     put(keys::I_TUNINGS, Variant::from(tuning_rows(tunings)));
-    put(keys::I_WARNINGS, Variant::from(l.warnings.clone()));
+    put(keys::I_WARNINGS, Variant::from(l.warnings().to_vec()));
     m
 }
 
@@ -854,7 +839,9 @@ fn replaced(key: &LeaseKey, now: &Lease) -> Error {
         "the isolation {:?} this call was for (created {} µs since the epoch) was released \
          meanwhile; the one of that name now (created {}) is another and was left alone; \
          call again to release it",
-        key.name, key.created_usec, now.created_usec
+        key.name,
+        key.created_usec,
+        now.created_usec()
     ))
 }
 

@@ -143,14 +143,30 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// The journal directory.
+/// The journal directory, and its records in memory.
+///
+/// The files are the crash-safe truth; the memory is their mirror. [`Journal::load_all`]
+/// reads the directory (once, at start-up: the replay), and every later [`Journal::save`],
+/// [`Journal::mark_releasing`] and [`Journal::remove`] updates the mirror once the file is
+/// written, so [`Journal::records`] and [`Journal::contains`] read no file.
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
     fsync: bool,
+    mirror: std::sync::Arc<std::sync::Mutex<Option<Mirror>>>,
+    /// Record files read so far (a figure for the benchmark and the tests).
+    reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Tests: make saves or markers fail as a full or broken file system would.
     #[cfg(test)]
     pub(crate) faults: std::sync::Arc<Faults>,
+}
+
+/// The records as the files hold them.
+#[derive(Debug, Default)]
+struct Mirror {
+    records: std::collections::BTreeMap<String, Record>,
+    /// Records left in place that this version cannot read: their names stay taken.
+    unread: std::collections::BTreeSet<String>,
 }
 
 /// Injected failures (tests).
@@ -176,6 +192,8 @@ impl Journal {
         Ok(Self {
             dir,
             fsync: true,
+            mirror: Default::default(),
+            reads: Default::default(),
             #[cfg(test)]
             faults: Default::default(),
         })
@@ -197,9 +215,43 @@ impl Journal {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// Whether a record of `name` exists.
+    /// Whether a record of `name` exists (its name is taken, also by a record this version
+    /// cannot read).
     pub fn contains(&self, name: &IsolationName) -> bool {
+        if let Some(m) = self.lock().as_ref() {
+            return m.records.contains_key(name.as_str()) || m.unread.contains(name.as_str());
+        }
         self.path_of(name).exists()
+    }
+
+    /// Every readable record, sorted by name: from memory once [`Journal::load_all`] ran
+    /// (which this calls otherwise).
+    pub fn records(&self) -> Result<Vec<Record>, JournalError> {
+        if let Some(m) = self.lock().as_ref() {
+            return Ok(m.records.values().cloned().collect());
+        }
+        let loaded = self.load_all()?;
+        for w in loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(loaded.records)
+    }
+
+    /// How many record files were read so far.
+    pub fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Mirror>> {
+        // Every update is one insert or remove: a panic elsewhere leaves it whole.
+        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` to the mirror, if loaded.
+    fn update(&self, f: impl FnOnce(&mut Mirror)) {
+        if let Some(m) = self.lock().as_mut() {
+            f(m);
+        }
     }
 
     /// The `releasing` marker of `name`.
@@ -222,7 +274,13 @@ impl Journal {
             )));
         }
         fs::File::create(&path).map_err(io_err("create", &path))?;
-        self.sync_dir()
+        self.sync_dir()?;
+        self.update(|m| {
+            if let Some(r) = m.records.get_mut(name.as_str()) {
+                r.phase = Phase::Releasing;
+            }
+        });
+        Ok(())
     }
 
     /// Writes `record` atomically: temp file, fsync, rename, fsync of the directory.
@@ -249,12 +307,18 @@ impl Journal {
             }
         }
         fs::rename(&tmp, &target).map_err(io_err("rename", &target))?;
-        self.sync_dir()
+        self.sync_dir()?;
+        self.update(|m| {
+            m.records.insert(name.to_string(), record.clone());
+        });
+        Ok(())
     }
 
     /// Reads the record of `name`, if any.
     pub fn load(&self, name: &IsolationName) -> Result<Option<Record>, JournalError> {
         let path = self.path_of(name);
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -272,6 +336,7 @@ impl Journal {
     /// `releasing` marker, or of a newer version, is returned in phase `releasing`.
     pub fn load_all(&self) -> Result<Loaded, JournalError> {
         let mut out = Loaded::default();
+        let mut unread = std::collections::BTreeSet::new();
         let entries = fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))?;
         let mut names: Vec<String> = Vec::new();
         for entry in entries {
@@ -327,12 +392,15 @@ impl Journal {
                     record.phase = Phase::Releasing;
                     out.records.push(record);
                 }
-                Err(ParseError::Newer(version, reason)) => out.warnings.push(format!(
-                    "journal: record {} was written by a newer kvmisolated (record version \
+                Err(ParseError::Newer(version, reason)) => {
+                    unread.insert(stem.to_owned());
+                    out.warnings.push(format!(
+                        "journal: record {} was written by a newer kvmisolated (record version \
                      {version}) and this one cannot read it ({reason}): left in place; start \
                      that version to restore it, or restore what it records by hand",
-                    path.display()
-                )),
+                        path.display()
+                    ))
+                }
                 Err(ParseError::Unreadable(reason)) => {
                     let aside = self.dir.join(format!("{file}.corrupt"));
                     let moved = fs::rename(&path, &aside);
@@ -344,15 +412,26 @@ impl Journal {
                             path.display(),
                             aside.display()
                         ),
-                        Err(e) => format!(
-                            "journal: record {} is unreadable ({reason}) and could not be moved \
-                             aside ({e})",
-                            path.display()
-                        ),
+                        Err(e) => {
+                            unread.insert(stem.to_owned());
+                            format!(
+                                "journal: record {} is unreadable ({reason}) and could not be \
+                                 moved aside ({e})",
+                                path.display()
+                            )
+                        }
                     });
                 }
             }
         }
+        *self.lock() = Some(Mirror {
+            records: out
+                .records
+                .iter()
+                .map(|r| (r.name().to_string(), r.clone()))
+                .collect(),
+            unread,
+        });
         Ok(out)
     }
 
@@ -362,6 +441,8 @@ impl Journal {
             version: u32,
         }
         let unreadable = |e: &dyn std::fmt::Display| ParseError::Unreadable(e.to_string());
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bytes = fs::read(path).map_err(|e| unreadable(&e))?;
         let version = serde_json::from_slice::<Version>(&bytes)
             .map_err(|e| unreadable(&e))?
@@ -403,7 +484,12 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove", &marker)(e)),
         }
-        self.sync_dir()
+        self.sync_dir()?;
+        self.update(|m| {
+            m.records.remove(name.as_str());
+            m.unread.remove(name.as_str());
+        });
+        Ok(())
     }
 
     fn sync_dir(&self) -> Result<(), JournalError> {

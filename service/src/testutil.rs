@@ -362,9 +362,8 @@ impl FakeTree {
         let active: Vec<_> = self
             .engine
             .journal
-            .load_all()
+            .records()
             .unwrap()
-            .records
             .iter()
             .map(|r| r.to_active())
             .collect();

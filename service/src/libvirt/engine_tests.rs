@@ -238,7 +238,7 @@ fn a_reservation_writes_nothing_in_cgroupfs() {
     assert_eq!(req.target.describe(), "reservation:win10");
     let rec = t.engine.apply(&req, &plan, None).unwrap();
     t.assert_state(&before, "nothing written");
-    let e = t.plan(&req).unwrap_err();
+    let e = t.engine.apply(&req, &plan, None).unwrap_err();
     assert!(matches!(e, Error::NameExists(_)), "{e:?}");
     t.engine.release(&rec).unwrap();
     assert!(!t.engine.journal.contains(rec.name()));

@@ -295,6 +295,10 @@ pub struct HostTunings {
     /// Tests: return an error where the crash would happen instead of killing the process.
     simulate_crash: bool,
     writes: std::sync::atomic::AtomicUsize,
+    /// `tunings.json` as last read or written: the file is read once, then kept current by
+    /// every save, so a report (`Status()`, `Tunings`) reads no journal and never waits for a
+    /// reconcile in flight (the lock is held only to copy or swap it).
+    mirror: std::sync::Mutex<Option<State>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -318,6 +322,7 @@ impl HostTunings {
             crash_after_write: None,
             simulate_crash: false,
             writes: std::sync::atomic::AtomicUsize::new(0),
+            mirror: std::sync::Mutex::new(None),
         }
     }
 
@@ -347,6 +352,21 @@ impl HostTunings {
     /// what matter) and saved in this version's format at the next change: never set aside.
     /// Every file it names is checked ([`Paths::may_touch`]) before anything is done with it.
     fn load(&self) -> Result<State, Error> {
+        if let Some(state) = self.mirrored().as_ref() {
+            return Ok(state.clone());
+        }
+        let state = self.read_file()?;
+        *self.mirrored() = Some(state.clone());
+        Ok(state)
+    }
+
+    fn mirrored(&self) -> std::sync::MutexGuard<'_, Option<State>> {
+        // Only ever swapped whole: a panic elsewhere cannot leave it half-written.
+        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `load` from the file.
+    fn read_file(&self) -> Result<State, Error> {
         let bytes = match fs::read(&self.state_path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -390,6 +410,12 @@ impl HostTunings {
     }
 
     fn save(&self, state: &State) -> Result<(), Error> {
+        self.write_file(state)?;
+        *self.mirrored() = Some(state.clone());
+        Ok(())
+    }
+
+    fn write_file(&self, state: &State) -> Result<(), Error> {
         if state.files.is_empty() && state.holders.is_empty() {
             return match fs::remove_file(&self.state_path) {
                 Ok(()) => Ok(()),
