@@ -123,7 +123,8 @@ async fn isolate_request(
         )
         .await?;
     // What the service chose (the partition type) and reports (the target), for the result
-    // line; the isolation exists either way, so reading them is best effort.
+    // line; the isolation exists either way, so reading them is best effort (and skipped
+    // when the line is not shown).
     let mut cpus = req.cpus.clone();
     let (mut partition, mut target) = (
         req.partition
@@ -131,6 +132,10 @@ async fn isolate_request(
             .unwrap_or_default(),
         request::target_text(&req.target),
     );
+    if ctx.quiet {
+        let line = request::result_line(&cpus, req.name.as_str(), &partition, &target);
+        return Ok((path, line));
+    }
     if let Ok(iso) = Isolation1Proxy::builder(conn)
         .path(path.clone())
         .cache_properties(CacheProperties::No)

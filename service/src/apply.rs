@@ -207,6 +207,10 @@ fn has_word(text: &str, word: &str) -> bool {
     text.split_whitespace().any(|w| w == word)
 }
 
+/// The operation names of the timing events ([`crate::timing`]).
+const OP: &str = "isolate";
+const UNDO: &str = "release";
+
 /// The partition engine: cgroupfs, `/proc`, the journal and the external effects.
 pub struct Engine {
     /// The cgroup tree.
@@ -349,12 +353,13 @@ impl Engine {
         }
         let others = self.others(name).map_err(Some)?;
         let mut record = Record::new(request, plan);
-        self.journal
-            .save(&record)
+        crate::timing::time(OP, "journal-save", || self.journal.save(&record))
             .map_err(|e| Some(journal_failed(e)))?;
         for (i, step) in plan.steps.iter().enumerate() {
             let n = i + 1;
-            let prepared = match self.prepare(step, &others) {
+            let prepared = match crate::timing::time(OP, format!("prepare-{}", step.kind()), || {
+                self.prepare(step, &others)
+            }) {
                 Ok(s) => s,
                 Err(f) => return Err(Some(self.abort(record, &others, f.error))),
             };
@@ -362,7 +367,7 @@ impl Engine {
                 step: prepared.clone(),
                 done: false,
             });
-            if let Err(e) = self.journal.save(&record) {
+            if let Err(e) = crate::timing::time(OP, "journal-save", || self.journal.save(&record)) {
                 record.steps.pop();
                 return Err(Some(self.abort(record, &others, journal_failed(e))));
             }
@@ -370,7 +375,9 @@ impl Engine {
                 return Err(None);
             }
             tracing::debug!(isolation = %name, step = n, "{}", prepared.describe());
-            if let Err(f) = self.perform(&prepared, &others) {
+            if let Err(f) = crate::timing::time(OP, format!("perform-{}", step.kind()), || {
+                self.perform(&prepared, &others)
+            }) {
                 if !f.touched {
                     record.steps.pop();
                 }
@@ -382,7 +389,7 @@ impl Engine {
             if let Some(last) = record.steps.last_mut() {
                 last.done = true;
             }
-            if let Err(e) = self.journal.save(&record) {
+            if let Err(e) = crate::timing::time(OP, "journal-save", || self.journal.save(&record)) {
                 return Err(Some(self.abort(record, &others, journal_failed(e))));
             }
             if hook(Point::AfterDone(n)) {
@@ -483,12 +490,17 @@ impl Engine {
         others: &[Record],
         failures: &mut Vec<String>,
     ) -> bool {
-        match self.undo(step, others) {
+        let undone = crate::timing::time(UNDO, format!("undo-{}", step.kind()), || {
+            self.undo(step, others)
+        });
+        match undone {
             Ok(()) => {
                 if let Some(pos) = record.steps.iter().rposition(|s| s.step == *step) {
                     record.steps.remove(pos);
                 }
-                if let Err(e) = self.journal.save(record) {
+                if let Err(e) =
+                    crate::timing::time(UNDO, "journal-save", || self.journal.save(record))
+                {
                     tracing::warn!("{e}");
                 }
                 true

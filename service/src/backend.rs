@@ -25,6 +25,7 @@ use crate::registry::{Lease, holder_of};
 use crate::request::{IsolateRequest, TargetRequest};
 use crate::systemd::{self, Systemd};
 use crate::systemd_effects::{SystemdEffects, SystemdServices};
+use crate::timing;
 use crate::tunings::{Holder, HostTunings, NoServices, Paths, Selected, TuningReport};
 
 /// The service's settings (from its command line).
@@ -421,8 +422,10 @@ impl Backend {
         if let Some(e) = exited() {
             return Err(e);
         }
+        let reads = self.engine.journal.reads();
         let records = self.held();
-        let (target, pre_steps) = self.resolve_target(req).await?;
+        let (target, pre_steps) =
+            timing::time_async("isolate", "resolve", self.resolve_target(req)).await?;
         let (mut cpus, selected) = self.complete(req, &target)?;
         if let Target::Libvirt { leaves, .. } = &target {
             cpus = leaves
@@ -449,9 +452,12 @@ impl Backend {
         let crash = self.config.crash_after_step;
         let reject = self.fake_reject.clone();
         let record = tokio::task::spawn_blocking(move || {
+            let planned = timing::phase("isolate", "plan");
             let host = HostCpus::read(&sysfs).map_err(failed)?;
             let snapshot = engine.snapshot(&request.target)?;
             let plan = plan::plan(&request, &host, &kernel, &snapshot, &plan_config, &active)?;
+            drop(planned);
+            let _applied = timing::phase("isolate", "apply");
             if let Some(reason) = &reject {
                 for p in &plan.partitions {
                     engine.fs.emulate_reject_partition(p, Some(reason));
@@ -481,7 +487,14 @@ impl Backend {
         let lease = Lease::new(record);
         let mut holders = Self::holders(&records, lease.name());
         holders.push(lease.holder());
-        if let Err(e) = self.reconcile(holders.clone()).await {
+        let reconciled =
+            timing::time_async("isolate", "tunings", self.reconcile(holders.clone())).await;
+        timing::count(
+            "isolate",
+            "journal-reads",
+            self.engine.journal.reads() - reads,
+        );
+        if let Err(e) = reconciled {
             holders.pop();
             let undo = self.reconcile(holders).await.err();
             let engine = self.engine.clone();
@@ -639,17 +652,26 @@ impl Backend {
     /// isolations), then its partition. Returns what the user should know (e.g. hugepages
     /// still in use that stay allocated as surplus).
     pub async fn release(&self, lease: &Lease) -> Result<Vec<String>, Error> {
+        let reads = self.engine.journal.reads();
         let holders = Self::holders(&self.held(), lease.name());
-        let (tunings, warnings) = match self.reconcile(holders).await {
+        let reconciled = timing::time_async("release", "tunings", self.reconcile(holders)).await;
+        let (tunings, warnings) = match reconciled {
             Ok(r) => (None, r.warnings),
             Err(e) => (Some(e), Vec::new()),
         };
         let engine = self.engine.clone();
         let record = lease.record.clone();
-        let partition = tokio::task::spawn_blocking(move || engine.release(&record))
-            .await
-            .map_err(failed)?
-            .map_err(Error::from);
+        let partition = tokio::task::spawn_blocking(move || {
+            timing::time("release", "engine", || engine.release(&record))
+        })
+        .await
+        .map_err(failed)?
+        .map_err(Error::from);
+        timing::count(
+            "release",
+            "journal-reads",
+            self.engine.journal.reads() - reads,
+        );
         match (tunings, partition) {
             (None, r) => r.map(|()| warnings),
             (Some(t), Ok(())) => Err(t),

@@ -25,6 +25,7 @@ use crate::kthreads::KthreadPinner;
 use crate::polkit;
 use crate::registry::{Change, Lease, LeaseKey, Registry};
 use crate::request;
+use crate::timing;
 use crate::watch::Watcher;
 
 /// State shared by every object and event handler.
@@ -87,17 +88,26 @@ impl Isolator {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OwnedObjectPath, BoxDBusError> {
         let _call = self.shared.begin().map_err(boxed)?;
-        let req = request::parse(name, cpus, &options).map_err(boxed)?;
-        let caller = polkit::caller(&self.shared.conn, &header)
-            .await
+        let _total = timing::phase("isolate", "total");
+        let req = timing::time("isolate", "parse", || request::parse(name, cpus, &options))
             .map_err(boxed)?;
+        let caller = {
+            let _p = timing::phase("isolate", "caller");
+            polkit::caller(&self.shared.conn, &header).await
+        }
+        .map_err(boxed)?;
         request::check_reserved_name(&req.name, caller.uid).map_err(boxed)?;
         // What the call acts on decides the actions (uid 0 needs none).
         let held = if caller.uid == 0 {
             Vec::new()
         } else {
             let backend = &self.shared.backend;
-            let (facts, held) = backend.inspect(&req, caller.uid).await.map_err(boxed)?;
+            let inspected = {
+                let _p = timing::phase("isolate", "inspect");
+                backend.inspect(&req, caller.uid).await
+            };
+            let (facts, held) = inspected.map_err(boxed)?;
+            let _p = timing::phase("isolate", "polkit");
             let mem = backend.meminfo();
             for ask in authz::asks(&req, &facts, mem.as_ref()) {
                 polkit::authorize_with(
@@ -122,6 +132,7 @@ impl Isolator {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BoxDBusError> {
         let _call = self.shared.begin().map_err(boxed)?;
+        let _total = timing::phase("release", "total");
         let held = self
             .shared
             .registry
@@ -439,7 +450,10 @@ impl Shared {
         caller: polkit::Caller,
         held: Vec<crate::ownership::HeldProcess>,
     ) -> Result<OwnedObjectPath, Error> {
-        let change = self.registry.change().await;
+        let change = {
+            let _p = timing::phase("isolate", "wait-change");
+            self.registry.change().await
+        };
         // The one name check: the journal holds every isolation, also one whose release failed.
         if self.backend.name_taken(&req.name) {
             return Err(Error::NameExists(format!(
@@ -455,8 +469,8 @@ impl Shared {
         let path = path_of(&lease);
         self.registry.insert(&change, lease.clone());
         drop(change);
-        self.publish(&lease).await;
-        self.manager_changed().await;
+        timing::time_async("isolate", "publish", self.publish(&lease)).await;
+        timing::time_async("isolate", "announce", self.manager_changed()).await;
         Ok(path)
     }
 
@@ -484,8 +498,13 @@ impl Shared {
         owner: u32,
         header: &Header<'_>,
     ) -> Result<(), BoxDBusError> {
-        let caller = polkit::caller(&self.conn, header).await.map_err(boxed)?;
+        let caller = {
+            let _p = timing::phase("release", "caller");
+            polkit::caller(&self.conn, header).await
+        }
+        .map_err(boxed)?;
         if owner != caller.uid {
+            let _p = timing::phase("release", "polkit");
             polkit::authorize(&self.conn, header, &caller, names::ACTION_RELEASE)
                 .await
                 .map_err(boxed)?;
@@ -504,7 +523,10 @@ impl Shared {
         still: impl FnOnce(&Lease) -> bool,
     ) -> Result<(), Error> {
         let name = key.name.as_str();
-        let change = self.registry.change().await;
+        let change = {
+            let _p = timing::phase("release", "wait-change");
+            self.registry.change().await
+        };
         let lease = match self.registry.get(name) {
             Some(l) if l.created_usec() == key.created_usec => l,
             Some(l) => return Err(replaced(key, &l)),
@@ -522,7 +544,9 @@ impl Shared {
         // New kthreads: no longer narrowed to the CPUs being returned. Existing ones are put
         // back after the partition is gone (manager_changed below): until then the kernel
         // clamps a kthread's affinity to the top cpuset's CPUs.
-        self.follow_kthreads_with(&staying, false);
+        timing::time("release", "kthreads-follow", || {
+            self.follow_kthreads_with(&staying, false)
+        });
         let result = self.backend.release(&lease).await;
         match result {
             Ok(warnings) => {
@@ -537,6 +561,7 @@ impl Shared {
                 }
                 self.registry.remove(&change, name);
                 drop(change);
+                let unpublish = timing::phase("release", "unpublish");
                 self.watcher.unwatch(name);
                 let path = path_of(&lease);
                 let _ = self
@@ -554,7 +579,8 @@ impl Shared {
                     let _ = Isolator::released(iface.signal_emitter(), name, path.as_ref(), reason)
                         .await;
                 }
-                self.manager_changed().await;
+                drop(unpublish);
+                timing::time_async("release", "announce", self.manager_changed()).await;
                 self.activity.notify_one();
                 Ok(())
             }
@@ -652,6 +678,7 @@ impl Shared {
         let housekeeping =
             (!isolated.is_empty() && !housekeeping.is_empty()).then_some(housekeeping);
         if sweep {
+            let _p = timing::phase("kthreads", "sweep");
             pinner.set(housekeeping);
         } else {
             pinner.follow(housekeeping);

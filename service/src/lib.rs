@@ -50,6 +50,7 @@ pub mod registry;
 pub mod request;
 pub mod systemd;
 pub mod systemd_effects;
+pub mod timing;
 pub mod tunings;
 pub mod watch;
 

@@ -274,6 +274,19 @@ mod pid_map {
 }
 
 impl Step {
+    /// The step's kind, as journalled (`mkdir`, `write`, ...; `external`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Mkdir { .. } => "mkdir",
+            Self::Write { .. } => "write",
+            Self::SharedAdd { .. } => "shared-add",
+            Self::SharedPartition { .. } => "shared-partition",
+            Self::EnableController { .. } => "enable-controller",
+            Self::MoveProcs { .. } => "move-procs",
+            Self::External(_) => "external",
+        }
+    }
+
     /// A one-line description for logs and error messages.
     pub fn describe(&self) -> String {
         match self {

@@ -501,7 +501,7 @@ impl HostTunings {
             .map_err(failed)?;
         let isolated = holders.iter().fold(CpuSet::new(), |a, h| a.union(&h.cpus));
         let irqbalance = if holders.iter().any(|h| h.selects(Tuning::Irqbalance)) {
-            self.services.irqbalance()
+            crate::timing::time("tunings", "irqbalance-probe", || self.services.irqbalance())
         } else {
             Irqbalance::NotRunning
         };
@@ -515,6 +515,7 @@ impl HostTunings {
             if hs.is_empty() {
                 continue;
             }
+            let _phase = crate::timing::phase("tunings", t.as_str());
             let outcome = {
                 let files = &state.files;
                 let original = |p: &Path, codec: Codec| match files.get(p) {
@@ -602,6 +603,7 @@ impl HostTunings {
         }
 
         // Restore what no isolation wants any more, last tuned first.
+        let _phase = crate::timing::phase("tunings", "restore");
         let stale: Vec<PathBuf> = state
             .files
             .keys()
