@@ -229,7 +229,7 @@ mod tests {
     /// contract promises, and its messages only use details the service sends.
     #[test]
     fn the_shipped_policy_matches() {
-        let text = include_str!("../../polkit/org.kvmisolate.policy");
+        let text = include_str!("../../../polkit/org.kvmisolate.policy");
         let options = roxmltree::ParsingOptions {
             allow_dtd: true,
             ..Default::default()
@@ -285,7 +285,7 @@ mod tests {
                 assert!(known.contains(&key), "{key} in {m:?}");
             }
         }
-        let rules = include_str!("../../polkit/50-kvmisolate.rules.example");
+        let rules = include_str!("../../../polkit/50-kvmisolate.rules.example");
         for action in [
             names::ACTION_ISOLATE,
             names::ACTION_ISOLATE_ANY,
