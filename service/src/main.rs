@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use kvmisolate_dbus::names;
-use kvmisolated::backend::{Backend, Config};
+use kvmisolated::daemon::orchestrator::{Config, Orchestrator};
 use kvmisolated::isolator::Shared;
 use tracing_subscriber::prelude::*;
 
@@ -142,8 +142,8 @@ async fn run(args: Args, file: kvmisolated::config::Config) -> anyhow::Result<()
         crash_after_tuning,
         file,
     };
-    let backend = Backend::new(config, conn.clone()).await?;
-    let shared = Shared::start(conn.clone(), backend).await?;
+    let orchestrator = Orchestrator::new(config, conn.clone()).await?;
+    let shared = Shared::start(conn.clone(), orchestrator).await?;
     // The name last: activation waits for it, and by now the journal has been replayed.
     conn.request_name(names::BUS_NAME).await.with_context(|| {
         format!(

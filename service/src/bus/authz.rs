@@ -44,7 +44,7 @@ pub mod detail {
     pub const HUGEPAGES: &str = "hugepages";
 }
 
-/// What was found out about a request's target (by [`crate::backend::Backend::inspect`]).
+/// What was found out about a request's target (by [`crate::daemon::orchestrator::Orchestrator::inspect`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetFacts {
     /// The uids owning its processes (`None`: a process whose uids differ).

@@ -3,9 +3,9 @@
 //! (partition changes, target exit, caller disconnect) without polling.
 //!
 //! Flow of a call: parse and validate the arguments (no lock, no prompt) → find out whose
-//! target it is ([`Backend::inspect`], cheap reads) → authorize with polkit the actions that
+//! target it is ([`Orchestrator::inspect`], cheap reads) → authorize with polkit the actions that
 //! needs ([`crate::authz`]; no lock held) → take the registry's change lock → plan and apply
-//! through the [`Backend`] → publish the object and announce the change. Reads (`Status()`,
+//! through the [`Orchestrator`] → publish the object and announce the change. Reads (`Status()`,
 //! properties) take a snapshot of the [`Registry`] and never wait for a change in flight.
 
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{BoxDBusError, Connection, OwnedObjectPath, OwnedVariant, Variant, fdo, interface};
 
 use crate::authz;
-use crate::backend::Backend;
+use crate::daemon::orchestrator::Orchestrator;
 use crate::kthreads::KthreadPinner;
 use crate::polkit;
 use crate::registry::{Change, Lease, LeaseKey, Registry};
@@ -31,7 +31,7 @@ use crate::watch::Watcher;
 /// State shared by every object and event handler.
 pub struct Shared {
     conn: Connection,
-    backend: Backend,
+    orchestrator: Orchestrator,
     /// The leases held (read without waiting) and the lock that orders their changes.
     registry: Registry,
     watcher: Watcher,
@@ -101,14 +101,14 @@ impl Isolator {
         let held = if caller.uid == 0 {
             Vec::new()
         } else {
-            let backend = &self.shared.backend;
+            let orchestrator = &self.shared.orchestrator;
             let inspected = {
                 let _p = timing::phase("isolate", "inspect");
-                backend.inspect(&req, caller.uid).await
+                orchestrator.inspect(&req, caller.uid).await
             };
             let (facts, held) = inspected.map_err(boxed)?;
             let _p = timing::phase("isolate", "polkit");
-            let mem = backend.meminfo();
+            let mem = orchestrator.meminfo();
             for ask in authz::asks(&req, &facts, mem.as_ref()) {
                 polkit::authorize_with(
                     &self.shared.conn,
@@ -207,7 +207,7 @@ impl Isolator {
     async fn housekeeping_cpus(&self) -> String {
         let isolated = self.shared.registry.isolated_cpus();
         self.shared
-            .backend
+            .orchestrator
             .online_cpus()
             .difference(&isolated)
             .to_string()
@@ -222,7 +222,7 @@ impl Isolator {
     /// What the kernel supports.
     #[zbus(property)]
     async fn kernel_support(&self) -> HashMap<String, OwnedVariant> {
-        self.shared.backend.kernel_support_dict()
+        self.shared.orchestrator.kernel_support_dict()
     }
 }
 
@@ -297,7 +297,7 @@ impl IsolationObject {
     /// comes or goes (host-wide values follow the union of all isolations).
     #[zbus(property(emits_changed_signal = "invalidates"))]
     fn tunings(&self) -> Vec<(String, String, String, String, String)> {
-        tuning_rows(&self.shared.backend.tuning_reports(&self.lease))
+        tuning_rows(&self.shared.orchestrator.tuning_reports(&self.lease))
     }
 }
 
@@ -322,14 +322,14 @@ fn tuning_rows(
 impl Shared {
     /// Builds the shared state, adopts isolations that survived a restart and publishes the
     /// objects. Returns the shared state and the receiver of watcher events.
-    pub async fn start(conn: Connection, backend: Backend) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(conn: Connection, orchestrator: Orchestrator) -> anyhow::Result<Arc<Self>> {
         let (watcher, mut changes) = Watcher::start()?;
-        let kthreads = backend
+        let kthreads = orchestrator
             .kthread_proc_root()
-            .map(|p| KthreadPinner::new(p, backend.kthread_ledger_path()));
+            .map(|p| KthreadPinner::new(p, orchestrator.kthread_ledger_path()));
         let shared = Arc::new(Self {
             conn: conn.clone(),
-            backend,
+            orchestrator,
             registry: Registry::new(),
             watcher,
             kthreads,
@@ -353,7 +353,7 @@ impl Shared {
         // follow_callers, one that left before by the NameHasOwner check below.
         let dbus = fdo::DBusProxy::new(&conn).await?;
         let owner_changes = dbus.receive_name_owner_changed().await?;
-        let (adopted, warnings) = shared.backend.recover().await;
+        let (adopted, warnings) = shared.orchestrator.recover().await;
         if let Ok(mut w) = shared.warnings.lock() {
             w.extend(warnings);
         }
@@ -455,13 +455,13 @@ impl Shared {
             self.registry.change().await
         };
         // The one name check: the journal holds every isolation, also one whose release failed.
-        if self.backend.name_taken(&req.name) {
+        if self.orchestrator.name_taken(&req.name) {
             return Err(Error::NameExists(format!(
                 "an isolation named {:?} exists already; release it first or pick another name",
                 req.name.as_str()
             )));
         }
-        let lease = self.backend.isolate(&req, &caller, &held).await?;
+        let lease = self.orchestrator.isolate(&req, &caller, &held).await?;
         tracing::info!(
             name = %lease.name(), cpus = %lease.cpus(), target = %lease.target(), partition = lease.partition_word(),
             uid = caller.uid, "isolated"
@@ -476,7 +476,7 @@ impl Shared {
 
     /// Registers the object of `lease` and its watches.
     async fn publish(self: &Arc<Self>, lease: &Lease) {
-        for path in self.backend.watch_paths(lease) {
+        for path in self.orchestrator.watch_paths(lease) {
             if let Err(e) = self.watcher.watch(lease.name().as_str(), &path) {
                 tracing::warn!(name = %lease.name(), path = %path.display(), error = %e, "cannot watch; changes there go unnoticed");
             }
@@ -547,7 +547,7 @@ impl Shared {
         timing::time("release", "kthreads-follow", || {
             self.follow_kthreads_with(&staying, false)
         });
-        let result = self.backend.release(&lease).await;
+        let result = self.orchestrator.release(&lease).await;
         match result {
             Ok(warnings) => {
                 if !warnings.is_empty()
@@ -610,11 +610,11 @@ impl Shared {
         let Some(lease) = self.registry.get(name) else {
             return;
         };
-        let health = self.backend.health(&lease);
+        let health = self.orchestrator.health(&lease);
         let key = lease.key();
         if !health.target_alive && lease.release_when() != ReleaseWhen::Released {
             // Judged again under the release's lock: the target of this very lease is gone.
-            let dead = |l: &Lease| !self.backend.health(l).target_alive;
+            let dead = |l: &Lease| !self.orchestrator.health(l).target_alive;
             if let Err(e) = self.release(&key, "target-exited", dead).await {
                 tracing::error!(name, error = ?e, "automatic release after the target exited failed");
             }
@@ -674,7 +674,7 @@ impl Shared {
         let Some(pinner) = &self.kthreads else {
             return;
         };
-        let housekeeping = self.backend.online_cpus().difference(isolated);
+        let housekeeping = self.orchestrator.online_cpus().difference(isolated);
         let housekeeping =
             (!isolated.is_empty() && !housekeeping.is_empty()).then_some(housekeeping);
         if sweep {
@@ -790,7 +790,7 @@ impl Shared {
         let isolated = leases
             .iter()
             .fold(CpuSet::new(), |acc, l| acc.union(l.cpus()));
-        let online = self.backend.online_cpus();
+        let online = self.orchestrator.online_cpus();
         let mut out: HashMap<String, OwnedVariant> = HashMap::new();
         let mut put = |k: &str, v: Variant<'_>| {
             if let Ok(v) = OwnedVariant::try_from(v) {
@@ -806,12 +806,12 @@ impl Shared {
         put(keys::ONLINE_CPUS, Variant::from(online.to_string()));
         let entries: Vec<HashMap<String, OwnedVariant>> = leases
             .iter()
-            .map(|l| lease_entry(l, &self.backend.tuning_reports(l)))
+            .map(|l| lease_entry(l, &self.orchestrator.tuning_reports(l)))
             .collect();
         put(keys::ISOLATIONS, Variant::from(entries));
         put(
             keys::KERNEL_SUPPORT,
-            Variant::from(self.backend.kernel_support_dict()),
+            Variant::from(self.orchestrator.kernel_support_dict()),
         );
         let mut warnings = self.warnings.lock().map(|w| w.clone()).unwrap_or_default();
         for l in leases

@@ -1,6 +1,7 @@
-//! The glue between the D-Bus objects and the partition engine: turns a validated request into
-//! an engine [`Request`] (resolving systemd units, creating kvmisolate's scope through
-//! systemd), runs the engine off the async thread, and reads an isolation's health back.
+//! The orchestrator between the D-Bus objects and the partition engine: turns a validated
+//! request into an engine [`Request`] (resolving systemd units, creating kvmisolate's scope
+//! through systemd), runs the engine and the tunings off the async thread (rolling back what
+//! was done when a later part fails), and reads an isolation's health back.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,7 +58,7 @@ pub struct Config {
     pub file: crate::config::Config,
 }
 
-/// What [`Backend::health`] found.
+/// What [`Orchestrator::health`] found.
 #[derive(Debug, Clone)]
 pub struct Health {
     /// Whether the target still has processes.
@@ -69,7 +70,7 @@ pub struct Health {
 }
 
 /// The engine plus everything needed to drive it from the bus.
-pub struct Backend {
+pub struct Orchestrator {
     engine: Arc<Engine>,
     config: Config,
     kernel: KernelSupport,
@@ -98,7 +99,7 @@ fn now_usec() -> u64 {
         .unwrap_or(0)
 }
 
-impl Backend {
+impl Orchestrator {
     /// Detects the host and opens the journal.
     pub async fn new(config: Config, conn: Connection) -> anyhow::Result<Self> {
         let fs = if config.fake_kernel {
@@ -328,7 +329,7 @@ impl Backend {
 
     /// What authorization needs to know about `req`'s target for a caller `uid` (not 0):
     /// whose processes it holds. The processes of a `pids` target are returned held by
-    /// pidfds (on a real kernel), to be passed to [`Backend::isolate`]: a pid reused between
+    /// pidfds (on a real kernel), to be passed to [`Orchestrator::isolate`]: a pid reused between
     /// this check and the move is then noticed and nothing is isolated. Cheap reads only:
     /// this runs before polkit is asked.
     pub async fn inspect(
@@ -402,7 +403,7 @@ impl Backend {
     }
 
     /// Plans and applies an isolation. `active` are the isolations held now; `held` the
-    /// processes of a `pids` target as authorization saw them ([`Backend::inspect`]): if one
+    /// processes of a `pids` target as authorization saw them ([`Orchestrator::inspect`]): if one
     /// of them exits before the processes are in place, its pid may name another process by
     /// then, and the isolation is undone (`TargetNotFound`).
     pub async fn isolate(

@@ -33,7 +33,7 @@ pub struct Lease {
 pub struct LeaseKey {
     /// The isolation's name.
     pub name: String,
-    /// µs since the epoch (creation times only grow: see `Backend::isolate`).
+    /// µs since the epoch (creation times only grow: see `Orchestrator::isolate`).
     pub created_usec: u64,
 }
 
