@@ -46,6 +46,7 @@ pub mod meminfo;
 pub mod ownership;
 pub mod plan;
 pub mod polkit;
+pub mod presets;
 pub mod request;
 pub mod systemd;
 pub mod systemd_effects;
