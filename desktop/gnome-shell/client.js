@@ -89,6 +89,21 @@ export class IsolatorClient {
         this._callbacks.changed();
     }
 
+    // Initializes OBJ (a Gio.AsyncInitable), then READY(obj) and a re-render.
+    _initAsync(obj, what, ready) {
+        obj.init_async(GLib.PRIORITY_DEFAULT, this._cancellable, (o, res) => {
+            try {
+                o.init_finish(res);
+            } catch (e) {
+                if (!e.matches(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED))
+                    logError(e, `kvmisolate: ${what}`);
+                return;
+            }
+            ready(o);
+            this._changed();
+        });
+    }
+
     _start() {
         const manager = new Gio.DBusProxy({
             g_connection: Gio.DBus.system,
@@ -98,14 +113,7 @@ export class IsolatorClient {
             g_interface_info: this._interfaces.manager,
             g_flags: Gio.DBusProxyFlags.DO_NOT_AUTO_START,
         });
-        manager.init_async(GLib.PRIORITY_DEFAULT, this._cancellable, (p, res) => {
-            try {
-                p.init_finish(res);
-            } catch (e) {
-                if (!e.matches(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED))
-                    logError(e, 'kvmisolate: manager proxy');
-                return;
-            }
+        this._initAsync(manager, 'manager proxy', p => {
             this._manager = p;
             this._connect(p, 'g-properties-changed', () => this._changed());
             this._connect(p, 'notify::g-name-owner', () => {
@@ -118,7 +126,6 @@ export class IsolatorClient {
                 const [name, , reason] = params.deepUnpack();
                 this._callbacks.released(name, reason);
             });
-            this._changed();
         });
 
         const objects = new Gio.DBusObjectManagerClient({
@@ -127,20 +134,12 @@ export class IsolatorClient {
             name: BUS_NAME,
             object_path: OBJECT_PATH,
         });
-        objects.init_async(GLib.PRIORITY_DEFAULT, this._cancellable, (o, res) => {
-            try {
-                o.init_finish(res);
-            } catch (e) {
-                if (!e.matches(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED))
-                    logError(e, 'kvmisolate: object manager');
-                return;
-            }
+        this._initAsync(objects, 'object manager', o => {
             this._objects = o;
             this._connect(o, 'object-added', () => this._changed());
             this._connect(o, 'object-removed', () => this._changed());
             this._connect(o, 'interface-proxy-properties-changed', () => this._changed());
             this._connect(o, 'notify::name-owner', () => this._changed());
-            this._changed();
         });
         this._refreshActivatable();
     }

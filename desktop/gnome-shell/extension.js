@@ -23,8 +23,8 @@ import * as Format from './format.js';
 
 const IsolationToggle = GObject.registerClass(
 class IsolationToggle extends QuickMenuToggle {
-    _init(gicon) {
-        super._init({ title: _('CPU isolation'), gicon, toggleMode: false });
+    constructor(gicon) {
+        super({ title: _('CPU isolation'), gicon, toggleMode: false });
         this.name = 'kvmisolate-toggle';
         this.menu.setHeader(gicon, _('CPU isolation'));
         this._isolations = new PopupMenu.PopupMenuSection();
@@ -46,7 +46,7 @@ class IsolationToggle extends QuickMenuToggle {
      * @param {object} view what to show
      * @param {object} actions release(name), releaseAll(), start(name)
      */
-    show(view, actions) {
+    update(view, actions) {
         this.checked = view.active;
         this.subtitle = view.subtitle;
         this.menu.setHeader(this.gicon, _('CPU isolation'), view.subtitle);
@@ -97,8 +97,8 @@ class IsolationToggle extends QuickMenuToggle {
 
 const Indicator = GObject.registerClass(
 class Indicator extends SystemIndicator {
-    _init(extension) {
-        super._init();
+    constructor(extension) {
+        super();
         this._gicon = Gio.icon_new_for_string(`${extension.path}/icons/kvmisolate-symbolic.svg`);
         this._indicator = this._addIndicator();
         this._indicator.gicon = this._gicon;
@@ -146,7 +146,7 @@ class Indicator extends SystemIndicator {
         };
         this._indicator.visible = view.active;
         this._toggle.reactive = running || client.activatable;
-        this._toggle.show(view, this._actions);
+        this._toggle.update(view, this._actions);
         // Each degradation is told once; what was already degraded when the extension first
         // saw the service is shown by the toggle's style, not announced.
         const notices = Format.degradedNotices(this._seenDegraded, isolations, _);
@@ -178,6 +178,9 @@ class Indicator extends SystemIndicator {
         this._client = null;
         this._source?.destroy();
         this._source = null;
+        // Quick Settings put the toggle's menu into its own overlay: it goes with it only
+        // when destroyed here (the enable/disable x20 test counts the actors).
+        this._toggle.menu.destroy();
         this.quickSettingsItems.forEach(item => item.destroy());
         this.quickSettingsItems = [];
         super.destroy();
