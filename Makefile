@@ -4,6 +4,7 @@
 #   make install          install (PREFIX=/usr/local, DESTDIR honoured)
 #   make uninstall        remove what install put there
 #   make test             every test: host packages, lint, unit + bus tests, the real-kernel VM suite
+#   make gnome-extension-zip   the GNOME Shell extension as a zip (gnome-extensions pack)
 #   make demo             boot the test VM and show an isolation before/after (host untouched)
 #   make fuzz             fuzz the parsers with cargo-fuzz (FUZZ_TIME=120 seconds per target)
 
@@ -22,11 +23,16 @@ FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 # libvirt reads its hooks from /etc whatever PREFIX is.
 SYSCONFDIR  ?= /etc
 LIBVIRTHOOKDIR ?= $(SYSCONFDIR)/libvirt/hooks/qemu.d
+# GNOME Shell reads system-wide extensions from $XDG_DATA_DIRS/gnome-shell/extensions.
+GNOMEEXTDIR ?= $(PREFIX)/share/gnome-shell/extensions
+GNOME_UUID  := kvmisolate@kvmisolate.org
+GNOME_SRC   := desktop/gnome-shell
+GNOME_FILES := metadata.json extension.js client.js format.js stylesheet.css icons/kvmisolate-symbolic.svg
 CARGO       ?= cargo
 RELEASE     := target/release
 GEN         := target/generated
 
-.PHONY: all build generate install uninstall test test-host lint unit-test test-vm demo fuzz clean
+.PHONY: all build generate install uninstall test test-host lint lint-js unit-test js-test test-vm demo fuzz clean gnome-extension-zip
 
 all: build
 
@@ -62,6 +68,8 @@ install: $(GEN)/stamp
 	install -Dm0644 $(GEN)/completions/_kvmisolate $(DESTDIR)$(ZSHCOMPDIR)/_kvmisolate
 	install -Dm0644 $(GEN)/completions/kvmisolate.fish $(DESTDIR)$(FISHCOMPDIR)/kvmisolate.fish
 	install -Dm0755 $(GEN)/libvirt-hook $(DESTDIR)$(LIBVIRTHOOKDIR)/kvmisolate
+	for f in $(GNOME_FILES); do install -Dm0644 $(GNOME_SRC)/$$f $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)/$$f; done
+	install -Dm0644 dbus/org.kvmisolate.Isolator1.xml $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)/dbus/org.kvmisolate.Isolator1.xml
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/kvmisolate $(DESTDIR)$(LIBEXECDIR)/kvmisolated
@@ -74,6 +82,7 @@ uninstall:
 	rm -f $(DESTDIR)$(MANDIR)/man1/kvmisolate.1 $(DESTDIR)$(MANDIR)/man1/kvmisolate-*.1 $(DESTDIR)$(MANDIR)/man8/kvmisolated.8
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/kvmisolate $(DESTDIR)$(ZSHCOMPDIR)/_kvmisolate $(DESTDIR)$(FISHCOMPDIR)/kvmisolate.fish
 	rm -f $(DESTDIR)$(LIBVIRTHOOKDIR)/kvmisolate
+	rm -rf $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)
 
 # Everything CI runs (.ci/run calls exactly this).
 test: test-host lint unit-test test-vm
@@ -82,13 +91,30 @@ test: test-host lint unit-test test-vm
 test-host:
 	tests/setup-host
 
-lint:
+lint: lint-js
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The GNOME Shell extension against GNOME's own lint rules (eslint from npm, pinned by
+# desktop/gnome-shell/package-lock.json; tests/setup-host installs it).
+lint-js:
+	cd $(GNOME_SRC) && ./node_modules/.bin/eslint .
+
 # Unit tests and the bus tests (real dbus-daemon on a private socket).
-unit-test:
+unit-test: js-test
 	$(CARGO) test --workspace --locked
+
+# The extension's pure logic (subtitle, rows, notifications) under gjs, no shell needed.
+js-test:
+	gjs -m $(GNOME_SRC)/tests/format.test.js
+
+# The extension as extensions.gnome.org takes it (needs gnome-extensions, from gnome-shell).
+gnome-extension-zip:
+	rm -rf $(GEN)/gnome && mkdir -p $(GEN)/gnome/dbus $(GEN)/gnome/icons
+	for f in $(GNOME_FILES); do cp $(GNOME_SRC)/$$f $(GEN)/gnome/$$f; done
+	cp dbus/org.kvmisolate.Isolator1.xml $(GEN)/gnome/dbus/
+	gnome-extensions pack --force --out-dir=target --extra-source=client.js \
+		--extra-source=format.js --extra-source=icons --extra-source=dbus $(GEN)/gnome
 
 # The real-kernel acceptance suite in QEMU, on both ends of the matrix: 6.12 + Debian 13
 # (systemd 257, libvirt 11.3) and the newest Debian cloud kernel + Debian unstable (systemd 26x,
@@ -98,6 +124,7 @@ test-vm:
 	tests/vm/run
 	tests/vm/run --libvirt --only libvirt,libvirt-names,check-vm,plan-libvirt
 	tests/vm/run --libvirt --kernel 6.1 --only libvirt
+	tests/vm/run --gnome --kernel 6.12 --only gnome-shell
 
 demo:
 	tests/vm/run --demo

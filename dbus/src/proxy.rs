@@ -19,6 +19,10 @@ pub trait Isolator1 {
         options: HashMap<&str, Variant<'_>>,
     ) -> zbus::Result<OwnedObjectPath>;
 
+    /// Starts the configuration's preset `name` (`[isolation.NAME]` with a unit or
+    /// libvirt domain), authorized like `Isolate` of that target.
+    fn start_preset(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
     /// Releases the isolation `name`, restoring everything it changed.
     fn release(&self, name: &str) -> zbus::Result<()>;
 
@@ -44,6 +48,10 @@ pub trait Isolator1 {
     /// The isolation objects.
     #[zbus(property)]
     fn isolations(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+
+    /// The configured presets: (name, CPUs, target, profile, can start now, why not).
+    #[zbus(property)]
+    fn presets(&self) -> zbus::Result<Vec<(String, String, String, String, bool, String)>>;
 
     /// What the kernel supports (see the `status` module's `K_*` keys).
     #[zbus(property)]

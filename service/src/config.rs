@@ -27,6 +27,8 @@
 //! profile = "realtime"
 //! hugepages = "16G:1G"
 //! hugepages-best-effort = false
+//! unit = "win11-vm.service"     # a preset: startable by name (StartPreset; see presets.rs);
+//!                               # or libvirt-domain = "win11"
 //!
 //! [vm.win11]                    # libvirt domain "win11" opts in (read by the libvirt hook)
 //! profile = "realtime"
@@ -102,6 +104,8 @@ struct RawIsolation {
     tunings: Option<Vec<String>>,
     hugepages: Option<String>,
     hugepages_best_effort: Option<bool>,
+    unit: Option<String>,
+    libvirt_domain: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +161,8 @@ pub struct IsolationConfig {
     pub hugepages: Option<HugepageSpec>,
     /// Best effort for the hugepages.
     pub hugepages_best_effort: Option<bool>,
+    /// The target that makes the section a preset (`crate::presets`).
+    pub target: Option<crate::presets::PresetTarget>,
 }
 
 /// The parsed configuration.
@@ -316,6 +322,13 @@ impl Config {
                         .map_err(|e| format!("[{section}] hugepages: {e}"))
                 })
                 .transpose()?;
+            let target = crate::presets::target(
+                &name,
+                raw.unit,
+                raw.libvirt_domain,
+                cpus.as_ref(),
+                &section,
+            )?;
             config.isolations.insert(
                 name,
                 IsolationConfig {
@@ -323,6 +336,7 @@ impl Config {
                     selection: selection(raw.profile, raw.tunings, &section)?,
                     hugepages,
                     hugepages_best_effort: raw.hugepages_best_effort,
+                    target,
                 },
             );
         }

@@ -1858,3 +1858,141 @@ async fn win_11_and_win_underscore_11_are_two_domains() {
     assert!(proxy.isolations().await.unwrap().is_empty());
     assert_eq!(e.host.snapshot(), before);
 }
+
+/// `dbus-send` as `uid` (the CLI has no preset command: the desktop client calls it).
+fn dbus_send_as(uid: u32, e: &Env, method: &str, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("dbus-send")
+        .uid(uid)
+        .gid(uid)
+        .arg(format!("--bus={}", e.bus.address))
+        .arg("--print-reply")
+        .arg(format!("--dest={}", names::BUS_NAME))
+        .arg(names::OBJECT_PATH)
+        .arg(format!("{}.{method}", names::INTERFACE))
+        .args(args)
+        .output()
+        .expect("dbus-send (package dbus-bin)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presets_are_listed_and_started_like_isolate_of_their_target() {
+    let e = env_full(&[], &[], |h| {
+        libvirt_domain(h);
+        h.put(
+            "kvmisolate.toml",
+            "[isolation.win]\nlibvirt-domain = \"win10\"\nprofile = \"none\"\n\
+             [isolation.game]\ncpus = \"2-3\"\nunit = \"game.service\"\n\
+             [isolation.plain]\ncpus = \"5\"\n",
+        );
+    })
+    .await;
+    let (_pk, policy, calls) = start_mock_polkit(&e.bus).await;
+    let proxy = Isolator1Proxy::builder(&e.conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let row = |n: &str, c: &str, t: &str, p: &str, ok: bool, why: &str| {
+        (n.into(), c.into(), t.into(), p.into(), ok, why.into())
+    };
+    let idle = vec![
+        row("game", "2-3", "unit:game.service", "default", true, ""),
+        row("win", "", "libvirt:win10", "none", true, ""),
+    ];
+    assert_eq!(proxy.presets().await.unwrap(), idle);
+    let before = e.host.snapshot();
+
+    // Hostile names: no preset, before polkit is asked; nothing changes.
+    for name in ["nope", "plain", "", "../win", "win\n", &"w".repeat(5000)] {
+        let err = proxy.start_preset(name).await.unwrap_err();
+        assert_eq!(
+            error_name(&err),
+            ename::NO_SUCH_ISOLATION,
+            "{name:?}: {err}"
+        );
+        assert!(err.to_string().contains("configured: game, win"), "{err}");
+    }
+    assert!(calls.lock().unwrap().is_empty());
+    assert_eq!(e.host.snapshot(), before);
+
+    // An unprivileged caller: the domain is not theirs, so isolate-any, denied here.
+    let out = dbus_send_as(NOBODY, &e, "StartPreset", &["string:win"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("AccessDenied"), "{}", stderr(&out));
+    {
+        let calls = calls.lock().unwrap();
+        let last = calls.last().expect("polkit was asked");
+        assert_eq!(
+            (last.uid, last.action.as_str()),
+            (NOBODY, names::ACTION_ISOLATE_ANY)
+        );
+        assert_eq!(last.details["target"], "libvirt:win10");
+        assert_eq!(last.details["name"], "win");
+    }
+    let out = dbus_send_as(NOBODY, &e, "StartPreset", &["string:nope"]);
+    assert!(
+        stderr(&out).contains(ename::NO_SUCH_ISOLATION),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(e.host.snapshot(), before);
+    assert!(proxy.isolations().await.unwrap().is_empty());
+
+    // The unit preset goes through Isolate's checks: no systemd on this host.
+    let err = proxy.start_preset("game").await.unwrap_err();
+    assert_eq!(error_name(&err), ename::UNSUPPORTED_HOST, "{err}");
+    assert_eq!(e.host.snapshot(), before);
+
+    // Allowed: isolated as Isolate("win", "", {libvirt-domain: win10}) would be.
+    policy.lock().unwrap().answers.insert(NOBODY, (true, false));
+    // A caching proxy follows PropertiesChanged.
+    let watching = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let mut changes = watching.receive_presets_changed().await;
+    let out = dbus_send_as(NOBODY, &e, "StartPreset", &["string:win"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let path = proxy.isolations().await.unwrap().pop().unwrap();
+    let iso = Isolation1Proxy::builder(&e.conn)
+        .path(path)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(iso.cpus().await.unwrap(), "2-4");
+    assert_eq!(iso.target().await.unwrap(), "libvirt:win10");
+    assert_eq!(iso.profile().await.unwrap(), "none");
+    assert_eq!(iso.owner_uid().await.unwrap(), NOBODY);
+    let busy = vec![
+        row(
+            "game",
+            "2-3",
+            "unit:game.service",
+            "default",
+            false,
+            "CPUs 2-3 are held by win",
+        ),
+        row(
+            "win",
+            "",
+            "libvirt:win10",
+            "none",
+            false,
+            "already isolated",
+        ),
+    ];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(c) = changes.next().await {
+            if c.get().await.unwrap() == busy {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("PropertiesChanged announcing the busy presets");
+    assert_eq!(proxy.presets().await.unwrap(), busy);
+    let err = proxy.start_preset("win").await.unwrap_err();
+    assert_eq!(error_name(&err), ename::NAME_EXISTS, "{err}");
+
+    proxy.release("win").await.unwrap();
+    assert_eq!(proxy.presets().await.unwrap(), idle);
+    assert_eq!(e.host.snapshot(), before);
+}

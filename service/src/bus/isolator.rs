@@ -125,6 +125,19 @@ impl Isolator {
         self.shared.isolate(req, caller, held).await.map_err(boxed)
     }
 
+    /// Starts the configuration's preset `name` (see [`crate::presets`]): `Isolate` of its
+    /// target, authorized the same way.
+    #[zbus(out_args("isolation"))]
+    async fn start_preset(
+        &self,
+        name: &str,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OwnedObjectPath, BoxDBusError> {
+        let config = self.shared.orchestrator.file_config();
+        let options = crate::presets::options(config, name).map_err(boxed)?;
+        self.isolate(name, "", options, header).await
+    }
+
     /// Releases one isolation.
     async fn release(
         &self,
@@ -217,6 +230,13 @@ impl Isolator {
     #[zbus(property)]
     async fn isolations(&self) -> Vec<OwnedObjectPath> {
         self.shared.registry.leases().iter().map(path_of).collect()
+    }
+
+    /// The configuration's presets and whether each can start now.
+    #[zbus(property)]
+    async fn presets(&self) -> Vec<crate::presets::Row> {
+        let leases = self.shared.registry.leases();
+        crate::presets::rows(self.shared.orchestrator.file_config(), leases.iter())
     }
 
     /// What the kernel supports.
@@ -700,6 +720,7 @@ impl Shared {
         let _ = obj.isolations_changed(emitter).await;
         let _ = obj.isolated_cpus_changed(emitter).await;
         let _ = obj.housekeeping_cpus_changed(emitter).await;
+        let _ = obj.presets_changed(emitter).await;
         drop(obj);
         // Host-wide tunings follow the union of all isolations: every Tunings may differ now.
         let paths: Vec<OwnedObjectPath> = self.registry.leases().iter().map(path_of).collect();

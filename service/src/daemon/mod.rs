@@ -10,6 +10,7 @@ pub mod kthread_ledger;
 pub mod kthreads;
 pub mod orchestrator;
 pub mod ownership;
+pub mod presets;
 pub mod registry;
 pub mod systemd;
 pub mod systemd_effects;

@@ -282,6 +282,11 @@ impl Orchestrator {
         (!self.config.fake_kernel).then(|| self.config.run_dir.join("kthreads-narrowed"))
     }
 
+    /// `/etc/kvmisolate/kvmisolate.toml` as loaded at start-up.
+    pub fn file_config(&self) -> &crate::config::Config {
+        &self.config.file
+    }
+
     /// The host's online CPUs now (empty if sysfs cannot be read).
     pub fn online_cpus(&self) -> CpuSet {
         HostCpus::read(&self.config.sysfs_root)
