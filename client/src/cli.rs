@@ -134,7 +134,7 @@ pub enum Command {
     /// Traces the scheduler and interrupts on the vCPUs' CPUs through a tracefs instance of
     /// its own (removed on exit), and names the offenders with the fix for each. Needs root.
     #[command(after_help = EXIT_CODES_HELP)]
-    Top(crate::top::TopArgs),
+    Top(Box<crate::top::TopArgs>),
 
     /// The libvirt hook: /etc/libvirt/hooks/qemu.d/kvmisolate runs it with libvirt's
     /// arguments and the domain XML on stdin.

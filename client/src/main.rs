@@ -677,7 +677,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(n) => Some(isolation_cgroups(&ctx, n).await?),
                 None => None,
             };
-            top::cmd(a, cgroups, ctx.quiet).await
+            top::cmd(*a, cgroups, ctx.quiet).await
         }
         Command::LibvirtHook(a) => {
             // A hook never prompts, and libvirtd waits for it: bound the whole call.

@@ -2,11 +2,11 @@
 //! sample of it becomes the `vm-measured` finding ("measured: p99 X µs"). Information only:
 //! what a window saw depends on the guest's load then.
 
-use std::path::Path;
 use std::time::Duration;
 
 use super::report::TopReport;
 use crate::check::{Finding, Report, Severity};
+use crate::check_cli::RootArgs;
 
 /// The sample's length.
 pub const WINDOW: Duration = Duration::from_secs(5);
@@ -51,7 +51,7 @@ pub fn finding(sample: Result<&TopReport, &str>) -> Finding {
 
 /// Adds the `vm-measured` finding to `report` when its domain runs: a sample as root, a
 /// note saying why not otherwise.
-pub fn add_sample(report: &mut Report, cgroup_root: &Path) {
+pub fn add_sample(report: &mut Report, roots: &RootArgs) {
     let Some(vm) = report.vm.as_ref().filter(|v| v.running) else {
         return;
     };
@@ -65,7 +65,7 @@ pub fn add_sample(report: &mut Report, cgroup_root: &Path) {
             plot: None,
             compare: None,
             buffer_kb: 1024,
-            cgroup_root: cgroup_root.to_owned(),
+            roots: roots.clone(),
         };
         match super::sample(&args, WINDOW) {
             Ok(r) => finding(Ok(&r)),

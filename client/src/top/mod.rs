@@ -16,7 +16,7 @@ pub mod threads;
 pub mod tracefs;
 
 use std::collections::BTreeSet;
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use clap::Args;
 use kvmisolate_dbus::CpuSet;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::check_cli::{RootArgs, print};
 use crate::failure::{ExitCode, Failure};
 use analyze::{Analyzer, Target};
 use report::{Cost, TopReport};
@@ -66,15 +67,9 @@ pub struct TopArgs {
           value_parser = clap::value_parser!(u32).range(64..=65536))]
     pub buffer_kb: u32,
 
-    /// cgroup2 mount (tests).
-    #[arg(
-        long,
-        hide = true,
-        value_name = "DIR",
-        env = "KVMISOLATE_CGROUP_ROOT",
-        default_value = "/sys/fs/cgroup"
-    )]
-    pub cgroup_root: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub roots: RootArgs,
 }
 
 fn parse_window(s: &str) -> Result<Duration, String> {
@@ -105,7 +100,7 @@ pub fn discover(a: &TopArgs, isolation_cgroups: Option<&[String]>) -> Result<Tra
     let (label, targets) = if let Some(vm) = &a.vm {
         (
             format!("vm {vm}"),
-            threads::of_domain(&a.cgroup_root, vm).map_err(not_found)?,
+            threads::of_domain(&a.roots.cgroup_root, vm).map_err(not_found)?,
         )
     } else if let Some(pid) = a.pid {
         (
@@ -113,7 +108,7 @@ pub fn discover(a: &TopArgs, isolation_cgroups: Option<&[String]>) -> Result<Tra
             threads::of_pid(pid).map_err(not_found)?,
         )
     } else if let Some(name) = &a.name {
-        let t = threads::of_cgroups(&a.cgroup_root, isolation_cgroups.unwrap_or_default());
+        let t = threads::of_cgroups(&a.roots.cgroup_root, isolation_cgroups.unwrap_or_default());
         if t.is_empty() {
             return Err(not_found(format!(
                 "isolation {name:?} has no thread in its cgroups (is its target running?)"
@@ -243,15 +238,6 @@ pub fn sample(a: &TopArgs, window: Duration) -> Result<TopReport, Failure> {
     Ok(s.report())
 }
 
-fn out(text: &str) -> Result<(), Failure> {
-    let mut o = std::io::stdout().lock();
-    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::other(format!("cannot write to stdout: {e}"))),
-    }
-}
-
 /// `kvmisolate top`.
 pub async fn cmd(
     a: TopArgs,
@@ -263,7 +249,7 @@ pub async fn cmd(
             return Err(Failure::new(ExitCode::Usage, "--compare needs two files"));
         };
         let load = |p: &PathBuf| report::load(p).map_err(|m| Failure::new(ExitCode::BadRequest, m));
-        return out(&report::format_compare(&load(x)?, &load(y)?, x, y));
+        return print(&report::format_compare(&load(x)?, &load(y)?, x, y));
     }
     let traced = discover(&a, isolation_cgroups.as_deref())?;
     if traced.cpus.is_empty() {
@@ -315,7 +301,7 @@ pub async fn cmd(
         s.poll()?;
         if live && Instant::now() >= next_draw {
             next_draw += Duration::from_secs(1);
-            out(&format!(
+            print(&format!(
                 "\x1b[H\x1b[2J{}",
                 report::format_human(&s.report())
             ))?;
@@ -331,8 +317,8 @@ pub async fn cmd(
     if a.json {
         let t = serde_json::to_string_pretty(&r)
             .map_err(|e| Failure::other(format!("cannot write JSON: {e}")))?;
-        out(&format!("{t}\n"))
+        print(&format!("{t}\n"))
     } else {
-        out(&report::format_human(&r))
+        print(&report::format_human(&r))
     }
 }
