@@ -152,6 +152,21 @@ fn online_cpus() -> BTreeSet<u32> {
         .unwrap_or_default()
 }
 
+/// Moves this process off the traced CPUs (best effort: when no other CPU is online, or the
+/// affinity cannot be changed, it stays where it is).
+fn keep_off(traced: &BTreeSet<u32>) {
+    let mut set = nix::sched::CpuSet::new();
+    let mut any = false;
+    for c in online_cpus().difference(traced) {
+        if set.set(*c as usize).is_ok() {
+            any = true;
+        }
+    }
+    if any {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
 fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
@@ -177,6 +192,7 @@ impl Session {
                  kvmisolate top ...)",
             ));
         }
+        keep_off(&traced.cpus);
         let root = tracefs::root().map_err(|m| Failure::new(ExitCode::HostCannot, m))?;
         let stale = tracefs::remove_stale(&root);
         let tids: BTreeSet<u32> = traced.targets.iter().map(|t| t.tid).collect();

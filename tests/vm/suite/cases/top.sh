@@ -117,15 +117,20 @@ run() {
     # 4. Overhead on the traced CPU (worst case: a pipe ping-pong there), without the load.
     kill "$LOAD"; LOAD=
     # Alternated three times, the best of each (TCG is noisy).
-    local t_off=999 t_on=999 t i
+    local t_off=999 t_on=999 t i aff
     for i in 1 2 3; do
         t=$(pingpong); t_off=$(awk -v a="$t_off" -v b="$t" 'BEGIN {print (b < a) ? b : a}')
         kvmisolate top --pid "$pid" --duration 60 --json > "$KT_STATE/top-pp.json" 2>/dev/null &
         top_pid=$!
-        wait_for '[ -n "$(ours)" ]' 20 0.2 || fail "no instance while top runs"
+        wait_for '[ -n "$(ours)" ] && [ "$(cat "$TRACE/instances/$(ours)/tracing_on" 2>/dev/null)" = 1 ]' 20 0.2 \
+            || fail "no instance tracing while top runs"
+        sleep 2  # past the start-up (enabling the events patches kernel text: slow under TCG)
         t=$(pingpong); t_on=$(awk -v a="$t_on" -v b="$t" 'BEGIN {print (b < a) ? b : a}')
+        aff=$(taskset -pc "$top_pid" | sed 's/.*: //')
         kill -INT "$top_pid"; wait "$top_pid" || true
     done
+    note "top ran on CPUs $aff (kept off the traced CPU 3)"
+    cpulist_expand "$aff" | tr ' ' '\n' | grep -qx 3 && fail "top ran on the traced CPU 3 (affinity $aff)"
     note "overhead: pipe ping-pong on CPU 3 (20000 writes, best of 3) $t_off s without top, $t_on s with it ($(awk -v a="$t_off" -v b="$t_on" 'BEGIN {printf "%+.1f%%", (b - a) / a * 100}')); top's last window: $(jq -r '.cost | "\(.events) events, \(."cpu-ms") ms CPU"' "$KT_STATE/top-pp.json") in $(jq -r '."duration-s"' "$KT_STATE/top-pp.json") s"
     taskset -c 3 sh -c 'while :; do :; done' &
     LOAD=$!
