@@ -20,7 +20,7 @@ pub fn finding(sample: Result<&TopReport, &str>) -> Finding {
             format!("not measured: {why}"),
         ),
         Ok(r) => {
-            let found = if r.verdict.samples == 0 {
+            let mut found = if r.verdict.samples == 0 {
                 format!("measured for {:.0} s: no vCPU wake-up seen", r.duration_s)
             } else {
                 format!(
@@ -32,15 +32,18 @@ pub fn finding(sample: Result<&TopReport, &str>) -> Finding {
                     if r.verdict.ok { "met" } else { "missed" }
                 )
             };
-            let mut f = Finding::new("vm-measured", Severity::Info, found)
-                .why("every delay between a vCPU's wake-up and it running adds to the guest's interrupt latency")
-                .details(
-                    r.offenders
-                        .iter()
-                        .take(3)
-                        .map(|o| format!("{} on CPU {}: {:.1} ms waited ({})", o.what, o.cpu, o.wait_us / 1000.0, o.kind))
-                        .collect(),
-                );
+            if let Some(o) = r.offenders.first() {
+                found.push_str(&format!(
+                    "; top offender: {} on CPU {} ({:.1} ms waited, {})",
+                    o.what,
+                    o.cpu,
+                    o.wait_us / 1000.0,
+                    o.kind
+                ));
+            }
+            let mut f = Finding::new("vm-measured", Severity::Info, found).why(
+                "every delay between a vCPU's wake-up and it running adds to the guest's interrupt latency",
+            );
             if let Some(o) = r.offenders.first().filter(|_| !r.verdict.ok) {
                 f = f.fix(o.fix.clone());
             }
