@@ -180,7 +180,8 @@ fn parse_interval_arg(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn print(text: &str) -> Result<(), Failure> {
+/// Writes `text` to stdout (a closed pipe is not an error).
+pub fn print(text: &str) -> Result<(), Failure> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -201,7 +202,7 @@ pub fn cmd_check(a: CheckArgs, daemon: check::daemon::Daemon, quiet: bool) -> Re
         )?),
         None => None,
     };
-    let report = check::audit_with(
+    let mut report = check::audit_with(
         a.roots.roots(),
         check::AuditInput {
             cpus: a.cpus,
@@ -209,6 +210,7 @@ pub fn cmd_check(a: CheckArgs, daemon: check::daemon::Daemon, quiet: bool) -> Re
             daemon,
         },
     );
+    crate::top::check::add_sample(&mut report, &a.roots);
     let text = if a.json {
         let mut t = check::format_json(&report);
         t.push('\n');

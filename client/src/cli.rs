@@ -129,6 +129,13 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Bench(crate::check_cli::BenchArgs),
 
+    /// Watch a running VM from the host: vCPU wake-up delay, preemptions, and who caused them.
+    ///
+    /// Traces the scheduler and interrupts on the vCPUs' CPUs through a tracefs instance of
+    /// its own (removed on exit), and names the offenders with the fix for each. Needs root.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Top(Box<crate::top::TopArgs>),
+
     /// The libvirt hook: /etc/libvirt/hooks/qemu.d/kvmisolate runs it with libvirt's
     /// arguments and the domain XML on stdin.
     #[command(name = "libvirt-hook", hide = true)]

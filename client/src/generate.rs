@@ -61,6 +61,7 @@ mod tests {
                 "kvmisolate-release.1",
                 "kvmisolate-run.1",
                 "kvmisolate-status.1",
+                "kvmisolate-top.1",
                 "kvmisolate.1"
             ]
         );

@@ -13,6 +13,7 @@ mod monitor;
 mod plan;
 mod request;
 mod status;
+mod top;
 mod topology;
 
 use std::ffi::CString;
@@ -520,6 +521,27 @@ async fn cmd_status(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The cgroups of isolation `name` (for `top --name`).
+async fn isolation_cgroups(ctx: &Ctx<'_>, name: &str) -> Result<Vec<String>, Failure> {
+    let conn = ctx.connect().await?;
+    let st = ctx.isolator(&conn).await?.status().await;
+    let value = status::status_to_json(&st.map_err(|e| ctx.zbus_failure(&e))?);
+    let iso = value["isolations"].as_array().into_iter().flatten();
+    iso.filter(|i| i["name"] == name)
+        .find_map(|i| i["cgroups"].as_array().cloned())
+        .map(|c| {
+            c.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .ok_or_else(|| {
+            Failure::new(
+                ExitCode::NotFound,
+                format!("no isolation named {name:?} (kvmisolate status lists them)"),
+            )
+        })
+}
+
 fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -655,6 +677,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Bench(a) => check_cli::cmd_bench(a, ctx.quiet),
         Command::BenchLoad(a) => check_cli::cmd_bench_load(a),
+        Command::Top(a) => {
+            let cgroups = match &a.name {
+                Some(n) => Some(isolation_cgroups(&ctx, n).await?),
+                None => None,
+            };
+            top::cmd(*a, cgroups, ctx.quiet).await
+        }
         Command::LibvirtHook(a) => {
             // A hook never prompts, and libvirtd waits for it: bound the whole call.
             let ctx = Ctx {

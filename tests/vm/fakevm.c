@@ -2,7 +2,7 @@
  *
  *   fakevm NTHREADS [BUSY_PERCENT]
  *
- * Starts NTHREADS threads named vcpu0..vcpuN-1 that each spin for BUSY_PERCENT of every 10 ms
+ * Starts NTHREADS threads named vcpu0..vcpuN-1 (with FAKEVM_QEMU_NAMES=1: "CPU 0/KVM"...) that each spin for BUSY_PERCENT of every 10 ms
  * (default 2: under software emulation spinners steal the one emulation thread from the guest's
  * housekeeping work) and sleep the rest. The main thread (named fakevm-main) waits for a signal. Threads are
  * real threads of one process, so `--pid` moves them all and every one shows up in
@@ -28,7 +28,9 @@ static long long now_ns(void) {
 
 static void *vcpu(void *arg) {
     char name[16];
-    snprintf(name, sizeof name, "vcpu%ld", (long)arg);
+    /* FAKEVM_QEMU_NAMES=1: QEMU's names ("CPU 0/KVM"), as `kvmisolate top` recognises them */
+    const char *qemu = getenv("FAKEVM_QEMU_NAMES");
+    snprintf(name, sizeof name, qemu && *qemu == '1' ? "CPU %ld/KVM" : "vcpu%ld", (long)arg);
     prctl(PR_SET_NAME, name, 0, 0, 0);
     if (busy_pct == 0)  /* idle threads (benchmarks): block, no wake-ups */
         for (;;) pause();

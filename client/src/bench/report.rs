@@ -205,7 +205,8 @@ pub fn format_human(r: &BenchReport) -> String {
     s
 }
 
-fn change(a: f64, b: f64) -> String {
+/// `+d (+p%)`: the change from `a` to `b`.
+pub fn change(a: f64, b: f64) -> String {
     let d = b - a;
     if a.abs() < f64::EPSILON {
         format!("{d:+.1}")
@@ -295,21 +296,42 @@ fn esc(s: &str) -> String {
 /// The histograms as an SVG picture: x = latency (µs, linear), y = count (log10), one line
 /// per CPU.
 pub fn svg(r: &BenchReport) -> String {
+    let title = format!(
+        "wake-up latency, CPUs {}, interval {} us, {:.0} s{}",
+        r.cpus,
+        r.interval_us,
+        r.duration_s,
+        if r.load { ", host load" } else { "" }
+    );
+    let series: Vec<(String, &[(u64, u64)])> = r
+        .results
+        .iter()
+        .map(|c| {
+            (
+                format!("CPU {} (max {:.0} us)", c.cpu, c.stats.max_us),
+                c.histogram.as_slice(),
+            )
+        })
+        .collect();
+    histograms_svg(&title, &series)
+}
+
+/// Histograms (`(label, [(µs, count)])`) as one SVG picture: x = µs (linear), y = count
+/// (log10), one line each.
+pub fn histograms_svg(title: &str, series: &[(String, &[(u64, u64)])]) -> String {
     let (w, h) = (800.0, 450.0);
     let (left, right, top_m, bottom) = (70.0, 20.0, 40.0, 50.0);
     let pw = w - left - right;
     let ph = h - top_m - bottom;
-    let max_us = r
-        .results
+    let max_us = series
         .iter()
-        .flat_map(|c| c.histogram.iter().map(|(us, _)| *us))
+        .flat_map(|(_, h)| h.iter().map(|(us, _)| *us))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let max_count = r
-        .results
+    let max_count = series
         .iter()
-        .flat_map(|c| c.histogram.iter().map(|(_, n)| *n))
+        .flat_map(|(_, h)| h.iter().map(|(_, n)| *n))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
@@ -329,13 +351,7 @@ pub fn svg(r: &BenchReport) -> String {
         s,
         "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{}</text>",
         w / 2.0,
-        esc(&format!(
-            "wake-up latency, CPUs {}, interval {} us, {:.0} s{}",
-            r.cpus,
-            r.interval_us,
-            r.duration_s,
-            if r.load { ", host load" } else { "" }
-        ))
+        esc(title)
     );
     let _ = writeln!(
         s,
@@ -372,10 +388,9 @@ pub fn svg(r: &BenchReport) -> String {
         top_m + ph / 2.0,
         top_m + ph / 2.0
     );
-    for (i, c) in r.results.iter().enumerate() {
+    for (i, (label, hist)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = c
-            .histogram
+        let pts: Vec<String> = hist
             .iter()
             .map(|(us, n)| format!("{:.1},{:.1}", x(*us as f64), y(*n as f64)))
             .collect();
@@ -392,7 +407,7 @@ pub fn svg(r: &BenchReport) -> String {
             left + pw - 130.0,
             left + pw - 125.0,
             ly + 4.0,
-            esc(&format!("CPU {} (max {:.0} us)", c.cpu, c.stats.max_us))
+            esc(label)
         );
     }
     s.push_str("</svg>\n");

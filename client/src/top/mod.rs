@@ -1,0 +1,340 @@
+//! `kvmisolate top`: what a running guest loses, measured from the host with a tracefs
+//! instance of its own: per vCPU thread the wake-up delay (histogram, p50/p99/p99.9/max),
+//! preemptions, time runnable but not running and migrations; per traced CPU what ran
+//! instead (tasks, kernel threads, hard IRQs, softirqs, the tick); a verdict against the
+//! 1000 µs goal and the top offenders with the fix for each.
+//!
+//! Layers: [`threads`] finds the threads and CPUs, [`tracefs`] owns the instance and reads
+//! the per-CPU raw buffers, [`ring`] decodes pages (pure), [`analyze`] turns events into
+//! figures (pure), [`report`] renders them.
+
+pub mod analyze;
+pub mod check;
+pub mod report;
+pub mod ring;
+pub mod threads;
+pub mod tracefs;
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use kvmisolate_dbus::CpuSet;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::check_cli::{RootArgs, print};
+use crate::failure::{ExitCode, Failure};
+use analyze::{Analyzer, Target};
+use report::{Cost, TopReport};
+
+/// `kvmisolate top` arguments.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// A running libvirt domain: its vCPU, emulator and iothread threads (cgroup leaves).
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["pid", "name"])]
+    pub vm: Option<String>,
+
+    /// A QEMU process: its threads (vCPUs by their `CPU N/KVM` or `CPU N/TCG` names).
+    #[arg(long, value_name = "PID", conflicts_with = "name")]
+    pub pid: Option<u32>,
+
+    /// The threads of a kvmisolate isolation (its cgroups).
+    #[arg(long, value_name = "ISOLATION")]
+    pub name: Option<String>,
+
+    /// Stop after this long (30s, 1m; a bare number is seconds) and print the figures.
+    /// Without it: until Ctrl-C.
+    #[arg(long, value_name = "TIME", value_parser = parse_window)]
+    pub duration: Option<Duration>,
+
+    /// Print the figures as JSON at the end (the input of --compare).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the wake-up delay histograms as an SVG picture.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    /// Print the difference between two saved --json windows (A before, B after) and exit.
+    #[arg(long, num_args = 2, value_names = ["A.json", "B.json"],
+          conflicts_with_all = ["vm", "pid", "name", "json", "plot", "duration"])]
+    pub compare: Option<Vec<PathBuf>>,
+
+    /// Per-CPU trace buffer of the instance, KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 1024, hide = true,
+          value_parser = clap::value_parser!(u32).range(64..=65536))]
+    pub buffer_kb: u32,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub roots: RootArgs,
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let d = crate::bench::parse_duration(s, crate::bench::Unit::Seconds)?;
+    if d < Duration::from_millis(200) {
+        return Err(format!("{s:?} is too short: trace at least 200ms"));
+    }
+    Ok(d)
+}
+
+/// How often the buffers are drained (the table is redrawn every second).
+const DRAIN: Duration = Duration::from_millis(250);
+
+/// What to trace, found.
+pub struct Traced {
+    /// `vm NAME`, `pid N`, `isolation NAME`.
+    pub label: String,
+    /// The threads.
+    pub targets: Vec<Target>,
+    /// The CPUs.
+    pub cpus: BTreeSet<u32>,
+}
+
+/// Finds the threads of `a` (`isolation_cgroups`: the cgroups of `--name`, asked of
+/// kvmisolated by the caller).
+pub fn discover(a: &TopArgs, isolation_cgroups: Option<&[String]>) -> Result<Traced, Failure> {
+    let not_found = |m: String| Failure::new(ExitCode::NotFound, m);
+    let (label, targets) = if let Some(vm) = &a.vm {
+        (
+            format!("vm {vm}"),
+            threads::of_domain(&a.roots.cgroup_root, vm).map_err(not_found)?,
+        )
+    } else if let Some(pid) = a.pid {
+        (
+            format!("pid {pid}"),
+            threads::of_pid(pid).map_err(not_found)?,
+        )
+    } else if let Some(name) = &a.name {
+        let t = threads::of_cgroups(&a.roots.cgroup_root, isolation_cgroups.unwrap_or_default());
+        if t.is_empty() {
+            return Err(not_found(format!(
+                "isolation {name:?} has no thread in its cgroups (is its target running?)"
+            )));
+        }
+        (format!("isolation {name}"), t)
+    } else {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            "top needs what to watch: --vm DOMAIN, --pid PID or --name ISOLATION (or \
+             --compare A.json B.json)",
+        ));
+    };
+    let cpus = threads::cpus_of(&targets);
+    Ok(Traced {
+        label,
+        targets,
+        cpus,
+    })
+}
+
+/// This process's CPU time (all threads, user + system), ms.
+fn rusage_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
+}
+
+fn online_cpus() -> BTreeSet<u32> {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| CpuSet::parse(s.trim()).ok())
+        .map(|c| c.iter().collect())
+        .unwrap_or_default()
+}
+
+/// Moves this process off the traced CPUs (best effort: when no other CPU is online, or the
+/// affinity cannot be changed, it stays where it is).
+fn keep_off(traced: &BTreeSet<u32>) {
+    let mut set = nix::sched::CpuSet::new();
+    let mut any = false;
+    for c in online_cpus().difference(traced) {
+        if set.set(*c as usize).is_ok() {
+            any = true;
+        }
+    }
+    if any {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A live tracing session: the instance and the figures so far.
+pub struct Session {
+    instance: tracefs::Instance,
+    analyzer: Analyzer,
+    traced: Traced,
+    started: Instant,
+    cpu0: f64,
+}
+
+impl Session {
+    /// Makes the instance (removing stale ones first; their names are returned).
+    pub fn start(traced: Traced, buffer_kb: u32) -> Result<(Self, Vec<String>), Failure> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Failure::new(
+                ExitCode::NotAuthorized,
+                "top traces the kernel's scheduler through tracefs: run it as root (sudo \
+                 kvmisolate top ...)",
+            ));
+        }
+        keep_off(&traced.cpus);
+        let root = tracefs::root().map_err(|m| Failure::new(ExitCode::HostCannot, m))?;
+        let stale = tracefs::remove_stale(&root);
+        let tids: BTreeSet<u32> = traced.targets.iter().map(|t| t.tid).collect();
+        let instance =
+            tracefs::Instance::create(&root, &tids, &traced.cpus, &online_cpus(), buffer_kb)
+                .map_err(|m| Failure::new(ExitCode::HostCannot, m))?;
+        let analyzer = Analyzer::new(&traced.targets, &traced.cpus);
+        Ok((
+            Self {
+                instance,
+                analyzer,
+                traced,
+                started: Instant::now(),
+                cpu0: rusage_ms(),
+            },
+            stale,
+        ))
+    }
+
+    /// Reads what the buffers hold and feeds it to the figures.
+    pub fn poll(&mut self) -> Result<(), Failure> {
+        let ev = self.instance.drain().map_err(Failure::other)?;
+        self.analyzer.feed(ev);
+        Ok(())
+    }
+
+    /// The figures so far.
+    pub fn report(&self) -> TopReport {
+        let cost = Cost {
+            events: self.analyzer.events,
+            bytes: self.instance.bytes,
+            cpu_ms: rusage_ms() - self.cpu0,
+            lost_pages: self.instance.missed_pages(),
+        };
+        report::build(
+            &self.analyzer,
+            &self.traced.label,
+            &kernel(),
+            self.started.elapsed().as_secs_f64(),
+            cost,
+            &threads::is_kthread,
+        )
+    }
+
+    /// The instance's directory.
+    pub fn dir(&self) -> &Path {
+        self.instance.dir()
+    }
+}
+
+/// A one-shot sample of `window` (for `check --vm`): the report, or why there is none.
+pub fn sample(a: &TopArgs, window: Duration) -> Result<TopReport, Failure> {
+    let (mut s, _) = Session::start(discover(a, None)?, a.buffer_kb)?;
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        std::thread::sleep(DRAIN.min(end.saturating_duration_since(Instant::now())));
+        s.poll()?;
+    }
+    Ok(s.report())
+}
+
+/// `kvmisolate top`.
+pub async fn cmd(
+    a: TopArgs,
+    isolation_cgroups: Option<Vec<String>>,
+    quiet: bool,
+) -> Result<(), Failure> {
+    if let Some(files) = &a.compare {
+        let [x, y] = files.as_slice() else {
+            return Err(Failure::new(ExitCode::Usage, "--compare needs two files"));
+        };
+        let load = |p: &PathBuf| report::load(p).map_err(|m| Failure::new(ExitCode::BadRequest, m));
+        return print(&report::format_compare(&load(x)?, &load(y)?, x, y));
+    }
+    let traced = discover(&a, isolation_cgroups.as_deref())?;
+    if traced.cpus.is_empty() {
+        return Err(Failure::other("no CPU found for the traced threads"));
+    }
+    let (mut s, stale) = Session::start(traced, a.buffer_kb)?;
+    if !quiet {
+        for n in stale {
+            eprintln!(
+                "kvmisolate: removed the tracefs instance {n} of a run that did not end cleanly"
+            );
+        }
+    }
+    let live = !a.json && std::io::stdout().is_terminal();
+    let signal_failure = |e: std::io::Error| Failure::other(format!("cannot handle signals: {e}"));
+    let (mut sigint, mut sigterm) = (
+        signal(SignalKind::interrupt()).map_err(signal_failure)?,
+        signal(SignalKind::terminate()).map_err(signal_failure)?,
+    );
+    if !quiet && !live {
+        eprintln!(
+            "kvmisolate: tracing {} on CPUs {} ({}){}",
+            s.traced.label,
+            s.traced.cpus.iter().copied().collect::<CpuSet>(),
+            s.dir().display(),
+            if a.duration.is_none() {
+                "; Ctrl-C to stop"
+            } else {
+                ""
+            }
+        );
+    }
+    let end = a.duration.map(|d| Instant::now() + d);
+    let mut next_draw = Instant::now() + Duration::from_secs(1);
+    loop {
+        let mut wait = DRAIN;
+        if let Some(e) = end {
+            let left = e.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            wait = wait.min(left);
+        }
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+        s.poll()?;
+        if live && Instant::now() >= next_draw {
+            next_draw += Duration::from_secs(1);
+            print(&format!(
+                "\x1b[H\x1b[2J{}",
+                report::format_human(&s.report())
+            ))?;
+        }
+    }
+    s.poll()?;
+    let r = s.report();
+    drop(s);
+    if let Some(p) = &a.plot {
+        std::fs::write(p, report::svg(&r))
+            .map_err(|e| Failure::other(format!("cannot write {}: {e}", p.display())))?;
+    }
+    if a.json {
+        let t = serde_json::to_string_pretty(&r)
+            .map_err(|e| Failure::other(format!("cannot write JSON: {e}")))?;
+        print(&format!("{t}\n"))
+    } else {
+        print(&report::format_human(&r))
+    }
+}
