@@ -27,8 +27,8 @@ pub mod tunings;
 // The modules' paths from before the layers, so that code reads the same across the move.
 pub use bus::{authz, isolator, polkit, request};
 pub use daemon::{
-    hotplug, keeper, kthread_ledger, kthreads, ownership, presets, registry, systemd, systemd_effects,
-    watch,
+    hotplug, keeper, kthread_ledger, kthreads, ownership, presets, registry, systemd,
+    systemd_effects, watch,
 };
 pub use engine::{apply, journal, plan};
 pub use host::{cgroupfs, kernel, meminfo};

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use kvmisolate_dbus::{CpuSet, Error, options};
 use zbus::{OwnedVariant, Variant};
 
-use crate::registry::Lease;
 use crate::config::{Config, IsolationConfig};
+use crate::registry::Lease;
 
 /// What a preset isolates.
 #[derive(Debug, Clone, PartialEq, Eq)]
