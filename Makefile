@@ -125,6 +125,7 @@ test-vm:
 	tests/vm/run --libvirt --only libvirt,libvirt-names,check-vm,plan-libvirt,top-vm
 	tests/vm/run --libvirt --kernel 6.1 --only libvirt
 	tests/vm/run --gnome --kernel 6.12 --only gnome-shell
+	tests/vm/run --gnome --kernel newest --only gnome-shell
 
 demo:
 	tests/vm/run --demo

@@ -7,6 +7,7 @@
 // when an isolation degrades, when the service releases one by itself, and when a call is
 // refused. All state comes from the service's signals (client.js); format.js words it.
 
+import Clutter from 'gi://Clutter';
 import GObject from 'gi://GObject';
 import Gio from 'gi://Gio';
 import GLib from 'gi://GLib';
@@ -60,7 +61,7 @@ class IsolationToggle extends QuickMenuToggle {
             const row = Format.isolationRow(iso, _);
             const item = new PopupMenu.PopupBaseMenuItem({ reactive: false, can_focus: false });
             item.name = `kvmisolate-row-${iso.name}`;
-            const box = new St.BoxLayout({ vertical: true, x_expand: true });
+            const box = new St.BoxLayout({ orientation: Clutter.Orientation.VERTICAL, x_expand: true });
             box.add_child(new St.Label({ text: row.title }));
             for (const line of row.details) {
                 box.add_child(new St.Label({
