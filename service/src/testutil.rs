@@ -359,6 +359,11 @@ impl FakeTree {
     }
 
     pub fn plan(&self, req: &Request) -> Result<Plan, Error> {
+        self.plan_with(req, &PlanConfig::default())
+    }
+
+    /// Plans `req` under `config` against the isolations in the journal.
+    pub fn plan_with(&self, req: &Request, config: &PlanConfig) -> Result<Plan, Error> {
         let active: Vec<_> = self
             .engine
             .journal
@@ -373,7 +378,7 @@ impl FakeTree {
             &self.host(),
             &self.kernel_support(),
             &snap,
-            &PlanConfig::default(),
+            config,
             &active,
         )
     }

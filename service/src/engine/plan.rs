@@ -967,16 +967,7 @@ mod tests {
     }
 
     fn plan_with(t: &FakeTree, req: &Request, config: &PlanConfig) -> Result<Plan, Error> {
-        let active: Vec<_> = t
-            .engine
-            .journal
-            .records()
-            .unwrap()
-            .iter()
-            .map(|r| r.to_active())
-            .collect();
-        let snap = t.engine.snapshot(&req.target)?;
-        plan(req, &t.host(), &t.kernel_support(), &snap, config, &active)
+        t.plan_with(req, config)
     }
 
     #[test]
