@@ -635,8 +635,13 @@ impl Shared {
         if !health.target_alive && lease.release_when() != ReleaseWhen::Released {
             // Judged again under the release's lock: the target of this very lease is gone.
             let dead = |l: &Lease| !self.orchestrator.health(l).target_alive;
-            if let Err(e) = self.release(&key, "target-exited", dead).await {
-                tracing::error!(name, error = ?e, "automatic release after the target exited failed");
+            // Reads no longer wait for a Release in flight, so the lease seen above may be one
+            // that Release is removing: gone (or replaced) by the time we hold the lock is fine.
+            match self.release(&key, "target-exited", dead).await {
+                Ok(()) | Err(Error::NoSuchIsolation(_)) => {}
+                Err(e) => {
+                    tracing::error!(name, error = ?e, "automatic release after the target exited failed");
+                }
             }
             return;
         }
