@@ -13,6 +13,7 @@ use zbus::{OwnedVariant, Variant};
 
 use crate::config::{Config, IsolationConfig};
 use crate::registry::Lease;
+use crate::request::TargetRequest;
 
 /// What a preset isolates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,12 +32,13 @@ impl PresetTarget {
             Self::Libvirt(d) => (options::LIBVIRT_DOMAIN, d),
         }
     }
+}
 
-    /// The `Target` text an isolation of it shows: `unit:NAME` or `libvirt:DOMAIN`.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Unit(u) => format!("unit:{u}"),
-            Self::Libvirt(d) => format!("libvirt:{d}"),
+impl From<&PresetTarget> for TargetRequest {
+    fn from(target: &PresetTarget) -> Self {
+        match target {
+            PresetTarget::Unit(u) => Self::Unit(u.clone()),
+            PresetTarget::Libvirt(d) => Self::Libvirt(d.clone()),
         }
     }
 }
@@ -141,7 +143,8 @@ pub fn rows<'a>(config: &Config, leases: impl Iterator<Item = &'a Lease> + Clone
             (
                 name.to_owned(),
                 cpus.to_string(),
-                target.describe(),
+                // The `Target` text an isolation of it shows, worded in one place.
+                TargetRequest::from(target).describe(),
                 profile,
                 why.is_empty(),
                 why,
