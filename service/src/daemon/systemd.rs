@@ -108,6 +108,17 @@ impl Systemd {
         ManagerProxy::new(&self.conn).await
     }
 
+    /// The unit object at `path`, read one property at a time: a cached proxy would first
+    /// fetch every property of the unit (`GetAll`, over a hundred, each computed by systemd)
+    /// and add a match rule for their changes, for the one or two read here.
+    async fn unit_proxy(&self, path: OwnedObjectPath) -> zbus::Result<UnitProxy<'static>> {
+        UnitProxy::builder(&self.conn)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+    }
+
     /// A property of a loaded unit's type-specific interface (`...systemd1.Service` etc.).
     async fn unit_property(
         &self,
@@ -253,7 +264,7 @@ impl Systemd {
         let Ok(path) = manager.get_unit(unit).await else {
             return false;
         };
-        let Ok(proxy) = UnitProxy::builder(&self.conn).path(path).build().await else {
+        let Ok(proxy) = self.unit_proxy(path).await else {
             return false;
         };
         matches!(
@@ -275,7 +286,7 @@ impl Systemd {
                 };
             }
         };
-        let proxy = UnitProxy::builder(&self.conn).path(path).build().await?;
+        let proxy = self.unit_proxy(path).await?;
         Ok(Some(proxy.fragment_path().await?))
     }
 
@@ -294,7 +305,7 @@ impl Systemd {
     pub async fn unit_of_pid(&self, pid: u32) -> Result<String, SystemdError> {
         let manager = self.manager().await?;
         let path = manager.get_unit_by_pid(pid).await?;
-        let unit = UnitProxy::builder(&self.conn).path(path).build().await?;
+        let unit = self.unit_proxy(path).await?;
         Ok(unit.id().await?)
     }
 }
