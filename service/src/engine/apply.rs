@@ -386,11 +386,11 @@ impl Engine {
             if hook(Point::AfterPerform(n)) {
                 return Err(None);
             }
+            // Persisted with the next save (the next step's, or the phase `active`): replay
+            // undoes a recorded step whether or not it is marked done, so a save of its own
+            // would change nothing a crash could tell apart.
             if let Some(last) = record.steps.last_mut() {
                 last.done = true;
-            }
-            if let Err(e) = crate::timing::time(OP, "journal-save", || self.journal.save(&record)) {
-                return Err(Some(self.abort(record, &others, journal_failed(e))));
             }
             if hook(Point::AfterDone(n)) {
                 return Err(None);

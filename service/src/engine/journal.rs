@@ -2,7 +2,7 @@
 //!
 //! A record is written before the first step, and every step is appended (with the original
 //! state it will change, `done: false`) and persisted *before* it is performed, then marked
-//! done. Each save is atomic: a temporary file in the same directory is written and fsynced,
+//! done in the next save (replay undoes every recorded step, done or not). Each save is atomic: a temporary file in the same directory is written and fsynced,
 //! renamed over the record, and the directory is fsynced. Deleting the record is the last act
 //! of a release. `/run` is a tmpfs, so a reboot (which undoes every partition) empties it.
 //!
