@@ -3,7 +3,8 @@
 //!
 //! - `start-transient-scope`: kvmisolate's delegated scope for a `pids` target. Undo moves any
 //!   process still in it back to the unit it came from, stops the scope, and stops
-//!   `kvmisolate.slice` when that was the last cgroup in it and no unit file defines it.
+//!   `kvmisolate.slice` when that was the last cgroup in it and no unit file defines it (then
+//!   stopping the slice alone stops both).
 //! - `start-keeper-slice`: the keeper slice of a unit target that is not delegated
 //!   ([`crate::keeper`]). Undo stops it (a keeper already gone is fine).
 //!
@@ -125,10 +126,59 @@ impl SystemdEffects {
                 stuck.join(", ")
             )));
         }
+        if self.slice_only_holds(&scope_cg)? {
+            // Stopping the slice stops the scope in it first (a unit requires its slice): one
+            // job instead of two, and no waiting for the scope's cgroup to go in between.
+            return self
+                .handle
+                .block_on(self.systemd.stop_unit(systemd::SLICE))
+                .map_err(|e| {
+                    failed(format!(
+                        "stopping {} with {}: {e}",
+                        systemd::SLICE,
+                        data.unit
+                    ))
+                });
+        }
         self.handle
             .block_on(self.systemd.stop_unit(&data.unit))
             .map_err(failed)?;
         self.stop_slice_if_unused(&fs, &scope_cg)
+    }
+
+    /// Whether [`systemd::SLICE`] is one systemd made up (no unit file) whose only cgroup is
+    /// `scope_cg`: once the scope is stopped, the slice is to be stopped too.
+    fn slice_only_holds(&self, scope_cg: &CgroupPath) -> Result<bool, Error> {
+        let slice = CgroupPath::new(systemd::SLICE).map_err(failed)?;
+        let Ok(entries) = std::fs::read_dir(self.cgroup_root.join(slice.as_str())) else {
+            return Ok(false);
+        };
+        let mut held = false;
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if slice
+                .join(&entry.file_name().to_string_lossy())
+                .ok()
+                .as_ref()
+                != Some(scope_cg)
+            {
+                return Ok(false);
+            }
+            held = true;
+        }
+        if !held {
+            return Ok(false);
+        }
+        match self
+            .handle
+            .block_on(self.systemd.unit_fragment(systemd::SLICE))
+        {
+            Ok(Some(file)) => Ok(file.is_empty()),
+            Ok(None) => Ok(false),
+            Err(e) => Err(failed(e)),
+        }
     }
 
     /// Stops [`systemd::SLICE`] once the last scope in it is gone. systemd keeps the slice it
