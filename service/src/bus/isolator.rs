@@ -812,6 +812,7 @@ impl Shared {
 
     async fn status(&self) -> HashMap<String, OwnedVariant> {
         // A snapshot: never waits for an Isolate or Release in flight.
+        let _p = timing::phase("status", "total");
         let leases = self.registry.leases();
         let isolated = leases
             .iter()
