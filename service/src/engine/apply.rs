@@ -15,8 +15,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::engine::Error;
+use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::options::PartitionType;
-use kvmisolate_dbus::{CpuSet, Error};
 
 use crate::cgroupfs::{CgroupError, CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
 use crate::journal::{Journal, JournalError, JournalStep, Phase, Record};
@@ -166,28 +167,6 @@ fn failed(e: impl std::fmt::Display) -> Error {
 
 fn journal_failed(e: JournalError) -> Error {
     Error::Failed(e.to_string())
-}
-
-/// Appends `extra` to the message of `e`, keeping its variant.
-pub fn with_context(e: Error, extra: &str) -> Error {
-    let add = |m: String| format!("{m}; {extra}");
-    match e {
-        Error::ZBus(z) => Error::Failed(add(z.to_string())),
-        Error::InvalidCpuList(m) => Error::InvalidCpuList(add(m)),
-        Error::CpuNotAvailable(m) => Error::CpuNotAvailable(add(m)),
-        Error::CpusBusy(m) => Error::CpusBusy(add(m)),
-        Error::HousekeepingTooSmall(m) => Error::HousekeepingTooSmall(add(m)),
-        Error::CpuReserved(m) => Error::CpuReserved(add(m)),
-        Error::InvalidName(m) => Error::InvalidName(add(m)),
-        Error::NameExists(m) => Error::NameExists(add(m)),
-        Error::NoSuchIsolation(m) => Error::NoSuchIsolation(add(m)),
-        Error::TargetNotFound(m) => Error::TargetNotFound(add(m)),
-        Error::UnsupportedHost(m) => Error::UnsupportedHost(add(m)),
-        Error::PartitionRejected(m) => Error::PartitionRejected(add(m)),
-        Error::InvalidOption(m) => Error::InvalidOption(add(m)),
-        Error::TuningFailed(m) => Error::TuningFailed(add(m)),
-        Error::Failed(m) => Error::Failed(add(m)),
-    }
 }
 
 fn is_cpulist_file(file: &str) -> bool {
@@ -418,13 +397,13 @@ impl Engine {
         if failures.is_empty() {
             match self.journal.remove(record.name()) {
                 Ok(()) => error,
-                Err(e) => with_context(
+                Err(e) => Error::with_context(
                     error,
                     &format!("and removing its journal record failed: {e}"),
                 ),
             }
         } else {
-            with_context(
+            Error::with_context(
                 error,
                 &format!(
                     "rolling back also failed: {}; kvmisolated will retry at its next start",

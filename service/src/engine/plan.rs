@@ -23,8 +23,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::Error;
 use kvmisolate_dbus::options::{PartitionType, ReleaseWhen};
-use kvmisolate_dbus::{CpuSet, Error, IsolationName};
+use kvmisolate_dbus::{CpuSet, IsolationName};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroupfs::CgroupPath;

@@ -19,8 +19,9 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
+use crate::engine::Error;
+use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::tunings::{HugepageSpec, Tuning, TuningState};
-use kvmisolate_dbus::{CpuSet, Error};
 use serde::{Deserialize, Serialize};
 
 use crate::host::HostCpus;
