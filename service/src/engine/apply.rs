@@ -22,36 +22,9 @@ use kvmisolate_dbus::options::PartitionType;
 use crate::cgroupfs::{CgroupError, CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
 use crate::journal::{Journal, JournalError, JournalStep, Phase, Record};
 use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
-use crate::plan::{ExternalStep, Plan, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target};
+use crate::plan::{Plan, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target};
 
-/// Effects outside cgroupfs (systemd), journalled as [`Step::External`].
-///
-/// `undo` must be safe whether or not `perform` ran (or ran to the end): after a crash the
-/// engine undoes steps that were recorded but maybe not performed.
-pub trait ExternalEffects {
-    /// Called right before the step is journalled: fill in originals (e.g. a unit property's
-    /// current value). The returned step is what gets journalled and performed.
-    fn prepare(&self, step: &ExternalStep) -> Result<ExternalStep, Error> {
-        Ok(step.clone())
-    }
-    /// Performs the step.
-    fn perform(&self, step: &ExternalStep) -> Result<(), Error>;
-    /// Undoes the step.
-    fn undo(&self, step: &ExternalStep) -> Result<(), Error>;
-}
-
-/// Accepts every external step and does nothing (hosts without systemd, tests).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoExternalEffects;
-
-impl ExternalEffects for NoExternalEffects {
-    fn perform(&self, _: &ExternalStep) -> Result<(), Error> {
-        Ok(())
-    }
-    fn undo(&self, _: &ExternalStep) -> Result<(), Error> {
-        Ok(())
-    }
-}
+pub use crate::engine::effects::{ExternalEffects, NoExternalEffects};
 
 /// The state `cpuset.cpus.partition` reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,8 +3,10 @@
 //! [`Error`] becomes an `org.kvmisolate.Error.*` reply only at the bus edge ([`crate::bus::error`]).
 
 pub mod apply;
+pub mod effects;
 pub mod error;
 pub mod journal;
+pub mod model;
 pub mod plan;
 
 pub use error::Error;
