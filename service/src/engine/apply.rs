@@ -20,6 +20,7 @@ use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::options::PartitionType;
 
 use crate::cgroupfs::{CgroupError, CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
+use crate::engine::model::first_word;
 use crate::journal::{Journal, JournalError, JournalStep, Phase, Record};
 use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
 use crate::plan::{Plan, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target};
@@ -149,10 +150,6 @@ fn is_cpulist_file(file: &str) -> bool {
 /// Whether `step` writes a `cpuset.cpus` file (which the kernel won't empty while populated).
 fn is_cpus_file(step: &Step) -> bool {
     matches!(step, Step::Write { file, .. } | Step::SharedAdd { file, .. } if file == crate::plan::CPUS_FILE)
-}
-
-fn first_word(text: &str) -> &str {
-    text.split_whitespace().next().unwrap_or("")
 }
 
 fn has_word(text: &str, word: &str) -> bool {
@@ -328,7 +325,7 @@ impl Engine {
             }
             tracing::debug!(isolation = %name, step = n, "{}", prepared.describe());
             if let Err(f) = crate::timing::time(OP, format!("perform-{}", step.kind()), || {
-                self.perform(&prepared, &others)
+                self.perform(&prepared)
             }) {
                 if !f.touched {
                     record.steps.pop();
@@ -637,7 +634,7 @@ impl Engine {
         })
     }
 
-    fn perform(&self, step: &Step, _others: &[Record]) -> Result<(), StepFailure> {
+    fn perform(&self, step: &Step) -> Result<(), StepFailure> {
         match step {
             Step::Mkdir { path, .. } => {
                 if !self.fs.exists(path) {

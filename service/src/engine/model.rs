@@ -292,6 +292,7 @@ impl Step {
     }
 
     /// Whether this writes `cpuset.cpus.partition`.
+    #[cfg(test)]
     pub fn is_partition_write(&self) -> bool {
         matches!(self, Self::SharedPartition { .. })
             || matches!(self, Self::Write { file, .. } if file == PARTITION_FILE)
@@ -395,4 +396,10 @@ pub enum PartitionMode {
     Remote,
     /// Every ancestor is a partition root (6.1-6.6).
     Local,
+}
+
+/// The first word of a cgroup file's content (`cpuset.cpus.partition` reads e.g.
+/// `root invalid (...)`), or `""`.
+pub(crate) fn first_word(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or("")
 }

@@ -31,6 +31,8 @@ use crate::cgroupfs::CgroupPath;
 use crate::host::HostCpus;
 use crate::kernel::{EXCLUSIVE_FILE, KernelSupport, PARTITION_FILE};
 
+use crate::engine::model::first_word;
+
 // The model's items, at the paths they had when they lived here.
 pub use crate::engine::model::{
     CPUS_FILE, ExternalStep, LeafPartition, OWN_SUBTREE, PartitionMode, Request,
@@ -86,10 +88,6 @@ pub fn cpus_phrase(set: &CpuSet) -> String {
     } else {
         format!("CPUs {set}")
     }
-}
-
-fn first_word(text: &str) -> &str {
-    text.split_whitespace().next().unwrap_or("")
 }
 
 /// Plans `req`. See the module documentation for the steps; refusals are contract errors.

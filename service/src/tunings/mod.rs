@@ -447,7 +447,8 @@ impl HostTunings {
         Ok(())
     }
 
-    /// The isolations the journal holds tunings for (after a crash: to adopt or drop).
+    /// The isolations the journal holds tunings for (tests: what a crash leaves).
+    #[cfg(test)]
     pub fn journalled_holders(&self) -> Result<Vec<Holder>, Error> {
         Ok(self.load()?.holders.into_values().collect())
     }
