@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::engine::Error;
 use kvmisolate_dbus::options::{PartitionType, ReleaseWhen};
-use kvmisolate_dbus::{CpuSet, Error, IsolationName};
+use kvmisolate_dbus::{CpuSet, IsolationName};
 
 use crate::apply::{Engine, ExternalEffects};
 use crate::cgroupfs::{CgroupFs, CgroupPath, EmulatedKernel};

@@ -106,7 +106,7 @@ impl Isolator {
                 let _p = timing::phase("isolate", "inspect");
                 orchestrator.inspect(&req, caller.uid).await
             };
-            let (facts, held) = inspected.map_err(boxed)?;
+            let (facts, held) = inspected.map_err(Error::from).map_err(boxed)?;
             let _p = timing::phase("isolate", "polkit");
             let mem = orchestrator.meminfo();
             for ask in authz::asks(&req, &facts, mem.as_ref()) {
@@ -616,7 +616,7 @@ impl Shared {
                     self.follow_kthreads().await;
                     self.update_object(&updated).await;
                 }
-                Err(e)
+                Err(e.into())
             }
         }
     }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::engine::Error;
 use kvmisolate_dbus::options::IsolationState;
 use kvmisolate_dbus::status as keys;
-use kvmisolate_dbus::{CpuSet, Error, IsolationName};
+use kvmisolate_dbus::{CpuSet, IsolationName};
 use zbus::{Connection, OwnedVariant, Variant};
 
 use crate::apply::{Engine, ExternalEffects, NoExternalEffects, PartitionState};
@@ -484,9 +485,7 @@ impl Orchestrator {
                 .and_then(|r| r.map_err(Error::from));
             return Err(match undone {
                 Ok(()) => e,
-                Err(problem) => {
-                    crate::apply::with_context(e, &format!("rolling back failed too: {problem:?}"))
-                }
+                Err(problem) => e.with_context(&format!("rolling back failed too: {problem:?}")),
             });
         }
         // The partition stands; now the host tunings, for every isolation including this one.
@@ -512,7 +511,7 @@ impl Orchestrator {
                 .err();
             let mut e = e;
             for problem in [undo, released].into_iter().flatten() {
-                e = crate::apply::with_context(e, &format!("rolling back failed too: {problem}"));
+                e = e.with_context(&format!("rolling back failed too: {problem}"));
             }
             return Err(e);
         }
@@ -681,7 +680,7 @@ impl Orchestrator {
         match (tunings, partition) {
             (None, r) => r.map(|()| warnings),
             (Some(t), Ok(())) => Err(t),
-            (Some(t), Err(p)) => Err(crate::apply::with_context(p, &t.to_string())),
+            (Some(t), Err(p)) => Err(p.with_context(&t.to_string())),
         }
     }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use kvmisolate_dbus::Error;
+use crate::engine::Error;
 
 use crate::cgroupfs::{CgroupFs, CgroupPath};
 

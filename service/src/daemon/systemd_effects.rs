@@ -14,7 +14,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kvmisolate_dbus::{Error, IsolationName};
+use crate::engine::Error;
+use kvmisolate_dbus::IsolationName;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 

@@ -15,42 +15,17 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::engine::Error;
+use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::options::PartitionType;
-use kvmisolate_dbus::{CpuSet, Error};
 
 use crate::cgroupfs::{CgroupError, CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
+use crate::engine::model::first_word;
 use crate::journal::{Journal, JournalError, JournalStep, Phase, Record};
 use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
-use crate::plan::{ExternalStep, Plan, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target};
+use crate::plan::{Plan, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target};
 
-/// Effects outside cgroupfs (systemd), journalled as [`Step::External`].
-///
-/// `undo` must be safe whether or not `perform` ran (or ran to the end): after a crash the
-/// engine undoes steps that were recorded but maybe not performed.
-pub trait ExternalEffects {
-    /// Called right before the step is journalled: fill in originals (e.g. a unit property's
-    /// current value). The returned step is what gets journalled and performed.
-    fn prepare(&self, step: &ExternalStep) -> Result<ExternalStep, Error> {
-        Ok(step.clone())
-    }
-    /// Performs the step.
-    fn perform(&self, step: &ExternalStep) -> Result<(), Error>;
-    /// Undoes the step.
-    fn undo(&self, step: &ExternalStep) -> Result<(), Error>;
-}
-
-/// Accepts every external step and does nothing (hosts without systemd, tests).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoExternalEffects;
-
-impl ExternalEffects for NoExternalEffects {
-    fn perform(&self, _: &ExternalStep) -> Result<(), Error> {
-        Ok(())
-    }
-    fn undo(&self, _: &ExternalStep) -> Result<(), Error> {
-        Ok(())
-    }
-}
+pub use crate::engine::effects::{ExternalEffects, NoExternalEffects};
 
 /// The state `cpuset.cpus.partition` reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,28 +143,6 @@ fn journal_failed(e: JournalError) -> Error {
     Error::Failed(e.to_string())
 }
 
-/// Appends `extra` to the message of `e`, keeping its variant.
-pub fn with_context(e: Error, extra: &str) -> Error {
-    let add = |m: String| format!("{m}; {extra}");
-    match e {
-        Error::ZBus(z) => Error::Failed(add(z.to_string())),
-        Error::InvalidCpuList(m) => Error::InvalidCpuList(add(m)),
-        Error::CpuNotAvailable(m) => Error::CpuNotAvailable(add(m)),
-        Error::CpusBusy(m) => Error::CpusBusy(add(m)),
-        Error::HousekeepingTooSmall(m) => Error::HousekeepingTooSmall(add(m)),
-        Error::CpuReserved(m) => Error::CpuReserved(add(m)),
-        Error::InvalidName(m) => Error::InvalidName(add(m)),
-        Error::NameExists(m) => Error::NameExists(add(m)),
-        Error::NoSuchIsolation(m) => Error::NoSuchIsolation(add(m)),
-        Error::TargetNotFound(m) => Error::TargetNotFound(add(m)),
-        Error::UnsupportedHost(m) => Error::UnsupportedHost(add(m)),
-        Error::PartitionRejected(m) => Error::PartitionRejected(add(m)),
-        Error::InvalidOption(m) => Error::InvalidOption(add(m)),
-        Error::TuningFailed(m) => Error::TuningFailed(add(m)),
-        Error::Failed(m) => Error::Failed(add(m)),
-    }
-}
-
 fn is_cpulist_file(file: &str) -> bool {
     file != PARTITION_FILE && (file.starts_with("cpuset.cpus") || file.starts_with("cpuset.mems"))
 }
@@ -197,10 +150,6 @@ fn is_cpulist_file(file: &str) -> bool {
 /// Whether `step` writes a `cpuset.cpus` file (which the kernel won't empty while populated).
 fn is_cpus_file(step: &Step) -> bool {
     matches!(step, Step::Write { file, .. } | Step::SharedAdd { file, .. } if file == crate::plan::CPUS_FILE)
-}
-
-fn first_word(text: &str) -> &str {
-    text.split_whitespace().next().unwrap_or("")
 }
 
 fn has_word(text: &str, word: &str) -> bool {
@@ -376,7 +325,7 @@ impl Engine {
             }
             tracing::debug!(isolation = %name, step = n, "{}", prepared.describe());
             if let Err(f) = crate::timing::time(OP, format!("perform-{}", step.kind()), || {
-                self.perform(&prepared, &others)
+                self.perform(&prepared)
             }) {
                 if !f.touched {
                     record.steps.pop();
@@ -418,13 +367,13 @@ impl Engine {
         if failures.is_empty() {
             match self.journal.remove(record.name()) {
                 Ok(()) => error,
-                Err(e) => with_context(
+                Err(e) => Error::with_context(
                     error,
                     &format!("and removing its journal record failed: {e}"),
                 ),
             }
         } else {
-            with_context(
+            Error::with_context(
                 error,
                 &format!(
                     "rolling back also failed: {}; kvmisolated will retry at its next start",
@@ -685,7 +634,7 @@ impl Engine {
         })
     }
 
-    fn perform(&self, step: &Step, _others: &[Record]) -> Result<(), StepFailure> {
+    fn perform(&self, step: &Step) -> Result<(), StepFailure> {
         match step {
             Step::Mkdir { path, .. } => {
                 if !self.fs.exists(path) {

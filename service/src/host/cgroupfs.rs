@@ -296,6 +296,7 @@ impl CgroupFs {
     }
 
     /// Whether this is an emulated tree rather than the kernel's.
+    #[cfg(test)]
     pub fn is_emulated(&self) -> bool {
         self.emulation.is_some()
     }

@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use kvmisolate_dbus::Error;
+use crate::engine::Error;
 use kvmisolate_dbus::options::PartitionType;
 
 use crate::cgroupfs::{CgroupFs, CgroupPath};

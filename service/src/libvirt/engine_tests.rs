@@ -1,7 +1,7 @@
 //! A libvirt domain isolated in place on an emulated cgroupfs laid out like libvirt's:
 //! find the scope, read the pins, plan, apply, release.
 
-use kvmisolate_dbus::Error;
+use crate::engine::Error;
 use kvmisolate_dbus::options::PartitionType;
 
 use crate::apply::PartitionState;

@@ -1,7 +1,8 @@
 //! The leaves libvirt made below a domain's scope (`libvirt/vcpuN`, `libvirt/emulator`,
 //! `libvirt/iothreadN`) and the pins it wrote to their `cpuset.cpus`.
 
-use kvmisolate_dbus::{CpuSet, Error};
+use crate::engine::Error;
+use kvmisolate_dbus::CpuSet;
 
 use crate::cgroupfs::{CgroupFs, CgroupPath};
 

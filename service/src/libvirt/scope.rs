@@ -9,7 +9,7 @@
 //! `machine.slice`, unit-escaped (`-` inside the name becomes `\x2d`); without systemd it is
 //! `<machine name>.libvirt-qemu` under `machine`.
 
-use kvmisolate_dbus::Error;
+use crate::engine::Error;
 
 use crate::cgroupfs::{CgroupFs, CgroupPath};
 

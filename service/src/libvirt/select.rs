@@ -14,8 +14,9 @@
 //! - CPUs given: every partitioned leaf's pin must lie inside them, none may straddle them,
 //!   and together the pins must cover them exactly; each difference is named.
 
+use crate::engine::Error;
+use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::libvirt::{Placement, partitioned_cpus, place};
-use kvmisolate_dbus::{CpuSet, Error};
 
 use super::layout::{Layout, LeafKind};
 use crate::cgroupfs::CgroupPath;

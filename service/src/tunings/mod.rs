@@ -19,8 +19,9 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
+use crate::engine::Error;
+use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::tunings::{HugepageSpec, Tuning, TuningState};
-use kvmisolate_dbus::{CpuSet, Error};
 use serde::{Deserialize, Serialize};
 
 use crate::host::HostCpus;
@@ -446,7 +447,8 @@ impl HostTunings {
         Ok(())
     }
 
-    /// The isolations the journal holds tunings for (after a crash: to adopt or drop).
+    /// The isolations the journal holds tunings for (tests: what a crash leaves).
+    #[cfg(test)]
     pub fn journalled_holders(&self) -> Result<Vec<Holder>, Error> {
         Ok(self.load()?.holders.into_values().collect())
     }
