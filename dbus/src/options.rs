@@ -162,3 +162,32 @@ impl fmt::Display for IsolationState {
         f.write_str(self.as_str())
     }
 }
+
+/// The `Isolate` options dictionary, typed: each field is the key of the same name above,
+/// absent from the wire when `None`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, zbus::SerializeDict, zbus::DeserializeDict, zbus::Type,
+)]
+#[zbus(signature = "a{sv}", rename_all = "kebab-case")]
+pub struct IsolateOptions {
+    /// [`UNIT`].
+    pub unit: Option<String>,
+    /// [`PIDS`].
+    pub pids: Option<Vec<u32>>,
+    /// [`LIBVIRT_DOMAIN`].
+    pub libvirt_domain: Option<String>,
+    /// [`RESERVE_FOR_DOMAIN`].
+    pub reserve_for_domain: Option<String>,
+    /// [`PARTITION`].
+    pub partition: Option<String>,
+    /// [`RELEASE_WHEN`].
+    pub release_when: Option<String>,
+    /// [`PROFILE`].
+    pub profile: Option<String>,
+    /// [`TUNINGS`].
+    pub tunings: Option<Vec<String>>,
+    /// [`HUGEPAGES`].
+    pub hugepages: Option<String>,
+    /// [`HUGEPAGES_BEST_EFFORT`].
+    pub hugepages_best_effort: Option<bool>,
+}

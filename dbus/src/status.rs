@@ -65,3 +65,111 @@ pub const K_KERNEL_RELEASE: &str = "kernel-release";
 pub const K_SYSTEMD: &str = "systemd";
 /// KernelSupport: `problems` (as): why isolation is impossible here, if it is.
 pub const K_PROBLEMS: &str = "problems";
+
+use serde::{Deserialize, Serialize};
+use zbus::{DeserializeDict, OwnedObjectPath, SerializeDict, Type};
+
+/// The `Status()` reply, typed. Encodes to and decodes from the `a{sv}` above (keys as the
+/// constants of this module name them).
+#[derive(Debug, Clone, PartialEq, Default, SerializeDict, DeserializeDict, Type)]
+#[zbus(signature = "a{sv}", rename_all = "kebab-case")]
+pub struct Status {
+    /// [`VERSION`].
+    pub version: String,
+    /// [`ISOLATED_CPUS`].
+    pub isolated_cpus: String,
+    /// [`HOUSEKEEPING_CPUS`].
+    pub housekeeping_cpus: String,
+    /// [`ONLINE_CPUS`].
+    pub online_cpus: String,
+    /// [`KERNEL_SUPPORT`].
+    pub kernel_support: KernelSupport,
+    /// [`ISOLATIONS`].
+    pub isolations: Vec<IsolationEntry>,
+    /// [`WARNINGS`].
+    pub warnings: Vec<String>,
+}
+
+/// The `KernelSupport` property (and `kernel-support` of `Status()`), typed.
+#[derive(Debug, Clone, PartialEq, Default, SerializeDict, DeserializeDict, Type)]
+#[zbus(signature = "a{sv}", rename_all = "kebab-case")]
+pub struct KernelSupport {
+    /// [`K_CGROUP_V2`].
+    pub cgroup_v2: bool,
+    /// [`K_PARTITION_TYPES`].
+    pub partition_types: Vec<String>,
+    /// [`K_REMOTE_PARTITIONS`].
+    pub remote_partitions: bool,
+    /// [`K_FILES`].
+    pub files: Vec<String>,
+    /// [`K_KERNEL_RELEASE`].
+    pub kernel_release: String,
+    /// [`K_SYSTEMD`].
+    pub systemd: bool,
+    /// [`K_PROBLEMS`].
+    pub problems: Vec<String>,
+}
+
+/// One isolation of `Status()`, typed.
+#[derive(Debug, Clone, PartialEq, SerializeDict, DeserializeDict, Type)]
+#[zbus(signature = "a{sv}", rename_all = "kebab-case")]
+pub struct IsolationEntry {
+    /// [`I_NAME`].
+    pub name: String,
+    /// [`I_OBJECT_PATH`].
+    pub object_path: OwnedObjectPath,
+    /// [`I_CPUS`].
+    pub cpus: String,
+    /// [`I_TARGET`].
+    pub target: String,
+    /// [`I_PARTITION`].
+    pub partition: String,
+    /// [`I_DESCRIPTION`].
+    pub description: String,
+    /// [`I_STATE`].
+    pub state: String,
+    /// [`I_STATE_REASON`].
+    pub state_reason: String,
+    /// [`I_OWNER_UID`].
+    pub owner_uid: u32,
+    /// [`I_CREATED`].
+    pub created: u64,
+    /// [`I_RELEASE_WHEN`].
+    pub release_when: String,
+    /// [`I_CGROUPS`].
+    pub cgroups: Vec<String>,
+    /// [`I_PROFILE`].
+    pub profile: String,
+    /// [`I_TUNINGS`].
+    pub tunings: Vec<TuningRow>,
+    /// [`I_WARNINGS`].
+    pub warnings: Vec<String>,
+    /// [`I_IRQS_LEFT`]: absent on the wire when empty (and from services older than the key).
+    pub irqs_left: Option<Vec<u32>>,
+}
+
+/// Isolation entry: `irqs-left` (au): the IRQs the `irq-affinity` tuning left as they are
+/// (the kernel refused to move them). Only present when there are some.
+pub const I_IRQS_LEFT: &str = "irqs-left";
+
+impl IsolationEntry {
+    /// The IRQs the `irq-affinity` tuning left as they are.
+    pub fn irqs_left(&self) -> &[u32] {
+        self.irqs_left.as_deref().unwrap_or_default()
+    }
+}
+
+/// One row of an isolation's `Tunings` (and of [`I_TUNINGS`]): `(sssss)`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, Type)]
+pub struct TuningRow {
+    /// The tuning's name ([`crate::tunings::Tuning`]).
+    pub name: String,
+    /// `applied`, `skipped` or `failed` ([`crate::tunings::TuningState`]).
+    pub state: String,
+    /// Why (skipped, failed), or notes (applied).
+    pub reason: String,
+    /// The original value(s), summarized.
+    pub original: String,
+    /// The value(s) now, summarized.
+    pub current: String,
+}

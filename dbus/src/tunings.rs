@@ -359,65 +359,14 @@ impl fmt::Display for HugepageSpec {
 
 /// In a tuning's reason (`Tunings`, `Status()`), the words before the files the kernel refused
 /// to change and that were left as they are; for `irq-affinity`, the IRQs it would not move
-/// (`left as they are: IRQ 0 timer (...), IRQ 24 nvme0q1 (...)`).
+/// (`left as they are: IRQ 0 timer (...), IRQ 24 nvme0q1 (...)`); their numbers are in
+/// [`crate::status::I_IRQS_LEFT`].
 pub const LEFT_AS_THEY_ARE: &str = "left as they are: ";
-
-/// The IRQ numbers an `irq-affinity` reason names as left as they are (the kernel refused to
-/// move them).
-pub fn irqs_left(reason: &str) -> Vec<u32> {
-    let Some((_, rest)) = reason.split_once(LEFT_AS_THEY_ARE) else {
-        return Vec::new();
-    };
-    // Items are separated by ", " outside parentheses; the list ends at the next clause ("; ").
-    let mut irqs = Vec::new();
-    let mut depth = 0usize;
-    let mut item_start = true;
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'(' => depth += 1,
-            b')' => depth = depth.saturating_sub(1),
-            b';' if depth == 0 => break,
-            b',' if depth == 0 => {
-                item_start = true;
-                i += 1;
-                continue;
-            }
-            b' ' if item_start => {
-                i += 1;
-                continue;
-            }
-            _ => {}
-        }
-        if item_start {
-            item_start = false;
-            if let Some(tail) = rest[i..].strip_prefix("IRQ ") {
-                let digits: String = tail.chars().take_while(char::is_ascii_digit).collect();
-                if let Ok(n) = digits.parse() {
-                    irqs.push(n);
-                }
-            }
-        }
-        i += 1;
-    }
-    irqs
-}
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn irqs_left_in_a_reason() {
-        let r = format!(
-            "moved 14; {LEFT_AS_THEY_ARE}IRQ 0 timer (the kernel does not move it: EIO), \
-             IRQ 24 nvme0q1 (managed by the kernel, IRQ 7 is not it); later clause IRQ 9"
-        );
-        assert_eq!(irqs_left(&r), [0, 24]);
-        assert!(irqs_left("nothing to change").is_empty());
-    }
 
     #[test]
     fn names_round_trip() {

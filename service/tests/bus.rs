@@ -894,6 +894,24 @@ async fn tunings_are_applied_shown_and_restored() {
             .unwrap();
     assert_eq!(listed.len(), 3);
     assert_eq!(text(&list[0][keys::I_PROFILE]), "custom");
+    // The same reply, read with the typed contract.
+    let typed: keys::Status = e
+        .conn
+        .call_method(
+            Some(names::BUS_NAME),
+            names::OBJECT_PATH,
+            Some(names::INTERFACE),
+            "Status",
+            &(),
+        )
+        .await
+        .unwrap()
+        .body()
+        .deserialize()
+        .unwrap();
+    assert_eq!(typed.isolations[0].tunings.len(), 3);
+    assert_eq!(typed.isolations[0].tunings[0].name, "hugepages");
+    assert!(typed.isolations[0].irqs_left.is_none());
 
     proxy.release("tuned").await.unwrap();
     assert_eq!(e.host.get("proc/sys/vm/stat_interval").trim(), "1");

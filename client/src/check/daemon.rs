@@ -61,23 +61,17 @@ pub fn held_in(status: &Value) -> Vec<(String, CpuSet)> {
         .collect()
 }
 
-/// The IRQs kvmisolated's `irq-affinity` tunings say the kernel refused to move (empty when
-/// not reachable).
+/// The IRQs kvmisolated's `irq-affinity` tunings left as they are because the kernel refused
+/// to move them (`irqs-left` of each isolation; empty when not reachable).
 pub fn irqs_left(d: &Daemon) -> std::collections::BTreeSet<u32> {
     let Daemon::Status(st) = d else {
         return Default::default();
     };
     isolations(st)
         .iter()
-        .flat_map(|iso| {
-            iso.get(key::I_TUNINGS)
-                .and_then(Value::as_array)
-                .map_or(&[][..], Vec::as_slice)
-        })
-        .filter(|t| t.get(0).and_then(Value::as_str) == Some("irq-affinity"))
-        .flat_map(|t| {
-            kvmisolate_dbus::tunings::irqs_left(t.get(2).and_then(Value::as_str).unwrap_or(""))
-        })
+        .filter_map(|iso| iso.get(key::I_IRQS_LEFT).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok()))
         .collect()
 }
 
@@ -209,10 +203,10 @@ mod tests {
     #[test]
     fn irqs_the_kernel_kept() {
         let d = Daemon::Status(json!({"isolations": [
-            {"name": "a", "cpus": "2-3", "state": "active", "tunings": [
-                ["irq-affinity", "applied", "left as they are: IRQ 0 timer (the kernel does not move it: EIO), IRQ 24 nvme0q1 (managed by the kernel)", "", ""],
-                ["thp", "applied", "left as they are: IRQ 5 x", "", ""]]}]}));
-        assert_eq!(irqs_left(&d).into_iter().collect::<Vec<_>>(), [0, 24]);
+            {"name": "a", "cpus": "2-3", "state": "active", "irqs-left": [24, 0], "tunings": [
+                ["irq-affinity", "applied", "left as they are: IRQ 0 timer (the kernel does not move it: EIO), IRQ 24 nvme0q1 (managed by the kernel)", "", ""]]},
+            {"name": "b", "cpus": "4", "state": "active", "irqs-left": [24, 7]}]}));
+        assert_eq!(irqs_left(&d).into_iter().collect::<Vec<_>>(), [0, 7, 24]);
         assert!(irqs_left(&Daemon::NotAsked).is_empty());
     }
 

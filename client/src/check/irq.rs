@@ -404,10 +404,11 @@ mod tests {
         assert_eq!(sev(&r, "irq-default-affinity"), Severity::Warning);
     }
 
-    /// The audit of `f` with kvmisolated saying its irq-affinity tuning left `left` as it was.
-    fn audit_saying(f: &FakeHost, left: &str) -> super::super::Report {
+    /// The audit of `f` with kvmisolated saying its irq-affinity tuning left IRQ `irq` as it
+    /// was, and why (`left`).
+    fn audit_saying(f: &FakeHost, irq: u32, left: &str) -> super::super::Report {
         let daemon = super::super::daemon::Daemon::Status(serde_json::json!({"isolations": [
-            {"name": "vm", "cpus": "2-3", "state": "active", "tunings": [[
+            {"name": "vm", "cpus": "2-3", "state": "active", "irqs-left": [irq], "tunings": [[
                 "irq-affinity", "applied", format!("left as they are: {left}"), "", ""]]}]}));
         super::super::audit_with(
             f.roots(),
@@ -441,7 +442,11 @@ mod tests {
         assert_eq!(i.details.len(), 1, "{:?}", i.details);
         assert!(find(&r, "irq-unmovable").is_none());
         // kvmisolated found the kernel would not move IRQ 24: an info.
-        let r = audit_saying(&f, "IRQ 24 nvme0q1 (the kernel does not move it: EPERM)");
+        let r = audit_saying(
+            &f,
+            24,
+            "IRQ 24 nvme0q1 (the kernel does not move it: EPERM)",
+        );
         assert_eq!(sev(&r, "irq-affinity"), Severity::Ok);
         assert_eq!(sev(&r, "irq-unmovable"), Severity::Info);
         assert!(
@@ -452,7 +457,7 @@ mod tests {
         );
         // Delivered on an isolated CPU: a warning, whatever the daemon says.
         f.write("proc/irq/24/effective_affinity_list", "2\n");
-        let r = audit_saying(&f, "IRQ 24 nvme0q1 (managed by the kernel)");
+        let r = audit_saying(&f, 24, "IRQ 24 nvme0q1 (managed by the kernel)");
         assert_eq!(sev(&r, "irq-affinity"), Severity::Warning);
     }
 

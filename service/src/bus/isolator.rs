@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use kvmisolate_dbus::options::{IsolationState, ReleaseWhen};
-use kvmisolate_dbus::status as keys;
+use kvmisolate_dbus::status::{IsolationEntry, KernelSupport, Status, TuningRow};
 use kvmisolate_dbus::{CpuSet, Error, names};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
@@ -196,8 +196,8 @@ impl Isolator {
 
     /// Everything in one dictionary.
     #[zbus(out_args("status"))]
-    async fn status(&self) -> HashMap<String, OwnedVariant> {
-        self.shared.status().await
+    async fn status(&self) -> Status {
+        self.shared.status()
     }
 
     /// Emitted when an isolation ends.
@@ -241,8 +241,8 @@ impl Isolator {
 
     /// What the kernel supports.
     #[zbus(property)]
-    async fn kernel_support(&self) -> HashMap<String, OwnedVariant> {
-        self.shared.orchestrator.kernel_support_dict()
+    async fn kernel_support(&self) -> KernelSupport {
+        self.shared.orchestrator.kernel_support()
     }
 }
 
@@ -316,25 +316,21 @@ impl IsolationObject {
     /// original value, current value). Read live; invalidated whenever another isolation
     /// comes or goes (host-wide values follow the union of all isolations).
     #[zbus(property(emits_changed_signal = "invalidates"))]
-    fn tunings(&self) -> Vec<(String, String, String, String, String)> {
+    fn tunings(&self) -> Vec<TuningRow> {
         tuning_rows(&self.shared.orchestrator.tuning_reports(&self.lease))
     }
 }
 
 /// The `Tunings` rows of `reports`.
-fn tuning_rows(
-    reports: &[crate::tunings::TuningReport],
-) -> Vec<(String, String, String, String, String)> {
+fn tuning_rows(reports: &[crate::tunings::TuningReport]) -> Vec<TuningRow> {
     reports
         .iter()
-        .map(|r| {
-            (
-                r.tuning.to_string(),
-                r.state.to_string(),
-                r.reason.clone(),
-                r.original.clone(),
-                r.current.clone(),
-            )
+        .map(|r| TuningRow {
+            name: r.tuning.to_string(),
+            state: r.state.to_string(),
+            reason: r.reason.clone(),
+            original: r.original.clone(),
+            current: r.current.clone(),
         })
         .collect()
 }
@@ -810,7 +806,8 @@ impl Shared {
         }
     }
 
-    async fn status(&self) -> HashMap<String, OwnedVariant> {
+    /// The `Status()` reply: the one place it is built.
+    fn status(&self) -> Status {
         // A snapshot: never waits for an Isolate or Release in flight.
         let _p = timing::phase("status", "total");
         let leases = self.registry.leases();
@@ -818,28 +815,6 @@ impl Shared {
             .iter()
             .fold(CpuSet::new(), |acc, l| acc.union(l.cpus()));
         let online = self.orchestrator.online_cpus();
-        let mut out: HashMap<String, OwnedVariant> = HashMap::new();
-        let mut put = |k: &str, v: Variant<'_>| {
-            if let Ok(v) = OwnedVariant::try_from(v) {
-                out.insert(k.to_owned(), v);
-            }
-        };
-        put(keys::VERSION, Variant::from(env!("CARGO_PKG_VERSION")));
-        put(keys::ISOLATED_CPUS, Variant::from(isolated.to_string()));
-        put(
-            keys::HOUSEKEEPING_CPUS,
-            Variant::from(online.difference(&isolated).to_string()),
-        );
-        put(keys::ONLINE_CPUS, Variant::from(online.to_string()));
-        let entries: Vec<HashMap<String, OwnedVariant>> = leases
-            .iter()
-            .map(|l| lease_entry(l, &self.orchestrator.tuning_reports(l)))
-            .collect();
-        put(keys::ISOLATIONS, Variant::from(entries));
-        put(
-            keys::KERNEL_SUPPORT,
-            Variant::from(self.orchestrator.kernel_support_dict()),
-        );
         let mut warnings = self.warnings.lock().map(|w| w.clone()).unwrap_or_default();
         for l in leases
             .iter()
@@ -851,40 +826,44 @@ impl Shared {
                 l.state_reason
             ));
         }
-        put(keys::WARNINGS, Variant::from(warnings));
-        out
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            isolated_cpus: isolated.to_string(),
+            housekeeping_cpus: online.difference(&isolated).to_string(),
+            online_cpus: online.to_string(),
+            kernel_support: self.orchestrator.kernel_support(),
+            isolations: leases
+                .iter()
+                .map(|l| lease_entry(l, &self.orchestrator.tuning_reports(l)))
+                .collect(),
+            warnings,
+        }
     }
 }
 
-fn lease_entry(
-    l: &Lease,
-    tunings: &[crate::tunings::TuningReport],
-) -> HashMap<String, OwnedVariant> {
-    let mut m = HashMap::new();
-    let mut put = |k: &str, v: Variant<'_>| {
-        if let Ok(v) = OwnedVariant::try_from(v) {
-            m.insert(k.to_owned(), v);
-        }
-    };
-    put(keys::I_NAME, Variant::from(l.name().as_str()));
-    put(keys::I_OBJECT_PATH, Variant::from(path_of(l)));
-    put(keys::I_CPUS, Variant::from(l.cpus().to_string()));
-    put(keys::I_TARGET, Variant::from(l.target()));
-    put(keys::I_PARTITION, Variant::from(l.partition_word()));
-    put(keys::I_DESCRIPTION, Variant::from(l.description()));
-    put(keys::I_STATE, Variant::from(l.state.as_str()));
-    put(keys::I_STATE_REASON, Variant::from(l.state_reason.as_str()));
-    put(keys::I_OWNER_UID, Variant::from(l.owner_uid()));
-    put(keys::I_CREATED, Variant::from(l.created_usec()));
-    put(
-        keys::I_RELEASE_WHEN,
-        Variant::from(l.release_when().as_str()),
-    );
-    put(keys::I_CGROUPS, Variant::from(l.cgroups()));
-    put(keys::I_PROFILE, Variant::from(l.profile()));
-    put(keys::I_TUNINGS, Variant::from(tuning_rows(tunings)));
-    put(keys::I_WARNINGS, Variant::from(l.warnings().to_vec()));
-    m
+fn lease_entry(l: &Lease, tunings: &[crate::tunings::TuningReport]) -> IsolationEntry {
+    let irqs_left: Vec<u32> = tunings
+        .iter()
+        .flat_map(|t| t.irqs_left.iter().copied())
+        .collect();
+    IsolationEntry {
+        name: l.name().as_str().to_owned(),
+        object_path: path_of(l),
+        cpus: l.cpus().to_string(),
+        target: l.target().to_owned(),
+        partition: l.partition_word().to_owned(),
+        description: l.description().to_owned(),
+        state: l.state.as_str().to_owned(),
+        state_reason: l.state_reason.clone(),
+        owner_uid: l.owner_uid(),
+        created: l.created_usec(),
+        release_when: l.release_when().as_str().to_owned(),
+        cgroups: l.cgroups(),
+        profile: l.profile().to_owned(),
+        tunings: tuning_rows(tunings),
+        warnings: l.warnings().to_vec(),
+        irqs_left: (!irqs_left.is_empty()).then_some(irqs_left),
+    }
 }
 
 /// The error for a release of `key` that found `now` under its name: another lease.

@@ -9,9 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::engine::Error;
 use kvmisolate_dbus::options::IsolationState;
-use kvmisolate_dbus::status as keys;
 use kvmisolate_dbus::{CpuSet, IsolationName};
-use zbus::{Connection, OwnedVariant, Variant};
+use zbus::Connection;
 
 use crate::apply::{Engine, ExternalEffects, NoExternalEffects, PartitionState};
 use crate::authz::{self, TargetFacts};
@@ -295,37 +294,20 @@ impl Orchestrator {
             .unwrap_or_default()
     }
 
-    /// `KernelSupport` as a D-Bus dictionary.
-    pub fn kernel_support_dict(&self) -> std::collections::HashMap<String, OwnedVariant> {
+    /// `KernelSupport` as the contract types it.
+    pub fn kernel_support(&self) -> kvmisolate_dbus::status::KernelSupport {
         let k = &self.kernel;
-        let mut m = std::collections::HashMap::new();
-        let mut put = |key: &str, v: Variant<'_>| {
-            if let Ok(v) = OwnedVariant::try_from(v) {
-                m.insert(key.to_owned(), v);
-            }
-        };
-        put(
-            keys::K_CGROUP_V2,
-            Variant::from(k.cgroup_v2 && k.cpuset_controller),
-        );
-        put(
-            keys::K_PARTITION_TYPES,
-            Variant::from(k.partition_type_words()),
-        );
-        put(
-            keys::K_REMOTE_PARTITIONS,
-            Variant::from(k.remote_partitions),
-        );
-        put(keys::K_FILES, Variant::from(k.files.clone()));
-        put(
-            keys::K_KERNEL_RELEASE,
-            Variant::from(k.kernel_release.as_str()),
-        );
-        put(keys::K_SYSTEMD, Variant::from(self.systemd.is_some()));
         let mut problems = k.problems.clone();
         problems.extend(k.notes.iter().map(|n| format!("note: {n}")));
-        put(keys::K_PROBLEMS, Variant::from(problems));
-        m
+        kvmisolate_dbus::status::KernelSupport {
+            cgroup_v2: k.cgroup_v2 && k.cpuset_controller,
+            partition_types: k.partition_type_words(),
+            remote_partitions: k.remote_partitions,
+            files: k.files.clone(),
+            kernel_release: k.kernel_release.clone(),
+            systemd: self.systemd.is_some(),
+            problems,
+        }
     }
 
     /// The host's memory now (`None` if `/proc/meminfo` cannot be read).

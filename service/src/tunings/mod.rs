@@ -213,6 +213,10 @@ pub struct TuningReport {
     pub original: String,
     /// The value(s) now, summarized.
     pub current: String,
+    /// For `irq-affinity`: the IRQs the kernel refused to move, left as they are (the same
+    /// ones the reason names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub irqs_left: Vec<u32>,
 }
 
 /// A journalled file.
@@ -540,6 +544,7 @@ impl HostTunings {
                 reason: String::new(),
                 original: String::new(),
                 current: String::new(),
+                irqs_left: Vec::new(),
             };
             match outcome {
                 Err(e) => {
@@ -561,6 +566,7 @@ impl HostTunings {
                             Err(WantError::Skipped(why)) => {
                                 wanted.remove(&w.path);
                                 skipped.push(format!("{} ({why})", w.label));
+                                report.irqs_left.extend(w.irq());
                             }
                             Err(WantError::Shortfall(msg)) => reasons.push(msg),
                             Err(WantError::Fatal(e)) => {

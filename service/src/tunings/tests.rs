@@ -925,3 +925,26 @@ fn a_journal_of_another_version_is_restored_not_set_aside() {
     );
     assert_eq!(f.snapshot(), applied);
 }
+
+#[test]
+fn an_irq_want_names_its_irq() {
+    let want = |tuning, path: &str| wants::Want {
+        tuning,
+        path: path.into(),
+        codec: Codec::CpuList,
+        value: String::new(),
+        label: String::new(),
+    };
+    assert_eq!(
+        want(Tuning::IrqAffinity, "/proc/irq/24/smp_affinity_list").irq(),
+        Some(24)
+    );
+    assert_eq!(
+        want(Tuning::IrqAffinity, "/proc/irq/default_smp_affinity").irq(),
+        None
+    );
+    assert_eq!(
+        want(Tuning::WatchdogCpumask, "/proc/irq/24/smp_affinity_list").irq(),
+        None
+    );
+}

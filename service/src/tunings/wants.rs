@@ -26,6 +26,18 @@ pub struct Want {
     pub label: String,
 }
 
+impl Want {
+    /// The IRQ an `irq-affinity` want moves (`/proc/irq/N/smp_affinity_list`).
+    pub fn irq(&self) -> Option<u32> {
+        if self.tuning != Tuning::IrqAffinity {
+            return None;
+        }
+        let dir = self.path.parent()?;
+        dir.parent()?.file_name().filter(|n| *n == "irq")?;
+        dir.file_name()?.to_str()?.parse().ok()
+    }
+}
+
 /// What a tuning needs on this host.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
