@@ -152,18 +152,45 @@ fn online_cpus() -> BTreeSet<u32> {
         .unwrap_or_default()
 }
 
-/// Moves this process off the traced CPUs (best effort: when no other CPU is online, or the
-/// affinity cannot be changed, it stays where it is).
+/// Moves this process off the traced CPUs: to the CPUs it may already use (a `taskset` the
+/// user gave it stays honoured) minus the traced ones, or to every other online CPU when that
+/// leaves none. Best effort: with no other CPU online, or when the affinity cannot be changed,
+/// it stays where it is.
 fn keep_off(traced: &BTreeSet<u32>) {
+    let online = online_cpus();
+    let allowed: BTreeSet<u32> = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            online
+                .iter()
+                .copied()
+                .filter(|c| set.is_set(*c as usize).unwrap_or(false))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut set = nix::sched::CpuSet::new();
     let mut any = false;
-    for c in online_cpus().difference(traced) {
+    for c in &off_traced(&allowed, &online, traced) {
         if set.set(*c as usize).is_ok() {
             any = true;
         }
     }
     if any {
         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// Where `top` runs: the allowed CPUs minus the traced ones, or every other online CPU when
+/// that leaves none.
+fn off_traced(
+    allowed: &BTreeSet<u32>,
+    online: &BTreeSet<u32>,
+    traced: &BTreeSet<u32>,
+) -> BTreeSet<u32> {
+    let chosen: BTreeSet<u32> = allowed.difference(traced).copied().collect();
+    if chosen.is_empty() {
+        online.difference(traced).copied().collect()
+    } else {
+        chosen
     }
 }
 
@@ -336,5 +363,28 @@ pub async fn cmd(
         print(&format!("{t}\n"))
     } else {
         print(&report::format_human(&r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::off_traced;
+    use std::collections::BTreeSet;
+
+    fn set(v: &[u32]) -> BTreeSet<u32> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn top_stays_within_a_taskset_and_off_the_traced_cpus() {
+        let online = set(&[0, 1, 2, 3]);
+        // `taskset -c 0-1 kvmisolate top` tracing CPU 3: stays on 0-1
+        assert_eq!(off_traced(&set(&[0, 1]), &online, &set(&[3])), set(&[0, 1]));
+        // no taskset: every CPU but the traced one
+        assert_eq!(off_traced(&online, &online, &set(&[3])), set(&[0, 1, 2]));
+        // a taskset inside the traced CPUs: moved to the other online CPUs
+        assert_eq!(off_traced(&set(&[3]), &online, &set(&[2, 3])), set(&[0, 1]));
+        // every CPU traced: nothing to move to (the caller stays where it is)
+        assert!(off_traced(&online, &online, &online).is_empty());
     }
 }

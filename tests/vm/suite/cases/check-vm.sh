@@ -77,7 +77,7 @@ run() {
     ! jq -e '.findings[] | select((.id | startswith("vm-")) and (.severity == "warning" or .severity == "error"))' >/dev/null <<<"$j" \
         || fail "domain findings with the domain isolated: $(problems "$j")"
     note "running (exit $rc): $(ck_found "$j" vm-partitions)"
-    jq -r '.findings[] | select(.severity == "info") | .id as $i | .details[] | "    info \($i): \(.)"' <<<"$j" | head -20
+    jq -r '.findings[] | select(.severity == "info") | .id as $i | .details[] | "    info \($i): \(.)"' <<<"$j" | awk 'NR <= 20'  # reads it all: no SIGPIPE for jq under pipefail
 
     # 3a. A second domain, its vCPU on the emulator's CPU.
     EMU=5 define kvmi-ck2 1 5
