@@ -119,7 +119,7 @@ pub enum Command {
     /// for latency and the fix. Exit status 0 if nothing worse than info was found, 8 for
     /// warnings, 9 for errors.
     #[command(after_help = EXIT_CODES_HELP)]
-    Check(crate::check_cli::CheckArgs),
+    Check(crate::check::args::CheckArgs),
 
     /// Measure wake-up latency on CPUs (cyclictest-style), with the interference seen there.
     ///
@@ -127,7 +127,7 @@ pub enum Command {
     /// CLOCK_MONOTONIC, TIMER_ABSTIME) and records how late it wakes. Needs root (or
     /// CAP_SYS_NICE) for SCHED_FIFO: without it the command fails with exit status 4.
     #[command(after_help = EXIT_CODES_HELP)]
-    Bench(crate::check_cli::BenchArgs),
+    Bench(crate::bench::args::BenchArgs),
 
     /// Watch a running VM from the host: vCPU wake-up delay, preemptions, and who caused them.
     ///
@@ -144,7 +144,7 @@ pub enum Command {
     /// `bench --load`'s load, run as a process of its own when the bench is confined to the
     /// measured CPUs (inside their isolation): starts when "go" arrives on stdin, stops at EOF.
     #[command(name = "bench-load", hide = true)]
-    BenchLoad(crate::check_cli::BenchLoadArgs),
+    BenchLoad(crate::bench::args::BenchLoadArgs),
 }
 
 /// `kvmisolate libvirt-hook DOMAIN OPERATION SUB-OPERATION EXTRA` (libvirt's hook arguments).

@@ -4,12 +4,12 @@
 mod agent;
 mod bench;
 mod check;
-mod check_cli;
 mod cli;
 mod failure;
 mod generate;
 mod hook;
 mod monitor;
+mod output;
 mod plan;
 mod request;
 mod status;
@@ -673,10 +673,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 check_daemon(&ctx).await
             };
-            check_cli::cmd_check(a, daemon, ctx.quiet)
+            check::args::cmd_check(a, daemon, ctx.quiet)
         }
-        Command::Bench(a) => check_cli::cmd_bench(a, ctx.quiet),
-        Command::BenchLoad(a) => check_cli::cmd_bench_load(a),
+        Command::Bench(a) => bench::args::cmd_bench(a, ctx.quiet),
+        Command::BenchLoad(a) => bench::args::cmd_bench_load(a),
         Command::Top(a) => {
             let cgroups = match &a.name {
                 Some(n) => Some(isolation_cgroups(&ctx, n).await?),

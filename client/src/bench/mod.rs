@@ -7,6 +7,7 @@
 //! refused ([`BenchError::NotPermitted`]): figures taken under SCHED_OTHER would measure the
 //! scheduler's fairness, not the isolation.
 
+pub mod args;
 pub mod hist;
 pub mod interference;
 pub mod load;

@@ -9,6 +9,7 @@
 //! `domain_source`), `daemon` (kvmisolated's `Status()`, when it is on the bus). Every path
 //! goes through [`host::Host`], whose roots tests point at fake trees.
 
+pub mod args;
 pub mod cgroup;
 pub mod daemon;
 pub mod domain_source;

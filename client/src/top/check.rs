@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::report::TopReport;
+use crate::check::args::RootArgs;
 use crate::check::{Finding, Report, Severity};
-use crate::check_cli::RootArgs;
 
 /// The sample's length.
 pub const WINDOW: Duration = Duration::from_secs(5);

@@ -24,8 +24,9 @@ use clap::Args;
 use kvmisolate_dbus::CpuSet;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::check_cli::{RootArgs, print};
+use crate::check::args::RootArgs;
 use crate::failure::{ExitCode, Failure};
+use crate::output::print;
 use analyze::{Analyzer, Target};
 use report::{Cost, TopReport};
 
