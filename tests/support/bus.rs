@@ -5,9 +5,9 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use zbus::Connection;
 
@@ -49,22 +49,25 @@ impl TestBus {
             ),
         )
         .unwrap();
-        let child = Command::new("dbus-daemon")
+        // --print-address: the daemon prints its address once it listens (the socket file
+        // appears at bind(), before listen(): connecting then is refused).
+        let mut child = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", config.display()))
             .arg("--nofork")
             .arg("--nopidfile")
-            .stdout(Stdio::null())
+            .arg("--print-address")
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("dbus-daemon must be installed (tests/setup-host installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "dbus-daemon did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("dbus-daemon's address");
+        assert!(
+            line.contains("unix:path=") && socket.exists(),
+            "dbus-daemon did not start listening (printed {line:?})"
+        );
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
         Self {
             address: format!("unix:path={}", socket.display()),
