@@ -407,14 +407,18 @@ pub fn parse() -> Invocation {
     try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
 }
 
+/// `kvmisolate ARGS...` parsed as the process's arguments would be (the commands' tests).
+#[cfg(test)]
+pub(crate) fn parse_test_args(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("kvmisolate").chain(args.iter().copied()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("kvmisolate").chain(args.iter().copied()))
-    }
+    use super::parse_test_args as parse;
 
     #[test]
     fn definition_is_consistent() {

@@ -136,13 +136,8 @@ pub fn cmd_bench(a: BenchArgs, quiet: bool) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use crate::cli::{Cli, Command};
-    use clap::Parser as _;
+    use crate::cli::{Command, parse_test_args as parse};
     use std::time::Duration;
-
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("kvmisolate").chain(args.iter().copied()))
-    }
 
     #[test]
     fn bench_args() {

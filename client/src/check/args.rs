@@ -141,12 +141,7 @@ pub fn cmd_check(a: CheckArgs, daemon: check::daemon::Daemon, quiet: bool) -> Re
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use crate::cli::{Cli, Command};
-    use clap::Parser as _;
-
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("kvmisolate").chain(args.iter().copied()))
-    }
+    use crate::cli::{Command, parse_test_args as parse};
 
     #[test]
     fn check_args() {
