@@ -67,6 +67,7 @@ pub fn add_sample(report: &mut Report, roots: &RootArgs) {
             json: false,
             plot: None,
             compare: None,
+            timers: false,
             buffer_kb: 1024,
             roots: roots.clone(),
         };

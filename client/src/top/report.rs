@@ -2,6 +2,7 @@
 //! against the goal, the offenders with their fixes; the human table, `--compare` and the
 //! `--plot` SVG.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -70,7 +71,7 @@ pub struct CpuRow {
     pub irqs: Vec<Ran>,
     /// Softirqs.
     pub softirqs: Vec<Ran>,
-    /// The local timer interrupt (x86).
+    /// The local timer interrupt (x86): traced with `--timers`, else its count only.
     pub tick: Ran,
 }
 
@@ -152,6 +153,32 @@ pub struct TopReport {
     pub cost: Cost,
     /// What makes the figures less trustworthy.
     pub warnings: Vec<String>,
+    /// Whether the local timer interrupt was traced (`--timers`): its time and the waits it
+    /// caused are known. Otherwise `tick` holds its count from /proc/interrupts only.
+    #[serde(rename = "timers-traced", default = "traced_before")]
+    pub timers_traced: bool,
+}
+
+/// Windows saved before `--timers` existed traced the local timer.
+fn traced_before() -> bool {
+    true
+}
+
+/// Without `--timers`: each CPU's `tick` is its local timer interrupts between `before` and
+/// `after` (per-CPU `LOC` counts of /proc/interrupts), with no time.
+pub fn count_timers(r: &mut TopReport, before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) {
+    r.timers_traced = false;
+    for c in &mut r.cpu_details {
+        let n = match (before.get(&c.cpu), after.get(&c.cpu)) {
+            (Some(b), Some(a)) => a.saturating_sub(*b),
+            _ => 0,
+        };
+        c.tick = Ran {
+            what: "local timer".into(),
+            count: n,
+            us: 0.0,
+        };
+    }
 }
 
 /// Softirq vector names, as in /proc/softirqs.
@@ -378,6 +405,7 @@ pub fn build(
         offenders,
         cost,
         warnings,
+        timers_traced: true,
     }
 }
 
@@ -456,7 +484,13 @@ pub fn format_human(r: &TopReport) -> String {
         let _ = writeln!(s, "  kthreads: {}", list(&c.kthreads, 5));
         let _ = writeln!(s, "  IRQs:     {}", list(&c.irqs, 5));
         let _ = writeln!(s, "  softirqs: {}", list(&c.softirqs, 5));
-        if c.tick.count > 0 {
+        if !r.timers_traced {
+            let _ = writeln!(
+                s,
+                "  tick:     x{} (local timer interrupts; their time: --timers)",
+                c.tick.count
+            );
+        } else if c.tick.count > 0 {
             let _ = writeln!(
                 s,
                 "  tick:     x{} {:.1} ms",
@@ -705,6 +739,32 @@ mod tests {
         let svg = svg(&r);
         assert!(svg.contains("CPU 0/KVM (p99 2100 us)"));
         assert!(svg.ends_with("</svg>\n"));
+    }
+
+    /// Without `--timers`: each CPU's local timer count is the /proc/interrupts difference,
+    /// the text says its time was not traced, and the JSON says so (old files: traced).
+    #[test]
+    fn timers_counted_not_traced() {
+        let mut r = sample();
+        assert!(r.timers_traced);
+        count_timers(
+            &mut r,
+            &[(2, 10), (3, 100)].into(),
+            &[(2, 20), (3, 350)].into(),
+        );
+        assert!(!r.timers_traced);
+        assert_eq!(r.cpu_details[0].tick.count, 250);
+        assert_eq!(r.cpu_details[0].tick.us, 0.0);
+        assert!(
+            format_human(&r)
+                .contains("tick:     x250 (local timer interrupts; their time: --timers)")
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["timers-traced"], false);
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("timers-traced");
+        let back: TopReport = serde_json::from_value(old).unwrap();
+        assert!(back.timers_traced);
     }
 
     #[test]

@@ -78,18 +78,22 @@ pub enum Kind {
     TimerExit,
 }
 
-/// The event names `top` enables (system, event); the last two are optional (x86 only).
-pub const EVENTS: [(&str, &str); 9] = [
-    ("sched", "sched_waking"),
+/// The events recorded on the traced CPUs (`system`, `event`; x86's `irq_vectors` optional).
+pub const CPU_EVENTS: [(&str, &str); 5] = [
     ("sched", "sched_switch"),
-    ("sched", "sched_migrate_task"),
     ("irq", "irq_handler_entry"),
     ("irq", "irq_handler_exit"),
     ("irq", "softirq_entry"),
     ("irq", "softirq_exit"),
+];
+/// With `--timers`: the local timer interrupt (the tick and hrtimers), x86 only.
+pub const TIMER_EVENTS: [(&str, &str); 2] = [
     ("irq_vectors", "local_timer_entry"),
     ("irq_vectors", "local_timer_exit"),
 ];
+/// The traced threads' events, wherever they happen.
+pub const THREAD_EVENTS: [(&str, &str); 2] =
+    [("sched", "sched_waking"), ("sched", "sched_migrate_task")];
 
 /// Why a format or a page could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
