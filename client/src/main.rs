@@ -354,13 +354,11 @@ async fn hook_operation(
     let proxy = ctx.isolator(&conn).await?;
     match op {
         "prepare" => {
-            let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
+            let st = status::fetch(&proxy)
+                .await
+                .map_err(|e| ctx.zbus_failure(&e))?;
             let reserve_name = request::reservation_name(dom);
-            let host = hook_host_view(
-                args,
-                &status::status_to_json(&st),
-                &[name.as_str(), reserve_name.as_str()],
-            );
+            let host = hook_host_view(args, &st, &[name.as_str(), reserve_name.as_str()]);
             let verdict = hook::check::check(domain, settings, &host);
             for w in &verdict.warnings {
                 eprintln!("kvmisolate: domain {dom:?}: warning: {w}");
@@ -372,8 +370,7 @@ async fn hook_operation(
                 let Ok(Some(spec)) = settings.hugepage_spec(domain) else {
                     return Ok(());
                 };
-                let status = status::status_to_json(&st);
-                for n in hook::leases::releasable(&status, dom, hook::leases::Which::Reservation) {
+                for n in hook::leases::releasable(&st, dom, hook::leases::Which::Reservation) {
                     let _: Result<(), Failure> = ctx
                         .call_authorized(&proxy, "Release", &DynamicTuple((n.as_str(),)))
                         .await;
@@ -431,9 +428,10 @@ async fn hook_operation(
         }
         _ => {
             let mut result = Ok(());
-            let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
-            let status = status::status_to_json(&st);
-            for n in hook::leases::releasable(&status, dom, hook::leases::Which::Both) {
+            let st = status::fetch(&proxy)
+                .await
+                .map_err(|e| ctx.zbus_failure(&e))?;
+            for n in hook::leases::releasable(&st, dom, hook::leases::Which::Both) {
                 let reply: Result<(), Failure> = ctx
                     .call_authorized(&proxy, "Release", &DynamicTuple((n.as_str(),)))
                     .await;
@@ -453,10 +451,9 @@ async fn hook_operation(
 /// What `prepare` reads of the host: sysfs, procfs and the service's `Status()`.
 fn hook_host_view(
     args: &cli::LibvirtHookArgs,
-    status: &serde_json::Value,
+    status: &kvmisolate_dbus::status::Status,
     own: &[&str],
 ) -> hook::check::HostView {
-    use kvmisolate_dbus::status as key;
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
     let online = kvmisolate_dbus::CpuSet::parse(
         read(args.sysfs_root.join("devices/system/cpu/online")).trim(),
@@ -466,11 +463,7 @@ fn hook_host_view(
         .into_iter()
         .filter(|(name, _)| !own.contains(&name.as_str()))
         .collect();
-    let remote_partitions = status
-        .get(key::KERNEL_SUPPORT)
-        .and_then(|k| k.get(key::K_REMOTE_PARTITIONS))
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
+    let remote_partitions = status.kernel_support.remote_partitions;
     let rt_throttling_off =
         read(args.proc_root.join("sys/kernel/sched_rt_runtime_us")).trim() == "-1";
     let kernel = read(args.proc_root.join("sys/kernel/osrelease"))
@@ -494,13 +487,12 @@ async fn check_daemon(ctx: &Ctx<'_>) -> check::daemon::Daemon {
     let ask = async {
         let conn = ctx.connect().await.map_err(|f| f.message)?;
         let proxy = ctx.isolator(&conn).await.map_err(|f| f.message)?;
-        proxy
-            .status()
+        status::fetch(&proxy)
             .await
             .map_err(|e| ctx.zbus_failure(&e).message)
     };
     match tokio::time::timeout(CHECK_DAEMON_TIMEOUT, ask).await {
-        Ok(Ok(st)) => Daemon::Status(status::status_to_json(&st)),
+        Ok(Ok(st)) => Daemon::Status(Box::new(st)),
         Ok(Err(why)) => Daemon::Unreachable(why),
         Err(_) => Daemon::Unreachable(format!("no answer in {}s", CHECK_DAEMON_TIMEOUT.as_secs())),
     }
@@ -509,14 +501,17 @@ async fn check_daemon(ctx: &Ctx<'_>) -> check::daemon::Daemon {
 async fn cmd_status(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
     let conn = ctx.connect().await?;
     let proxy = ctx.isolator(&conn).await?;
-    let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
-    let value = status::status_to_json(&st);
     if json {
-        let text = serde_json::to_string_pretty(&value)
+        // Every key the service sent, as it sent it.
+        let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
+        let text = serde_json::to_string_pretty(&status::status_to_json(&st))
             .map_err(|e| Failure::other(format!("cannot write JSON: {e}")))?;
         emit(&format!("{text}\n"));
     } else {
-        emit(&status::format_status(&value, now_micros()));
+        let st = status::fetch(&proxy)
+            .await
+            .map_err(|e| ctx.zbus_failure(&e))?;
+        emit(&status::format_status(&st, now_micros()));
     }
     Ok(())
 }
@@ -524,16 +519,13 @@ async fn cmd_status(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
 /// The cgroups of isolation `name` (for `top --name`).
 async fn isolation_cgroups(ctx: &Ctx<'_>, name: &str) -> Result<Vec<String>, Failure> {
     let conn = ctx.connect().await?;
-    let st = ctx.isolator(&conn).await?.status().await;
-    let value = status::status_to_json(&st.map_err(|e| ctx.zbus_failure(&e))?);
-    let iso = value["isolations"].as_array().into_iter().flatten();
-    iso.filter(|i| i["name"] == name)
-        .find_map(|i| i["cgroups"].as_array().cloned())
-        .map(|c| {
-            c.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
+    let st = status::fetch(&ctx.isolator(&conn).await?)
+        .await
+        .map_err(|e| ctx.zbus_failure(&e))?;
+    st.isolations
+        .into_iter()
+        .find(|i| i.name == name)
+        .map(|i| i.cgroups)
         .ok_or_else(|| {
             Failure::new(
                 ExitCode::NotFound,

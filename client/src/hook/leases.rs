@@ -3,8 +3,7 @@
 //! is exactly that domain (`libvirt:DOMAIN`, `reservation:DOMAIN`). A lease someone else made
 //! under such a name, or for another domain, is never the hook's to end.
 
-use kvmisolate_dbus::status as key;
-use serde_json::Value;
+use kvmisolate_dbus::status::Status;
 
 use crate::request::{reservation_name, vm_name};
 
@@ -17,8 +16,8 @@ pub enum Which {
     Both,
 }
 
-/// The names of `domain`'s leases in a `Status()` (as JSON) that the hook may release.
-pub fn releasable(status: &Value, domain: &str, which: Which) -> Vec<String> {
+/// The names of `domain`'s leases in a `Status()` that the hook may release.
+pub fn releasable(status: &Status, domain: &str, which: Which) -> Vec<String> {
     let mut wanted = vec![(
         reservation_name(domain).as_str().to_owned(),
         format!("reservation:{domain}"),
@@ -32,18 +31,13 @@ pub fn releasable(status: &Value, domain: &str, which: Which) -> Vec<String> {
             ),
         );
     }
-    let list = status
-        .get(key::ISOLATIONS)
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    let field = |iso: &Value, k: &str| iso.get(k).and_then(Value::as_str).map(str::to_owned);
     wanted
         .into_iter()
         .filter(|(name, target)| {
-            list.iter().any(|iso| {
-                field(iso, key::I_NAME).as_ref() == Some(name)
-                    && field(iso, key::I_TARGET).as_ref() == Some(target)
-            })
+            status
+                .isolations
+                .iter()
+                .any(|iso| &iso.name == name && &iso.target == target)
         })
         .map(|(name, _)| name)
         .collect()
@@ -52,14 +46,19 @@ pub fn releasable(status: &Value, domain: &str, which: Which) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::status::tests::{entry, status_of};
 
-    fn status(leases: &[(&str, &str)]) -> Value {
-        let list: Vec<Value> = leases
-            .iter()
-            .map(|(n, t)| json!({ key::I_NAME: n, key::I_TARGET: t }))
-            .collect();
-        json!({ key::ISOLATIONS: list })
+    fn status(leases: &[(&str, &str)]) -> Status {
+        status_of(
+            leases
+                .iter()
+                .map(|(n, t)| {
+                    let mut e = entry(n, "2-3");
+                    e.target = (*t).to_owned();
+                    e
+                })
+                .collect(),
+        )
     }
 
     #[test]
@@ -90,6 +89,6 @@ mod tests {
         assert!(releasable(&st, "win_11", Which::Both).is_empty());
         let st = status(&[("libvirt-vm", "pids:42")]);
         assert!(releasable(&st, "vm", Which::Both).is_empty());
-        assert!(releasable(&json!({}), "vm", Which::Both).is_empty());
+        assert!(releasable(&Status::default(), "vm", Which::Both).is_empty());
     }
 }
