@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod bus;
 mod check;
 mod cli;
 mod failure;
@@ -22,142 +23,15 @@ use std::os::unix::ffi::OsStrExt as _;
 
 use futures_util::StreamExt as _;
 use kvmisolate_dbus::names;
-use kvmisolate_dbus::proxy::{Isolation1Proxy, Isolator1Proxy};
 use tokio::signal::unix::{SignalKind, signal};
-use zbus::proxy::{CacheProperties, MethodFlags};
-use zbus::{Connection, DynamicTuple, MatchRule, MessageStream, OwnedObjectPath};
+use zbus::{MatchRule, MessageStream};
 
-use crate::agent::TtyAgent;
+use crate::bus::Context;
 use crate::cli::{Cli, Command, Invocation, IsolateArgs, ReleaseArgs, RunArgs, UntilArg};
-use crate::failure::{BusDescription, ExitCode, Failure, connect_failure, from_zbus};
+use crate::failure::{ExitCode, Failure};
 use crate::request::{IsolateRequest, Target};
 
-/// What every command needs: the bus, and whether it may ask for a password.
-struct Ctx<'a> {
-    address: Option<&'a str>,
-    interactive: bool,
-    quiet: bool,
-}
-
-impl Ctx<'_> {
-    fn bus(&self) -> BusDescription<'_> {
-        BusDescription {
-            address: self.address,
-        }
-    }
-
-    fn zbus_failure(&self, e: &zbus::Error) -> Failure {
-        from_zbus(e, self.bus())
-    }
-
-    async fn connect(&self) -> Result<Connection, Failure> {
-        let conn = match self.address {
-            Some(a) => zbus::connection::Builder::address(a).build().await,
-            None => Connection::system().await,
-        };
-        conn.map_err(|e| connect_failure(&e, self.bus()))
-    }
-
-    async fn isolator<'c>(&self, conn: &'c Connection) -> Result<Isolator1Proxy<'c>, Failure> {
-        Isolator1Proxy::builder(conn)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(|e| self.zbus_failure(&e))
-    }
-
-    fn flags(&self) -> MethodFlags {
-        if self.interactive {
-            MethodFlags::ALLOW_INTERACTIVE_AUTH
-        } else {
-            MethodFlags::empty()
-        }
-    }
-
-    /// Calls a method of the manager that may need authorization: with the
-    /// ALLOW_INTERACTIVE_AUTHORIZATION flag unless `--no-ask-password`, and with a tty agent
-    /// running when that is useful.
-    async fn call_authorized<B, R>(
-        &self,
-        proxy: &Isolator1Proxy<'_>,
-        method: &'static str,
-        body: &B,
-    ) -> Result<R, Failure>
-    where
-        B: serde::Serialize + zbus::DynamicType,
-        R: for<'d> zbus::wire::DynamicDeserialize<'d>,
-    {
-        let agent = TtyAgent::start_if_useful(self.interactive);
-        let reply = proxy
-            .inner()
-            .call_with_flags(method, self.flags(), body)
-            .await;
-        drop(agent);
-        match reply {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => Err(Failure::other(format!(
-                "kvmisolated sent no reply to {method}"
-            ))),
-            Err(e) => Err(self.zbus_failure(&e)),
-        }
-    }
-
-    fn say(&self, line: &str) {
-        if !self.quiet {
-            emit(&format!("{line}\n"));
-        }
-    }
-}
-
-/// Sends `Isolate` for `req`; returns the object path and the one-line result.
-async fn isolate_request(
-    ctx: &Ctx<'_>,
-    conn: &Connection,
-    req: &IsolateRequest,
-) -> Result<(OwnedObjectPath, String), Failure> {
-    let proxy = ctx.isolator(conn).await?;
-    let path: OwnedObjectPath = ctx
-        .call_authorized(
-            &proxy,
-            "Isolate",
-            &DynamicTuple((req.name.as_str(), req.cpus.as_str(), req.options())),
-        )
-        .await?;
-    // What the service chose (the partition type) and reports (the target), for the result
-    // line; the isolation exists either way, so reading them is best effort (and skipped
-    // when the line is not shown).
-    let mut cpus = req.cpus.clone();
-    let (mut partition, mut target) = (
-        req.partition
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default(),
-        request::target_text(&req.target),
-    );
-    if ctx.quiet {
-        let line = request::result_line(&cpus, req.name.as_str(), &partition, &target);
-        return Ok((path, line));
-    }
-    if let Ok(iso) = Isolation1Proxy::builder(conn)
-        .path(path.clone())
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await
-    {
-        if let Ok(p) = iso.partition().await {
-            partition = p;
-        }
-        if let Ok(t) = iso.target().await {
-            target = t;
-        }
-        if let Ok(c) = iso.cpus().await {
-            cpus = c;
-        }
-    }
-    let line = request::result_line(&cpus, req.name.as_str(), &partition, &target);
-    Ok((path, line))
-}
-
-async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
+async fn cmd_isolate(ctx: &Context<'_>, args: IsolateArgs) -> Result<(), Failure> {
     let target = match (args.unit, args.vm, args.pids.is_empty()) {
         (Some(u), _, _) => Target::Unit(u),
         (None, Some(vm), _) => Target::Libvirt(vm),
@@ -185,7 +59,7 @@ async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
     )?;
     let conn = ctx.connect().await?;
     if args.until != Some(UntilArg::Disconnect) {
-        let (_path, line) = isolate_request(ctx, &conn, &req).await?;
+        let (_path, line) = ctx.isolate(&conn, &req).await?;
         ctx.say(&line);
         return Ok(());
     }
@@ -202,10 +76,10 @@ async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
     let mut released = match rule {
         Ok(rule) => MessageStream::for_match_rule(rule, &conn, None)
             .await
-            .map_err(|e| ctx.zbus_failure(&e))?,
+            .map_err(|e| ctx.failure(&e))?,
         Err(e) => return Err(Failure::other(format!("bad match rule: {e}"))),
     };
-    let (_path, line) = isolate_request(ctx, &conn, &req).await?;
+    let (_path, line) = ctx.isolate(&conn, &req).await?;
     // Handlers only now: a Ctrl-C at the password prompt simply ends the command.
     let (mut sigint, mut sigterm, mut sighup) = (
         signal(SignalKind::interrupt()).map_err(signal_failure)?,
@@ -236,14 +110,11 @@ async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
     // End the lease now rather than on disconnect, so that the CPUs are back when we exit.
     // Our own isolation needs no authorization; if this fails, the disconnect still ends it.
     let proxy = ctx.isolator(&conn).await?;
-    let body = DynamicTuple((req.name.as_str(),));
-    let call = proxy
-        .inner()
-        .call_with_flags::<_, _, ()>("Release", MethodFlags::empty(), &body);
+    let own = ctx.never_asking();
+    let call = own.release(&proxy, req.name.as_str());
     match tokio::time::timeout(std::time::Duration::from_secs(10), call).await {
-        Ok(Ok(_)) => ctx.say(&format!("Released \"{}\"", req.name)),
-        Ok(Err(e)) => {
-            let f = ctx.zbus_failure(&e);
+        Ok(Ok(())) => ctx.say(&format!("Released \"{}\"", req.name)),
+        Ok(Err(f)) => {
             if f.code != ExitCode::NotFound {
                 eprintln!("kvmisolate: {f} (disconnecting ends the isolation anyway)");
             }
@@ -253,23 +124,11 @@ async fn cmd_isolate(ctx: &Ctx<'_>, args: IsolateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Writes `text` to stdout and flushes it.
-fn write_stdout(text: &str) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()
-}
-
-/// Writes `text` to stdout; a closed pipe (`kvmisolate status | head -1`) is not an error.
-fn emit(text: &str) {
-    let _ = write_stdout(text);
-}
-
 fn signal_failure(e: std::io::Error) -> Failure {
     Failure::other(format!("cannot install signal handlers: {e}"))
 }
 
-async fn cmd_release(ctx: &Ctx<'_>, args: ReleaseArgs) -> Result<(), Failure> {
+async fn cmd_release(ctx: &Context<'_>, args: ReleaseArgs) -> Result<(), Failure> {
     let conn = ctx.connect().await?;
     let proxy = ctx.isolator(&conn).await?;
     if args.all {
@@ -282,9 +141,7 @@ async fn cmd_release(ctx: &Ctx<'_>, args: ReleaseArgs) -> Result<(), Failure> {
     };
     kvmisolate_dbus::IsolationName::new(&name)
         .map_err(|e| Failure::new(ExitCode::BadRequest, e.to_string()))?;
-    let () = ctx
-        .call_authorized(&proxy, "Release", &DynamicTuple((name.as_str(),)))
-        .await?;
+    ctx.release(&proxy, &name).await?;
     ctx.say(&format!("Released \"{name}\""));
     Ok(())
 }
@@ -295,7 +152,7 @@ const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// The largest domain XML the hook reads.
 const HOOK_MAX_XML: u64 = 16 << 20;
 
-async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(), Failure> {
+async fn cmd_libvirt_hook(ctx: &Context<'_>, args: cli::LibvirtHookArgs) -> Result<(), Failure> {
     use std::io::Read as _;
     // Read the XML whatever the operation: libvirt writes it to every hook.
     let mut xml = String::new();
@@ -342,7 +199,7 @@ async fn cmd_libvirt_hook(ctx: &Ctx<'_>, args: cli::LibvirtHookArgs) -> Result<(
 
 /// One hook operation on a domain that opted in.
 async fn hook_operation(
-    ctx: &Ctx<'_>,
+    ctx: &Context<'_>,
     op: &str,
     args: &cli::LibvirtHookArgs,
     domain: &hook::domain::Domain,
@@ -354,9 +211,7 @@ async fn hook_operation(
     let proxy = ctx.isolator(&conn).await?;
     match op {
         "prepare" => {
-            let st = status::fetch(&proxy)
-                .await
-                .map_err(|e| ctx.zbus_failure(&e))?;
+            let st = ctx.status(&proxy).await?;
             let reserve_name = request::reservation_name(dom);
             let host = hook_host_view(args, &st, &[name.as_str(), reserve_name.as_str()]);
             let verdict = hook::check::check(domain, settings, &host);
@@ -371,14 +226,12 @@ async fn hook_operation(
                     return Ok(());
                 };
                 for n in hook::leases::releasable(&st, dom, hook::leases::Which::Reservation) {
-                    let _: Result<(), Failure> = ctx
-                        .call_authorized(&proxy, "Release", &DynamicTuple((n.as_str(),)))
-                        .await;
+                    let _ = ctx.release(&proxy, &n).await;
                 }
                 let req =
                     IsolateRequest::new("", None, Target::Reservation(dom.clone()), None, None)?
                         .with_tunings(None, Some(&spec.to_string()), false)?;
-                match isolate_request(ctx, &conn, &req).await {
+                match ctx.isolate(&conn, &req).await {
                     Ok(_) => {
                         ctx.say(&format!(
                             "Reserved {spec} of hugepages for domain {dom:?} as \"{reserve_name}\""
@@ -422,20 +275,15 @@ async fn hook_operation(
                 None,
             )?
             .with_tunings(tunings.as_deref(), None, false)?;
-            let (_, line) = isolate_request(ctx, &conn, &req).await?;
+            let (_, line) = ctx.isolate(&conn, &req).await?;
             ctx.say(&line);
             Ok(())
         }
         _ => {
             let mut result = Ok(());
-            let st = status::fetch(&proxy)
-                .await
-                .map_err(|e| ctx.zbus_failure(&e))?;
+            let st = ctx.status(&proxy).await?;
             for n in hook::leases::releasable(&st, dom, hook::leases::Which::Both) {
-                let reply: Result<(), Failure> = ctx
-                    .call_authorized(&proxy, "Release", &DynamicTuple((n.as_str(),)))
-                    .await;
-                match reply {
+                match ctx.release(&proxy, &n).await {
                     // Released by the service already (the domain's cgroup emptied), or never
                     // made.
                     Err(f) if f.code == ExitCode::NotFound => {}
@@ -482,14 +330,12 @@ fn hook_host_view(
 const CHECK_DAEMON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// kvmisolated's `Status()` for `check`, or why it could not be had (never a failure).
-async fn check_daemon(ctx: &Ctx<'_>) -> check::daemon::Daemon {
+async fn check_daemon(ctx: &Context<'_>) -> check::daemon::Daemon {
     use check::daemon::Daemon;
     let ask = async {
         let conn = ctx.connect().await.map_err(|f| f.message)?;
         let proxy = ctx.isolator(&conn).await.map_err(|f| f.message)?;
-        status::fetch(&proxy)
-            .await
-            .map_err(|e| ctx.zbus_failure(&e).message)
+        ctx.status(&proxy).await.map_err(|f| f.message)
     };
     match tokio::time::timeout(CHECK_DAEMON_TIMEOUT, ask).await {
         Ok(Ok(st)) => Daemon::Status(Box::new(st)),
@@ -498,30 +344,26 @@ async fn check_daemon(ctx: &Ctx<'_>) -> check::daemon::Daemon {
     }
 }
 
-async fn cmd_status(ctx: &Ctx<'_>, json: bool) -> Result<(), Failure> {
+async fn cmd_status(ctx: &Context<'_>, json: bool) -> Result<(), Failure> {
     let conn = ctx.connect().await?;
     let proxy = ctx.isolator(&conn).await?;
     if json {
         // Every key the service sent, as it sent it.
-        let st = proxy.status().await.map_err(|e| ctx.zbus_failure(&e))?;
+        let st = proxy.status().await.map_err(|e| ctx.failure(&e))?;
         let text = serde_json::to_string_pretty(&status::status_to_json(&st))
             .map_err(|e| Failure::other(format!("cannot write JSON: {e}")))?;
-        emit(&format!("{text}\n"));
+        output::emit(&format!("{text}\n"));
     } else {
-        let st = status::fetch(&proxy)
-            .await
-            .map_err(|e| ctx.zbus_failure(&e))?;
-        emit(&status::format_status(&st, now_micros()));
+        let st = ctx.status(&proxy).await?;
+        output::emit(&status::format_status(&st, now_micros()));
     }
     Ok(())
 }
 
 /// The cgroups of isolation `name` (for `top --name`).
-async fn isolation_cgroups(ctx: &Ctx<'_>, name: &str) -> Result<Vec<String>, Failure> {
+async fn isolation_cgroups(ctx: &Context<'_>, name: &str) -> Result<Vec<String>, Failure> {
     let conn = ctx.connect().await?;
-    let st = status::fetch(&ctx.isolator(&conn).await?)
-        .await
-        .map_err(|e| ctx.zbus_failure(&e))?;
+    let st = ctx.status(&ctx.isolator(&conn).await?).await?;
     st.isolations
         .into_iter()
         .find(|i| i.name == name)
@@ -540,7 +382,7 @@ fn now_micros() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-async fn cmd_run(ctx: &Ctx<'_>, args: RunArgs) -> Result<(), Failure> {
+async fn cmd_run(ctx: &Context<'_>, args: RunArgs) -> Result<(), Failure> {
     let argv: Vec<CString> = args
         .command
         .iter()
@@ -561,7 +403,7 @@ async fn cmd_run(ctx: &Ctx<'_>, args: RunArgs) -> Result<(), Failure> {
         Some(kvmisolate_dbus::options::ReleaseWhen::TargetExits),
     )?;
     let conn = ctx.connect().await?;
-    let (_path, line) = isolate_request(ctx, &conn, &req).await?;
+    let (_path, line) = ctx.isolate(&conn, &req).await?;
     if !ctx.quiet {
         // stderr: the command's stdout is its own.
         eprintln!("{line}");
@@ -573,28 +415,19 @@ async fn cmd_run(ctx: &Ctx<'_>, args: RunArgs) -> Result<(), Failure> {
     };
     // Still here: the command did not start. Give the CPUs back, then report.
     let proxy = ctx.isolator(&conn).await?;
-    let released = proxy
-        .inner()
-        .call_with_flags::<_, _, ()>(
-            "Release",
-            MethodFlags::empty(),
-            &DynamicTuple((req.name.as_str(),)),
-        )
-        .await;
+    let released = ctx.never_asking().release(&proxy, req.name.as_str()).await;
     let cmd = args.command[0].to_string_lossy();
     let mut msg = format!("cannot run {cmd}: {}", err.desc());
-    if let Err(e) = released {
+    if let Err(f) = released {
         msg.push_str(&format!(
-            "; releasing \"{}\" failed too: {} (run: kvmisolate release {})",
-            req.name,
-            ctx.zbus_failure(&e),
-            req.name
+            "; releasing \"{}\" failed too: {f} (run: kvmisolate release {})",
+            req.name, req.name
         ));
     }
     Err(Failure::other(msg))
 }
 
-async fn cmd_monitor(ctx: &Ctx<'_>) -> Result<(), Failure> {
+async fn cmd_monitor(ctx: &Context<'_>) -> Result<(), Failure> {
     let conn = ctx.connect().await?;
     let service_rule = MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
@@ -613,10 +446,10 @@ async fn cmd_monitor(ctx: &Ctx<'_>) -> Result<(), Failure> {
     };
     let service = MessageStream::for_match_rule(service_rule, &conn, None)
         .await
-        .map_err(|e| ctx.zbus_failure(&e))?;
+        .map_err(|e| ctx.failure(&e))?;
     let owner = MessageStream::for_match_rule(owner_rule, &conn, None)
         .await
-        .map_err(|e| ctx.zbus_failure(&e))?;
+        .map_err(|e| ctx.failure(&e))?;
     let mut messages = futures_util::stream::select(service, owner);
     let (mut sigint, mut sigterm) = (
         signal(SignalKind::interrupt()).map_err(signal_failure)?,
@@ -631,11 +464,11 @@ async fn cmd_monitor(ctx: &Ctx<'_>) -> Result<(), Failure> {
             _ = sigterm.recv() => return Ok(()),
             msg = messages.next() => match msg {
                 None => return Err(Failure::new(ExitCode::Unreachable, "the bus connection closed")),
-                Some(Err(e)) => return Err(ctx.zbus_failure(&e)),
+                Some(Err(e)) => return Err(ctx.failure(&e)),
                 Some(Ok(m)) => {
                     if let Some(event) = monitor::event_of(&m) {
                         let line = format!("{} {}\n", monitor::timestamp(now_micros()), monitor::describe(&event));
-                        if write_stdout(&line).is_err() {
+                        if output::write_stdout(&line).is_err() {
                             // The reader is gone (`kvmisolate monitor | head`): done.
                             return Ok(());
                         }
@@ -647,7 +480,7 @@ async fn cmd_monitor(ctx: &Ctx<'_>) -> Result<(), Failure> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let ctx = Ctx {
+    let ctx = Context {
         address: cli.address.as_deref(),
         interactive: !cli.no_ask_password,
         quiet: cli.quiet,
@@ -658,7 +491,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(a) => cmd_status(&ctx, a.json).await,
         Command::Run(a) => cmd_run(&ctx, a).await,
         Command::Monitor => cmd_monitor(&ctx).await,
-        Command::Plan(a) => plan::run::run(&a, cli.quiet).map(|out| emit(&out)),
+        Command::Plan(a) => plan::run::run(&a, cli.quiet).map(|out| output::emit(&out)),
         Command::Check(a) => {
             let daemon = if a.no_daemon {
                 check::daemon::Daemon::NotAsked
@@ -678,10 +511,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::LibvirtHook(a) => {
             // A hook never prompts, and libvirtd waits for it: bound the whole call.
-            let ctx = Ctx {
-                interactive: false,
-                ..ctx
-            };
+            let ctx = ctx.never_asking();
             match tokio::time::timeout(HOOK_TIMEOUT, cmd_libvirt_hook(&ctx, a)).await {
                 Ok(r) => r,
                 Err(_) => Err(Failure::other(format!(

@@ -55,11 +55,6 @@ pub fn status_to_json(status: &HashMap<String, OwnedVariant>) -> Value {
     )
 }
 
-/// Asks kvmisolated for `Status()`, decoded as [`Status`].
-pub async fn fetch(proxy: &kvmisolate_dbus::proxy::Isolator1Proxy<'_>) -> zbus::Result<Status> {
-    proxy.inner().call("Status", &()).await
-}
-
 /// A duration in the largest two units (`45s`, `3m12s`, `2h05m`, `4d03h`).
 pub fn format_age(seconds: u64) -> String {
     let (d, h, m, s) = (
