@@ -15,13 +15,14 @@
 //! not opt in (the error is logged and the domain starts). Only the leases the hook made for the
 //! domain are released ([`leases`]).
 //!
-//! [`domain`] reads the XML, [`optin`] decides whether and how the domain opts in, [`check`]
-//! is `prepare`'s pure part.
+//! [`run`] is the bus side (each operation), [`domain`] reads the XML, [`optin`] decides
+//! whether and how the domain opts in, [`check`] is `prepare`'s pure part.
 
 pub mod check;
 pub mod domain;
 pub mod leases;
 pub mod optin;
+pub mod run;
 
 #[cfg(test)]
 mod tests;
