@@ -10,6 +10,7 @@ mod cmd;
 mod failure;
 mod generate;
 mod hook;
+mod libvirt;
 mod monitor;
 mod output;
 mod plan;

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::host::Host;
 use super::knobs::split_cores;
 use super::{Finding, Severity, shorten};
-use crate::hook::domain::Domain;
-use crate::hook::optin::{DEFAULT_PAGE_KIB, Settings};
+use crate::libvirt::domain::Domain;
+use crate::libvirt::optin::{DEFAULT_PAGE_KIB, Settings};
 use crate::topology::Topology;
 
 /// The domain to audit, as found.
@@ -633,7 +633,7 @@ mod tests {
     use super::super::host::fake::FakeHost;
     use super::super::knobs::read_topology;
     use super::*;
-    use crate::hook::optin::settings;
+    use crate::libvirt::optin::settings;
 
     const META: &str = "<metadata><k:isolate xmlns:k='https://kvmisolate.org/xmlns/libvirt/1' profile='realtime' hugepages='none'/></metadata>";
 

@@ -5,6 +5,7 @@
 use crate::bus::Context;
 use crate::cli::LibvirtHookArgs;
 use crate::failure::{ExitCode, Failure};
+use crate::libvirt::{domain, optin};
 use crate::request::{self, IsolateRequest, Target};
 use crate::{check, hook};
 
@@ -41,8 +42,8 @@ async fn libvirt_hook(ctx: &Context<'_>, args: LibvirtHookArgs) -> Result<(), Fa
     let dom = &args.domain;
     let bad = |m: String| Failure::new(ExitCode::BadRequest, format!("domain {dom:?}: {m}"));
     // Opt-in first: what is broken stops only a domain that opted in.
-    let section = match hook::optin::decide(&xml, &args.config, dom) {
-        hook::optin::OptIn::No { broken } => {
+    let section = match optin::decide(&xml, &args.config, dom) {
+        optin::OptIn::No { broken } => {
             if let Some(e) = broken {
                 eprintln!(
                     "kvmisolate: warning: {e}; domain {dom:?} does not opt in and starts unisolated (fix the file: domains that opt in cannot start until it is)"
@@ -50,10 +51,10 @@ async fn libvirt_hook(ctx: &Context<'_>, args: LibvirtHookArgs) -> Result<(), Fa
             }
             return Ok(());
         }
-        hook::optin::OptIn::Maybe(section) => section.map_err(bad)?,
+        optin::OptIn::Maybe(section) => section.map_err(bad)?,
     };
-    let domain = hook::domain::Domain::parse(&xml).map_err(|e| bad(e.to_string()))?;
-    let Some(settings) = hook::optin::settings(&domain, section.as_ref()).map_err(bad)? else {
+    let domain = domain::Domain::parse(&xml).map_err(|e| bad(e.to_string()))?;
+    let Some(settings) = optin::settings(&domain, section.as_ref()).map_err(bad)? else {
         return Ok(());
     };
     let warn_only = settings.on_conflict == kvmisolate_dbus::libvirt::OnConflict::Warn;
@@ -76,8 +77,8 @@ async fn hook_operation(
     ctx: &Context<'_>,
     op: &str,
     args: &LibvirtHookArgs,
-    domain: &hook::domain::Domain,
-    settings: &hook::optin::Settings,
+    domain: &domain::Domain,
+    settings: &optin::Settings,
 ) -> Result<(), Failure> {
     let dom = &args.domain;
     let name = request::vm_name(dom);
