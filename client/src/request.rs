@@ -1,6 +1,7 @@
 //! Building an `Isolate` request: local validation, the default name, the options dictionary.
 
 use kvmisolate_dbus::options::{self, IsolateOptions, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::target::TargetText;
 use kvmisolate_dbus::tunings::{HugepageSpec, Profile, Tuning};
 use kvmisolate_dbus::{CpuSet, IsolationName};
 
@@ -219,14 +220,12 @@ pub fn result_line(cpus: &str, name: &str, partition: &str, target: &str) -> Str
 /// The target text the service would report, for when its properties cannot be read.
 pub fn target_text(target: &Target) -> String {
     match target {
-        Target::Unit(u) => format!("unit:{u}"),
-        Target::Pids(p) => format!(
-            "pids:{}",
-            p.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
-        ),
-        Target::Libvirt(d) => format!("libvirt:{d}"),
-        Target::Reservation(d) => format!("reservation:{d}"),
+        Target::Unit(u) => TargetText::Unit(u),
+        Target::Pids(p) => TargetText::Pids(p),
+        Target::Libvirt(d) => TargetText::Libvirt(d),
+        Target::Reservation(d) => TargetText::Reservation(d),
     }
+    .to_string()
 }
 
 /// The isolation name of a libvirt domain as the libvirt hook makes it (and `isolate --vm`

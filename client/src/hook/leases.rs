@@ -4,6 +4,7 @@
 //! under such a name, or for another domain, is never the hook's to end.
 
 use kvmisolate_dbus::status::Status;
+use kvmisolate_dbus::target::TargetText;
 
 use crate::request::{reservation_name, vm_name};
 
@@ -20,14 +21,14 @@ pub enum Which {
 pub fn releasable(status: &Status, domain: &str, which: Which) -> Vec<String> {
     let mut wanted = vec![(
         reservation_name(domain).as_str().to_owned(),
-        format!("reservation:{domain}"),
+        TargetText::Reservation(domain).to_string(),
     )];
     if which == Which::Both {
         wanted.insert(
             0,
             (
                 vm_name(domain).as_str().to_owned(),
-                format!("libvirt:{domain}"),
+                TargetText::Libvirt(domain).to_string(),
             ),
         );
     }
