@@ -178,10 +178,7 @@ fn hook_host_view(
     own: &[&str],
 ) -> hook::check::HostView {
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-    let online = kvmisolate_dbus::CpuSet::parse(
-        read(args.sysfs_root.join("devices/system/cpu/online")).trim(),
-    )
-    .unwrap_or_default();
+    let online = crate::topology::online_cpus(&args.sysfs_root).unwrap_or_default();
     let held = check::daemon::held_in(status)
         .into_iter()
         .filter(|(name, _)| !own.contains(&name.as_str()))
