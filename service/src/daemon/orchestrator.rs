@@ -12,9 +12,10 @@ use kvmisolate_dbus::options::IsolationState;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use zbus::Connection;
 
-use crate::apply::{Engine, ExternalEffects, NoExternalEffects, PartitionState};
 use crate::authz::{self, TargetFacts};
 use crate::cgroupfs::{CgroupFs, CgroupPath, pid_alive};
+use crate::engine::apply::{Engine, ExternalEffects, NoExternalEffects};
+use crate::engine::partition::PartitionState;
 use crate::host::HostCpus;
 use crate::journal::{Journal, Record};
 use crate::kernel::{KernelSupport, kernel_release};
@@ -679,7 +680,7 @@ impl Orchestrator {
                     state = IsolationState::Degraded;
                     reasons.push(format!(
                         "{cg}: {word} invalid: {}",
-                        crate::apply::explain_invalid(&reason)
+                        crate::engine::partition::explain_invalid(&reason)
                     ));
                 }
                 Some(PartitionState::Member) => {

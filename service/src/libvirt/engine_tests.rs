@@ -4,8 +4,8 @@
 use crate::engine::Error;
 use kvmisolate_dbus::options::PartitionType;
 
-use crate::apply::PartitionState;
 use crate::cgroupfs::EmulatedKernel;
+use crate::engine::partition::PartitionState;
 use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
 use crate::libvirt::{Layout, LeafKind, find_scope};
 use crate::plan::Step;
