@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod engine;
 pub mod host;
 pub mod libvirt;
+pub mod test_hooks;
 pub mod timing;
 pub mod tunings;
 

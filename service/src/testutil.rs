@@ -387,7 +387,8 @@ impl FakeTree {
     /// Plans and applies.
     pub fn isolate(&self, req: &Request) -> Result<crate::journal::Record, Error> {
         let plan = self.plan(req)?;
-        self.engine.apply(req, &plan, None)
+        self.engine
+            .apply(req, &plan, &crate::test_hooks::TestHooks::none())
     }
 
     /// A running libvirt domain laid out as libvirt does it:

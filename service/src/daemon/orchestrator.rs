@@ -27,6 +27,7 @@ use crate::registry::{Lease, holder_of};
 use crate::request::{IsolateRequest, TargetRequest};
 use crate::systemd::{self, Systemd};
 use crate::systemd_effects::{SystemdEffects, SystemdServices};
+use crate::test_hooks::TestHooks;
 use crate::timing;
 use crate::tunings::{Holder, HostTunings, NoServices, Paths, Selected, TuningReport};
 
@@ -47,14 +48,10 @@ pub struct Config {
     pub allow_cpu0: bool,
     /// Use systemd when it runs.
     pub use_systemd: bool,
-    /// Test hook: SIGKILL after this step of an Isolate.
-    pub crash_after_step: Option<usize>,
-    /// Test mode: `cgroup_root` is a plain directory with kernel behaviour emulated.
-    pub fake_kernel: bool,
     /// systemd's runtime unit directory (drop-ins).
     pub systemd_runtime_dir: PathBuf,
-    /// Test hook: SIGKILL after this many tuning writes.
-    pub crash_after_tuning: Option<usize>,
+    /// The test hooks in effect (none in production).
+    pub hooks: TestHooks,
     /// `/etc/kvmisolate/kvmisolate.toml`.
     pub file: crate::config::Config,
 }
@@ -77,9 +74,6 @@ pub struct Orchestrator {
     kernel: KernelSupport,
     systemd: Option<Systemd>,
     plan_config: PlanConfig,
-    fake_reject: Option<String>,
-    /// Where libvirt keeps its QEMU pid files, in the emulated test mode.
-    libvirt_run_dir: Option<PathBuf>,
     tunings: Arc<HostTunings>,
     /// The last creation time handed out: creation times only grow, even if the clock steps
     /// back, so a name's next lease never has its previous one's identity.
@@ -103,7 +97,7 @@ fn now_usec() -> u64 {
 impl Orchestrator {
     /// Detects the host and opens the journal.
     pub async fn new(config: Config, conn: Connection) -> anyhow::Result<Self> {
-        let fs = if config.fake_kernel {
+        let fs = if config.hooks.fake_kernel() {
             CgroupFs::open(&config.cgroup_root, Some(config.proc_root.clone()))
         } else {
             CgroupFs::new(&config.cgroup_root)
@@ -147,28 +141,18 @@ impl Orchestrator {
             &config.run_dir,
             services,
         );
-        tunings.set_crash_after_write(config.crash_after_tuning);
+        tunings.set_test_hooks(config.hooks.clone());
         let engine = Arc::new(Engine::new(fs, config.proc_root.clone(), journal, effects));
         let plan_config = PlanConfig {
             min_housekeeping: config.min_housekeeping,
             allow_cpu0: config.allow_cpu0,
         };
-        let fake_reject = config
-            .fake_kernel
-            .then(|| std::env::var("KVMISOLATED_TEST_FAKE_REJECT").ok())
-            .flatten();
-        let libvirt_run_dir = config
-            .fake_kernel
-            .then(|| std::env::var_os("KVMISOLATED_TEST_LIBVIRT_RUN_DIR").map(PathBuf::from))
-            .flatten();
         Ok(Self {
             engine,
             config,
             kernel,
             systemd,
             plan_config,
-            fake_reject,
-            libvirt_run_dir,
             tunings: Arc::new(tunings),
             last_created: std::sync::atomic::AtomicU64::new(0),
         })
@@ -274,13 +258,13 @@ impl Orchestrator {
     /// Where new kernel threads are followed from: the proc root of a real kernel, `None`
     /// in the emulated test mode (whose CPUs are not the host's).
     pub fn kthread_proc_root(&self) -> Option<PathBuf> {
-        (!self.config.fake_kernel).then(|| self.config.proc_root.clone())
+        (!self.config.hooks.fake_kernel()).then(|| self.config.proc_root.clone())
     }
 
     /// Where the kernel threads kvmisolated narrowed are recorded (`kthread_ledger`); `None`
     /// in the emulated test mode.
     pub fn kthread_ledger_path(&self) -> Option<PathBuf> {
-        (!self.config.fake_kernel).then(|| self.config.run_dir.join("kthreads-narrowed"))
+        (!self.config.hooks.fake_kernel()).then(|| self.config.run_dir.join("kthreads-narrowed"))
     }
 
     /// `/etc/kvmisolate/kvmisolate.toml` as loaded at start-up.
@@ -328,8 +312,11 @@ impl Orchestrator {
     ) -> Result<(TargetFacts, Vec<HeldProcess>), Error> {
         match &req.target {
             TargetRequest::Pids(pids) => {
-                let (owners, held) =
-                    ownership::pids_owners(&self.config.proc_root, pids, !self.config.fake_kernel)?;
+                let (owners, held) = ownership::pids_owners(
+                    &self.config.proc_root,
+                    pids,
+                    !self.config.hooks.fake_kernel(),
+                )?;
                 let foreign = authz::foreign_owners("the target", &owners, uid);
                 Ok((TargetFacts { owners, foreign }, held))
             }
@@ -439,8 +426,7 @@ impl Orchestrator {
         let kernel = self.kernel.clone();
         let plan_config = self.plan_config.clone();
         let sysfs = self.config.sysfs_root.clone();
-        let crash = self.config.crash_after_step;
-        let reject = self.fake_reject.clone();
+        let hooks = self.config.hooks.clone();
         let record = tokio::task::spawn_blocking(move || {
             let planned = timing::phase("isolate", "plan");
             let host = HostCpus::read(&sysfs).map_err(failed)?;
@@ -448,12 +434,12 @@ impl Orchestrator {
             let plan = plan::plan(&request, &host, &kernel, &snapshot, &plan_config, &active)?;
             drop(planned);
             let _applied = timing::phase("isolate", "apply");
-            if let Some(reason) = &reject {
+            if let Some(reason) = hooks.fake_reject() {
                 for p in &plan.partitions {
                     engine.fs.emulate_reject_partition(p, Some(reason));
                 }
             }
-            engine.apply(&request, &plan, crash)
+            engine.apply(&request, &plan, &hooks)
         })
         .await
         .map_err(failed)??;
@@ -597,8 +583,8 @@ impl Orchestrator {
     /// The cgroup of a running domain's QEMU, from libvirt's pid file (`None` if unreadable).
     fn qemu_cgroup(&self, domain: &str) -> Option<CgroupPath> {
         // The test mode's libvirt state lives in the fake tree.
-        let dir = match &self.libvirt_run_dir {
-            Some(d) => d.clone(),
+        let dir = match self.config.hooks.libvirt_run_dir() {
+            Some(d) => d.to_path_buf(),
             None => PathBuf::from(LIBVIRT_QEMU_RUN_DIR),
         };
         let text = std::fs::read_to_string(dir.join(format!("{domain}.pid"))).ok()?;

@@ -23,6 +23,7 @@ use crate::engine::plan::Plan;
 use crate::engine::step::{self, failed, is_cpus_file};
 use crate::host::cgroupfs::{CgroupFs, CgroupPath, cgroup_of_pid};
 use crate::host::kernel::PARTITION_FILE;
+use crate::test_hooks::TestHooks;
 
 pub use crate::engine::effects::{ExternalEffects, NoExternalEffects};
 
@@ -56,7 +57,8 @@ pub struct ReplayReport {
     pub warnings: Vec<String>,
 }
 
-/// Where a simulated crash may happen (tests only; production uses `crash_after_step`).
+/// Where a simulated crash may happen (unit tests; the service's own hook is
+/// [`TestHooks::step_performed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Point {
     /// Step n (1-based) is journalled (done=false) but not performed.
@@ -179,20 +181,17 @@ impl Engine {
     /// error is returned (with the rollback's failures appended if it could not restore
     /// everything, in which case the record stays for the next start to retry).
     ///
-    /// `crash_after_step` (from `KVMISOLATED_CRASH_AFTER_STEP`): SIGKILL the process right after
-    /// performing that step (1-based), before it is marked done. A test hook.
+    /// `hooks` ([`TestHooks`]): `KVMISOLATED_CRASH_AFTER_STEP` is honoured right after a step
+    /// is performed, before it is marked done.
     pub fn apply(
         &self,
         request: &Request,
         plan: &Plan,
-        crash_after_step: Option<usize>,
+        hooks: &TestHooks,
     ) -> Result<Record, Error> {
         let mut hook = |p: Point| {
-            if let (Point::AfterPerform(n), Some(k)) = (p, crash_after_step)
-                && n == k
-            {
-                tracing::warn!(step = n, "KVMISOLATED_CRASH_AFTER_STEP: killing myself");
-                let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
+            if let Point::AfterPerform(n) = p {
+                hooks.step_performed(n);
             }
             false
         };
@@ -1107,8 +1106,8 @@ mod tests {
         let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
         let req = t.unit_request("vm", "2");
         let plan = t.plan(&req).unwrap();
-        t.engine.apply(&req, &plan, None).unwrap();
-        let err = t.engine.apply(&req, &plan, None).unwrap_err();
+        t.engine.apply(&req, &plan, &TestHooks::none()).unwrap();
+        let err = t.engine.apply(&req, &plan, &TestHooks::none()).unwrap_err();
         assert!(matches!(err, Error::NameExists(_)), "{err:?}");
     }
 

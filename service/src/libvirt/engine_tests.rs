@@ -75,7 +75,10 @@ fn isolates_the_leaves_in_place_and_restores_byte_for_byte() {
     // Never a cpuset.cpus write: libvirt's pins stay as they are.
     assert!(plan.steps.iter().all(|s| !matches!(s,
         Step::Write { file, .. } | Step::SharedAdd { file, .. } if file == "cpuset.cpus")));
-    let rec = t.engine.apply(&req, &plan, None).unwrap();
+    let rec = t
+        .engine
+        .apply(&req, &plan, &crate::test_hooks::TestHooks::none())
+        .unwrap();
     for (l, c) in [("vcpu0", "3"), ("vcpu1", "4"), ("emulator", "2")] {
         let p = format!("{SCOPE}/libvirt/{l}");
         assert_eq!(t.read(&p, PARTITION_FILE), "isolated\n", "{l}");
@@ -236,9 +239,15 @@ fn a_reservation_writes_nothing_in_cgroupfs() {
     let plan = t.plan(&req).unwrap();
     assert!(plan.steps.is_empty() && plan.partitions.is_empty());
     assert_eq!(req.target.describe(), "reservation:win10");
-    let rec = t.engine.apply(&req, &plan, None).unwrap();
+    let rec = t
+        .engine
+        .apply(&req, &plan, &crate::test_hooks::TestHooks::none())
+        .unwrap();
     t.assert_state(&before, "nothing written");
-    let e = t.engine.apply(&req, &plan, None).unwrap_err();
+    let e = t
+        .engine
+        .apply(&req, &plan, &crate::test_hooks::TestHooks::none())
+        .unwrap_err();
     assert!(matches!(e, Error::NameExists(_)), "{e:?}");
     t.engine.release(&rec).unwrap();
     assert!(!t.engine.journal.contains(rec.name()));
