@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use kvmisolate_dbus::names;
+use kvmisolated::bus::isolator::Shared;
 use kvmisolated::daemon::orchestrator::{Config, Orchestrator};
-use kvmisolated::isolator::Shared;
 use kvmisolated::test_hooks::TestHooks;
 use tracing_subscriber::prelude::*;
 

@@ -12,21 +12,23 @@ use kvmisolate_dbus::options::IsolationState;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use zbus::Connection;
 
-use crate::authz::{self, TargetFacts};
-use crate::cgroupfs::{CgroupFs, CgroupPath, pid_alive};
-use crate::engine::apply::{Engine, ExternalEffects, NoExternalEffects};
+use crate::bus::authz::{self, TargetFacts};
+use crate::bus::polkit::Caller;
+use crate::bus::request::{IsolateRequest, TargetRequest};
+use crate::daemon::ownership::{self, HeldProcess};
+use crate::daemon::registry::{Lease, holder_of};
+use crate::daemon::systemd::{self, Systemd};
+use crate::daemon::systemd_effects::{SystemdEffects, SystemdServices};
+use crate::engine::apply::Engine;
+use crate::engine::effects::{ExternalEffects, NoExternalEffects};
+use crate::engine::journal::{Journal, Record};
+use crate::engine::model::{self, Request, Target};
 use crate::engine::partition::PartitionState;
+use crate::engine::plan::{self, PlanConfig};
 use crate::host::HostCpus;
-use crate::journal::{Journal, Record};
-use crate::kernel::{KernelSupport, kernel_release};
-use crate::meminfo::MemInfo;
-use crate::ownership::{self, HeldProcess};
-use crate::plan::{self, PlanConfig, Request, Target};
-use crate::polkit::Caller;
-use crate::registry::{Lease, holder_of};
-use crate::request::{IsolateRequest, TargetRequest};
-use crate::systemd::{self, Systemd};
-use crate::systemd_effects::{SystemdEffects, SystemdServices};
+use crate::host::cgroupfs::{CgroupFs, CgroupPath, pid_alive};
+use crate::host::kernel::{KernelSupport, kernel_release};
+use crate::host::meminfo::MemInfo;
 use crate::test_hooks::TestHooks;
 use crate::timing;
 use crate::tunings::{Holder, HostTunings, NoServices, Paths, Selected, TuningReport};
@@ -159,7 +161,7 @@ impl Orchestrator {
     }
 
     /// A creation time later than every record's held or handed out before (see
-    /// [`crate::registry::LeaseKey`]).
+    /// [`crate::daemon::registry::LeaseKey`]).
     fn next_created(&self, held: &[Record]) -> u64 {
         use std::sync::atomic::Ordering;
         let floor = held
@@ -490,7 +492,7 @@ impl Orchestrator {
     async fn resolve_target(
         &self,
         req: &IsolateRequest,
-    ) -> Result<(Target, Vec<plan::ExternalStep>), Error> {
+    ) -> Result<(Target, Vec<model::ExternalStep>), Error> {
         match &req.target {
             TargetRequest::Unit(unit) => {
                 let cgroup = self.unit_cgroup(unit).await?;
@@ -538,7 +540,7 @@ impl Orchestrator {
                         let unit = req.name.scope_unit();
                         let cgroup = CgroupPath::new(&format!("{}/{unit}", systemd::SLICE))
                             .map_err(failed)?;
-                        let pre = vec![crate::systemd_effects::start_scope_step(
+                        let pre = vec![crate::daemon::systemd_effects::start_scope_step(
                             &unit, &req.name, pids,
                         )];
                         Ok((
@@ -569,14 +571,15 @@ impl Orchestrator {
         systemd: &Systemd,
         unit: &str,
         name: &IsolationName,
-    ) -> Result<Vec<plan::ExternalStep>, Error> {
+    ) -> Result<Vec<model::ExternalStep>, Error> {
         if systemd.unit_delegates_cpuset(unit).await.unwrap_or(false) {
             return Ok(Vec::new());
         }
         let slice = systemd.unit_slice(unit).await.map_err(failed)?;
         let parent = if slice.is_empty() { "-.slice" } else { &slice };
-        let nodes = crate::keeper::online_memory_nodes(&self.config.sysfs_root);
-        let step = crate::keeper::keeper_step(parent, name, unit, &nodes).map_err(Error::Failed)?;
+        let nodes = crate::daemon::keeper::online_memory_nodes(&self.config.sysfs_root);
+        let step = crate::daemon::keeper::keeper_step(parent, name, unit, &nodes)
+            .map_err(Error::Failed)?;
         Ok(vec![step])
     }
 
@@ -589,7 +592,7 @@ impl Orchestrator {
         };
         let text = std::fs::read_to_string(dir.join(format!("{domain}.pid"))).ok()?;
         let pid = text.trim().parse::<u32>().ok()?;
-        crate::cgroupfs::cgroup_of_pid(&self.config.proc_root, pid).ok()
+        crate::host::cgroupfs::cgroup_of_pid(&self.config.proc_root, pid).ok()
     }
 
     /// Finds a running libvirt domain's scope and chooses its leaves to partition.
@@ -616,7 +619,7 @@ impl Orchestrator {
             leaves: selection
                 .partitions
                 .into_iter()
-                .map(|(_, cgroup, cpus)| plan::LeafPartition { cgroup, cpus })
+                .map(|(_, cgroup, cpus)| model::LeafPartition { cgroup, cpus })
                 .collect(),
             warnings: selection.warnings,
         })
@@ -740,7 +743,7 @@ impl Orchestrator {
                 .flatten()
                 .and_then(|t| CpuSet::parse(t.trim()).ok())
         };
-        let exclusive = read(crate::kernel::EXCLUSIVE_FILE).filter(|c| !c.is_empty())?;
+        let exclusive = read(crate::host::kernel::EXCLUSIVE_FILE).filter(|c| !c.is_empty())?;
         let cpus = read("cpuset.cpus").filter(|c| !c.is_empty())?;
         (cpus != exclusive).then(|| {
             format!(
@@ -774,7 +777,11 @@ impl Orchestrator {
     pub fn watch_paths(&self, lease: &Lease) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for cg in &lease.record.partitions {
-            if let Ok(p) = self.engine.fs.file_path(cg, crate::kernel::PARTITION_FILE) {
+            if let Ok(p) = self
+                .engine
+                .fs
+                .file_path(cg, crate::host::kernel::PARTITION_FILE)
+            {
                 out.push(p);
             }
             // re-pins (virsh vcpupin/emulatorpin rewrite a leaf's cpuset.cpus)

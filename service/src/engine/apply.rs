@@ -25,7 +25,7 @@ use crate::host::cgroupfs::{CgroupFs, CgroupPath, cgroup_of_pid};
 use crate::host::kernel::PARTITION_FILE;
 use crate::test_hooks::TestHooks;
 
-pub use crate::engine::effects::{ExternalEffects, NoExternalEffects};
+use crate::engine::effects::ExternalEffects;
 
 /// Why a release did not restore everything. The record stays in the journal (phase
 /// `releasing`) so the next start retries.
@@ -115,7 +115,7 @@ impl Engine {
         }
     }
 
-    /// Reads what [`crate::plan::plan`] needs about `target`: the files of every existing
+    /// Reads what [`crate::engine::plan::plan`] needs about `target`: the files of every existing
     /// cgroup from the root down to the target ([`Snapshot::FILES`]) and, for engine-created
     /// pids targets, each pid's cgroup (`TargetNotFound` if a process does not exist).
     pub fn snapshot(&self, target: &Target) -> Result<Snapshot, Error> {
@@ -607,7 +607,7 @@ mod tests {
         let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
         let before = t.state();
         let mut req = t.scope_request("c", "2-3", &[100]);
-        req.pre_steps.push(crate::plan::ExternalStep {
+        req.pre_steps.push(crate::engine::model::ExternalStep {
             kind: "fail".into(),
             data: serde_json::Value::Null,
         });
@@ -1029,7 +1029,7 @@ mod tests {
         let path = t.engine.journal.path_of(rec.name());
         let mut v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        v["version"] = serde_json::json!(crate::journal::RECORD_VERSION + 1);
+        v["version"] = serde_json::json!(crate::engine::journal::RECORD_VERSION + 1);
         v["something-new"] = serde_json::json!([1, 2]);
         std::fs::write(&path, v.to_string()).unwrap();
         let report = t.engine.replay(|_| true);

@@ -24,8 +24,9 @@ use kvmisolate_dbus::options::PartitionType;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroupfs::CgroupPath;
-use crate::plan::{ActiveIsolation, PartitionMode, Plan, Request, Step};
+use crate::engine::model::{PartitionMode, Request, Step};
+use crate::engine::plan::{ActiveIsolation, Plan};
+use crate::host::cgroupfs::CgroupPath;
 
 /// The record format version.
 pub const RECORD_VERSION: u32 = 1;
@@ -521,7 +522,8 @@ enum ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{ExternalStep, Plan, Target};
+    use crate::engine::model::{ExternalStep, Target};
+    use crate::engine::plan::Plan;
     use crate::testutil::{cg, cpus, name};
     use kvmisolate_dbus::options::ReleaseWhen;
 

@@ -8,8 +8,8 @@ use kvmisolate_dbus::options::{PartitionType, ReleaseWhen};
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroupfs::CgroupPath;
-use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
+use crate::host::cgroupfs::CgroupPath;
+use crate::host::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
 
 /// `cpuset.cpus`.
 pub const CPUS_FILE: &str = "cpuset.cpus";
@@ -101,7 +101,7 @@ impl Target {
         }
     }
 
-    /// Every cgroup whose files [`crate::apply::Engine::snapshot`] reads: the root down to the
+    /// Every cgroup whose files [`crate::engine::apply::Engine::snapshot`] reads: the root down to the
     /// target, then the leaves below it and the cgroups between.
     pub fn snapshot_cgroups(&self) -> Vec<CgroupPath> {
         let cg = self.cgroup();
@@ -153,7 +153,7 @@ impl Target {
 
 /// A step whose effect lives outside cgroupfs (systemd: StartTransientUnit,
 /// SetUnitProperties, AttachProcessesToUnit...). `kind` and `data` belong to whoever performs
-/// it ([`crate::apply::ExternalEffects`]); the engine journals them like any other step.
+/// it ([`crate::engine::effects::ExternalEffects`]); the engine journals them like any other step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalStep {
     /// What to do (`start-transient-scope`, ...).
@@ -235,7 +235,7 @@ mod pid_map {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::cgroupfs::CgroupPath;
+    use crate::host::cgroupfs::CgroupPath;
 
     pub(super) fn serialize<S: Serializer>(
         map: &BTreeMap<u32, CgroupPath>,
@@ -369,7 +369,7 @@ impl Snapshot {
         "cpuset.cpus.effective",
         EXCLUSIVE_FILE,
         PARTITION_FILE,
-        crate::kernel::ISOLATED_FILE,
+        crate::host::kernel::ISOLATED_FILE,
     ];
 
     /// Whether the cgroup exists.

@@ -1,6 +1,6 @@
 //! Planning: a request plus a snapshot of the host becomes a list of [`Step`]s, or a contract
 //! [`Error`] whose sentence names the problem and the fix. Pure: no I/O happens here; the
-//! caller reads the host (see [`crate::apply::Engine::snapshot`]) and passes it in.
+//! caller reads the host (see [`crate::engine::apply::Engine::snapshot`]) and passes it in.
 //!
 //! # Remote partitions (`cpuset.cpus.exclusive` exists, 6.7+)
 //! For each ancestor from the root down to the target's parent: `+cpuset` in its
@@ -27,16 +27,14 @@ use crate::engine::Error;
 use kvmisolate_dbus::options::PartitionType;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 
-use crate::cgroupfs::CgroupPath;
 use crate::host::HostCpus;
-use crate::kernel::{EXCLUSIVE_FILE, KernelSupport, PARTITION_FILE};
+use crate::host::cgroupfs::CgroupPath;
+use crate::host::kernel::{EXCLUSIVE_FILE, KernelSupport, PARTITION_FILE};
 
 use crate::engine::model::first_word;
 
-// The model's items, at the paths they had when they lived here.
-pub use crate::engine::model::{
-    CPUS_FILE, ExternalStep, LeafPartition, OWN_SUBTREE, PartitionMode, Request,
-    SUBTREE_CONTROL_FILE, Snapshot, Step, Target,
+use crate::engine::model::{
+    CPUS_FILE, LeafPartition, PartitionMode, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target,
 };
 
 /// Configuration that limits what may be isolated.
@@ -561,7 +559,8 @@ fn plan_leaves(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroupfs::EmulatedKernel;
+    use crate::engine::model::ExternalStep;
+    use crate::host::cgroupfs::EmulatedKernel;
     use crate::testutil::*;
     use proptest::prelude::*;
 

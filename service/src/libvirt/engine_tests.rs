@@ -4,11 +4,11 @@
 use crate::engine::Error;
 use kvmisolate_dbus::options::PartitionType;
 
-use crate::cgroupfs::EmulatedKernel;
+use crate::engine::model::Step;
 use crate::engine::partition::PartitionState;
-use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
+use crate::host::cgroupfs::EmulatedKernel;
+use crate::host::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
 use crate::libvirt::{Layout, LeafKind, find_scope};
-use crate::plan::Step;
 use crate::testutil::*;
 
 /// The guide's recipe scaled to six CPUs: vCPUs on 3-4, emulator on 2, iothread on 0-1.
@@ -235,7 +235,11 @@ fn leaves_being_torn_down_count_as_gone() {
 fn a_reservation_writes_nothing_in_cgroupfs() {
     let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
     let before = t.state();
-    let req = t.request("hugepages-w", "", crate::plan::Target::reservation("win10"));
+    let req = t.request(
+        "hugepages-w",
+        "",
+        crate::engine::model::Target::reservation("win10"),
+    );
     let plan = t.plan(&req).unwrap();
     assert!(plan.steps.is_empty() && plan.partitions.is_empty());
     assert_eq!(req.target.describe(), "reservation:win10");
@@ -257,8 +261,8 @@ fn a_reservation_writes_nothing_in_cgroupfs() {
 /// restart: the interrupted one is restored, the other adopted untouched.
 #[test]
 fn a_crash_at_every_step_restores_the_domain_and_keeps_the_other() {
-    use crate::apply::Point;
-    use crate::journal::Phase;
+    use crate::engine::apply::Point;
+    use crate::engine::journal::Phase;
     let setup = || {
         let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
         t.libvirt_domain(1, "a", &[("vcpu0", "5"), ("emulator", "0-1")], 300);
