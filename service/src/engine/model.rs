@@ -171,7 +171,7 @@ pub enum Step {
     Mkdir {
         /// The cgroup.
         path: CgroupPath,
-        /// Whether it existed before (filled in at apply time).
+        /// Whether it existed before (read by the engine's prepare; `false` in a plan).
         existed: bool,
     },
     /// Write `value` to `file`. Undo: write `original` back.
@@ -180,7 +180,7 @@ pub enum Step {
         path: CgroupPath,
         /// The attribute file.
         file: String,
-        /// Its content before (as read at apply time).
+        /// Its content before (read by the engine's prepare; empty in a plan).
         original: String,
         /// What to write.
         value: String,
@@ -192,7 +192,7 @@ pub enum Step {
         path: CgroupPath,
         /// The cpulist file (`cpuset.cpus.exclusive`, or `cpuset.cpus` for local partitions).
         file: String,
-        /// Its content before (as read at apply time).
+        /// Its content before (read by the engine's prepare; empty in a plan).
         original: String,
         /// The CPUs added.
         added: CpuSet,
@@ -202,7 +202,7 @@ pub enum Step {
     SharedPartition {
         /// The cgroup.
         path: CgroupPath,
-        /// `cpuset.cpus.partition` before.
+        /// `cpuset.cpus.partition` before (read by the engine's prepare; empty in a plan).
         original: String,
     },
     /// Enable a controller in `cgroup.subtree_control`. Undo: disable it if it was absent
@@ -212,7 +212,7 @@ pub enum Step {
         path: CgroupPath,
         /// The controller (`cpuset`).
         controller: String,
-        /// Whether it was enabled before (filled in at apply time).
+        /// Whether it was enabled before (read by the engine's prepare; `false` in a plan).
         was_present: bool,
     },
     /// Move processes into `to` (engine-created cgroups). Undo: move each process still in

@@ -1,7 +1,9 @@
 //! One file per step kind, each with the kind's three operations:
 //!
 //! - `prepare`: reads the original state the step changes (right before it is journalled);
-//!   a shared step inherits the original from another isolation's record of the same state;
+//!   a shared step inherits the original from another isolation's record of the same state.
+//!   This is the one place originals are derived (the plan leaves them empty: see
+//!   [`crate::engine::plan`]);
 //! - `perform`: makes the change, every write read back;
 //! - `undo`: restores the original; safe whether or not the step was performed (restoring a
 //!   value that is already there is a no-op), and a no-op for shared state another record
