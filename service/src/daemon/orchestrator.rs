@@ -630,6 +630,7 @@ impl Orchestrator {
     /// still in use that stay allocated as surplus).
     pub async fn release(&self, lease: &Lease) -> Result<Vec<String>, Error> {
         let reads = self.engine.journal.reads();
+        let saves = self.engine.journal.saves();
         let holders = Self::holders(&self.held(), lease.name());
         let reconciled = timing::time_async("release", "tunings", self.reconcile(holders)).await;
         let (tunings, warnings) = match reconciled {
@@ -648,6 +649,11 @@ impl Orchestrator {
             "release",
             "journal-reads",
             self.engine.journal.reads() - reads,
+        );
+        timing::count(
+            "release",
+            "journal-saves",
+            self.engine.journal.saves() - saves,
         );
         match (tunings, partition) {
             (None, r) => r.map(|()| warnings),

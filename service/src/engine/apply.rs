@@ -298,13 +298,20 @@ impl Engine {
     }
 
     /// Undoes every recorded step in reverse order, continuing past failures. Steps undone
-    /// are removed from the record (persisted as it goes); returns the failures.
+    /// are removed from the record; returns the failures.
     fn undo_all(&self, record: &mut Record, others: &[Record]) -> Vec<String> {
         self.undo_steps(record, others, None).0
     }
 
     /// `undo_all`, stopping (a simulated crash) after `stop_after` successful undos; the
     /// second value tells whether it stopped.
+    ///
+    /// The journal is saved once, at the end and only when something could not be undone
+    /// (the record then holds just those steps, for the next start to retry), like the
+    /// done-marks of an apply: an undo is safe to repeat, so a crash half-way, which leaves
+    /// every step recorded, makes the next start undo them all again to the same result.
+    /// The caller has saved the `releasing` phase before the first undo, and removes the
+    /// record when nothing failed.
     fn undo_steps(
         &self,
         record: &mut Record,
@@ -341,11 +348,17 @@ impl Engine {
                 undone += 1;
             }
         }
+        if !failures.is_empty()
+            && let Err(e) = crate::timing::time(UNDO, "journal-save", || self.journal.save(record))
+        {
+            tracing::warn!("{e}");
+        }
         (failures, false)
     }
 
-    /// Undoes one step of `record`; on success drops it from the record and saves the
-    /// journal, on failure adds the reason to `failures`. Returns whether it was undone.
+    /// Undoes one step of `record`; on success drops it from the record (in memory: see
+    /// [`Engine::undo_steps`]), on failure adds the reason to `failures`. Returns whether it
+    /// was undone.
     fn undo_recorded(
         &self,
         record: &mut Record,
@@ -360,11 +373,6 @@ impl Engine {
             Ok(()) => {
                 if let Some(pos) = record.steps.iter().rposition(|s| s.step == *step) {
                     record.steps.remove(pos);
-                }
-                if let Err(e) =
-                    crate::timing::time(UNDO, "journal-save", || self.journal.save(record))
-                {
-                    tracing::warn!("{e}");
                 }
                 true
             }
@@ -946,7 +954,8 @@ mod tests {
                 assert!(t.engine.release_with(&rec, Some(k)).is_err());
                 let left = t.engine.journal.load(rec.name()).unwrap().unwrap();
                 assert_eq!(left.phase, Phase::Releasing);
-                assert_eq!(left.steps.len(), n - k);
+                // The undos are not saved one by one: every step is still recorded.
+                assert_eq!(left.steps.len(), n);
                 let report = t.engine.replay(|_| true);
                 assert_eq!(names(&report.adopted), names(&prior));
                 assert_eq!(report.released, [rec.name().to_string()]);
@@ -1099,6 +1108,36 @@ mod tests {
         t.engine.release(&other).unwrap();
         assert_eq!(t.engine.journal.reads(), reads);
         assert!(t.engine.journal.load_all().unwrap().records.is_empty());
+    }
+
+    /// A release saves the record once (its `releasing` phase) before the first undo, then
+    /// removes it: the undos are not saved one by one, as an undo is safe to repeat (a crash
+    /// half-way leaves every step recorded and the next start undoes them all again).
+    #[test]
+    fn a_release_saves_its_record_once() {
+        for (kernel, req) in [
+            (
+                EmulatedKernel::LINUX_6_12,
+                FakeTree::unit_request as fn(&FakeTree, &str, &str) -> Request,
+            ),
+            (
+                EmulatedKernel::LINUX_6_1,
+                |t: &FakeTree, n: &str, c: &str| t.pids_request(n, c, &[100]),
+            ),
+        ] {
+            let t = FakeTree::new(kernel);
+            let before = t.state();
+            let rec = t.isolate(&req(&t, "vm", "2-3")).unwrap();
+            let saves = t.engine.journal.saves();
+            t.engine.release(&rec).unwrap();
+            let n = t.engine.journal.saves() - saves;
+            eprintln!(
+                "{kernel:?}: {} steps, {n} journal saves per release",
+                rec.steps.len()
+            );
+            assert_eq!(n, 1, "{kernel:?}");
+            t.assert_state(&before, &format!("{kernel:?}"));
+        }
     }
 
     #[test]
