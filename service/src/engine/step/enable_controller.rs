@@ -1,7 +1,7 @@
 //! `Step::EnableController`: a controller enabled in a cgroup's `cgroup.subtree_control`;
 //! disabled again on undo unless it was there before or another isolation holds it.
 
-use super::{StepFailure, failed, has_word, read_for_undo, write_checked};
+use super::{StepFailure, failed, has_word, read_for_undo, read_original, write_checked};
 use crate::engine::apply::Engine;
 use crate::engine::model::{SUBTREE_CONTROL_FILE, Step};
 use crate::host::cgroupfs::CgroupPath;
@@ -18,10 +18,7 @@ pub(super) fn prepare(
         was_present: match inherited {
             Some(Step::EnableController { was_present, .. }) => *was_present,
             _ => has_word(
-                &engine
-                    .fs
-                    .read(path, SUBTREE_CONTROL_FILE)
-                    .map_err(|e| StepFailure::untouched(failed(e)))?,
+                &read_original(engine, path, SUBTREE_CONTROL_FILE)?,
                 controller,
             ),
         },

@@ -167,6 +167,14 @@ fn partition_word(original: &str) -> &str {
     }
 }
 
+/// Reads the original content of a file for a prepare (a failure leaves the host untouched).
+fn read_original(engine: &Engine, path: &CgroupPath, file: &str) -> Result<String, StepFailure> {
+    engine
+        .fs
+        .read(path, file)
+        .map_err(|e| StepFailure::untouched(failed(e)))
+}
+
 /// Reads a file for an undo: `None` if it is gone (nothing left to restore).
 fn read_for_undo(engine: &Engine, path: &CgroupPath, file: &str) -> Result<Option<String>, String> {
     match engine.fs.read(path, file) {

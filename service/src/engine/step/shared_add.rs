@@ -3,7 +3,7 @@
 
 use kvmisolate_dbus::CpuSet;
 
-use super::{StepFailure, failed, read_cpus, read_for_undo, restore, write_checked};
+use super::{StepFailure, read_cpus, read_for_undo, read_original, restore, write_checked};
 use crate::engine::apply::Engine;
 use crate::engine::model::Step;
 use crate::host::cgroupfs::CgroupPath;
@@ -17,10 +17,7 @@ pub(super) fn prepare(
     Ok(Step::SharedAdd {
         path: path.clone(),
         file: file.to_owned(),
-        original: engine
-            .fs
-            .read(path, file)
-            .map_err(|e| StepFailure::untouched(failed(e)))?,
+        original: read_original(engine, path, file)?,
         added: added.clone(),
     })
 }

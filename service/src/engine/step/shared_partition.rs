@@ -3,7 +3,9 @@
 
 use kvmisolate_dbus::options::PartitionType;
 
-use super::{StepFailure, failed, partition_word, read_for_undo, restore, write_checked};
+use super::{
+    StepFailure, failed, partition_word, read_for_undo, read_original, restore, write_checked,
+};
 use crate::engine::apply::Engine;
 use crate::engine::model::{Step, first_word};
 use crate::engine::partition::{PartitionState, parse_partition};
@@ -19,10 +21,7 @@ pub(super) fn prepare(
         path: path.clone(),
         original: match inherited {
             Some(Step::SharedPartition { original, .. }) => original.clone(),
-            _ => engine
-                .fs
-                .read(path, PARTITION_FILE)
-                .map_err(|e| StepFailure::untouched(failed(e)))?,
+            _ => read_original(engine, path, PARTITION_FILE)?,
         },
     })
 }

@@ -3,7 +3,7 @@
 
 use kvmisolate_dbus::CpuSet;
 
-use super::{StepFailure, failed, is_cpulist_file, partition_word, read_for_undo, restore};
+use super::{StepFailure, is_cpulist_file, partition_word, read_for_undo, read_original, restore};
 use crate::engine::apply::Engine;
 use crate::engine::model::{Step, first_word};
 use crate::host::cgroupfs::CgroupPath;
@@ -18,10 +18,7 @@ pub(super) fn prepare(
     Ok(Step::Write {
         path: path.clone(),
         file: file.to_owned(),
-        original: engine
-            .fs
-            .read(path, file)
-            .map_err(|e| StepFailure::untouched(failed(e)))?,
+        original: read_original(engine, path, file)?,
         value: value.to_owned(),
     })
 }
