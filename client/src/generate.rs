@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use clap_complete::Shell;
 
+use crate::cli::Invocation;
+use crate::failure::Failure;
+
 /// Writes `kvmisolate.1` and `kvmisolate-SUBCOMMAND.1` (visible subcommands) into `dir`.
 pub fn man_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
@@ -35,6 +38,24 @@ pub fn completions(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         files.push(path);
     }
     Ok(files)
+}
+
+/// The hidden build-time generators (no bus needed).
+pub fn run(invocation: Invocation) -> Result<(), Failure> {
+    let (what, dir, result) = match invocation {
+        Invocation::GenerateMan(dir) => {
+            let r = man_pages(&dir);
+            ("man pages", dir, r)
+        }
+        Invocation::GenerateCompletions(dir) => {
+            let r = completions(&dir);
+            ("completions", dir, r)
+        }
+        Invocation::Cli(_) => return Ok(()),
+    };
+    result
+        .map(|_files| ())
+        .map_err(|e| Failure::other(format!("cannot write {what} to {}: {e}", dir.display())))
 }
 
 #[cfg(test)]

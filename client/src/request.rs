@@ -1,11 +1,9 @@
 //! Building an `Isolate` request: local validation, the default name, the options dictionary.
 
-use std::collections::HashMap;
-
-use kvmisolate_dbus::options::{self, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::options::{self, IsolateOptions, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::target::TargetText;
 use kvmisolate_dbus::tunings::{HugepageSpec, Profile, Tuning};
 use kvmisolate_dbus::{CpuSet, IsolationName};
-use zbus::Variant;
 
 use crate::failure::{ExitCode, Failure};
 
@@ -167,43 +165,26 @@ impl IsolateRequest {
     }
 
     /// The `options` argument of `Isolate`.
-    pub fn options(&self) -> HashMap<&'static str, Variant<'static>> {
-        let mut o = HashMap::new();
+    pub fn options(&self) -> IsolateOptions {
+        let mut o = IsolateOptions::default();
         match &self.target {
-            Target::Unit(u) => {
-                o.insert(options::UNIT, Variant::from(u.clone()));
-            }
-            Target::Pids(p) => {
-                o.insert(options::PIDS, Variant::from(p.clone()));
-            }
-            Target::Libvirt(d) => {
-                o.insert(options::LIBVIRT_DOMAIN, Variant::from(d.clone()));
-            }
-            Target::Reservation(d) => {
-                o.insert(options::RESERVE_FOR_DOMAIN, Variant::from(d.clone()));
-            }
+            Target::Unit(u) => o.unit = Some(u.clone()),
+            Target::Pids(p) => o.pids = Some(p.clone()),
+            Target::Libvirt(d) => o.libvirt_domain = Some(d.clone()),
+            Target::Reservation(d) => o.reserve_for_domain = Some(d.clone()),
         }
-        if let Some(p) = self.partition {
-            o.insert(options::PARTITION, Variant::from(p.as_str()));
-        }
-        if let Some(r) = self.release_when {
-            o.insert(options::RELEASE_WHEN, Variant::from(r.as_str()));
-        }
+        o.partition = self.partition.map(|p| p.as_str().to_owned());
+        o.release_when = self.release_when.map(|r| r.as_str().to_owned());
         match &self.tunings {
-            Some(TuningsArg::Profile(p)) => {
-                o.insert(options::PROFILE, Variant::from(p.as_str()));
-            }
+            Some(TuningsArg::Profile(p)) => o.profile = Some(p.as_str().to_owned()),
             Some(TuningsArg::List(l)) => {
-                let names: Vec<String> = l.iter().map(|t| t.as_str().to_owned()).collect();
-                o.insert(options::TUNINGS, Variant::from(names));
+                o.tunings = Some(l.iter().map(|t| t.as_str().to_owned()).collect());
             }
             None => {}
         }
         if let Some(h) = &self.hugepages {
-            o.insert(options::HUGEPAGES, Variant::from(h.to_string()));
-            if self.hugepages_best_effort {
-                o.insert(options::HUGEPAGES_BEST_EFFORT, Variant::from(true));
-            }
+            o.hugepages = Some(h.to_string());
+            o.hugepages_best_effort = self.hugepages_best_effort.then_some(true);
         }
         o
     }
@@ -239,14 +220,12 @@ pub fn result_line(cpus: &str, name: &str, partition: &str, target: &str) -> Str
 /// The target text the service would report, for when its properties cannot be read.
 pub fn target_text(target: &Target) -> String {
     match target {
-        Target::Unit(u) => format!("unit:{u}"),
-        Target::Pids(p) => format!(
-            "pids:{}",
-            p.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
-        ),
-        Target::Libvirt(d) => format!("libvirt:{d}"),
-        Target::Reservation(d) => format!("reservation:{d}"),
+        Target::Unit(u) => TargetText::Unit(u),
+        Target::Pids(p) => TargetText::Pids(p),
+        Target::Libvirt(d) => TargetText::Libvirt(d),
+        Target::Reservation(d) => TargetText::Reservation(d),
     }
+    .to_string()
 }
 
 /// The isolation name of a libvirt domain as the libvirt hook makes it (and `isolate --vm`
@@ -339,6 +318,17 @@ fn unreachable_name() -> IsolationName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use zbus::Variant;
+    use zbus::wire::serialized::Context;
+    use zbus::wire::{LE, to_bytes};
+
+    /// The options of `r` as the service reads them off the wire.
+    fn wire(r: &IsolateRequest) -> HashMap<String, Variant<'static>> {
+        let bytes = to_bytes(Context::new(LE, 0), &r.options()).unwrap();
+        let generic: HashMap<String, zbus::OwnedVariant> = bytes.deserialize().unwrap().0;
+        generic.into_iter().map(|(k, v)| (k, v.into())).collect()
+    }
 
     #[test]
     fn default_names_follow_the_contract() {
@@ -434,11 +424,8 @@ mod tests {
             r.name.as_str(),
             format!("libvirt-win_10__-{:08x}", fnv1a32("win 10/ü"))
         );
-        assert_eq!(
-            r.options()[options::LIBVIRT_DOMAIN],
-            Variant::from("win 10/ü")
-        );
-        assert_eq!(r.options().len(), 1);
+        assert_eq!(wire(&r)[options::LIBVIRT_DOMAIN], Variant::from("win 10/ü"));
+        assert_eq!(wire(&r).len(), 1);
         assert_eq!(target_text(&r.target), "libvirt:win 10/ü");
         assert_eq!(vm_name(&"x".repeat(100)).as_str().len(), 64);
         let r = IsolateRequest::new("", None, Target::Reservation("w 1".into()), None, None)
@@ -449,15 +436,79 @@ mod tests {
             r.name.as_str(),
             format!("hugepages-w_1-{:08x}", fnv1a32("w 1"))
         );
-        assert_eq!(
-            r.options()[options::RESERVE_FOR_DOMAIN],
-            Variant::from("w 1")
-        );
-        assert_eq!(r.options()[options::HUGEPAGES], Variant::from("64M:2M"));
+        assert_eq!(wire(&r)[options::RESERVE_FOR_DOMAIN], Variant::from("w 1"));
+        assert_eq!(wire(&r)[options::HUGEPAGES], Variant::from("64M:2M"));
         let r = IsolateRequest::new("2-4", Some("gpu"), Target::Libvirt("vm".into()), None, None)
             .unwrap();
         assert_eq!(r.name.as_str(), "gpu");
         assert_eq!(r.cpus, "2-4");
+    }
+
+    /// The dictionaries the CLI sent before `IsolateOptions` (recorded in
+    /// dbus/tests/fixtures) are what it sends now, key by key and type by type.
+    #[test]
+    fn options_as_recorded() {
+        let recorded = |name: &str| -> HashMap<String, Variant<'static>> {
+            let path = format!(
+                "{}/../dbus/tests/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let data = zbus::wire::serialized::Data::new(
+                std::fs::read(&path).unwrap(),
+                Context::new(LE, 0),
+            );
+            let generic: HashMap<String, zbus::OwnedVariant> = data.deserialize().unwrap().0;
+            generic.into_iter().map(|(k, v)| (k, v.into())).collect()
+        };
+        let pids = |p: Vec<u32>| Target::Pids(p);
+        let cases = [
+            (
+                "options-pids.bin",
+                IsolateRequest::new(
+                    "2-3",
+                    Some("win10"),
+                    pids(vec![1234, 99]),
+                    Some(PartitionType::Isolated),
+                    Some(ReleaseWhen::CallerDisconnects),
+                )
+                .unwrap(),
+            ),
+            (
+                "options-profile.bin",
+                IsolateRequest::new("2-3", None, pids(vec![1]), None, None)
+                    .unwrap()
+                    .with_tunings(Some("realtime"), None, false)
+                    .unwrap(),
+            ),
+            (
+                "options-libvirt.bin",
+                IsolateRequest::new("", None, Target::Libvirt("win 10/ü".into()), None, None)
+                    .unwrap(),
+            ),
+            (
+                "options-reservation.bin",
+                IsolateRequest::new("", None, Target::Reservation("w 1".into()), None, None)
+                    .unwrap()
+                    .with_tunings(None, Some("64M"), false)
+                    .unwrap(),
+            ),
+            (
+                "options-unit-tunings.bin",
+                IsolateRequest::new(
+                    "2-3",
+                    None,
+                    Target::Unit("vm.scope".into()),
+                    Some(PartitionType::Root),
+                    Some(ReleaseWhen::Released),
+                )
+                .unwrap()
+                .with_tunings(Some("irq-affinity,thp"), Some("16G:1G@0"), true)
+                .unwrap(),
+            ),
+        ];
+        for (fixture, req) in cases {
+            assert_eq!(wire(&req), recorded(fixture), "{fixture}");
+        }
     }
 
     #[test]
@@ -470,7 +521,7 @@ mod tests {
             Some(ReleaseWhen::CallerDisconnects),
         )
         .unwrap();
-        let o = r.options();
+        let o = wire(&r);
         assert_eq!(o.len(), 3);
         assert_eq!(o[options::PIDS], Variant::from(vec![1234u32, 99]));
         assert_eq!(o[options::PIDS].value_signature().to_string(), "au");
@@ -482,11 +533,11 @@ mod tests {
 
         let r =
             IsolateRequest::new("2", None, Target::Unit("vm.scope".into()), None, None).unwrap();
-        let o = r.options();
+        let o = wire(&r);
         assert_eq!(o.len(), 1);
         assert_eq!(o[options::UNIT], Variant::from("vm.scope"));
         for k in o.keys() {
-            assert!(options::KNOWN.contains(k));
+            assert!(options::KNOWN.contains(&k.as_str()));
         }
         for (until, word) in [
             (crate::cli::UntilArg::Exit, "target-exits"),
@@ -495,7 +546,7 @@ mod tests {
         ] {
             let r = IsolateRequest::new("2", None, Target::Pids(vec![1]), None, Some(until.into()))
                 .unwrap();
-            assert_eq!(r.options()[options::RELEASE_WHEN], Variant::from(word));
+            assert_eq!(wire(&r)[options::RELEASE_WHEN], Variant::from(word));
         }
     }
 
@@ -505,7 +556,7 @@ mod tests {
         let r = base()
             .with_tunings(Some("realtime"), Some("16G:1G@0"), true)
             .unwrap();
-        let o = r.options();
+        let o = wire(&r);
         assert_eq!(o[options::PROFILE], Variant::from("realtime"));
         assert_eq!(o[options::HUGEPAGES], Variant::from("16G:1G@0"));
         assert_eq!(o[options::HUGEPAGES_BEST_EFFORT], Variant::from(true));
@@ -513,10 +564,14 @@ mod tests {
             .with_tunings(Some("irq-affinity,thp"), None, false)
             .unwrap();
         assert_eq!(
-            r.options()[options::TUNINGS],
+            wire(&r)[options::TUNINGS],
             Variant::from(vec!["irq-affinity".to_owned(), "thp".to_owned()])
         );
-        assert!(r.options().keys().all(|k| options::KNOWN.contains(k)));
+        assert!(
+            wire(&r)
+                .keys()
+                .all(|k| options::KNOWN.contains(&k.as_str()))
+        );
         for (t, h, b, want) in [
             (Some("fast"), None, false, "unknown tuning \"fast\""),
             (Some("hugepages"), None, false, "--hugepages SIZE"),

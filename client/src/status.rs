@@ -1,9 +1,10 @@
-//! `kvmisolate status`: the `Status()` dictionary as JSON, and as text for people.
+//! `kvmisolate status`: the `Status()` dictionary as JSON (as the service sent it, every key),
+//! and as text for people (from the typed reply, [`Status`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use kvmisolate_dbus::status as key;
+use kvmisolate_dbus::status::{IsolationEntry, KernelSupport, Status};
 use serde_json::{Map, Value};
 use zbus::{OwnedVariant, Variant};
 
@@ -54,21 +55,6 @@ pub fn status_to_json(status: &HashMap<String, OwnedVariant>) -> Value {
     )
 }
 
-fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
-fn strings_of(v: &Value, k: &str) -> Vec<String> {
-    v.get(k)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A duration in the largest two units (`45s`, `3m12s`, `2h05m`, `4d03h`).
 pub fn format_age(seconds: u64) -> String {
     let (d, h, m, s) = (
@@ -92,40 +78,27 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// Formats the status (as converted by [`status_to_json`]) for people. `now_us` is the current
-/// time in microseconds since the Unix epoch, for the ages.
-pub fn format_status(status: &Value, now_us: u64) -> String {
+/// Formats the status for people. `now_us` is the current time in microseconds since the Unix
+/// epoch, for the ages.
+pub fn format_status(status: &Status, now_us: u64) -> String {
     let mut out = String::new();
-    let isolations: &[Value] = status
-        .get(key::ISOLATIONS)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice);
-    let isolated = str_of(status, key::ISOLATED_CPUS);
-    let housekeeping = str_of(status, key::HOUSEKEEPING_CPUS);
-    let online = str_of(status, key::ONLINE_CPUS);
+    let isolations = status.isolations.as_slice();
 
     // The summary line.
     if isolations.is_empty() {
         let _ = write!(out, "No isolations: the host keeps all online CPUs");
-        if !online.is_empty() {
-            let _ = write!(out, " ({online})");
+        if !status.online_cpus.is_empty() {
+            let _ = write!(out, " ({})", status.online_cpus);
         }
         out.push('\n');
     } else {
-        let isolated = if isolated.is_empty() {
-            "none"
-        } else {
-            isolated
-        };
-        let housekeeping = if housekeeping.is_empty() {
-            "none"
-        } else {
-            housekeeping
-        };
+        let or_none = |s: &str| if s.is_empty() { "none" } else { s }.to_owned();
         let _ = writeln!(
             out,
-            "{}: CPUs {isolated} isolated, host keeps {housekeeping}",
-            plural(isolations.len(), "isolation", "isolations")
+            "{}: CPUs {} isolated, host keeps {}",
+            plural(isolations.len(), "isolation", "isolations"),
+            or_none(&status.isolated_cpus),
+            or_none(&status.housekeeping_cpus),
         );
     }
 
@@ -144,48 +117,38 @@ pub fn format_status(status: &Value, now_us: u64) -> String {
         let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| (*s).to_owned()).collect()];
         let mut reasons = Vec::new();
         for iso in isolations {
-            let name = str_of(iso, key::I_NAME);
-            let state = str_of(iso, key::I_STATE);
-            let owner = iso
-                .get(key::I_OWNER_UID)
-                .and_then(Value::as_u64)
-                .map_or_else(|| "?".to_owned(), |u| u.to_string());
-            let age = iso
-                .get(key::I_CREATED)
-                .and_then(Value::as_u64)
-                .filter(|&c| c > 0)
-                .map_or_else(
-                    || "?".to_owned(),
-                    |c| format_age(now_us.saturating_sub(c) / 1_000_000),
-                );
-            let release_when = match str_of(iso, key::I_RELEASE_WHEN) {
+            let (name, state) = (&iso.name, &iso.state);
+            let age = if iso.created > 0 {
+                format_age(now_us.saturating_sub(iso.created) / 1_000_000)
+            } else {
+                "?".to_owned()
+            };
+            let release_when = match iso.release_when.as_str() {
                 "target-exits" => "target exits",
                 "caller-disconnects" => "caller leaves",
                 "released" => "released",
                 other => other,
             };
-            let cpus = match str_of(iso, key::I_CPUS) {
+            let cpus = match iso.cpus.as_str() {
                 "" => "-",
                 c => c,
             };
             rows.push(vec![
-                name.to_owned(),
+                name.clone(),
                 cpus.to_owned(),
-                str_of(iso, key::I_PARTITION).to_owned(),
-                state.to_owned(),
-                str_of(iso, key::I_TARGET).to_owned(),
+                iso.partition.clone(),
+                state.clone(),
+                iso.target.clone(),
                 release_when.to_owned(),
-                owner,
+                iso.owner_uid.to_string(),
                 age,
             ]);
-            let reason = str_of(iso, key::I_STATE_REASON);
-            if state != "active" && !reason.is_empty() {
-                reasons.push(format!("{name} is {state}: {reason}"));
+            if state != "active" && !iso.state_reason.is_empty() {
+                reasons.push(format!("{name} is {state}: {}", iso.state_reason));
             }
             // What holds no partition (a hugepage reservation) says what it holds instead.
-            let description = str_of(iso, key::I_DESCRIPTION);
-            if str_of(iso, key::I_PARTITION) == "none" && !description.is_empty() {
-                reasons.push(format!("{name}: {description}"));
+            if iso.partition == "none" && !iso.description.is_empty() {
+                reasons.push(format!("{name}: {}", iso.description));
             }
         }
         out.push('\n');
@@ -201,16 +164,11 @@ pub fn format_status(status: &Value, now_us: u64) -> String {
         }
     }
 
-    let mut warnings: Vec<String> = isolations
+    let warnings: Vec<String> = isolations
         .iter()
-        .flat_map(|iso| {
-            let name = str_of(iso, key::I_NAME).to_owned();
-            strings_of(iso, key::I_WARNINGS)
-                .into_iter()
-                .map(move |w| format!("{name}: {w}"))
-        })
+        .flat_map(|iso| iso.warnings.iter().map(|w| format!("{}: {w}", iso.name)))
+        .chain(status.warnings.iter().cloned())
         .collect();
-    warnings.extend(strings_of(status, key::WARNINGS));
     if !warnings.is_empty() {
         let _ = writeln!(out, "\nWarnings:");
         for w in warnings {
@@ -218,9 +176,11 @@ pub fn format_status(status: &Value, now_us: u64) -> String {
         }
     }
 
-    if let Some(ks) = status.get(key::KERNEL_SUPPORT) {
-        let _ = writeln!(out, "\nKernel: {}", format_kernel_support(ks));
-    }
+    let _ = writeln!(
+        out,
+        "\nKernel: {}",
+        format_kernel_support(&status.kernel_support)
+    );
     out
 }
 
@@ -235,80 +195,75 @@ fn clip(text: &str, max: usize) -> String {
 }
 
 /// The tunings of one isolation: one line each (what it is now, what it was), or nothing.
-fn format_tunings(iso: &Value) -> String {
-    let rows: Vec<Vec<String>> = iso
-        .get(key::I_TUNINGS)
-        .and_then(Value::as_array)
-        .map(|rows| {
-            rows.iter()
-                .filter_map(|r| {
-                    let f: Vec<String> = r
-                        .as_array()?
-                        .iter()
-                        .map(|v| v.as_str().unwrap_or_default().to_owned())
-                        .collect();
-                    (f.len() == 5).then_some(f)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if rows.is_empty() {
+fn format_tunings(iso: &IsolationEntry) -> String {
+    if iso.tunings.is_empty() {
         return String::new();
     }
-    let mut out = format!(
-        "\nTunings of {} (profile {}):\n",
-        str_of(iso, key::I_NAME),
-        str_of(iso, key::I_PROFILE)
-    );
-    for f in rows {
-        let (name, state, reason, original, current) = (&f[0], &f[1], &f[2], &f[3], &f[4]);
-        let detail = match state.as_str() {
-            "applied" if !current.is_empty() => {
-                let mut d = format!("{current} (was {original})");
-                if !reason.is_empty() {
-                    d.push_str(&format!("; {reason}"));
+    let mut out = format!("\nTunings of {} (profile {}):\n", iso.name, iso.profile);
+    for t in &iso.tunings {
+        let detail = match t.state.as_str() {
+            "applied" if !t.current.is_empty() => {
+                let mut d = format!("{} (was {})", t.current, t.original);
+                if !t.reason.is_empty() {
+                    d.push_str(&format!("; {}", t.reason));
                 }
                 d
             }
-            _ => reason.clone(),
+            _ => t.reason.clone(),
         };
-        let _ = writeln!(out, "  {name:<20} {state:<8} {}", clip(&detail, 100));
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<8} {}",
+            t.name,
+            t.state,
+            clip(&detail, 100)
+        );
     }
     out
 }
 
 /// The `KernelSupport` dictionary in one line.
-pub fn format_kernel_support(ks: &Value) -> String {
+pub fn format_kernel_support(ks: &KernelSupport) -> String {
     let mut parts = Vec::new();
-    let release = str_of(ks, key::K_KERNEL_RELEASE);
-    if !release.is_empty() {
-        parts.push(format!("Linux {release}"));
+    if !ks.kernel_release.is_empty() {
+        parts.push(format!("Linux {}", ks.kernel_release));
     }
-    match ks.get(key::K_CGROUP_V2).and_then(Value::as_bool) {
-        Some(true) => parts.push("cgroup v2 with cpuset".to_owned()),
-        Some(false) => parts.push("no cgroup v2 cpuset".to_owned()),
-        None => {}
-    }
-    let types = strings_of(ks, key::K_PARTITION_TYPES);
-    if types.is_empty() {
+    parts.push(
+        if ks.cgroup_v2 {
+            "cgroup v2 with cpuset"
+        } else {
+            "no cgroup v2 cpuset"
+        }
+        .to_owned(),
+    );
+    if ks.partition_types.is_empty() {
         parts.push("no partitions".to_owned());
     } else {
-        parts.push(format!("partitions {}", types.join("+")));
+        parts.push(format!("partitions {}", ks.partition_types.join("+")));
     }
-    match ks.get(key::K_REMOTE_PARTITIONS).and_then(Value::as_bool) {
-        Some(true) => parts.push("remote partitions".to_owned()),
-        Some(false) => parts.push("local partitions only (no cpuset.cpus.exclusive)".to_owned()),
-        None => {}
-    }
-    match ks.get(key::K_SYSTEMD).and_then(Value::as_bool) {
-        Some(true) => parts.push("systemd".to_owned()),
-        Some(false) => parts.push("without systemd".to_owned()),
-        None => {}
-    }
+    parts.push(
+        if ks.remote_partitions {
+            "remote partitions"
+        } else {
+            "local partitions only (no cpuset.cpus.exclusive)"
+        }
+        .to_owned(),
+    );
+    parts.push(
+        if ks.systemd {
+            "systemd"
+        } else {
+            "without systemd"
+        }
+        .to_owned(),
+    );
     let mut line = parts.join(", ");
-    let problems = strings_of(ks, key::K_PROBLEMS);
-    if !problems.is_empty() {
-        let _ = write!(line, "; isolation is not possible: {}", problems.join("; "));
+    if !ks.problems.is_empty() {
+        let _ = write!(
+            line,
+            "; isolation is not possible: {}",
+            ks.problems.join("; ")
+        );
     }
     line
 }
@@ -345,37 +300,75 @@ fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use zbus::{Dict, ObjectPath, Signature};
-
-    fn sv_dict(entries: Vec<(&str, Variant<'static>)>) -> Variant<'static> {
-        let mut d = Dict::new(&Signature::Str, &Signature::Variant);
-        for (k, v) in entries {
-            d.append(Variant::from(k.to_owned()), Variant::Variant(Box::new(v)))
-                .unwrap();
-        }
-        Variant::Dict(d)
-    }
-
-    fn owned(v: Variant<'static>) -> OwnedVariant {
-        v.try_to_owned().unwrap()
-    }
+    use kvmisolate_dbus::status::{self as key, TuningRow};
+    use zbus::wire::serialized::Context;
+    use zbus::wire::{LE, to_bytes};
+    use zbus::{Dict, Signature};
 
     const NOW: u64 = 1_700_000_000_000_000;
 
-    fn tunings_of(name: &str) -> Vec<(String, String, String, String, String)> {
-        let row = |a: &str, b: &str, c: &str, d: &str, e: &str| {
-            (
-                a.to_owned(),
-                b.to_owned(),
-                c.to_owned(),
-                d.to_owned(),
-                e.to_owned(),
+    /// An active isolation `name` on `cpus` of unit `NAME.scope`, as the service reports one.
+    pub(crate) fn entry(name: &str, cpus: &str) -> IsolationEntry {
+        IsolationEntry {
+            name: name.to_owned(),
+            object_path: format!(
+                "/org/kvmisolate/Isolator1/isolation/{}",
+                name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
             )
-        };
-        if name != "win10" {
-            return Vec::new();
+            .try_into()
+            .unwrap(),
+            cpus: cpus.to_owned(),
+            target: format!("unit:{name}.scope"),
+            partition: "isolated".to_owned(),
+            description: String::new(),
+            state: "active".to_owned(),
+            state_reason: String::new(),
+            owner_uid: 1000,
+            created: NOW,
+            release_when: "target-exits".to_owned(),
+            cgroups: vec!["machine.slice/x".to_owned()],
+            profile: "default".to_owned(),
+            tunings: Vec::new(),
+            warnings: Vec::new(),
+            irqs_left: None,
         }
-        vec![
+    }
+
+    /// A tuning row.
+    pub(crate) fn row(name: &str, state: &str, reason: &str, orig: &str, cur: &str) -> TuningRow {
+        TuningRow {
+            name: name.to_owned(),
+            state: state.to_owned(),
+            reason: reason.to_owned(),
+            original: orig.to_owned(),
+            current: cur.to_owned(),
+        }
+    }
+
+    /// A `Status()` reply holding `isolations`, on a host that supports everything.
+    pub(crate) fn status_of(isolations: Vec<IsolationEntry>) -> Status {
+        Status {
+            version: "0.1.0".to_owned(),
+            online_cpus: "0-7".to_owned(),
+            kernel_support: KernelSupport {
+                cgroup_v2: true,
+                partition_types: vec!["root".to_owned(), "isolated".to_owned()],
+                remote_partitions: true,
+                files: vec!["cpuset.cpus.exclusive".to_owned()],
+                kernel_release: "6.12.0".to_owned(),
+                systemd: true,
+                problems: Vec::new(),
+            },
+            isolations,
+            ..Status::default()
+        }
+    }
+
+    /// A status like the service's: two isolations, one degraded, a warning.
+    fn synthetic_status() -> Status {
+        let mut win10 = entry("win10", "2-3");
+        win10.created = NOW - 192 * 1_000_000;
+        win10.tunings = vec![
             row("vmstat-interval", "applied", "", "1", "120"),
             row(
                 "cpu-governor",
@@ -384,92 +377,29 @@ pub(crate) mod tests {
                 "",
                 "",
             ),
-        ]
+        ];
+        let mut build = entry("build", "4-5");
+        build.partition = "root".to_owned();
+        build.state = "degraded".to_owned();
+        build.state_reason = "Invalid cpu list in cpuset.cpus.exclusive".to_owned();
+        build.created = NOW - 7300 * 1_000_000;
+        Status {
+            isolated_cpus: "2-5".to_owned(),
+            housekeeping_cpus: "0-1,6-7".to_owned(),
+            warnings: vec!["irqbalance is running".to_owned()],
+            ..status_of(vec![win10, build])
+        }
     }
 
-    /// A status dictionary like the service's: two isolations, one degraded, a warning.
-    pub(crate) fn synthetic_status() -> HashMap<String, OwnedVariant> {
-        let iso = |name: &str, cpus: &str, part: &str, state: &str, reason: &str, age_s: u64| {
-            sv_dict(vec![
-                (key::I_NAME, Variant::from(name.to_owned())),
-                (
-                    key::I_OBJECT_PATH,
-                    Variant::ObjectPath(
-                        ObjectPath::try_from(format!("/org/kvmisolate/Isolator1/isolation/{name}"))
-                            .unwrap(),
-                    ),
-                ),
-                (key::I_CPUS, Variant::from(cpus.to_owned())),
-                (key::I_TARGET, Variant::from(format!("unit:{name}.scope"))),
-                (key::I_PARTITION, Variant::from(part.to_owned())),
-                (key::I_STATE, Variant::from(state.to_owned())),
-                (key::I_STATE_REASON, Variant::from(reason.to_owned())),
-                (key::I_OWNER_UID, Variant::from(1000u32)),
-                (key::I_CREATED, Variant::from(NOW - age_s * 1_000_000)),
-                (key::I_RELEASE_WHEN, Variant::from("target-exits")),
-                (
-                    key::I_CGROUPS,
-                    Variant::from(vec!["machine.slice/x".to_owned()]),
-                ),
-                (key::I_PROFILE, Variant::from("default")),
-                (key::I_TUNINGS, Variant::from(tunings_of(name))),
-            ])
-        };
-        let mut isolations = zbus::Array::new(&Signature::Dict {
-            key: Signature::Str.into(),
-            value: Signature::Variant.into(),
-        });
-        isolations
-            .append(iso("win10", "2-3", "isolated", "active", "", 192))
-            .unwrap();
-        isolations
-            .append(iso(
-                "build",
-                "4-5",
-                "root",
-                "degraded",
-                "Invalid cpu list in cpuset.cpus.exclusive",
-                7300,
-            ))
-            .unwrap();
-        let ks = sv_dict(vec![
-            (key::K_CGROUP_V2, Variant::from(true)),
-            (
-                key::K_PARTITION_TYPES,
-                Variant::from(vec!["root".to_owned(), "isolated".to_owned()]),
-            ),
-            (key::K_REMOTE_PARTITIONS, Variant::from(true)),
-            (
-                key::K_FILES,
-                Variant::from(vec!["cpuset.cpus.exclusive".to_owned()]),
-            ),
-            (key::K_KERNEL_RELEASE, Variant::from("6.12.0")),
-            (key::K_SYSTEMD, Variant::from(true)),
-            (key::K_PROBLEMS, Variant::from(Vec::<String>::new())),
-        ]);
-        let mut m = HashMap::new();
-        m.insert(key::VERSION.to_owned(), owned(Variant::from("0.1.0")));
-        m.insert(key::ISOLATED_CPUS.to_owned(), owned(Variant::from("2-5")));
-        m.insert(
-            key::HOUSEKEEPING_CPUS.to_owned(),
-            owned(Variant::from("0-1,6-7")),
-        );
-        m.insert(key::ONLINE_CPUS.to_owned(), owned(Variant::from("0-7")));
-        m.insert(key::KERNEL_SUPPORT.to_owned(), owned(ks));
-        m.insert(
-            key::ISOLATIONS.to_owned(),
-            owned(Variant::Array(isolations)),
-        );
-        m.insert(
-            key::WARNINGS.to_owned(),
-            owned(Variant::from(vec!["irqbalance is running".to_owned()])),
-        );
-        m
+    /// `status` as the generic dictionary a client reads off the wire.
+    fn on_the_wire(status: &Status) -> HashMap<String, OwnedVariant> {
+        let bytes = to_bytes(Context::new(LE, 0), status).unwrap();
+        bytes.deserialize().unwrap().0
     }
 
     #[test]
     fn json_keeps_keys_and_types() {
-        let json = status_to_json(&synthetic_status());
+        let json = status_to_json(&on_the_wire(&synthetic_status()));
         assert_eq!(json[key::VERSION], "0.1.0");
         assert_eq!(json[key::ISOLATED_CPUS], "2-5");
         assert_eq!(json[key::KERNEL_SUPPORT][key::K_REMOTE_PARTITIONS], true);
@@ -522,7 +452,7 @@ pub(crate) mod tests {
 
     #[test]
     fn human_status() {
-        let text = format_status(&status_to_json(&synthetic_status()), NOW);
+        let text = format_status(&synthetic_status(), NOW);
         let expected = "\
 2 isolations: CPUs 2-5 isolated, host keeps 0-1,6-7
 
@@ -546,22 +476,42 @@ Kernel: Linux 6.12.0, cgroup v2 with cpuset, partitions root+isolated, remote pa
 
     #[test]
     fn human_status_idle_and_unsupported() {
-        let status = serde_json::json!({
-            "online-cpus": "0-3",
-            "isolations": [],
-            "warnings": [],
-            "kernel-support": {
-                "cgroup-v2": false,
-                "partition-types": [],
-                "problems": ["the host runs cgroup v1 (hybrid hierarchy)"],
+        // As the service reports a host without cgroup v2 (every key is always sent).
+        let status = Status {
+            online_cpus: "0-3".to_owned(),
+            kernel_support: KernelSupport {
+                systemd: true,
+                problems: vec!["the host runs cgroup v1 (hybrid hierarchy)".to_owned()],
+                ..KernelSupport::default()
             },
-        });
+            ..Status::default()
+        };
         let text = format_status(&status, NOW);
         assert_eq!(
             text,
             "No isolations: the host keeps all online CPUs (0-3)\n\n\
-             Kernel: no cgroup v2 cpuset, no partitions; isolation is not possible: the host \
-             runs cgroup v1 (hybrid hierarchy)\n"
+             Kernel: no cgroup v2 cpuset, no partitions, local partitions only (no \
+             cpuset.cpus.exclusive), systemd; isolation is not possible: the host runs cgroup \
+             v1 (hybrid hierarchy)\n"
+        );
+    }
+
+    #[test]
+    fn a_reservation_says_what_it_holds() {
+        let mut res = entry("hugepages-vm", "");
+        res.partition = "none".to_owned();
+        res.target = "reservation:vm".to_owned();
+        res.description = "2 GiB of 2 MiB hugepages for domain vm".to_owned();
+        res.warnings = vec!["a warning of its own".to_owned()];
+        let text = format_status(&status_of(vec![res]), NOW);
+        assert!(text.contains("\nhugepages-vm  -     none"), "{text}");
+        assert!(
+            text.contains("  hugepages-vm: 2 GiB of 2 MiB hugepages for domain vm\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Warnings:\n  hugepages-vm: a warning of its own\n"),
+            "{text}"
         );
     }
 

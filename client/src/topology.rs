@@ -118,12 +118,17 @@ pub struct Topology {
     pub hybrid: bool,
 }
 
+/// The online CPUs below `root` (normally [`DEFAULT_ROOT`]): `devices/system/cpu/online`.
+pub fn online_cpus(root: &Path) -> Result<CpuSet, TopologyError> {
+    read_cpulist(&root.join("devices/system/cpu/online"))
+}
+
 impl Topology {
     /// Reads the topology below `root` (normally [`DEFAULT_ROOT`]).
     pub fn read(root: &Path) -> Result<Self, TopologyError> {
         let cpu_dir = root.join("devices/system/cpu");
         let online_path = cpu_dir.join("online");
-        let online = read_cpulist(&online_path)?;
+        let online = online_cpus(root)?;
         if online.is_empty() {
             return Err(TopologyError::NoCpus {
                 path: online_path,

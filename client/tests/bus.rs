@@ -9,11 +9,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kvmisolate_dbus::status::{IsolationEntry, KernelSupport, Status, TuningRow};
 use kvmisolate_dbus::{Error as ContractError, IsolationName, names, options};
 use tokio::io::AsyncBufReadExt as _;
 use zbus::message::{Flags, Header};
 use zbus::object_server::SignalEmitter;
-use zbus::{Connection, DBusError, OwnedObjectPath, OwnedVariant, Variant, fdo, interface};
+use zbus::{Connection, DBusError, OwnedObjectPath, OwnedVariant, fdo, interface};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kvmisolate");
 
@@ -233,66 +234,55 @@ impl MockIsolator {
         });
     }
 
-    fn status(&self) -> HashMap<String, OwnedVariant> {
-        let mut iso: HashMap<String, OwnedVariant> = HashMap::new();
-        let mut put = |k: &str, v: Variant<'static>| {
-            iso.insert(k.to_owned(), v.try_to_owned().unwrap());
-        };
-        put("name", Variant::from("win10"));
-        put(
-            "object-path",
-            Variant::from(
-                zbus::ObjectPath::try_from("/org/kvmisolate/Isolator1/isolation/win10").unwrap(),
-            ),
-        );
-        put("cpus", Variant::from("2-3"));
-        put("target", Variant::from("pids:1234"));
-        put("partition", Variant::from("isolated"));
-        put("state", Variant::from(self.state));
-        put(
-            "state-reason",
-            Variant::from(if self.state == "active" {
-                ""
-            } else {
-                "the kernel invalidated the partition: cpus offline"
-            }),
-        );
-        let tuning_state = if self.state == "active" {
-            "applied"
-        } else {
-            "failed"
-        };
-        put(
-            "tunings",
-            Variant::from(vec![("irq-affinity", tuning_state, "", "0-3", "0-1")]),
-        );
-        put("owner-uid", Variant::from(1000u32));
-        put("created", Variant::from(1u64));
-        put("release-when", Variant::from("target-exits"));
-        let mut st: HashMap<String, OwnedVariant> = HashMap::new();
-        st.insert(
-            "version".into(),
-            Variant::from("0.1.0").try_to_owned().unwrap(),
-        );
-        st.insert(
-            "isolated-cpus".into(),
-            Variant::from("2-3").try_to_owned().unwrap(),
-        );
-        st.insert(
-            "housekeeping-cpus".into(),
-            Variant::from("0-1").try_to_owned().unwrap(),
-        );
-        st.insert(
-            "isolations".into(),
-            Variant::from(vec![iso]).try_to_owned().unwrap(),
-        );
-        st.insert(
-            "warnings".into(),
-            Variant::from(vec!["a warning".to_owned()])
-                .try_to_owned()
+    /// A reply with every key, as the service sends it (from the same typed contract).
+    fn status(&self) -> Status {
+        let active = self.state == "active";
+        let iso = IsolationEntry {
+            name: "win10".into(),
+            object_path: OwnedObjectPath::try_from("/org/kvmisolate/Isolator1/isolation/win10")
                 .unwrap(),
-        );
-        st
+            cpus: "2-3".into(),
+            target: "pids:1234".into(),
+            partition: "isolated".into(),
+            description: "CPUs 2-3 for pids 1234".into(),
+            state: self.state.into(),
+            state_reason: if active {
+                String::new()
+            } else {
+                "the kernel invalidated the partition: cpus offline".into()
+            },
+            owner_uid: 1000,
+            created: 1,
+            release_when: "target-exits".into(),
+            cgroups: vec!["kvmisolate.slice/win10".into()],
+            profile: "custom".into(),
+            tunings: vec![TuningRow {
+                name: "irq-affinity".into(),
+                state: if active { "applied" } else { "failed" }.into(),
+                reason: String::new(),
+                original: "0-3".into(),
+                current: "0-1".into(),
+            }],
+            warnings: Vec::new(),
+            irqs_left: None,
+        };
+        Status {
+            version: "0.1.0".into(),
+            isolated_cpus: "2-3".into(),
+            housekeeping_cpus: "0-1".into(),
+            online_cpus: "0-3".into(),
+            kernel_support: KernelSupport {
+                cgroup_v2: true,
+                partition_types: vec!["root".into(), "isolated".into()],
+                remote_partitions: true,
+                files: vec!["cpuset.cpus.exclusive".into()],
+                kernel_release: "6.12.0".into(),
+                systemd: true,
+                problems: Vec::new(),
+            },
+            isolations: vec![iso],
+            warnings: vec!["a warning".into()],
+        }
     }
 
     #[zbus(signal)]

@@ -192,6 +192,16 @@ impl CpuSet {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
 
+    /// The set in a sentence: `CPU 7` or `CPUs 7-9` (the same words in the service's errors
+    /// and the CLI's findings).
+    pub fn phrase(&self) -> String {
+        if self.len() == 1 {
+            format!("CPU {self}")
+        } else {
+            format!("CPUs {self}")
+        }
+    }
+
     /// Whether `cpu` is in the set.
     pub fn contains(&self, cpu: u32) -> bool {
         cpu <= MAX_CPU && self.words[cpu as usize / 64] & (1 << (cpu % 64)) != 0
@@ -388,6 +398,12 @@ impl<'de> serde::Deserialize<'de> for CpuSet {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn phrases() {
+        assert_eq!(CpuSet::parse("7").unwrap().phrase(), "CPU 7");
+        assert_eq!(CpuSet::parse("7-9").unwrap().phrase(), "CPUs 7-9");
+    }
 
     #[test]
     fn parses_kernel_forms() {

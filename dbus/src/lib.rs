@@ -8,6 +8,7 @@
 //! - [`isolation_name`]: validation of isolation names and their object paths;
 //! - [`options`]: the keys and values of the `Isolate` options dictionary;
 //! - [`status`]: the keys of the `Status()` dictionary;
+//! - [`target`]: the text of an isolation's target (`unit:NAME`, `pids:1,2`, ...);
 //! - [`tunings`]: host tuning names, profiles and the hugepage request format;
 //! - [`error`]: the `org.kvmisolate.Error.*` errors;
 //! - [`proxy`]: `#[proxy]` traits for both interfaces;
@@ -21,6 +22,7 @@ pub mod names;
 pub mod options;
 pub mod proxy;
 pub mod status;
+pub mod target;
 pub mod tunings;
 
 pub use cpulist::{CpuListError, CpuSet};

@@ -161,8 +161,8 @@ pub struct IsolationConfig {
     pub hugepages: Option<HugepageSpec>,
     /// Best effort for the hugepages.
     pub hugepages_best_effort: Option<bool>,
-    /// The target that makes the section a preset (`crate::presets`).
-    pub target: Option<crate::presets::PresetTarget>,
+    /// The target that makes the section a preset (`crate::daemon::presets`).
+    pub target: Option<crate::daemon::presets::PresetTarget>,
 }
 
 /// The parsed configuration.
@@ -322,7 +322,7 @@ impl Config {
                         .map_err(|e| format!("[{section}] hugepages: {e}"))
                 })
                 .transpose()?;
-            let target = crate::presets::target(
+            let target = crate::daemon::presets::target(
                 &name,
                 raw.unit,
                 raw.libvirt_domain,

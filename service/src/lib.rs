@@ -11,9 +11,10 @@
 //! - [`tunings`]: host tunings reconciled with the active isolations, journal first;
 //! - [`host`]: the host's CPUs, cgroupfs, kernel features, memory;
 //! - [`libvirt`]: libvirt domains isolated in place; [`config`]: the configuration file;
-//!   [`timing`]: per-phase timing events.
+//!   [`timing`]: per-phase timing events; [`test_hooks`]: the test hooks, all in one type.
 //!
-//! Data flow: D-Bus request → authorization → [`plan::plan`] → [`apply`] → report.
+//! Data flow: D-Bus request → authorization → [`engine::plan::plan`] → [`engine::apply`] →
+//! report.
 
 pub mod bus;
 pub mod config;
@@ -21,17 +22,9 @@ pub mod daemon;
 pub mod engine;
 pub mod host;
 pub mod libvirt;
+pub mod test_hooks;
 pub mod timing;
 pub mod tunings;
-
-// The modules' paths from before the layers, so that code reads the same across the move.
-pub use bus::{authz, isolator, polkit, request};
-pub use daemon::{
-    hotplug, keeper, kthread_ledger, kthreads, ownership, presets, registry, systemd,
-    systemd_effects, watch,
-};
-pub use engine::{apply, journal, plan};
-pub use host::{cgroupfs, kernel, meminfo};
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use kvmisolate_dbus::names;
+use kvmisolated::bus::isolator::Shared;
 use kvmisolated::daemon::orchestrator::{Config, Orchestrator};
-use kvmisolated::isolator::Shared;
+use kvmisolated::test_hooks::TestHooks;
 use tracing_subscriber::prelude::*;
 
 /// kvmisolate's service: isolates CPUs for VMs with cgroup v2 cpuset partitions, on the D-Bus
@@ -57,7 +58,8 @@ struct Args {
     /// Don't use systemd even if it runs (own cgroups under the cgroup root instead).
     #[arg(long)]
     no_systemd: bool,
-    /// Testing only: the cgroup root is a plain directory in which kernel behaviour is emulated.
+    /// Testing only: the cgroup root is a plain directory in which kernel behaviour is emulated
+    /// (one of the test hooks, `kvmisolated::test_hooks`).
     #[arg(long, hide = true)]
     test_fake_kernel: bool,
     /// Write the man page kvmisolated.8 into DIR and exit.
@@ -122,12 +124,6 @@ async fn run(args: Args, file: kvmisolated::config::Config) -> anyhow::Result<()
         zbus::connection::Builder::system()
     };
     let conn = builder.build().await.context("connecting to D-Bus")?;
-    let crash_after_step = std::env::var("KVMISOLATED_CRASH_AFTER_STEP")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok());
-    let crash_after_tuning = std::env::var("KVMISOLATED_CRASH_AFTER_TUNING")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok());
     let config = Config {
         cgroup_root: args.cgroup_root,
         sysfs_root: args.sysfs_root,
@@ -136,10 +132,8 @@ async fn run(args: Args, file: kvmisolated::config::Config) -> anyhow::Result<()
         min_housekeeping: args.min_housekeeping.or(file.min_housekeeping).unwrap_or(1),
         allow_cpu0: args.allow_cpu0 || file.allow_cpu0.unwrap_or(false),
         use_systemd: !args.no_systemd,
-        crash_after_step,
-        fake_kernel: args.test_fake_kernel,
         systemd_runtime_dir: args.systemd_runtime_dir,
-        crash_after_tuning,
+        hooks: TestHooks::from_env(args.test_fake_kernel),
         file,
     };
     let orchestrator = Orchestrator::new(config, conn.clone()).await?;

@@ -1,20 +1,21 @@
 //! Test helpers: an emulated cgroup tree, `/proc` and sysfs in a temporary directory.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::engine::Error;
-use kvmisolate_dbus::options::{PartitionType, ReleaseWhen};
+use kvmisolate_dbus::options::ReleaseWhen;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 
-use crate::apply::{Engine, ExternalEffects};
-use crate::cgroupfs::{CgroupFs, CgroupPath, EmulatedKernel};
+use crate::engine::apply::Engine;
+use crate::engine::effects::ExternalEffects;
+use crate::engine::journal::Journal;
+use crate::engine::model::{ExternalStep, Request, Target};
+use crate::engine::plan::{Plan, PlanConfig};
 use crate::host::HostCpus;
-use crate::journal::Journal;
-use crate::kernel::KernelSupport;
-use crate::plan::{ExternalStep, Plan, PlanConfig, Request, Target};
+use crate::host::cgroupfs::{CgroupFs, CgroupPath, EmulatedKernel};
+use crate::host::kernel::KernelSupport;
 
 /// A stand-in for the systemd layer: `start-scope` creates a scope cgroup (and its slice) and
 /// moves pids into it, recording their original cgroups in `prepare`; undo moves the living
@@ -39,7 +40,7 @@ impl ExternalEffects for FakeSystemd {
             let mut from = serde_json::Map::new();
             for pid in step.data["pids"].as_array().unwrap() {
                 let pid = pid.as_u64().unwrap() as u32;
-                let c = crate::cgroupfs::cgroup_of_pid(&self.proc_root, pid).map_err(fail)?;
+                let c = crate::host::cgroupfs::cgroup_of_pid(&self.proc_root, pid).map_err(fail)?;
                 from.insert(pid.to_string(), c.as_str().into());
             }
             step.data["from"] = from.into();
@@ -92,7 +93,8 @@ impl ExternalEffects for FakeSystemd {
         if let Some(from) = step.data.get("from").and_then(|f| f.as_object()) {
             for (pid, orig) in from {
                 let pid: u32 = pid.parse().unwrap();
-                if crate::cgroupfs::cgroup_of_pid(&self.proc_root, pid).ok() == Some(cgroup.clone())
+                if crate::host::cgroupfs::cgroup_of_pid(&self.proc_root, pid).ok()
+                    == Some(cgroup.clone())
                 {
                     self.fs
                         .write(
@@ -127,7 +129,6 @@ pub struct FakeTree {
     pub engine: Engine,
     pub sysfs: PathBuf,
     pub proc_root: PathBuf,
-    pub kernel: EmulatedKernel,
     pub systemd_log: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
@@ -232,7 +233,6 @@ impl FakeTree {
             engine,
             sysfs,
             proc_root,
-            kernel,
             systemd_log,
         }
     }
@@ -374,7 +374,7 @@ impl FakeTree {
             .map(|r| r.to_active())
             .collect();
         let snap = self.engine.snapshot(&req.target)?;
-        crate::plan::plan(
+        crate::engine::plan::plan(
             req,
             &self.host(),
             &self.kernel_support(),
@@ -385,9 +385,10 @@ impl FakeTree {
     }
 
     /// Plans and applies.
-    pub fn isolate(&self, req: &Request) -> Result<crate::journal::Record, Error> {
+    pub fn isolate(&self, req: &Request) -> Result<crate::engine::journal::Record, Error> {
         let plan = self.plan(req)?;
-        self.engine.apply(req, &plan, None)
+        self.engine
+            .apply(req, &plan, &crate::test_hooks::TestHooks::none())
     }
 
     /// A running libvirt domain laid out as libvirt does it:
@@ -455,7 +456,7 @@ impl FakeTree {
                 leaves: sel
                     .partitions
                     .into_iter()
-                    .map(|(_, cgroup, cpus)| crate::plan::LeafPartition { cgroup, cpus })
+                    .map(|(_, cgroup, cpus)| crate::engine::model::LeafPartition { cgroup, cpus })
                     .collect(),
                 warnings: sel.warnings,
             },
@@ -467,9 +468,4 @@ impl FakeTree {
     pub fn read(&self, p: &str, f: &str) -> String {
         self.fs().read(&cg(p), f).unwrap()
     }
-}
-
-/// Shorthand for a partition type.
-pub fn ptype(s: &str) -> PartitionType {
-    s.parse().unwrap()
 }

@@ -1,10 +1,9 @@
-//! What kvmisolated says, when it is on the bus: its `Status()` (as `kvmisolate status --json`
-//! prints it). Degraded or failed isolations are errors, tunings that failed are warnings; an
+//! What kvmisolated says, when it is on the bus: its `Status()` (the reply
+//! `kvmisolate status` shows). Degraded or failed isolations are errors, tunings that failed are warnings; an
 //! unreachable daemon is only worth an info (the audit of cgroupfs stands on its own).
 
 use kvmisolate_dbus::CpuSet;
-use kvmisolate_dbus::status as key;
-use serde_json::Value;
+use kvmisolate_dbus::status::Status;
 
 use super::{Finding, Severity};
 
@@ -15,48 +14,44 @@ pub enum Daemon {
     NotAsked,
     /// Not reachable, and why.
     Unreachable(String),
-    /// Its `Status()` as JSON.
-    Status(Value),
+    /// Its `Status()`.
+    Status(Box<Status>),
 }
 
-fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
-fn isolations(status: &Value) -> &[Value] {
-    status
-        .get(key::ISOLATIONS)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
+impl Daemon {
+    /// Its `Status()`, when it answered.
+    fn status(&self) -> Option<&Status> {
+        match self {
+            Self::Status(st) => Some(st),
+            _ => None,
+        }
+    }
 }
 
 /// The CPUs of the daemon's isolations (empty when not reachable).
 pub fn isolated_cpus(d: &Daemon) -> CpuSet {
-    let Daemon::Status(st) = d else {
-        return CpuSet::new();
-    };
-    isolations(st)
+    d.status()
+        .map(|st| st.isolations.as_slice())
+        .unwrap_or_default()
         .iter()
-        .filter_map(|i| CpuSet::parse(str_of(i, key::I_CPUS)).ok())
+        .filter_map(|i| CpuSet::parse(&i.cpus).ok())
         .fold(CpuSet::new(), |acc, c| acc.union(&c))
 }
 
 /// The daemon's isolations that hold CPUs, as (name, CPUs) (empty when not reachable).
 pub fn isolations_held(d: &Daemon) -> Vec<(String, CpuSet)> {
-    match d {
-        Daemon::Status(st) => held_in(st),
-        _ => Vec::new(),
-    }
+    d.status().map(held_in).unwrap_or_default()
 }
 
-/// The isolations of a `Status()` (as `kvmisolate status --json` prints it) that hold CPUs,
-/// as (name, CPUs); hugepage reservations hold none.
-pub fn held_in(status: &Value) -> Vec<(String, CpuSet)> {
-    isolations(status)
+/// The isolations of a `Status()` that hold CPUs, as (name, CPUs); hugepage reservations hold
+/// none.
+pub fn held_in(status: &Status) -> Vec<(String, CpuSet)> {
+    status
+        .isolations
         .iter()
         .filter_map(|i| {
-            let cpus = CpuSet::parse(str_of(i, key::I_CPUS)).ok()?;
-            (!cpus.is_empty()).then(|| (str_of(i, key::I_NAME).to_owned(), cpus))
+            let cpus = CpuSet::parse(&i.cpus).ok()?;
+            (!cpus.is_empty()).then(|| (i.name.clone(), cpus))
         })
         .collect()
 }
@@ -64,14 +59,11 @@ pub fn held_in(status: &Value) -> Vec<(String, CpuSet)> {
 /// The IRQs kvmisolated's `irq-affinity` tunings left as they are because the kernel refused
 /// to move them (`irqs-left` of each isolation; empty when not reachable).
 pub fn irqs_left(d: &Daemon) -> std::collections::BTreeSet<u32> {
-    let Daemon::Status(st) = d else {
-        return Default::default();
-    };
-    isolations(st)
+    d.status()
+        .map(|st| st.isolations.as_slice())
+        .unwrap_or_default()
         .iter()
-        .filter_map(|iso| iso.get(key::I_IRQS_LEFT).and_then(Value::as_array))
-        .flatten()
-        .filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok()))
+        .flat_map(|iso| iso.irqs_left().iter().copied())
         .collect()
 }
 
@@ -92,18 +84,16 @@ pub fn findings(d: &Daemon) -> Vec<Finding> {
         }
         Daemon::Status(st) => st,
     };
-    let list = isolations(st);
+    let list = &st.isolations;
     let mut out = Vec::new();
     let mut bad = Vec::new();
     let mut failed = Vec::new();
     for iso in list {
-        let name = str_of(iso, key::I_NAME);
-        let state = str_of(iso, key::I_STATE);
+        let (name, state, reason) = (&iso.name, &iso.state, &iso.state_reason);
         if state != "active" {
-            let reason = str_of(iso, key::I_STATE_REASON);
             bad.push(format!(
                 "{name} (CPUs {}): {state}{}",
-                str_of(iso, key::I_CPUS),
+                iso.cpus,
                 if reason.is_empty() {
                     String::new()
                 } else {
@@ -111,16 +101,8 @@ pub fn findings(d: &Daemon) -> Vec<Finding> {
                 }
             ));
         }
-        // Each tuning: (name, state, reason, original, current).
-        for t in iso
-            .get(key::I_TUNINGS)
-            .and_then(Value::as_array)
-            .map_or(&[][..], Vec::as_slice)
-        {
-            let field = |i: usize| t.get(i).and_then(Value::as_str).unwrap_or("");
-            if field(1) == "failed" {
-                failed.push(format!("{name}: {} failed: {}", field(0), field(2)));
-            }
+        for t in iso.tunings.iter().filter(|t| t.state == "failed") {
+            failed.push(format!("{name}: {} failed: {}", t.name, t.reason));
         }
     }
     out.push(if bad.is_empty() {
@@ -128,7 +110,7 @@ pub fn findings(d: &Daemon) -> Vec<Finding> {
             "daemon-isolations",
             format!(
                 "kvmisolated {}: {} isolation(s), all active",
-                str_of(st, key::VERSION),
+                st.version,
                 list.len()
             ),
         )
@@ -165,18 +147,16 @@ pub fn findings(d: &Daemon) -> Vec<Finding> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use serde_json::json;
+    use crate::status::tests::{entry, row, status_of};
 
     fn st(state: &str, tuning: &str) -> Daemon {
-        Daemon::Status(json!({
-            "version": "0.1.0",
-            "isolations": [
-                {"name": "a", "cpus": "2-3", "state": "active", "state-reason": "",
-                 "tunings": [["irq-affinity", "applied", "", "", ""]]},
-                {"name": "b", "cpus": "5", "state": state, "state-reason": "cpus offline",
-                 "tunings": [["thp", tuning, "cannot write", "", ""]]},
-            ]
-        }))
+        let mut a = entry("a", "2-3");
+        a.tunings = vec![row("irq-affinity", "applied", "", "", "")];
+        let mut b = entry("b", "5");
+        b.state = state.to_owned();
+        b.state_reason = "cpus offline".to_owned();
+        b.tunings = vec![row("thp", tuning, "cannot write", "", "")];
+        Daemon::Status(Box::new(status_of(vec![a, b])))
     }
 
     fn sev(f: &[Finding], id: &str) -> Option<Severity> {
@@ -202,10 +182,18 @@ mod tests {
 
     #[test]
     fn irqs_the_kernel_kept() {
-        let d = Daemon::Status(json!({"isolations": [
-            {"name": "a", "cpus": "2-3", "state": "active", "irqs-left": [24, 0], "tunings": [
-                ["irq-affinity", "applied", "left as they are: IRQ 0 timer (the kernel does not move it: EIO), IRQ 24 nvme0q1 (managed by the kernel)", "", ""]]},
-            {"name": "b", "cpus": "4", "state": "active", "irqs-left": [24, 7]}]}));
+        let mut a = entry("a", "2-3");
+        a.irqs_left = Some(vec![24, 0]);
+        a.tunings = vec![row(
+            "irq-affinity",
+            "applied",
+            "left as they are: IRQ 0 timer (the kernel does not move it: EIO), IRQ 24 nvme0q1 (managed by the kernel)",
+            "",
+            "",
+        )];
+        let mut b = entry("b", "4");
+        b.irqs_left = Some(vec![24, 7]);
+        let d = Daemon::Status(Box::new(status_of(vec![a, b])));
         assert_eq!(irqs_left(&d).into_iter().collect::<Vec<_>>(), [0, 7, 24]);
         assert!(irqs_left(&Daemon::NotAsked).is_empty());
     }

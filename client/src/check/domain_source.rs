@@ -130,7 +130,7 @@ pub fn load_domain(
             })?
         }
     };
-    let domain = crate::hook::domain::Domain::parse(unwrap_domstatus(&text)).map_err(|e| {
+    let domain = crate::libvirt::domain::Domain::parse(unwrap_domstatus(&text)).map_err(|e| {
         Failure::new(
             ExitCode::BadRequest,
             format!("domain {name:?} ({source}): {e}"),
@@ -142,8 +142,8 @@ pub fn load_domain(
             format!("{source} holds domain {:?}, not {name:?}", domain.name),
         ));
     }
-    let settings = crate::hook::optin::read_vm_sections(config)
-        .and_then(|sections| crate::hook::optin::settings(&domain, sections.get(name)));
+    let settings = crate::libvirt::optin::read_vm_sections(config)
+        .and_then(|sections| crate::libvirt::optin::settings(&domain, sections.get(name)));
     Ok(check::vm::VmInput {
         domain,
         source,

@@ -407,9 +407,17 @@ mod tests {
     /// The audit of `f` with kvmisolated saying its irq-affinity tuning left IRQ `irq` as it
     /// was, and why (`left`).
     fn audit_saying(f: &FakeHost, irq: u32, left: &str) -> super::super::Report {
-        let daemon = super::super::daemon::Daemon::Status(serde_json::json!({"isolations": [
-            {"name": "vm", "cpus": "2-3", "state": "active", "irqs-left": [irq], "tunings": [[
-                "irq-affinity", "applied", format!("left as they are: {left}"), "", ""]]}]}));
+        use crate::status::tests::{entry, row, status_of};
+        let mut vm = entry("vm", "2-3");
+        vm.irqs_left = Some(vec![irq]);
+        vm.tunings = vec![row(
+            "irq-affinity",
+            "applied",
+            &format!("left as they are: {left}"),
+            "",
+            "",
+        )];
+        let daemon = super::super::daemon::Daemon::Status(Box::new(status_of(vec![vm])));
         super::super::audit_with(
             f.roots(),
             super::super::AuditInput {

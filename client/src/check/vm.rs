@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::host::Host;
 use super::knobs::split_cores;
 use super::{Finding, Severity, shorten};
-use crate::hook::domain::Domain;
-use crate::hook::optin::{DEFAULT_PAGE_KIB, Settings};
+use crate::libvirt::domain::Domain;
+use crate::libvirt::optin::{DEFAULT_PAGE_KIB, Settings};
 use crate::topology::Topology;
 
 /// The domain to audit, as found.
@@ -53,14 +53,6 @@ pub struct VmAudit {
     pub findings: Vec<Finding>,
     /// The summary for the report.
     pub summary: VmSummary,
-}
-
-fn phrase(set: &CpuSet) -> String {
-    if set.len() == 1 {
-        format!("CPU {set}")
-    } else {
-        format!("CPUs {set}")
-    }
 }
 
 /// What the rest of the audit knows that a stopped domain's start depends on.
@@ -169,7 +161,7 @@ fn start_finding(
             "vm-start",
             format!(
                 "virsh start would isolate {} (the hook's checks pass{})",
-                phrase(&verdict.cpus),
+                verdict.cpus.phrase(),
                 if start.held.is_empty() {
                     "; kvmisolated's isolations unknown or none"
                 } else {
@@ -248,19 +240,19 @@ fn pin_findings(placed: &[Placed]) -> Vec<Finding> {
             (Placement::Partition, LeafKind::Vcpu(_)) if p.pins.len() > 1 => pins.push(format!(
                 "{}: pinned to {}, not to one CPU (the scheduler does not balance load inside an isolated partition)",
                 p.kind,
-                phrase(&p.pins)
+                p.pins.phrase()
             )),
             (Placement::SharesVcpu { with, cpus }, _) => {
                 shared_error = true;
                 shared.push(format!(
                     "{} shares {} with {with}: kvmisolated refuses to isolate the domain",
                     p.kind,
-                    phrase(cpus)
+                    cpus.phrase()
                 ));
             }
             (Placement::EmulatorOnVcpu(cpus), _) => shared.push(format!(
                 "emulator shares {} with a vCPU: it is left out of the isolation and runs on the host's CPUs",
-                phrase(cpus)
+                cpus.phrase()
             )),
             _ => {}
         }
@@ -308,7 +300,7 @@ fn smt_finding(topo: &Topology, pinned: &CpuSet) -> Finding {
             if pinned.is_empty() {
                 "no CPU is isolated by the domain's pins".to_owned()
             } else {
-                format!("the domain's {} hold whole cores", phrase(pinned))
+                format!("the domain's {} hold whole cores", pinned.phrase())
             },
         )
     } else {
@@ -317,7 +309,7 @@ fn smt_finding(topo: &Topology, pinned: &CpuSet) -> Finding {
             Severity::Warning,
             format!(
                 "{} left to the host {} SMT siblings of the domain's CPUs",
-                phrase(&left),
+                left.phrase(),
                 if left.len() == 1 { "is an" } else { "are" }
             ),
         )
@@ -602,7 +594,7 @@ fn leaf_findings(host: &Host, d: &Domain, online: &CpuSet, opted_in: bool) -> (F
                     6
                 ),
                 if good.len() == 1 { "is an" } else { "are" },
-                phrase(&cpus)
+                cpus.phrase()
             ),
         )
         .details(good)
@@ -633,7 +625,7 @@ mod tests {
     use super::super::host::fake::FakeHost;
     use super::super::knobs::read_topology;
     use super::*;
-    use crate::hook::optin::settings;
+    use crate::libvirt::optin::settings;
 
     const META: &str = "<metadata><k:isolate xmlns:k='https://kvmisolate.org/xmlns/libvirt/1' profile='realtime' hugepages='none'/></metadata>";
 

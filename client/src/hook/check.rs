@@ -9,8 +9,8 @@
 use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::libvirt::{LeafKind, Placement, partitioned_cpus, place};
 
-use super::domain::Domain;
-use super::optin::Settings;
+use crate::libvirt::domain::Domain;
+use crate::libvirt::optin::Settings;
 
 /// What `prepare` knows of the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

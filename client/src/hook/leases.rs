@@ -3,8 +3,8 @@
 //! is exactly that domain (`libvirt:DOMAIN`, `reservation:DOMAIN`). A lease someone else made
 //! under such a name, or for another domain, is never the hook's to end.
 
-use kvmisolate_dbus::status as key;
-use serde_json::Value;
+use kvmisolate_dbus::status::Status;
+use kvmisolate_dbus::target::TargetText;
 
 use crate::request::{reservation_name, vm_name};
 
@@ -17,33 +17,28 @@ pub enum Which {
     Both,
 }
 
-/// The names of `domain`'s leases in a `Status()` (as JSON) that the hook may release.
-pub fn releasable(status: &Value, domain: &str, which: Which) -> Vec<String> {
+/// The names of `domain`'s leases in a `Status()` that the hook may release.
+pub fn releasable(status: &Status, domain: &str, which: Which) -> Vec<String> {
     let mut wanted = vec![(
         reservation_name(domain).as_str().to_owned(),
-        format!("reservation:{domain}"),
+        TargetText::Reservation(domain).to_string(),
     )];
     if which == Which::Both {
         wanted.insert(
             0,
             (
                 vm_name(domain).as_str().to_owned(),
-                format!("libvirt:{domain}"),
+                TargetText::Libvirt(domain).to_string(),
             ),
         );
     }
-    let list = status
-        .get(key::ISOLATIONS)
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    let field = |iso: &Value, k: &str| iso.get(k).and_then(Value::as_str).map(str::to_owned);
     wanted
         .into_iter()
         .filter(|(name, target)| {
-            list.iter().any(|iso| {
-                field(iso, key::I_NAME).as_ref() == Some(name)
-                    && field(iso, key::I_TARGET).as_ref() == Some(target)
-            })
+            status
+                .isolations
+                .iter()
+                .any(|iso| &iso.name == name && &iso.target == target)
         })
         .map(|(name, _)| name)
         .collect()
@@ -52,14 +47,19 @@ pub fn releasable(status: &Value, domain: &str, which: Which) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::status::tests::{entry, status_of};
 
-    fn status(leases: &[(&str, &str)]) -> Value {
-        let list: Vec<Value> = leases
-            .iter()
-            .map(|(n, t)| json!({ key::I_NAME: n, key::I_TARGET: t }))
-            .collect();
-        json!({ key::ISOLATIONS: list })
+    fn status(leases: &[(&str, &str)]) -> Status {
+        status_of(
+            leases
+                .iter()
+                .map(|(n, t)| {
+                    let mut e = entry(n, "2-3");
+                    e.target = (*t).to_owned();
+                    e
+                })
+                .collect(),
+        )
     }
 
     #[test]
@@ -90,6 +90,6 @@ mod tests {
         assert!(releasable(&st, "win_11", Which::Both).is_empty());
         let st = status(&[("libvirt-vm", "pids:42")]);
         assert!(releasable(&st, "vm", Which::Both).is_empty());
-        assert!(releasable(&json!({}), "vm", Which::Both).is_empty());
+        assert!(releasable(&Status::default(), "vm", Which::Both).is_empty());
     }
 }

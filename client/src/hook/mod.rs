@@ -15,13 +15,12 @@
 //! not opt in (the error is logged and the domain starts). Only the leases the hook made for the
 //! domain are released ([`leases`]).
 //!
-//! [`domain`] reads the XML, [`optin`] decides whether and how the domain opts in, [`check`]
-//! is `prepare`'s pure part.
+//! [`run`] is the bus side (each operation), [`check`] is `prepare`'s pure part; the domain
+//! XML and the opt-in are read by [`crate::libvirt`] (shared with `check --vm` and `plan --vm`).
 
 pub mod check;
-pub mod domain;
 pub mod leases;
-pub mod optin;
+pub mod run;
 
 #[cfg(test)]
 mod tests;

@@ -6,8 +6,8 @@ use kvmisolate_dbus::libvirt::{OnConflict, VmHugepages, VmSection};
 use kvmisolate_dbus::tunings::{PageSize, Profile, Tuning};
 
 use super::check::{HostView, check, chosen_cpus};
-use super::domain::{Domain, DomainError};
-use super::optin::{Settings, read_vm_sections, settings};
+use crate::libvirt::domain::{Domain, DomainError};
+use crate::libvirt::optin::{Settings, read_vm_sections, settings};
 
 fn fixture(name: &str) -> Domain {
     let path = format!(

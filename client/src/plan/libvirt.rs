@@ -260,7 +260,7 @@ mod tests {
     /// (THP included), and with `--fifo` RT throttling off, without which it refuses the start.
     #[test]
     fn the_hook_accepts_the_opt_in() {
-        use crate::hook::{domain::Domain, optin};
+        use crate::libvirt::{domain::Domain, optin};
         for fifo in [false, true] {
             let opts = LibvirtOptions { fifo };
             let xml = super::super::apply::apply(

@@ -12,6 +12,7 @@ pub mod libvirt;
 pub mod reasons;
 pub mod render;
 pub mod run;
+mod words;
 mod xml_spans;
 
 use kvmisolate_dbus::cpulist::CpuSet;

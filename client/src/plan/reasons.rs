@@ -3,7 +3,7 @@
 
 use kvmisolate_dbus::cpulist::CpuSet;
 
-use super::render::topology_text;
+use super::words::{plural, topology_text};
 use super::{EmulatorMode, Plan, PlanOptions, Prefer, Size};
 use crate::topology::{CoreKind, Topology};
 
@@ -42,10 +42,6 @@ fn freq_text(khz: u64) -> String {
     let ghz = format!("{:.2}", khz as f64 / 1_000_000.0);
     let ghz = ghz.trim_end_matches('0').trim_end_matches('.');
     format!("{ghz} GHz")
-}
-
-pub(super) fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// One line per choice the planner made.

@@ -5,23 +5,12 @@ use std::fmt::Write as _;
 use kvmisolate_dbus::cpulist::CpuSet;
 use serde::Serialize;
 
-use super::reasons::plural;
+use super::words::{plural, topology_text};
 use super::{CacheInfo, EmulatorMode, GuestTopology, Hugepages, IothreadPin, Plan, VcpuPin};
 use crate::topology::Topology;
 
 /// The version of the JSON document; bumped only on incompatible changes.
 pub const JSON_VERSION: u32 = 1;
-
-/// `1 socket, 1 die, 3 cores, 2 threads per core`.
-pub fn topology_text(g: &GuestTopology) -> String {
-    format!(
-        "{}, {}, {}, {} per core",
-        plural(g.sockets as usize, "socket", "sockets"),
-        plural(g.dies as usize, "die", "dies"),
-        plural(g.cores as usize, "core", "cores"),
-        plural(g.threads as usize, "thread", "threads")
-    )
-}
 
 fn host_text(topo: &Topology) -> String {
     let mut s = format!(

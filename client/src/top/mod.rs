@@ -166,9 +166,7 @@ fn local_timer_counts() -> BTreeMap<u32, u64> {
 }
 
 fn online_cpus() -> BTreeSet<u32> {
-    std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .ok()
-        .and_then(|s| CpuSet::parse(s.trim()).ok())
+    crate::topology::online_cpus(std::path::Path::new(crate::topology::DEFAULT_ROOT))
         .map(|c| c.iter().collect())
         .unwrap_or_default()
 }

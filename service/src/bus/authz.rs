@@ -14,14 +14,14 @@
 //!
 //! Only what the caller asks for counts: CPUs, tunings and pools an administrator wrote into
 //! `[isolation.NAME]` of the configuration are the administrator's choice. uid 0 needs nothing
-//! (see [`crate::polkit`]). Each action carries polkit details describing the target, so a rule
+//! (see [`crate::bus::polkit`]). Each action carries polkit details describing the target, so a rule
 //! can decide on them and the prompt says what is being done.
 
 use kvmisolate_dbus::names;
 use kvmisolate_dbus::tunings::Tuning;
 
-use crate::meminfo::MemInfo;
-use crate::request::{IsolateRequest, TargetRequest};
+use crate::bus::request::{IsolateRequest, TargetRequest};
+use crate::host::meminfo::MemInfo;
 
 /// The polkit detail keys (`action.lookup("...")` in a rule, `$(...)` in a message).
 pub mod detail {
@@ -176,7 +176,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), OwnedVariant::try_from(v.clone()).unwrap()))
             .collect();
-        crate::request::parse("vm", "2-3", &opts).unwrap()
+        crate::bus::request::parse("vm", "2-3", &opts).unwrap()
     }
 
     fn pids() -> (&'static str, Variant<'static>) {

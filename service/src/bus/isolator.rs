@@ -4,7 +4,7 @@
 //!
 //! Flow of a call: parse and validate the arguments (no lock, no prompt) → find out whose
 //! target it is ([`Orchestrator::inspect`], cheap reads) → authorize with polkit the actions that
-//! needs ([`crate::authz`]; no lock held) → take the registry's change lock → plan and apply
+//! needs ([`crate::bus::authz`]; no lock held) → take the registry's change lock → plan and apply
 //! through the [`Orchestrator`] → publish the object and announce the change. Reads (`Status()`,
 //! properties) take a snapshot of the [`Registry`] and never wait for a change in flight.
 
@@ -19,14 +19,14 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{BoxDBusError, Connection, OwnedObjectPath, OwnedVariant, Variant, fdo, interface};
 
-use crate::authz;
+use crate::bus::authz;
+use crate::bus::polkit;
+use crate::bus::request;
+use crate::daemon::kthreads::KthreadPinner;
 use crate::daemon::orchestrator::Orchestrator;
-use crate::kthreads::KthreadPinner;
-use crate::polkit;
-use crate::registry::{Change, Lease, LeaseKey, Registry};
-use crate::request;
+use crate::daemon::registry::{Change, Lease, LeaseKey, Registry};
+use crate::daemon::watch::Watcher;
 use crate::timing;
-use crate::watch::Watcher;
 
 /// State shared by every object and event handler.
 pub struct Shared {
@@ -125,7 +125,7 @@ impl Isolator {
         self.shared.isolate(req, caller, held).await.map_err(boxed)
     }
 
-    /// Starts the configuration's preset `name` (see [`crate::presets`]): `Isolate` of its
+    /// Starts the configuration's preset `name` (see [`crate::daemon::presets`]): `Isolate` of its
     /// target, authorized the same way.
     #[zbus(out_args("isolation"))]
     async fn start_preset(
@@ -134,7 +134,7 @@ impl Isolator {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OwnedObjectPath, BoxDBusError> {
         let config = self.shared.orchestrator.file_config();
-        let options = crate::presets::options(config, name).map_err(boxed)?;
+        let options = crate::daemon::presets::options(config, name).map_err(boxed)?;
         self.isolate(name, "", options, header).await
     }
 
@@ -234,9 +234,9 @@ impl Isolator {
 
     /// The configuration's presets and whether each can start now.
     #[zbus(property)]
-    async fn presets(&self) -> Vec<crate::presets::Row> {
+    async fn presets(&self) -> Vec<crate::daemon::presets::Row> {
         let leases = self.shared.registry.leases();
-        crate::presets::rows(self.shared.orchestrator.file_config(), leases.iter())
+        crate::daemon::presets::rows(self.shared.orchestrator.file_config(), leases.iter())
     }
 
     /// What the kernel supports.
@@ -397,7 +397,7 @@ impl Shared {
         });
         let s = shared.clone();
         tokio::spawn(async move { s.follow_callers(owner_changes).await });
-        match crate::hotplug::start() {
+        match crate::daemon::hotplug::start() {
             Ok(mut hotplug) => {
                 let s = shared.clone();
                 tokio::spawn(async move {
@@ -464,7 +464,7 @@ impl Shared {
         self: &Arc<Self>,
         req: request::IsolateRequest,
         caller: polkit::Caller,
-        held: Vec<crate::ownership::HeldProcess>,
+        held: Vec<crate::daemon::ownership::HeldProcess>,
     ) -> Result<OwnedObjectPath, Error> {
         let change = {
             let _p = timing::phase("isolate", "wait-change");

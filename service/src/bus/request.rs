@@ -99,7 +99,7 @@ pub fn parse(
         match key.as_str() {
             options::UNIT => {
                 let u = string_option(key, value)?;
-                crate::systemd::validate_unit_name(&u).map_err(invalid)?;
+                crate::daemon::systemd::validate_unit_name(&u).map_err(invalid)?;
                 unit = Some(u);
             }
             options::PIDS => {

@@ -16,7 +16,7 @@ use std::path::Path;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::ExternalStep;
+use crate::engine::model::ExternalStep;
 
 /// The external step kind that starts (and, undone, stops) a keeper slice.
 pub const START_KEEPER: &str = "start-keeper-slice";
@@ -191,9 +191,9 @@ mod tests {
     /// Isolate ends, after replay, with the keeper stopped exactly when it had been recorded.
     #[test]
     fn keeper_comes_first_and_goes_last_also_after_a_crash() {
-        use crate::apply::Point;
-        use crate::cgroupfs::EmulatedKernel;
-        use crate::plan::Step;
+        use crate::engine::apply::Point;
+        use crate::engine::model::Step;
+        use crate::host::cgroupfs::EmulatedKernel;
         use crate::testutil::FakeTree;
 
         let with_keeper = |t: &FakeTree| {

@@ -10,7 +10,7 @@
 //! looks at kthreadd and its children at each partition change (a sweep, done before the
 //! Isolate or Release returns) and at each new one: whatever is allowed outside the
 //! housekeeping CPUs is narrowed to `current ∩ housekeeping`, its original affinity recorded
-//! first in a ledger ([`crate::kthread_ledger`]); with no isolation left each is restored to
+//! first in a ledger ([`crate::daemon::kthread_ledger`]); with no isolation left each is restored to
 //! that original. Where the kernel already did the job a sweep finds nothing to do (so the
 //! re-pinning stops by itself where the kernel does it, and nothing of the kernel's is
 //! overwritten); per-CPU threads (`PF_NO_SETAFFINITY`: EINVAL), threads placed only on
@@ -38,7 +38,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, NetlinkAddr, bind, recv, sendto};
 use nix::unistd::Pid;
 
-use crate::kthread_ledger::{Ledger, Narrowed, start_time};
+use crate::daemon::kthread_ledger::{Ledger, Narrowed, start_time};
 
 /// When a new kernel thread is checked again after its fork event.
 pub const RECHECKS: [Duration; 3] = [
@@ -440,7 +440,7 @@ struct Running {
 
 /// Keeps unbound kernel threads off the isolated CPUs while isolations exist, and puts back
 /// exactly what it narrowed when they are gone (see the module docs and
-/// [`crate::kthread_ledger`]).
+/// [`crate::daemon::kthread_ledger`]).
 pub struct KthreadPinner {
     proc_root: PathBuf,
     ledger: Arc<Mutex<Ledger>>,

@@ -12,20 +12,24 @@ use kvmisolate_dbus::options::IsolationState;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use zbus::Connection;
 
-use crate::apply::{Engine, ExternalEffects, NoExternalEffects, PartitionState};
-use crate::authz::{self, TargetFacts};
-use crate::cgroupfs::{CgroupFs, CgroupPath, pid_alive};
+use crate::bus::authz::{self, TargetFacts};
+use crate::bus::polkit::Caller;
+use crate::bus::request::{IsolateRequest, TargetRequest};
+use crate::daemon::ownership::{self, HeldProcess};
+use crate::daemon::registry::{Lease, holder_of};
+use crate::daemon::systemd::{self, Systemd};
+use crate::daemon::systemd_effects::{SystemdEffects, SystemdServices};
+use crate::engine::apply::Engine;
+use crate::engine::effects::{ExternalEffects, NoExternalEffects};
+use crate::engine::journal::{Journal, Record};
+use crate::engine::model::{self, Request, Target};
+use crate::engine::partition::PartitionState;
+use crate::engine::plan::{self, PlanConfig};
 use crate::host::HostCpus;
-use crate::journal::{Journal, Record};
-use crate::kernel::{KernelSupport, kernel_release};
-use crate::meminfo::MemInfo;
-use crate::ownership::{self, HeldProcess};
-use crate::plan::{self, PlanConfig, Request, Target};
-use crate::polkit::Caller;
-use crate::registry::{Lease, holder_of};
-use crate::request::{IsolateRequest, TargetRequest};
-use crate::systemd::{self, Systemd};
-use crate::systemd_effects::{SystemdEffects, SystemdServices};
+use crate::host::cgroupfs::{CgroupFs, CgroupPath, pid_alive};
+use crate::host::kernel::{KernelSupport, kernel_release};
+use crate::host::meminfo::MemInfo;
+use crate::test_hooks::TestHooks;
 use crate::timing;
 use crate::tunings::{Holder, HostTunings, NoServices, Paths, Selected, TuningReport};
 
@@ -46,14 +50,10 @@ pub struct Config {
     pub allow_cpu0: bool,
     /// Use systemd when it runs.
     pub use_systemd: bool,
-    /// Test hook: SIGKILL after this step of an Isolate.
-    pub crash_after_step: Option<usize>,
-    /// Test mode: `cgroup_root` is a plain directory with kernel behaviour emulated.
-    pub fake_kernel: bool,
     /// systemd's runtime unit directory (drop-ins).
     pub systemd_runtime_dir: PathBuf,
-    /// Test hook: SIGKILL after this many tuning writes.
-    pub crash_after_tuning: Option<usize>,
+    /// The test hooks in effect (none in production).
+    pub hooks: TestHooks,
     /// `/etc/kvmisolate/kvmisolate.toml`.
     pub file: crate::config::Config,
 }
@@ -76,9 +76,6 @@ pub struct Orchestrator {
     kernel: KernelSupport,
     systemd: Option<Systemd>,
     plan_config: PlanConfig,
-    fake_reject: Option<String>,
-    /// Where libvirt keeps its QEMU pid files, in the emulated test mode.
-    libvirt_run_dir: Option<PathBuf>,
     tunings: Arc<HostTunings>,
     /// The last creation time handed out: creation times only grow, even if the clock steps
     /// back, so a name's next lease never has its previous one's identity.
@@ -102,7 +99,7 @@ fn now_usec() -> u64 {
 impl Orchestrator {
     /// Detects the host and opens the journal.
     pub async fn new(config: Config, conn: Connection) -> anyhow::Result<Self> {
-        let fs = if config.fake_kernel {
+        let fs = if config.hooks.fake_kernel() {
             CgroupFs::open(&config.cgroup_root, Some(config.proc_root.clone()))
         } else {
             CgroupFs::new(&config.cgroup_root)
@@ -146,35 +143,25 @@ impl Orchestrator {
             &config.run_dir,
             services,
         );
-        tunings.set_crash_after_write(config.crash_after_tuning);
+        tunings.set_test_hooks(config.hooks.clone());
         let engine = Arc::new(Engine::new(fs, config.proc_root.clone(), journal, effects));
         let plan_config = PlanConfig {
             min_housekeeping: config.min_housekeeping,
             allow_cpu0: config.allow_cpu0,
         };
-        let fake_reject = config
-            .fake_kernel
-            .then(|| std::env::var("KVMISOLATED_TEST_FAKE_REJECT").ok())
-            .flatten();
-        let libvirt_run_dir = config
-            .fake_kernel
-            .then(|| std::env::var_os("KVMISOLATED_TEST_LIBVIRT_RUN_DIR").map(PathBuf::from))
-            .flatten();
         Ok(Self {
             engine,
             config,
             kernel,
             systemd,
             plan_config,
-            fake_reject,
-            libvirt_run_dir,
             tunings: Arc::new(tunings),
             last_created: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// A creation time later than every record's held or handed out before (see
-    /// [`crate::registry::LeaseKey`]).
+    /// [`crate::daemon::registry::LeaseKey`]).
     fn next_created(&self, held: &[Record]) -> u64 {
         use std::sync::atomic::Ordering;
         let floor = held
@@ -273,13 +260,13 @@ impl Orchestrator {
     /// Where new kernel threads are followed from: the proc root of a real kernel, `None`
     /// in the emulated test mode (whose CPUs are not the host's).
     pub fn kthread_proc_root(&self) -> Option<PathBuf> {
-        (!self.config.fake_kernel).then(|| self.config.proc_root.clone())
+        (!self.config.hooks.fake_kernel()).then(|| self.config.proc_root.clone())
     }
 
     /// Where the kernel threads kvmisolated narrowed are recorded (`kthread_ledger`); `None`
     /// in the emulated test mode.
     pub fn kthread_ledger_path(&self) -> Option<PathBuf> {
-        (!self.config.fake_kernel).then(|| self.config.run_dir.join("kthreads-narrowed"))
+        (!self.config.hooks.fake_kernel()).then(|| self.config.run_dir.join("kthreads-narrowed"))
     }
 
     /// `/etc/kvmisolate/kvmisolate.toml` as loaded at start-up.
@@ -327,8 +314,11 @@ impl Orchestrator {
     ) -> Result<(TargetFacts, Vec<HeldProcess>), Error> {
         match &req.target {
             TargetRequest::Pids(pids) => {
-                let (owners, held) =
-                    ownership::pids_owners(&self.config.proc_root, pids, !self.config.fake_kernel)?;
+                let (owners, held) = ownership::pids_owners(
+                    &self.config.proc_root,
+                    pids,
+                    !self.config.hooks.fake_kernel(),
+                )?;
                 let foreign = authz::foreign_owners("the target", &owners, uid);
                 Ok((TargetFacts { owners, foreign }, held))
             }
@@ -438,8 +428,7 @@ impl Orchestrator {
         let kernel = self.kernel.clone();
         let plan_config = self.plan_config.clone();
         let sysfs = self.config.sysfs_root.clone();
-        let crash = self.config.crash_after_step;
-        let reject = self.fake_reject.clone();
+        let hooks = self.config.hooks.clone();
         let record = tokio::task::spawn_blocking(move || {
             let planned = timing::phase("isolate", "plan");
             let host = HostCpus::read(&sysfs).map_err(failed)?;
@@ -447,12 +436,12 @@ impl Orchestrator {
             let plan = plan::plan(&request, &host, &kernel, &snapshot, &plan_config, &active)?;
             drop(planned);
             let _applied = timing::phase("isolate", "apply");
-            if let Some(reason) = &reject {
+            if let Some(reason) = hooks.fake_reject() {
                 for p in &plan.partitions {
                     engine.fs.emulate_reject_partition(p, Some(reason));
                 }
             }
-            engine.apply(&request, &plan, crash)
+            engine.apply(&request, &plan, &hooks)
         })
         .await
         .map_err(failed)??;
@@ -503,7 +492,7 @@ impl Orchestrator {
     async fn resolve_target(
         &self,
         req: &IsolateRequest,
-    ) -> Result<(Target, Vec<plan::ExternalStep>), Error> {
+    ) -> Result<(Target, Vec<model::ExternalStep>), Error> {
         match &req.target {
             TargetRequest::Unit(unit) => {
                 let cgroup = self.unit_cgroup(unit).await?;
@@ -551,7 +540,7 @@ impl Orchestrator {
                         let unit = req.name.scope_unit();
                         let cgroup = CgroupPath::new(&format!("{}/{unit}", systemd::SLICE))
                             .map_err(failed)?;
-                        let pre = vec![crate::systemd_effects::start_scope_step(
+                        let pre = vec![crate::daemon::systemd_effects::start_scope_step(
                             &unit, &req.name, pids,
                         )];
                         Ok((
@@ -582,27 +571,28 @@ impl Orchestrator {
         systemd: &Systemd,
         unit: &str,
         name: &IsolationName,
-    ) -> Result<Vec<plan::ExternalStep>, Error> {
+    ) -> Result<Vec<model::ExternalStep>, Error> {
         if systemd.unit_delegates_cpuset(unit).await.unwrap_or(false) {
             return Ok(Vec::new());
         }
         let slice = systemd.unit_slice(unit).await.map_err(failed)?;
         let parent = if slice.is_empty() { "-.slice" } else { &slice };
-        let nodes = crate::keeper::online_memory_nodes(&self.config.sysfs_root);
-        let step = crate::keeper::keeper_step(parent, name, unit, &nodes).map_err(Error::Failed)?;
+        let nodes = crate::daemon::keeper::online_memory_nodes(&self.config.sysfs_root);
+        let step = crate::daemon::keeper::keeper_step(parent, name, unit, &nodes)
+            .map_err(Error::Failed)?;
         Ok(vec![step])
     }
 
     /// The cgroup of a running domain's QEMU, from libvirt's pid file (`None` if unreadable).
     fn qemu_cgroup(&self, domain: &str) -> Option<CgroupPath> {
         // The test mode's libvirt state lives in the fake tree.
-        let dir = match &self.libvirt_run_dir {
-            Some(d) => d.clone(),
+        let dir = match self.config.hooks.libvirt_run_dir() {
+            Some(d) => d.to_path_buf(),
             None => PathBuf::from(LIBVIRT_QEMU_RUN_DIR),
         };
         let text = std::fs::read_to_string(dir.join(format!("{domain}.pid"))).ok()?;
         let pid = text.trim().parse::<u32>().ok()?;
-        crate::cgroupfs::cgroup_of_pid(&self.config.proc_root, pid).ok()
+        crate::host::cgroupfs::cgroup_of_pid(&self.config.proc_root, pid).ok()
     }
 
     /// Finds a running libvirt domain's scope and chooses its leaves to partition.
@@ -629,7 +619,7 @@ impl Orchestrator {
             leaves: selection
                 .partitions
                 .into_iter()
-                .map(|(_, cgroup, cpus)| plan::LeafPartition { cgroup, cpus })
+                .map(|(_, cgroup, cpus)| model::LeafPartition { cgroup, cpus })
                 .collect(),
             warnings: selection.warnings,
         })
@@ -640,6 +630,7 @@ impl Orchestrator {
     /// still in use that stay allocated as surplus).
     pub async fn release(&self, lease: &Lease) -> Result<Vec<String>, Error> {
         let reads = self.engine.journal.reads();
+        let saves = self.engine.journal.saves();
         let holders = Self::holders(&self.held(), lease.name());
         let reconciled = timing::time_async("release", "tunings", self.reconcile(holders)).await;
         let (tunings, warnings) = match reconciled {
@@ -658,6 +649,11 @@ impl Orchestrator {
             "release",
             "journal-reads",
             self.engine.journal.reads() - reads,
+        );
+        timing::count(
+            "release",
+            "journal-saves",
+            self.engine.journal.saves() - saves,
         );
         match (tunings, partition) {
             (None, r) => r.map(|()| warnings),
@@ -679,7 +675,7 @@ impl Orchestrator {
                     state = IsolationState::Degraded;
                     reasons.push(format!(
                         "{cg}: {word} invalid: {}",
-                        crate::apply::explain_invalid(&reason)
+                        crate::engine::partition::explain_invalid(&reason)
                     ));
                 }
                 Some(PartitionState::Member) => {
@@ -753,7 +749,7 @@ impl Orchestrator {
                 .flatten()
                 .and_then(|t| CpuSet::parse(t.trim()).ok())
         };
-        let exclusive = read(crate::kernel::EXCLUSIVE_FILE).filter(|c| !c.is_empty())?;
+        let exclusive = read(crate::host::kernel::EXCLUSIVE_FILE).filter(|c| !c.is_empty())?;
         let cpus = read("cpuset.cpus").filter(|c| !c.is_empty())?;
         (cpus != exclusive).then(|| {
             format!(
@@ -787,7 +783,11 @@ impl Orchestrator {
     pub fn watch_paths(&self, lease: &Lease) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for cg in &lease.record.partitions {
-            if let Ok(p) = self.engine.fs.file_path(cg, crate::kernel::PARTITION_FILE) {
+            if let Ok(p) = self
+                .engine
+                .fs
+                .file_path(cg, crate::host::kernel::PARTITION_FILE)
+            {
                 out.push(p);
             }
             // re-pins (virsh vcpupin/emulatorpin rewrite a leaf's cpuset.cpus)

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::engine::Error;
 
-use crate::cgroupfs::{CgroupFs, CgroupPath};
+use crate::host::cgroupfs::{CgroupFs, CgroupPath};
 
 /// How many processes of a unit are looked at before it counts as not the caller's.
 pub const MAX_UNIT_PROCESSES: usize = 4096;

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use kvmisolate_dbus::{CpuSet, Error, options};
 use zbus::{OwnedVariant, Variant};
 
+use crate::bus::request::TargetRequest;
 use crate::config::{Config, IsolationConfig};
-use crate::registry::Lease;
-use crate::request::TargetRequest;
+use crate::daemon::registry::Lease;
 
 /// What a preset isolates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub fn target(
             "[{section}]: a unit preset needs its CPUs: add cpus = \"...\" (e.g. \"2-5\")"
         ));
     }
-    crate::request::parse(name, "", &option_map(&target))
+    crate::bus::request::parse(name, "", &option_map(&target))
         .map_err(|e| format!("[{section}] {}", error_text(&e)))?;
     Ok(Some(target))
 }

@@ -12,8 +12,8 @@ use std::sync::RwLock;
 use kvmisolate_dbus::options::{IsolationState, ReleaseWhen};
 use kvmisolate_dbus::{CpuSet, IsolationName};
 
-use crate::journal::Record;
-use crate::plan::Target;
+use crate::engine::journal::Record;
+use crate::engine::model::Target;
 use crate::tunings::Holder;
 
 /// One isolation as the bus shows it: its journal record plus the state last read.

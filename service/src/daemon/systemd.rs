@@ -183,7 +183,7 @@ impl Systemd {
     }
 
     /// Starts the transient slice `unit` with `AllowedMemoryNodes=` set to the nodes in
-    /// `nodes_mask` (a keeper, see [`crate::keeper`]), and waits for the job.
+    /// `nodes_mask` (a keeper, see [`crate::daemon::keeper`]), and waits for the job.
     pub async fn start_keeper_slice(
         &self,
         unit: &str,

@@ -1,12 +1,12 @@
 //! The systemd side of an isolation, as journalled external steps
-//! ([`crate::plan::ExternalStep`]) the engine performs and undoes like any other step:
+//! ([`crate::engine::model::ExternalStep`]) the engine performs and undoes like any other step:
 //!
 //! - `start-transient-scope`: kvmisolate's delegated scope for a `pids` target. Undo moves any
 //!   process still in it back to the unit it came from, stops the scope, and stops
 //!   `kvmisolate.slice` when that was the last cgroup in it and no unit file defines it (then
 //!   stopping the slice alone stops both).
 //! - `start-keeper-slice`: the keeper slice of a unit target that is not delegated
-//!   ([`crate::keeper`]). Undo stops it (a keeper already gone is fine).
+//!   ([`crate::daemon::keeper`]). Undo stops it (a keeper already gone is fine).
 //!
 //! The engine is synchronous and runs on a blocking thread; these calls hop back onto the
 //! runtime with [`tokio::runtime::Handle::block_on`].
@@ -19,11 +19,11 @@ use kvmisolate_dbus::IsolationName;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use crate::apply::ExternalEffects;
-use crate::cgroupfs::{CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
-use crate::keeper::{self, KeeperData, START_KEEPER};
-use crate::plan::ExternalStep;
-use crate::systemd::{self, Systemd};
+use crate::daemon::keeper::{self, KeeperData, START_KEEPER};
+use crate::daemon::systemd::{self, Systemd};
+use crate::engine::effects::ExternalEffects;
+use crate::engine::model::ExternalStep;
+use crate::host::cgroupfs::{CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
 
 const START_SCOPE: &str = "start-transient-scope";
 

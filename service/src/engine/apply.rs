@@ -16,62 +16,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::engine::Error;
-use kvmisolate_dbus::CpuSet;
-use kvmisolate_dbus::options::PartitionType;
+use crate::engine::journal::{Journal, JournalError, JournalStep, Phase, Record};
+use crate::engine::model::{Request, Snapshot, Step, Target};
+use crate::engine::partition::{PartitionState, parse_partition};
+use crate::engine::plan::Plan;
+use crate::engine::step::{self, failed, is_cpus_file};
+use crate::host::cgroupfs::{CgroupFs, CgroupPath, cgroup_of_pid};
+use crate::host::kernel::PARTITION_FILE;
+use crate::test_hooks::TestHooks;
 
-use crate::cgroupfs::{CgroupError, CgroupFs, CgroupPath, cgroup_of_pid, pid_alive};
-use crate::engine::model::first_word;
-use crate::journal::{Journal, JournalError, JournalStep, Phase, Record};
-use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
-use crate::plan::{Plan, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target};
-
-pub use crate::engine::effects::{ExternalEffects, NoExternalEffects};
-
-/// The state `cpuset.cpus.partition` reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartitionState {
-    /// `member`.
-    Member,
-    /// A valid partition of this type.
-    Valid(PartitionType),
-    /// `<type> invalid (<reason>)`; `reason` is the kernel's text (empty on 5.15).
-    Invalid {
-        /// The type word (`root`, `isolated`).
-        word: String,
-        /// The kernel's reason, verbatim.
-        reason: String,
-    },
-    /// Anything else.
-    Other(String),
-}
-
-/// Parses the content of `cpuset.cpus.partition`.
-pub fn parse_partition(text: &str) -> PartitionState {
-    let text = text.trim();
-    let mut words = text.splitn(2, ' ');
-    let word = words.next().unwrap_or("");
-    let rest = words.next().unwrap_or("").trim();
-    if let Some(after) = rest.strip_prefix("invalid") {
-        let after = after.trim();
-        let reason = after
-            .strip_prefix('(')
-            .and_then(|r| r.strip_suffix(')'))
-            .unwrap_or(after);
-        return PartitionState::Invalid {
-            word: word.to_owned(),
-            reason: reason.to_owned(),
-        };
-    }
-    if !rest.is_empty() {
-        return PartitionState::Other(text.to_owned());
-    }
-    match word {
-        "member" => PartitionState::Member,
-        "root" => PartitionState::Valid(PartitionType::Root),
-        "isolated" => PartitionState::Valid(PartitionType::Isolated),
-        _ => PartitionState::Other(text.to_owned()),
-    }
-}
+use crate::engine::effects::ExternalEffects;
 
 /// Why a release did not restore everything. The record stays in the journal (phase
 /// `releasing`) so the next start retries.
@@ -103,7 +57,8 @@ pub struct ReplayReport {
     pub warnings: Vec<String>,
 }
 
-/// Where a simulated crash may happen (tests only; production uses `crash_after_step`).
+/// Where a simulated crash may happen (unit tests; the service's own hook is
+/// [`TestHooks::step_performed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Point {
     /// Step n (1-based) is journalled (done=false) but not performed.
@@ -114,46 +69,8 @@ pub(crate) enum Point {
     AfterDone(usize),
 }
 
-struct StepFailure {
-    error: Error,
-    /// Whether the step may have had an effect (and so must be undone).
-    touched: bool,
-}
-
-impl StepFailure {
-    fn touched(error: Error) -> Self {
-        Self {
-            error,
-            touched: true,
-        }
-    }
-    fn untouched(error: Error) -> Self {
-        Self {
-            error,
-            touched: false,
-        }
-    }
-}
-
-fn failed(e: impl std::fmt::Display) -> Error {
-    Error::Failed(e.to_string())
-}
-
 fn journal_failed(e: JournalError) -> Error {
     Error::Failed(e.to_string())
-}
-
-fn is_cpulist_file(file: &str) -> bool {
-    file != PARTITION_FILE && (file.starts_with("cpuset.cpus") || file.starts_with("cpuset.mems"))
-}
-
-/// Whether `step` writes a `cpuset.cpus` file (which the kernel won't empty while populated).
-fn is_cpus_file(step: &Step) -> bool {
-    matches!(step, Step::Write { file, .. } | Step::SharedAdd { file, .. } if file == crate::plan::CPUS_FILE)
-}
-
-fn has_word(text: &str, word: &str) -> bool {
-    text.split_whitespace().any(|w| w == word)
 }
 
 /// The operation names of the timing events ([`crate::timing`]).
@@ -198,7 +115,7 @@ impl Engine {
         }
     }
 
-    /// Reads what [`crate::plan::plan`] needs about `target`: the files of every existing
+    /// Reads what [`crate::engine::plan::plan`] needs about `target`: the files of every existing
     /// cgroup from the root down to the target ([`Snapshot::FILES`]) and, for engine-created
     /// pids targets, each pid's cgroup (`TargetNotFound` if a process does not exist).
     pub fn snapshot(&self, target: &Target) -> Result<Snapshot, Error> {
@@ -264,20 +181,17 @@ impl Engine {
     /// error is returned (with the rollback's failures appended if it could not restore
     /// everything, in which case the record stays for the next start to retry).
     ///
-    /// `crash_after_step` (from `KVMISOLATED_CRASH_AFTER_STEP`): SIGKILL the process right after
-    /// performing that step (1-based), before it is marked done. A test hook.
+    /// `hooks` ([`TestHooks`]): `KVMISOLATED_CRASH_AFTER_STEP` is honoured right after a step
+    /// is performed, before it is marked done.
     pub fn apply(
         &self,
         request: &Request,
         plan: &Plan,
-        crash_after_step: Option<usize>,
+        hooks: &TestHooks,
     ) -> Result<Record, Error> {
         let mut hook = |p: Point| {
-            if let (Point::AfterPerform(n), Some(k)) = (p, crash_after_step)
-                && n == k
-            {
-                tracing::warn!(step = n, "KVMISOLATED_CRASH_AFTER_STEP: killing myself");
-                let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
+            if let Point::AfterPerform(n) = p {
+                hooks.step_performed(n);
             }
             false
         };
@@ -307,7 +221,7 @@ impl Engine {
         for (i, step) in plan.steps.iter().enumerate() {
             let n = i + 1;
             let prepared = match crate::timing::time(OP, format!("prepare-{}", step.kind()), || {
-                self.prepare(step, &others)
+                step::prepare(self, step, &others)
             }) {
                 Ok(s) => s,
                 Err(f) => return Err(Some(self.abort(record, &others, f.error))),
@@ -325,7 +239,7 @@ impl Engine {
             }
             tracing::debug!(isolation = %name, step = n, "{}", prepared.describe());
             if let Err(f) = crate::timing::time(OP, format!("perform-{}", step.kind()), || {
-                self.perform(&prepared)
+                step::perform(self, &prepared)
             }) {
                 if !f.touched {
                     record.steps.pop();
@@ -384,13 +298,20 @@ impl Engine {
     }
 
     /// Undoes every recorded step in reverse order, continuing past failures. Steps undone
-    /// are removed from the record (persisted as it goes); returns the failures.
+    /// are removed from the record; returns the failures.
     fn undo_all(&self, record: &mut Record, others: &[Record]) -> Vec<String> {
         self.undo_steps(record, others, None).0
     }
 
     /// `undo_all`, stopping (a simulated crash) after `stop_after` successful undos; the
     /// second value tells whether it stopped.
+    ///
+    /// The journal is saved once, at the end and only when something could not be undone
+    /// (the record then holds just those steps, for the next start to retry), like the
+    /// done-marks of an apply: an undo is safe to repeat, so a crash half-way, which leaves
+    /// every step recorded, makes the next start undo them all again to the same result.
+    /// The caller has saved the `releasing` phase before the first undo, and removes the
+    /// record when nothing failed.
     fn undo_steps(
         &self,
         record: &mut Record,
@@ -427,11 +348,17 @@ impl Engine {
                 undone += 1;
             }
         }
+        if !failures.is_empty()
+            && let Err(e) = crate::timing::time(UNDO, "journal-save", || self.journal.save(record))
+        {
+            tracing::warn!("{e}");
+        }
         (failures, false)
     }
 
-    /// Undoes one step of `record`; on success drops it from the record and saves the
-    /// journal, on failure adds the reason to `failures`. Returns whether it was undone.
+    /// Undoes one step of `record`; on success drops it from the record (in memory: see
+    /// [`Engine::undo_steps`]), on failure adds the reason to `failures`. Returns whether it
+    /// was undone.
     fn undo_recorded(
         &self,
         record: &mut Record,
@@ -440,17 +367,12 @@ impl Engine {
         failures: &mut Vec<String>,
     ) -> bool {
         let undone = crate::timing::time(UNDO, format!("undo-{}", step.kind()), || {
-            self.undo(step, others)
+            step::undo(self, step, others)
         });
         match undone {
             Ok(()) => {
                 if let Some(pos) = record.steps.iter().rposition(|s| s.step == *step) {
                     record.steps.remove(pos);
-                }
-                if let Err(e) =
-                    crate::timing::time(UNDO, "journal-save", || self.journal.save(record))
-                {
-                    tracing::warn!("{e}");
                 }
                 true
             }
@@ -553,514 +475,20 @@ impl Engine {
         }
         report
     }
-
-    /// Fills in a step's original state, read right before it is journalled. Shared steps
-    /// inherit the original from another isolation's record of the same shared state.
-    fn prepare(&self, step: &Step, others: &[Record]) -> Result<Step, StepFailure> {
-        let inherited = others
-            .iter()
-            .flat_map(|r| &r.steps)
-            .map(|s| &s.step)
-            .find(|s| s.shares_state_with(step));
-        let read = |path: &CgroupPath, file: &str| {
-            self.fs
-                .read(path, file)
-                .map_err(|e| StepFailure::untouched(failed(e)))
-        };
-        Ok(match step {
-            Step::Mkdir { path, .. } => Step::Mkdir {
-                path: path.clone(),
-                existed: match inherited {
-                    Some(Step::Mkdir { existed, .. }) => *existed,
-                    _ => self.fs.exists(path),
-                },
-            },
-            Step::Write {
-                path, file, value, ..
-            } => Step::Write {
-                path: path.clone(),
-                file: file.clone(),
-                original: read(path, file)?,
-                value: value.clone(),
-            },
-            Step::SharedAdd {
-                path, file, added, ..
-            } => Step::SharedAdd {
-                path: path.clone(),
-                file: file.clone(),
-                original: read(path, file)?,
-                added: added.clone(),
-            },
-            Step::SharedPartition { path, .. } => Step::SharedPartition {
-                path: path.clone(),
-                original: match inherited {
-                    Some(Step::SharedPartition { original, .. }) => original.clone(),
-                    _ => read(path, PARTITION_FILE)?,
-                },
-            },
-            Step::EnableController {
-                path, controller, ..
-            } => Step::EnableController {
-                path: path.clone(),
-                controller: controller.clone(),
-                was_present: match inherited {
-                    Some(Step::EnableController { was_present, .. }) => *was_present,
-                    _ => has_word(&read(path, SUBTREE_CONTROL_FILE)?, controller),
-                },
-            },
-            Step::MoveProcs { to, from } => {
-                let mut now = BTreeMap::new();
-                for &pid in from.keys() {
-                    match cgroup_of_pid(&self.proc_root, pid) {
-                        Ok(c) => {
-                            now.insert(pid, c);
-                        }
-                        Err(e) if e.is_not_found() => {
-                            return Err(StepFailure::untouched(Error::TargetNotFound(format!(
-                                "process {pid} has exited"
-                            ))));
-                        }
-                        Err(e) => return Err(StepFailure::untouched(failed(e))),
-                    }
-                }
-                Step::MoveProcs {
-                    to: to.clone(),
-                    from: now,
-                }
-            }
-            Step::External(e) => {
-                Step::External(self.effects.prepare(e).map_err(StepFailure::untouched)?)
-            }
-        })
-    }
-
-    fn perform(&self, step: &Step) -> Result<(), StepFailure> {
-        match step {
-            Step::Mkdir { path, .. } => {
-                if !self.fs.exists(path) {
-                    self.fs
-                        .mkdir(path)
-                        .map_err(|e| StepFailure::untouched(failed(e)))?;
-                }
-                Ok(())
-            }
-            Step::Write {
-                path, file, value, ..
-            } => self.write_checked(path, file, value),
-            Step::SharedAdd {
-                path, file, added, ..
-            } => {
-                let current = self.read_cpus(path, file).map_err(StepFailure::touched)?;
-                let wanted = current.union(added);
-                if wanted != current {
-                    self.write_checked(path, file, &wanted.to_string())?;
-                }
-                Ok(())
-            }
-            Step::SharedPartition { path, .. } => {
-                let current = self
-                    .fs
-                    .read(path, PARTITION_FILE)
-                    .map_err(|e| StepFailure::touched(failed(e)))?;
-                if parse_partition(&current) != PartitionState::Valid(PartitionType::Root) {
-                    self.write_checked(path, PARTITION_FILE, "root")?;
-                }
-                Ok(())
-            }
-            Step::EnableController {
-                path, controller, ..
-            } => {
-                let current = self
-                    .fs
-                    .read(path, SUBTREE_CONTROL_FILE)
-                    .map_err(|e| StepFailure::touched(failed(e)))?;
-                if !has_word(&current, controller) {
-                    self.write_checked(path, SUBTREE_CONTROL_FILE, &format!("+{controller}"))?;
-                }
-                Ok(())
-            }
-            Step::MoveProcs { to, from } => {
-                for &pid in from.keys() {
-                    self.fs
-                        .write(to, "cgroup.procs", &pid.to_string())
-                        .map_err(|e| {
-                            StepFailure::touched(if e.is_not_found() {
-                                Error::TargetNotFound(format!("process {pid} has exited"))
-                            } else {
-                                failed(e)
-                            })
-                        })?;
-                    let now = cgroup_of_pid(&self.proc_root, pid)
-                        .map_err(|e| StepFailure::touched(failed(e)))?;
-                    if now != *to {
-                        return Err(StepFailure::touched(Error::Failed(format!(
-                            "moved process {pid} into {to} but it is in {now}"
-                        ))));
-                    }
-                }
-                Ok(())
-            }
-            Step::External(e) => self.effects.perform(e).map_err(StepFailure::touched),
-        }
-    }
-
-    fn read_cpus(&self, path: &CgroupPath, file: &str) -> Result<CpuSet, Error> {
-        let text = self.fs.read(path, file).map_err(failed)?;
-        CpuSet::parse(&text)
-            .map_err(|e| Error::Failed(format!("{path}/{file} holds {:?}: {e}", text.trim_end())))
-    }
-
-    /// Writes and checks the read-back.
-    fn write_checked(&self, path: &CgroupPath, file: &str, value: &str) -> Result<(), StepFailure> {
-        let back = self
-            .fs
-            .write(path, file, value)
-            .map_err(|e| StepFailure::touched(write_error(path, file, value, &e)))?;
-        verify(path, file, value, &back).map_err(StepFailure::touched)
-    }
-
-    /// Undoes one step; safe whether or not it was performed.
-    fn undo(&self, step: &Step, others: &[Record]) -> Result<(), String> {
-        let shared = others
-            .iter()
-            .flat_map(|r| &r.steps)
-            .any(|s| s.step.shares_state_with(step));
-        let gone = |e: &CgroupError| e.is_not_found();
-        match step {
-            Step::Mkdir { path, existed } => {
-                if *existed || shared {
-                    return Ok(());
-                }
-                match self.fs.rmdir(path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if gone(&e) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            Step::Write {
-                path,
-                file,
-                original,
-                ..
-            } => {
-                let current = match self.fs.read(path, file) {
-                    Ok(c) => c,
-                    Err(e) if gone(&e) => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                };
-                if file == PARTITION_FILE {
-                    let word = first_word(original);
-                    let word = if word.is_empty() { "member" } else { word };
-                    if current.trim() == word {
-                        return Ok(());
-                    }
-                    self.restore(path, file, word, |back| first_word(back) == word)
-                } else if is_cpulist_file(file) {
-                    let want = CpuSet::parse(original).map_err(|e| {
-                        format!("the recorded original {original:?} of {path}/{file}: {e}")
-                    })?;
-                    if current == *original || CpuSet::parse(&current).ok().as_ref() == Some(&want)
-                    {
-                        return Ok(());
-                    }
-                    self.restore(path, file, original, |back| {
-                        CpuSet::parse(back).ok().as_ref() == Some(&want)
-                    })
-                } else {
-                    if current.trim_end() == original.trim_end() {
-                        return Ok(());
-                    }
-                    self.restore(path, file, original, |back| {
-                        back.trim_end() == original.trim_end()
-                    })
-                }
-            }
-            Step::SharedAdd {
-                path,
-                file,
-                original,
-                added,
-            } => {
-                let current_text = match self.fs.read(path, file) {
-                    Ok(c) => c,
-                    Err(e) if gone(&e) => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                };
-                let current = CpuSet::parse(&current_text)
-                    .map_err(|e| format!("{path}/{file} holds {current_text:?}: {e}"))?;
-                let orig = CpuSet::parse(original).map_err(|e| {
-                    format!("the recorded original {original:?} of {path}/{file}: {e}")
-                })?;
-                let wanted = current.difference(added).union(&orig.intersection(added));
-                if wanted == current {
-                    return Ok(());
-                }
-                // Byte for byte where possible: the original text if that is the result.
-                let text = if wanted == orig {
-                    original.clone()
-                } else {
-                    wanted.to_string()
-                };
-                self.restore(path, file, &text, |back| {
-                    CpuSet::parse(back).ok().as_ref() == Some(&wanted)
-                })
-            }
-            Step::SharedPartition { path, original } => {
-                if shared {
-                    return Ok(());
-                }
-                let current = match self.fs.read(path, PARTITION_FILE) {
-                    Ok(c) => c,
-                    Err(e) if gone(&e) => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                };
-                let word = first_word(original);
-                let word = if word.is_empty() { "member" } else { word };
-                if current.trim() == word {
-                    return Ok(());
-                }
-                self.restore(path, PARTITION_FILE, word, |back| first_word(back) == word)
-            }
-            Step::EnableController {
-                path,
-                controller,
-                was_present,
-            } => {
-                if *was_present || shared {
-                    return Ok(());
-                }
-                let current = match self.fs.read(path, SUBTREE_CONTROL_FILE) {
-                    Ok(c) => c,
-                    Err(e) if gone(&e) => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                };
-                if !has_word(&current, controller) {
-                    return Ok(());
-                }
-                match self
-                    .fs
-                    .write(path, SUBTREE_CONTROL_FILE, &format!("-{controller}"))
-                {
-                    Ok(back) if !has_word(&back, controller) => Ok(()),
-                    Ok(back) => Err(format!(
-                        "{} still reads {:?}",
-                        path.file_display(SUBTREE_CONTROL_FILE),
-                        back.trim_end()
-                    )),
-                    Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
-                        // Something below uses the controller now (systemd enabled it for a
-                        // unit); it is no longer ours to take away.
-                        tracing::info!(
-                            "leaving {controller} enabled in {}: a cgroup below uses it",
-                            path.file_display(SUBTREE_CONTROL_FILE)
-                        );
-                        Ok(())
-                    }
-                    Err(e) if gone(&e) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            Step::MoveProcs { to, from } => {
-                let mut errors = Vec::new();
-                for (&pid, orig) in from {
-                    if !pid_alive(&self.proc_root, pid) {
-                        continue;
-                    }
-                    // Only a process still in our cgroup is ours (the pid may have been reused).
-                    match cgroup_of_pid(&self.proc_root, pid) {
-                        Ok(now) if now == *to => {}
-                        _ => continue,
-                    }
-                    // The original cgroup may be gone: use its nearest existing ancestor.
-                    let mut dest = orig.clone();
-                    while !dest.is_root() && !self.fs.exists(&dest) {
-                        dest = dest.parent().unwrap_or_default();
-                    }
-                    match self.fs.write(&dest, "cgroup.procs", &pid.to_string()) {
-                        Ok(_) => {}
-                        Err(e) if gone(&e) => {}
-                        Err(e) => errors.push(e.to_string()),
-                    }
-                }
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(errors.join("; "))
-                }
-            }
-            Step::External(e) => self.effects.undo(e).map_err(|e| format!("{e:?}")),
-        }
-    }
-
-    fn restore(
-        &self,
-        path: &CgroupPath,
-        file: &str,
-        value: &str,
-        ok: impl Fn(&str) -> bool,
-    ) -> Result<(), String> {
-        match self.fs.write(path, file, value) {
-            Ok(back) if ok(&back) => Ok(()),
-            Ok(back) => Err(format!(
-                "wrote {:?} to {} but it reads back {:?}",
-                value.trim_end(),
-                path.file_display(file),
-                back.trim_end()
-            )),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-/// Maps a failed write to the contract error.
-fn write_error(path: &CgroupPath, file: &str, value: &str, e: &CgroupError) -> Error {
-    let einval = e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32);
-    let ebusy = e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32);
-    if file == PARTITION_FILE && einval {
-        let hint = if value == "isolated" {
-            "; this kernel may not support isolated partitions (Linux 6.1+): try --partition root"
-        } else {
-            ""
-        };
-        return Error::PartitionRejected(format!(
-            "the kernel refused to make {path} a {value} partition ({e}){hint}"
-        ));
-    }
-    if file == EXCLUSIVE_FILE && einval {
-        return Error::PartitionRejected(format!(
-            "the kernel refused CPUs {value} in {path}/{EXCLUSIVE_FILE} ({e}): another cgroup \
-             beside it may hold some of them exclusively, or its parent's \
-             cpuset.cpus.exclusive lacks them"
-        ));
-    }
-    if file == SUBTREE_CONTROL_FILE && ebusy {
-        return Error::Failed(format!(
-            "cannot enable the cpuset controller in {path} ({e}): it has processes of its own \
-             (cgroup v2's no-internal-processes rule)"
-        ));
-    }
-    Error::Failed(e.to_string())
-}
-
-/// The kernel's reason for an invalid partition with what it means and what to do, for the
-/// reasons whose words alone don't say it.
-pub fn explain_invalid(reason: &str) -> String {
-    let why = match reason {
-        // 6.15+: a local partition cannot take CPUs a remote partition below it holds
-        "Have remote partition underneath" => {
-            "a remote partition below this cgroup holds some of its CPUs (Linux 6.15+ refuses \
-             a local partition over them): release that partition first, or choose other CPUs"
-        }
-        // 6.19+: isolated partitions and nohz_full
-        "partition config conflicts with housekeeping setup" => {
-            "with nohz_full= (or isolcpus=) at boot, no CPU would be left that is neither \
-             nohz_full nor isolated: use --partition root, or isolate fewer CPUs"
-        }
-        "Cpu list in cpuset.cpus not exclusive" => {
-            "another cgroup beside it holds some of these CPUs exclusively"
-        }
-        _ => return reason.to_owned(),
-    };
-    format!("{reason}: {why}")
-}
-
-/// Compares a read-back with what was written.
-fn verify(path: &CgroupPath, file: &str, value: &str, back: &str) -> Result<(), Error> {
-    let mismatch = || {
-        Error::Failed(format!(
-            "wrote {value:?} to {} but it reads back {:?}",
-            path.file_display(file),
-            back.trim_end()
-        ))
-    };
-    if file == PARTITION_FILE {
-        return match parse_partition(back) {
-            PartitionState::Invalid { word, reason } if word == value => {
-                Err(Error::PartitionRejected(format!(
-                    "the kernel made {path} an invalid {value} partition: {}",
-                    if reason.is_empty() {
-                        "(this kernel gives no reason)".to_owned()
-                    } else {
-                        explain_invalid(&reason)
-                    }
-                )))
-            }
-            PartitionState::Valid(t) if t.as_str() == value => Ok(()),
-            PartitionState::Member if value == "member" => Ok(()),
-            _ => Err(mismatch()),
-        };
-    }
-    if file == SUBTREE_CONTROL_FILE {
-        let (sign, name) = value.split_at(1);
-        let present = has_word(back, name);
-        return if (sign == "+") == present {
-            Ok(())
-        } else {
-            Err(mismatch())
-        };
-    }
-    if is_cpulist_file(file) {
-        let want = CpuSet::parse(value).map_err(failed)?;
-        return match CpuSet::parse(back) {
-            Ok(got) if got == want => Ok(()),
-            _ => Err(mismatch()),
-        };
-    }
-    if back.trim_end() == value.trim_end() {
-        Ok(())
-    } else {
-        Err(mismatch())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroupfs::EmulatedKernel;
+    use crate::engine::model::SUBTREE_CONTROL_FILE;
+    use crate::engine::step::has_word;
+    use crate::host::cgroupfs::EmulatedKernel;
+    use crate::host::kernel::EXCLUSIVE_FILE;
     use crate::testutil::*;
+    use kvmisolate_dbus::CpuSet;
+    use kvmisolate_dbus::options::PartitionType;
 
     const REASON: &str = "Cpu list in cpuset.cpus not exclusive";
-
-    #[test]
-    fn explains_known_invalid_reasons() {
-        let e = explain_invalid("Have remote partition underneath");
-        assert!(
-            e.starts_with("Have remote partition underneath: a remote partition below")
-                && e.contains("release that partition"),
-            "{e}"
-        );
-        let e = explain_invalid("partition config conflicts with housekeeping setup");
-        assert!(
-            e.contains("nohz_full") && e.contains("--partition root"),
-            "{e}"
-        );
-        assert_eq!(explain_invalid("something new"), "something new");
-    }
-
-    #[test]
-    fn parses_partition_states() {
-        assert_eq!(parse_partition("member\n"), PartitionState::Member);
-        assert_eq!(
-            parse_partition("isolated\n"),
-            PartitionState::Valid(PartitionType::Isolated)
-        );
-        assert_eq!(
-            parse_partition("isolated invalid (Cpu list in cpuset.cpus not exclusive)\n"),
-            PartitionState::Invalid {
-                word: "isolated".into(),
-                reason: REASON.into()
-            }
-        );
-        assert_eq!(
-            parse_partition("root invalid\n"),
-            PartitionState::Invalid {
-                word: "root".into(),
-                reason: String::new()
-            }
-        );
-        assert!(matches!(parse_partition("bogus"), PartitionState::Other(_)));
-    }
 
     #[test]
     fn unit_remote_isolate_and_release_restore_byte_for_byte() {
@@ -1187,7 +615,7 @@ mod tests {
         let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
         let before = t.state();
         let mut req = t.scope_request("c", "2-3", &[100]);
-        req.pre_steps.push(crate::plan::ExternalStep {
+        req.pre_steps.push(crate::engine::model::ExternalStep {
             kind: "fail".into(),
             data: serde_json::Value::Null,
         });
@@ -1366,22 +794,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn shared_add_keeps_cpus_that_were_there_before() {
-        let t = FakeTree::with_cpuset(EmulatedKernel::LINUX_6_12);
-        t.fs()
-            .write(&cg("machine.slice"), EXCLUSIVE_FILE, "3")
-            .unwrap();
-        let before = t.state();
-        let a = t
-            .isolate(&t.unit_request_for("vm.scope", "a", "2-3"))
-            .unwrap();
-        assert_eq!(t.read("machine.slice", EXCLUSIVE_FILE), "2-3\n");
-        t.engine.release(&a).unwrap();
-        assert_eq!(t.read("machine.slice", EXCLUSIVE_FILE), "3\n");
-        t.assert_state(&before, "state");
-    }
-
     type MakeReq = fn(&FakeTree) -> Request;
 
     struct Scenario {
@@ -1542,7 +954,8 @@ mod tests {
                 assert!(t.engine.release_with(&rec, Some(k)).is_err());
                 let left = t.engine.journal.load(rec.name()).unwrap().unwrap();
                 assert_eq!(left.phase, Phase::Releasing);
-                assert_eq!(left.steps.len(), n - k);
+                // The undos are not saved one by one: every step is still recorded.
+                assert_eq!(left.steps.len(), n);
                 let report = t.engine.replay(|_| true);
                 assert_eq!(names(&report.adopted), names(&prior));
                 assert_eq!(report.released, [rec.name().to_string()]);
@@ -1625,7 +1038,7 @@ mod tests {
         let path = t.engine.journal.path_of(rec.name());
         let mut v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        v["version"] = serde_json::json!(crate::journal::RECORD_VERSION + 1);
+        v["version"] = serde_json::json!(crate::engine::journal::RECORD_VERSION + 1);
         v["something-new"] = serde_json::json!([1, 2]);
         std::fs::write(&path, v.to_string()).unwrap();
         let report = t.engine.replay(|_| true);
@@ -1697,34 +1110,44 @@ mod tests {
         assert!(t.engine.journal.load_all().unwrap().records.is_empty());
     }
 
+    /// A release saves the record once (its `releasing` phase) before the first undo, then
+    /// removes it: the undos are not saved one by one, as an undo is safe to repeat (a crash
+    /// half-way leaves every step recorded and the next start undoes them all again).
+    #[test]
+    fn a_release_saves_its_record_once() {
+        for (kernel, req) in [
+            (
+                EmulatedKernel::LINUX_6_12,
+                FakeTree::unit_request as fn(&FakeTree, &str, &str) -> Request,
+            ),
+            (
+                EmulatedKernel::LINUX_6_1,
+                |t: &FakeTree, n: &str, c: &str| t.pids_request(n, c, &[100]),
+            ),
+        ] {
+            let t = FakeTree::new(kernel);
+            let before = t.state();
+            let rec = t.isolate(&req(&t, "vm", "2-3")).unwrap();
+            let saves = t.engine.journal.saves();
+            t.engine.release(&rec).unwrap();
+            let n = t.engine.journal.saves() - saves;
+            eprintln!(
+                "{kernel:?}: {} steps, {n} journal saves per release",
+                rec.steps.len()
+            );
+            assert_eq!(n, 1, "{kernel:?}");
+            t.assert_state(&before, &format!("{kernel:?}"));
+        }
+    }
+
     #[test]
     fn name_with_a_record_is_refused_by_apply() {
         let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
         let req = t.unit_request("vm", "2");
         let plan = t.plan(&req).unwrap();
-        t.engine.apply(&req, &plan, None).unwrap();
-        let err = t.engine.apply(&req, &plan, None).unwrap_err();
+        t.engine.apply(&req, &plan, &TestHooks::none()).unwrap();
+        let err = t.engine.apply(&req, &plan, &TestHooks::none()).unwrap_err();
         assert!(matches!(err, Error::NameExists(_)), "{err:?}");
-    }
-
-    #[test]
-    fn moved_processes_that_left_are_not_moved_back() {
-        let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
-        let rec = t.isolate(&t.pids_request("x", "4", &[100, 101])).unwrap();
-        // 100 moved elsewhere by someone else, 101 exited.
-        t.fs()
-            .write(&cg("system.slice/dbus.service"), "cgroup.procs", "100")
-            .unwrap();
-        t.fs()
-            .write(&CgroupPath::root(), "cgroup.procs", "101")
-            .unwrap();
-        std::fs::remove_dir_all(t.proc_root.join("101")).unwrap();
-        t.engine.release(&rec).unwrap();
-        assert_eq!(
-            cgroup_of_pid(&t.proc_root, 100).unwrap(),
-            cg("system.slice/dbus.service")
-        );
-        assert!(!t.fs().exists(&cg("kvmisolate")));
     }
 
     mod sequences {

@@ -2,7 +2,7 @@
 //! synchronous and testable; the daemon implements it over systemd.
 
 use crate::engine::Error;
-use crate::plan::ExternalStep;
+use crate::engine::model::ExternalStep;
 
 /// Effects outside cgroupfs (systemd), journalled as [`Step::External`].
 ///

@@ -24,8 +24,9 @@ use kvmisolate_dbus::options::PartitionType;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroupfs::CgroupPath;
-use crate::plan::{ActiveIsolation, PartitionMode, Plan, Request, Step};
+use crate::engine::model::{PartitionMode, Request, Step};
+use crate::engine::plan::{ActiveIsolation, Plan};
+use crate::host::cgroupfs::CgroupPath;
 
 /// The record format version.
 pub const RECORD_VERSION: u32 = 1;
@@ -156,6 +157,8 @@ pub struct Journal {
     mirror: std::sync::Arc<std::sync::Mutex<Option<Mirror>>>,
     /// Record files read so far (a figure for the benchmark and the tests).
     reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Record saves attempted so far (a figure for the benchmark and the tests).
+    saves: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Tests: make saves or markers fail as a full or broken file system would.
     #[cfg(test)]
     pub(crate) faults: std::sync::Arc<Faults>,
@@ -194,6 +197,7 @@ impl Journal {
             fsync: true,
             mirror: Default::default(),
             reads: Default::default(),
+            saves: Default::default(),
             #[cfg(test)]
             faults: Default::default(),
         })
@@ -283,9 +287,16 @@ impl Journal {
         Ok(())
     }
 
+    /// Record saves attempted so far ([`Journal::save`]).
+    pub fn saves(&self) -> usize {
+        self.saves.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Writes `record` atomically: temp file, fsync, rename, fsync of the directory.
     pub fn save(&self, record: &Record) -> Result<(), JournalError> {
         let name = record.name();
+        self.saves
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         #[cfg(test)]
         if self.faults.saves.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(io_err("write", &self.path_of(name))(
@@ -521,7 +532,8 @@ enum ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{ExternalStep, Plan, Target};
+    use crate::engine::model::{ExternalStep, Target};
+    use crate::engine::plan::Plan;
     use crate::testutil::{cg, cpus, name};
     use kvmisolate_dbus::options::ReleaseWhen;
 

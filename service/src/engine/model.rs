@@ -8,8 +8,8 @@ use kvmisolate_dbus::options::{PartitionType, ReleaseWhen};
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroupfs::CgroupPath;
-use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
+use crate::host::cgroupfs::CgroupPath;
+use crate::host::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
 
 /// `cpuset.cpus`.
 pub const CPUS_FILE: &str = "cpuset.cpus";
@@ -101,7 +101,7 @@ impl Target {
         }
     }
 
-    /// Every cgroup whose files [`crate::apply::Engine::snapshot`] reads: the root down to the
+    /// Every cgroup whose files [`crate::engine::apply::Engine::snapshot`] reads: the root down to the
     /// target, then the leaves below it and the cgroups between.
     pub fn snapshot_cgroups(&self) -> Vec<CgroupPath> {
         let cg = self.cgroup();
@@ -153,7 +153,7 @@ impl Target {
 
 /// A step whose effect lives outside cgroupfs (systemd: StartTransientUnit,
 /// SetUnitProperties, AttachProcessesToUnit...). `kind` and `data` belong to whoever performs
-/// it ([`crate::apply::ExternalEffects`]); the engine journals them like any other step.
+/// it ([`crate::engine::effects::ExternalEffects`]); the engine journals them like any other step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalStep {
     /// What to do (`start-transient-scope`, ...).
@@ -171,7 +171,7 @@ pub enum Step {
     Mkdir {
         /// The cgroup.
         path: CgroupPath,
-        /// Whether it existed before (filled in at apply time).
+        /// Whether it existed before (read by the engine's prepare; `false` in a plan).
         existed: bool,
     },
     /// Write `value` to `file`. Undo: write `original` back.
@@ -180,7 +180,7 @@ pub enum Step {
         path: CgroupPath,
         /// The attribute file.
         file: String,
-        /// Its content before (as read at apply time).
+        /// Its content before (read by the engine's prepare; empty in a plan).
         original: String,
         /// What to write.
         value: String,
@@ -192,7 +192,7 @@ pub enum Step {
         path: CgroupPath,
         /// The cpulist file (`cpuset.cpus.exclusive`, or `cpuset.cpus` for local partitions).
         file: String,
-        /// Its content before (as read at apply time).
+        /// Its content before (read by the engine's prepare; empty in a plan).
         original: String,
         /// The CPUs added.
         added: CpuSet,
@@ -202,7 +202,7 @@ pub enum Step {
     SharedPartition {
         /// The cgroup.
         path: CgroupPath,
-        /// `cpuset.cpus.partition` before.
+        /// `cpuset.cpus.partition` before (read by the engine's prepare; empty in a plan).
         original: String,
     },
     /// Enable a controller in `cgroup.subtree_control`. Undo: disable it if it was absent
@@ -212,7 +212,7 @@ pub enum Step {
         path: CgroupPath,
         /// The controller (`cpuset`).
         controller: String,
-        /// Whether it was enabled before (filled in at apply time).
+        /// Whether it was enabled before (read by the engine's prepare; `false` in a plan).
         was_present: bool,
     },
     /// Move processes into `to` (engine-created cgroups). Undo: move each process still in
@@ -235,7 +235,7 @@ mod pid_map {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::cgroupfs::CgroupPath;
+    use crate::host::cgroupfs::CgroupPath;
 
     pub(super) fn serialize<S: Serializer>(
         map: &BTreeMap<u32, CgroupPath>,
@@ -369,7 +369,7 @@ impl Snapshot {
         "cpuset.cpus.effective",
         EXCLUSIVE_FILE,
         PARTITION_FILE,
-        crate::kernel::ISOLATED_FILE,
+        crate::host::kernel::ISOLATED_FILE,
     ];
 
     /// Whether the cgroup exists.

@@ -1,6 +1,6 @@
 //! Planning: a request plus a snapshot of the host becomes a list of [`Step`]s, or a contract
 //! [`Error`] whose sentence names the problem and the fix. Pure: no I/O happens here; the
-//! caller reads the host (see [`crate::apply::Engine::snapshot`]) and passes it in.
+//! caller reads the host (see [`crate::engine::apply::Engine::snapshot`]) and passes it in.
 //!
 //! # Remote partitions (`cpuset.cpus.exclusive` exists, 6.7+)
 //! For each ancestor from the root down to the target's parent: `+cpuset` in its
@@ -20,6 +20,16 @@
 //! planned where the snapshot shows them needed *or* where another active isolation lies below
 //! the same cgroup; at apply time their original state is inherited from the other isolation's
 //! journal record, and on release only the last isolation that shares them restores it.
+//!
+//! # Originals are not planned
+//! The state a step changes (`original`, `existed`, `was_present`) has one owner: the
+//! engine's prepare ([`crate::engine::apply`], per kind in `engine/step/`), which reads it right
+//! before the step is journalled. The plan leaves those fields empty (`""`, `false`): the
+//! snapshot is read before authorization and planning, and by the time a step runs the host
+//! may differ (a pre-step has created the scope's slice, another isolation has grown a shared
+//! ancestor), while a shared step's original comes from another isolation's journal record,
+//! which a pure plan does not see. The plan uses the snapshot only to decide which steps are
+//! needed.
 
 use std::collections::BTreeMap;
 
@@ -27,16 +37,14 @@ use crate::engine::Error;
 use kvmisolate_dbus::options::PartitionType;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 
-use crate::cgroupfs::CgroupPath;
 use crate::host::HostCpus;
-use crate::kernel::{EXCLUSIVE_FILE, KernelSupport, PARTITION_FILE};
+use crate::host::cgroupfs::CgroupPath;
+use crate::host::kernel::{EXCLUSIVE_FILE, KernelSupport, PARTITION_FILE};
 
 use crate::engine::model::first_word;
 
-// The model's items, at the paths they had when they lived here.
-pub use crate::engine::model::{
-    CPUS_FILE, ExternalStep, LeafPartition, OWN_SUBTREE, PartitionMode, Request,
-    SUBTREE_CONTROL_FILE, Snapshot, Step, Target,
+use crate::engine::model::{
+    CPUS_FILE, LeafPartition, PartitionMode, Request, SUBTREE_CONTROL_FILE, Snapshot, Step, Target,
 };
 
 /// Configuration that limits what may be isolated.
@@ -323,9 +331,6 @@ pub fn plan(
             .flat_map(|a| &a.cgroups)
             .any(|c| p.is_ancestor_of(c))
     };
-    let original = |p: &CgroupPath, file: &str, default: &str| {
-        snapshot.file(p, file).unwrap_or(default).to_owned()
-    };
     // Local partitions: an ancestor that already is a partition root hands all its CPUs to the
     // partitions below it, so a new cgroup made under it by a pre-step (a systemd scope) would
     // have no CPU and the move of its processes fails. Widen such ancestors first.
@@ -340,7 +345,7 @@ pub fn plan(
                 steps.push(Step::SharedAdd {
                     path: anc.clone(),
                     file: CPUS_FILE.to_owned(),
-                    original: original(&anc, CPUS_FILE, "\n"),
+                    original: String::new(),
                     added: cpus.clone(),
                 });
                 widened.push(anc);
@@ -353,14 +358,14 @@ pub fn plan(
             if create && (!snapshot.exists(&anc) || shared(&anc)) {
                 steps.push(Step::Mkdir {
                     path: anc.clone(),
-                    existed: snapshot.exists(&anc),
+                    existed: false,
                 });
             }
             match mode {
                 PartitionMode::Remote => steps.push(Step::SharedAdd {
                     path: anc.clone(),
                     file: EXCLUSIVE_FILE.to_owned(),
-                    original: original(&anc, EXCLUSIVE_FILE, "\n"),
+                    original: String::new(),
                     added: cpus.clone(),
                 }),
                 PartitionMode::Local => {
@@ -368,15 +373,17 @@ pub fn plan(
                         steps.push(Step::SharedAdd {
                             path: anc.clone(),
                             file: CPUS_FILE.to_owned(),
-                            original: original(&anc, CPUS_FILE, "\n"),
+                            original: String::new(),
                             added: cpus.clone(),
                         });
                     }
-                    let state = original(&anc, PARTITION_FILE, "member\n");
-                    if state.trim() != "root" || shared(&anc) {
+                    let is_root = snapshot
+                        .file(&anc, PARTITION_FILE)
+                        .is_some_and(|t| t.trim() == "root");
+                    if !is_root || shared(&anc) {
                         steps.push(Step::SharedPartition {
                             path: anc.clone(),
-                            original: state,
+                            original: String::new(),
                         });
                     }
                 }
@@ -389,14 +396,14 @@ pub fn plan(
             steps.push(Step::EnableController {
                 path: anc.clone(),
                 controller: "cpuset".to_owned(),
-                was_present: enabled,
+                was_present: false,
             });
         }
     }
     if create {
         steps.push(Step::Mkdir {
             path: target_cg.clone(),
-            existed: snapshot.exists(target_cg),
+            existed: false,
         });
     }
     match mode {
@@ -406,13 +413,13 @@ pub fn plan(
         PartitionMode::Remote => steps.push(Step::Write {
             path: target_cg.clone(),
             file: EXCLUSIVE_FILE.to_owned(),
-            original: original(target_cg, EXCLUSIVE_FILE, "\n"),
+            original: String::new(),
             value: cpus.to_string(),
         }),
         PartitionMode::Local => steps.push(Step::Write {
             path: target_cg.clone(),
             file: CPUS_FILE.to_owned(),
-            original: original(target_cg, CPUS_FILE, "\n"),
+            original: String::new(),
             value: cpus.to_string(),
         }),
     }
@@ -425,7 +432,7 @@ pub fn plan(
     steps.push(Step::Write {
         path: target_cg.clone(),
         file: PARTITION_FILE.to_owned(),
-        original: original(target_cg, PARTITION_FILE, "member\n"),
+        original: String::new(),
         value: partition.as_str().to_owned(),
     });
     Ok(Plan {
@@ -500,9 +507,6 @@ fn plan_leaves(
             .flat_map(|a| &a.cgroups)
             .any(|c| p.is_ancestor_of(c))
     };
-    let original = |p: &CgroupPath, file: &str, default: &str| {
-        snapshot.file(p, file).unwrap_or(default).to_owned()
-    };
     let mut ancestors: Vec<CgroupPath> = Vec::new();
     for leaf in leaves {
         for anc in leaf.cgroup.ancestors() {
@@ -521,7 +525,7 @@ fn plan_leaves(
             steps.push(Step::SharedAdd {
                 path: anc.clone(),
                 file: EXCLUSIVE_FILE.to_owned(),
-                original: original(anc, EXCLUSIVE_FILE, "\n"),
+                original: String::new(),
                 added,
             });
         }
@@ -532,7 +536,7 @@ fn plan_leaves(
             steps.push(Step::EnableController {
                 path: anc.clone(),
                 controller: "cpuset".to_owned(),
-                was_present: enabled,
+                was_present: false,
             });
         }
     }
@@ -540,13 +544,13 @@ fn plan_leaves(
         steps.push(Step::Write {
             path: leaf.cgroup.clone(),
             file: EXCLUSIVE_FILE.to_owned(),
-            original: original(&leaf.cgroup, EXCLUSIVE_FILE, "\n"),
+            original: String::new(),
             value: leaf.cpus.to_string(),
         });
         steps.push(Step::Write {
             path: leaf.cgroup.clone(),
             file: PARTITION_FILE.to_owned(),
-            original: original(&leaf.cgroup, PARTITION_FILE, "member\n"),
+            original: String::new(),
             value: partition.as_str().to_owned(),
         });
     }
@@ -561,7 +565,8 @@ fn plan_leaves(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroupfs::EmulatedKernel;
+    use crate::engine::model::ExternalStep;
+    use crate::host::cgroupfs::EmulatedKernel;
     use crate::testutil::*;
     use proptest::prelude::*;
 
@@ -708,7 +713,7 @@ mod tests {
     fn second_isolation_shares_ancestors() {
         for kernel in [EmulatedKernel::LINUX_6_12, EmulatedKernel::LINUX_6_1] {
             let t = FakeTree::new(kernel);
-            t.isolate(&t.pids_request("a", "2", &[100])).unwrap();
+            let a = t.isolate(&t.pids_request("a", "2", &[100])).unwrap();
             let p = t.plan(&t.pids_request("b", "3", &[101])).unwrap();
             let o = ops(&p);
             // Shared state is planned again so that its original is inherited and only the
@@ -722,7 +727,55 @@ mod tests {
                 assert_eq!(o[3], "partition /kvmisolate");
                 assert_eq!(o[4], "enable /kvmisolate");
             }
-            assert!(matches!(p.steps[1], Step::Mkdir { existed: true, .. }));
+            // The plan leaves the original to prepare, which inherits it from a's record:
+            // /kvmisolate did not exist before a, though it does now, so the last of the two
+            // to be released removes it.
+            assert!(matches!(p.steps[1], Step::Mkdir { existed: false, .. }));
+            let b = t.isolate(&t.pids_request("b", "3", &[101])).unwrap();
+            let existed = |r: &crate::engine::journal::Record| {
+                r.steps.iter().find_map(|s| match &s.step {
+                    Step::Mkdir { path, existed } if *path == cg("kvmisolate") => Some(*existed),
+                    _ => None,
+                })
+            };
+            assert_eq!(existed(&a), Some(false));
+            assert_eq!(existed(&b), Some(false));
+        }
+    }
+
+    /// The originals have one owner, the engine's prepare: a plan carries none, and the
+    /// record of the applied plan carries what the host held.
+    #[test]
+    fn originals_are_read_by_prepare_not_planned() {
+        for kernel in [EmulatedKernel::LINUX_6_12, EmulatedKernel::LINUX_6_1] {
+            let t = FakeTree::new(kernel);
+            let req = t.pids_request("x", "4", &[100]);
+            let p = t.plan(&req).unwrap();
+            for step in &p.steps {
+                match step {
+                    Step::Write { original, .. }
+                    | Step::SharedAdd { original, .. }
+                    | Step::SharedPartition { original, .. } => {
+                        assert_eq!(original, "", "{step:?}")
+                    }
+                    Step::Mkdir { existed, .. } => assert!(!existed, "{step:?}"),
+                    Step::EnableController { was_present, .. } => assert!(!was_present, "{step:?}"),
+                    Step::MoveProcs { .. } | Step::External(_) => {}
+                }
+            }
+            let before = t.state();
+            let rec = t.isolate(&req).unwrap();
+            let partition = rec
+                .steps
+                .iter()
+                .find_map(|s| match &s.step {
+                    Step::Write { file, original, .. } if file == PARTITION_FILE => Some(original),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(partition, "member\n");
+            t.engine.release(&rec).unwrap();
+            t.assert_state(&before, "restored from the originals prepare read");
         }
     }
 

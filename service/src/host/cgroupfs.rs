@@ -520,7 +520,7 @@ pub fn pid_alive(proc_root: &Path, pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroupfs::EmulatedKernel;
+    use crate::host::cgroupfs::EmulatedKernel;
 
     #[test]
     fn paths_are_validated() {

@@ -18,7 +18,7 @@ use std::path::Path;
 use crate::engine::Error;
 use kvmisolate_dbus::options::PartitionType;
 
-use crate::cgroupfs::{CgroupFs, CgroupPath};
+use crate::host::cgroupfs::{CgroupFs, CgroupPath};
 
 /// Per-cgroup partition file.
 pub const PARTITION_FILE: &str = "cpuset.cpus.partition";
@@ -203,7 +203,7 @@ pub fn release_version(release: &str) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroupfs::EmulatedKernel;
+    use crate::host::cgroupfs::EmulatedKernel;
     use crate::testutil::FakeTree;
 
     #[test]

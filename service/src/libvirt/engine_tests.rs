@@ -4,11 +4,11 @@
 use crate::engine::Error;
 use kvmisolate_dbus::options::PartitionType;
 
-use crate::apply::PartitionState;
-use crate::cgroupfs::EmulatedKernel;
-use crate::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
+use crate::engine::model::Step;
+use crate::engine::partition::PartitionState;
+use crate::host::cgroupfs::EmulatedKernel;
+use crate::host::kernel::{EXCLUSIVE_FILE, PARTITION_FILE};
 use crate::libvirt::{Layout, LeafKind, find_scope};
-use crate::plan::Step;
 use crate::testutil::*;
 
 /// The guide's recipe scaled to six CPUs: vCPUs on 3-4, emulator on 2, iothread on 0-1.
@@ -75,7 +75,10 @@ fn isolates_the_leaves_in_place_and_restores_byte_for_byte() {
     // Never a cpuset.cpus write: libvirt's pins stay as they are.
     assert!(plan.steps.iter().all(|s| !matches!(s,
         Step::Write { file, .. } | Step::SharedAdd { file, .. } if file == "cpuset.cpus")));
-    let rec = t.engine.apply(&req, &plan, None).unwrap();
+    let rec = t
+        .engine
+        .apply(&req, &plan, &crate::test_hooks::TestHooks::none())
+        .unwrap();
     for (l, c) in [("vcpu0", "3"), ("vcpu1", "4"), ("emulator", "2")] {
         let p = format!("{SCOPE}/libvirt/{l}");
         assert_eq!(t.read(&p, PARTITION_FILE), "isolated\n", "{l}");
@@ -232,13 +235,23 @@ fn leaves_being_torn_down_count_as_gone() {
 fn a_reservation_writes_nothing_in_cgroupfs() {
     let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
     let before = t.state();
-    let req = t.request("hugepages-w", "", crate::plan::Target::reservation("win10"));
+    let req = t.request(
+        "hugepages-w",
+        "",
+        crate::engine::model::Target::reservation("win10"),
+    );
     let plan = t.plan(&req).unwrap();
     assert!(plan.steps.is_empty() && plan.partitions.is_empty());
     assert_eq!(req.target.describe(), "reservation:win10");
-    let rec = t.engine.apply(&req, &plan, None).unwrap();
+    let rec = t
+        .engine
+        .apply(&req, &plan, &crate::test_hooks::TestHooks::none())
+        .unwrap();
     t.assert_state(&before, "nothing written");
-    let e = t.engine.apply(&req, &plan, None).unwrap_err();
+    let e = t
+        .engine
+        .apply(&req, &plan, &crate::test_hooks::TestHooks::none())
+        .unwrap_err();
     assert!(matches!(e, Error::NameExists(_)), "{e:?}");
     t.engine.release(&rec).unwrap();
     assert!(!t.engine.journal.contains(rec.name()));
@@ -248,8 +261,8 @@ fn a_reservation_writes_nothing_in_cgroupfs() {
 /// restart: the interrupted one is restored, the other adopted untouched.
 #[test]
 fn a_crash_at_every_step_restores_the_domain_and_keeps_the_other() {
-    use crate::apply::Point;
-    use crate::journal::Phase;
+    use crate::engine::apply::Point;
+    use crate::engine::journal::Phase;
     let setup = || {
         let t = FakeTree::new(EmulatedKernel::LINUX_6_12);
         t.libvirt_domain(1, "a", &[("vcpu0", "5"), ("emulator", "0-1")], 300);

@@ -4,7 +4,7 @@
 use crate::engine::Error;
 use kvmisolate_dbus::CpuSet;
 
-use crate::cgroupfs::{CgroupFs, CgroupPath};
+use crate::host::cgroupfs::{CgroupFs, CgroupPath};
 
 /// The directory below the scope that holds libvirt's leaves.
 pub const LIBVIRT_DIR: &str = "libvirt";
@@ -59,7 +59,7 @@ impl Layout {
                 continue;
             };
             let text = fs
-                .read_opt(&cgroup, crate::plan::CPUS_FILE)
+                .read_opt(&cgroup, crate::engine::model::CPUS_FILE)
                 .map_err(|e| Error::Failed(e.to_string()))?
                 .ok_or_else(|| {
                     Error::UnsupportedHost(format!(

@@ -11,7 +11,7 @@
 
 use crate::engine::Error;
 
-use crate::cgroupfs::{CgroupFs, CgroupPath};
+use crate::host::cgroupfs::{CgroupFs, CgroupPath};
 
 pub use kvmisolate_dbus::libvirt::machine::{
     MACHINE_DIR, MACHINE_SLICE, machine_name, parse_scope_name, unescape_unit,

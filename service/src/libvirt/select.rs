@@ -19,8 +19,8 @@ use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::libvirt::{Placement, partitioned_cpus, place};
 
 use super::layout::{Layout, LeafKind};
-use crate::cgroupfs::CgroupPath;
-use crate::plan::cpus_phrase;
+use crate::engine::plan::cpus_phrase;
+use crate::host::cgroupfs::CgroupPath;
 
 /// The leaves to partition and what the user should know.
 #[derive(Debug, Clone, PartialEq, Eq)]

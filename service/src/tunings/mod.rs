@@ -24,6 +24,8 @@ use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::tunings::{HugepageSpec, Tuning, TuningState};
 use serde::{Deserialize, Serialize};
 
+use crate::test_hooks::TestHooks;
+
 use crate::host::HostCpus;
 use files::{Codec, FileError};
 use wants::{Ctx, Irqbalance, Outcome, Want};
@@ -296,9 +298,7 @@ pub struct HostTunings {
     state_path: PathBuf,
     services: Box<dyn Services>,
     fsync: bool,
-    crash_after_write: Option<usize>,
-    /// Tests: return an error where the crash would happen instead of killing the process.
-    simulate_crash: bool,
+    hooks: TestHooks,
     writes: std::sync::atomic::AtomicUsize,
     /// `tunings.json` as last read or written: the file is read once, then kept current by
     /// every save, so a report (`Status()`, `Tunings`) reads no journal and never waits for a
@@ -324,27 +324,21 @@ impl HostTunings {
             state_path: run_dir.join("tunings.json"),
             services,
             fsync: true,
-            crash_after_write: None,
-            simulate_crash: false,
+            hooks: TestHooks::none(),
             writes: std::sync::atomic::AtomicUsize::new(0),
             mirror: std::sync::Mutex::new(None),
         }
     }
 
-    /// Test hook: SIGKILL the process right after the N-th file write (counting from 1).
-    pub fn set_crash_after_write(&mut self, n: Option<usize>) {
-        self.crash_after_write = n;
+    /// The test hooks (`KVMISOLATED_CRASH_AFTER_TUNING`: SIGKILL right after the N-th file
+    /// write, counting from 1).
+    pub fn set_test_hooks(&mut self, hooks: TestHooks) {
+        self.hooks = hooks;
     }
 
     #[cfg(test)]
     pub(crate) fn set_fsync(&mut self, on: bool) {
         self.fsync = on;
-    }
-
-    #[cfg(test)]
-    pub(crate) fn simulate_crash_after_write(&mut self, n: usize) {
-        self.crash_after_write = Some(n);
-        self.simulate_crash = true;
     }
 
     /// The configured values.
@@ -480,14 +474,7 @@ impl HostTunings {
             .writes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
-        if self.crash_after_write == Some(n) {
-            if self.simulate_crash {
-                return Err(failed(format!("simulated crash after write {n}")));
-            }
-            tracing::warn!(write = n, "KVMISOLATED_CRASH_AFTER_TUNING: killing myself");
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-        }
-        Ok(())
+        self.hooks.tuning_written(n).map_err(failed)
     }
 
     /// Makes the host match `holders` (every active isolation, in any order): writes what

@@ -354,7 +354,9 @@ fn journal_is_written_before_each_file() {
         let before = f.snapshot();
         let h = holder("vm", "2-5", Profile::Realtime);
         let mut e = f.plain();
-        e.simulate_crash_after_write(i + 1);
+        e.set_test_hooks(crate::test_hooks::TestHooks::simulated_crash_after_tuning(
+            i + 1,
+        ));
         let err = e.reconcile(std::slice::from_ref(&h)).unwrap_err();
         assert!(err.to_string().contains("simulated crash"), "{err}");
         assert_ne!(f.snapshot(), before, "write {} changed nothing", i + 1);

@@ -249,7 +249,7 @@ fn mask_file(
 fn kernel_excludes_isolated_from_timer_migration(ctx: &Ctx<'_>) -> bool {
     fs::read_to_string(ctx.paths.proc.join("sys/kernel/osrelease"))
         .ok()
-        .and_then(|r| crate::kernel::release_version(&r))
+        .and_then(|r| crate::host::kernel::release_version(&r))
         .is_some_and(|v| v >= (6, 19))
 }
 
@@ -638,7 +638,7 @@ fn hugepages(holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             .unwrap_or(base);
-        if let Some(mem) = crate::meminfo::MemInfo::read(&ctx.paths.proc) {
+        if let Some(mem) = crate::host::meminfo::MemInfo::read(&ctx.paths.proc) {
             let grow_kib = target
                 .saturating_sub(current)
                 .saturating_mul(page_kib(&path));

@@ -1,5 +1,6 @@
-//! What the hook needs from a libvirt domain XML: name, pins, scheduling, memory, hugepage
-//! backing and kvmisolate's metadata element (found by namespace, whatever its prefix).
+//! What kvmisolate needs from a libvirt domain XML (the hook, `check --vm`, `plan --vm`): name,
+//! pins, scheduling, memory, hugepage backing and kvmisolate's metadata element (found by
+//! namespace, whatever its prefix).
 
 use std::collections::BTreeMap;
 
