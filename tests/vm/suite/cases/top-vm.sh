@@ -91,7 +91,7 @@ run() {
     [ -z "$(ours)" ] || fail "instance left after check: $(ours)"
 
     # Isolated by the hook: the same domain opted in, started again.
-    destroy kvmi-top
+    lv_forget kvmi-top
     wait_for "! scope_of kvmi-top >/dev/null" 30 0.5 || fail "kvmi-top's scope stayed"
     EMU=2 define kvmi-top 1 3 4
     start_ok kvmi-top
