@@ -720,7 +720,7 @@ impl Orchestrator {
                 state = IsolationState::Degraded;
                 reasons.push(format!(
                     "{} offline or taken away: the partition holds only {}",
-                    plan::cpus_phrase(&lost),
+                    lost.phrase(),
                     if effective.is_empty() {
                         "no CPU".to_owned()
                     } else {

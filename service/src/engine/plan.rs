@@ -89,15 +89,6 @@ pub struct Plan {
     pub partitions: Vec<CgroupPath>,
 }
 
-/// "CPU 7" / "CPUs 7-9".
-pub fn cpus_phrase(set: &CpuSet) -> String {
-    if set.len() == 1 {
-        format!("CPU {set}")
-    } else {
-        format!("CPUs {set}")
-    }
-}
-
 /// Plans `req`. See the module documentation for the steps; refusals are contract errors.
 pub fn plan(
     req: &Request,
@@ -130,7 +121,7 @@ pub fn plan(
         let verb = if missing.len() == 1 { "does" } else { "do" };
         return Err(Error::CpuNotAvailable(format!(
             "{} {verb} not exist; this host has CPUs {}",
-            cpus_phrase(&missing),
+            missing.phrase(),
             host.present
         )));
     }
@@ -140,7 +131,7 @@ pub fn plan(
         return Err(Error::CpuNotAvailable(format!(
             "{} {verb} offline; bring it online with 'echo 1 > \
              /sys/devices/system/cpu/cpu{first}/online' or choose online CPUs ({})",
-            cpus_phrase(&offline),
+            offline.phrase(),
             host.online
         )));
     }
@@ -158,7 +149,7 @@ pub fn plan(
             return Err(Error::CpusBusy(format!(
                 "{} {verb} already held by isolation '{}'; release it (kvmisolate release {}) \
                  or choose other CPUs",
-                cpus_phrase(&busy),
+                busy.phrase(),
                 a.name,
                 a.name
             )));
@@ -175,7 +166,7 @@ pub fn plan(
                 "{} {} not in the root cgroup's cpuset.cpus.effective ({effective}): a cpuset \
                  partition kvmisolate does not manage holds them; remove that partition or \
                  choose other CPUs",
-                cpus_phrase(&foreign),
+                foreign.phrase(),
                 if foreign.len() == 1 { "is" } else { "are" },
             )));
         }
@@ -184,7 +175,7 @@ pub fn plan(
     if housekeeping.is_empty() {
         return Err(Error::HousekeepingTooSmall(format!(
             "isolating {} would leave no online CPU for the host (online: {}{}); isolate fewer CPUs",
-            cpus_phrase(cpus),
+            cpus.phrase(),
             host.online,
             if held.is_empty() {
                 String::new()
@@ -197,7 +188,7 @@ pub fn plan(
         return Err(Error::HousekeepingTooSmall(format!(
             "isolating {} would leave {} housekeeping CPU{} ({housekeeping}), fewer than the \
              minimum of {}; isolate fewer CPUs or lower kvmisolated's --min-housekeeping",
-            cpus_phrase(cpus),
+            cpus.phrase(),
             housekeeping.len(),
             if housekeeping.len() == 1 { "" } else { "s" },
             config.min_housekeeping
@@ -236,7 +227,7 @@ pub fn plan(
                  (\"partition config conflicts with housekeeping setup\", Linux 6.19+) because \
                  the tick and timers need such a CPU; use --partition root, or isolate fewer \
                  CPUs, or boot with a smaller nohz_full=",
-                cpus_phrase(cpus),
+                cpus.phrase(),
                 host.nohz_full
             )));
         }

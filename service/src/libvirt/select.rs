@@ -19,7 +19,6 @@ use kvmisolate_dbus::CpuSet;
 use kvmisolate_dbus::libvirt::{Placement, partitioned_cpus, place};
 
 use super::layout::{Layout, LeafKind};
-use crate::engine::plan::cpus_phrase;
 use crate::host::cgroupfs::CgroupPath;
 
 /// The leaves to partition and what the user should know.
@@ -69,7 +68,7 @@ pub fn select(
                     warnings.push(format!(
                         "{kind}: pinned to {}, not to one CPU; the scheduler does not balance load \
                          inside an isolated partition, so pin each vCPU to a single CPU",
-                        cpus_phrase(pins)
+                        pins.phrase()
                     ));
                 }
             }
@@ -80,31 +79,31 @@ pub fn select(
                 return Err(bad(format!(
                     "{kind} of domain {domain:?} is pinned to {}, partly inside the CPUs asked for \
                      ({requested}); a partition needs all of its pins or none",
-                    cpus_phrase(pins)
+                    pins.phrase()
                 )));
             }
             (Placement::Straddles, _) => {
                 return Err(bad(format!(
                     "the emulator of domain {domain:?} is pinned to {}, partly inside the CPUs asked \
                      for ({requested}); pin it inside or outside them",
-                    cpus_phrase(pins)
+                    pins.phrase()
                 )));
             }
             (Placement::Outside, _) => warnings.push(format!(
                 "{kind}: pinned to {}, outside the isolated CPUs, so it is not isolated",
-                cpus_phrase(pins)
+                pins.phrase()
             )),
             (Placement::SharesVcpu { with, cpus }, _) => {
                 return Err(bad(format!(
                     "{with} and {kind} of domain {domain:?} are both pinned to {}; each vCPU needs CPUs of \
                      its own to be isolated (one <vcpupin> per vCPU, each on a different CPU)",
-                    cpus_phrase(cpus)
+                    cpus.phrase()
                 )));
             }
             (Placement::EmulatorOnVcpu(shared), _) => warnings.push(format!(
                 "emulator: shares {} with a vCPU; it is left out of the isolation and the \
                  kernel runs it on the host's CPUs (give it a CPU of its own with <emulatorpin>)",
-                cpus_phrase(shared)
+                shared.phrase()
             )),
             _ => {}
         }
@@ -129,7 +128,7 @@ pub fn select(
         return Err(Error::InvalidCpuList(format!(
             "{} asked for but no vCPU or emulator of domain {domain:?} is pinned there (the pins \
              give {cpus}); leave the CPUs out to take them from the pins",
-            cpus_phrase(&missing)
+            missing.phrase()
         )));
     }
     for p in placed
@@ -141,7 +140,7 @@ pub fn select(
             warnings.push(format!(
                 "{}: pinned to {}, which {} isolated; the kernel runs it on the host's CPUs",
                 p.kind,
-                cpus_phrase(&on),
+                on.phrase(),
                 if on.len() == 1 { "is" } else { "are" }
             ));
         }
@@ -156,7 +155,7 @@ pub fn select(
         warnings.push(format!(
             "SMT: {} left to the host {} hyperthread siblings of isolated CPUs; host work there \
              competes with the vCPUs for the same cores (isolate whole cores)",
-            cpus_phrase(&left),
+            left.phrase(),
             if left.len() == 1 { "is a" } else { "are" }
         ));
     }
