@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use kvmisolate_dbus::options::{self, PartitionType, ReleaseWhen};
+use kvmisolate_dbus::target::TargetText;
 use kvmisolate_dbus::tunings::{HugepageSpec, Profile, Tuning};
 use kvmisolate_dbus::{CpuSet, Error, IsolationName};
 use zbus::OwnedVariant;
@@ -28,14 +29,12 @@ impl TargetRequest {
     /// The `Target` property text: `unit:NAME`, `pids:1,2,3` or `libvirt:DOMAIN`.
     pub fn describe(&self) -> String {
         match self {
-            Self::Unit(u) => format!("unit:{u}"),
-            Self::Pids(p) => {
-                let list: Vec<String> = p.iter().map(u32::to_string).collect();
-                format!("pids:{}", list.join(","))
-            }
-            Self::Libvirt(d) => format!("libvirt:{d}"),
-            Self::Reservation(d) => format!("reservation:{d}"),
+            Self::Unit(u) => TargetText::Unit(u),
+            Self::Pids(p) => TargetText::Pids(p),
+            Self::Libvirt(d) => TargetText::Libvirt(d),
+            Self::Reservation(d) => TargetText::Reservation(d),
         }
+        .to_string()
     }
 }
 

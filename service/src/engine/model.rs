@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use kvmisolate_dbus::options::{PartitionType, ReleaseWhen};
+use kvmisolate_dbus::target::TargetText;
 use kvmisolate_dbus::{CpuSet, IsolationName};
 use serde::{Deserialize, Serialize};
 
@@ -140,14 +141,12 @@ impl Target {
     /// The `target` text of `Status()`: `unit:vm.scope`, `pids:1234,1235` or `libvirt:NAME`.
     pub fn describe(&self) -> String {
         match self {
-            Self::Unit { unit, .. } => format!("unit:{unit}"),
-            Self::Own { pids, .. } => {
-                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-                format!("pids:{}", list.join(","))
-            }
-            Self::Libvirt { domain, .. } => format!("libvirt:{domain}"),
-            Self::Reservation { domain, .. } => format!("reservation:{domain}"),
+            Self::Unit { unit, .. } => TargetText::Unit(unit),
+            Self::Own { pids, .. } => TargetText::Pids(pids),
+            Self::Libvirt { domain, .. } => TargetText::Libvirt(domain),
+            Self::Reservation { domain, .. } => TargetText::Reservation(domain),
         }
+        .to_string()
     }
 }
 
