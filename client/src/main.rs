@@ -18,6 +18,7 @@ mod request;
 mod status;
 mod top;
 mod topology;
+mod words;
 
 use crate::bus::Context;
 use crate::cli::{Cli, Command, Invocation};

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use kvmisolate_dbus::status::{IsolationEntry, KernelSupport, Status};
+
+use crate::words::plural;
 use serde_json::{Map, Value};
 use zbus::{OwnedVariant, Variant};
 
@@ -72,10 +74,6 @@ pub fn format_age(seconds: u64) -> String {
     } else {
         format!("{s}s")
     }
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Formats the status for people. `now_us` is the current time in microseconds since the Unix

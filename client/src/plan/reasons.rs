@@ -3,9 +3,10 @@
 
 use kvmisolate_dbus::cpulist::CpuSet;
 
-use super::words::{plural, topology_text};
+use super::words::topology_text;
 use super::{EmulatorMode, Plan, PlanOptions, Prefer, Size};
 use crate::topology::{CoreKind, Topology};
+use crate::words::plural;
 
 /// What the reasons are made from.
 pub struct Why<'a> {

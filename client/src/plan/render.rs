@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use kvmisolate_dbus::cpulist::CpuSet;
 use serde::Serialize;
 
-use super::words::{plural, topology_text};
+use super::words::topology_text;
 use super::{CacheInfo, EmulatorMode, GuestTopology, Hugepages, IothreadPin, Plan, VcpuPin};
 use crate::topology::Topology;
+use crate::words::plural;
 
 /// The version of the JSON document; bumped only on incompatible changes.
 pub const JSON_VERSION: u32 = 1;

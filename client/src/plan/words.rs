@@ -2,11 +2,7 @@
 //! other.
 
 use super::GuestTopology;
-
-/// `1 CPU`, `2 CPUs`.
-pub fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
+use crate::words::plural;
 
 /// `1 socket, 1 die, 3 cores, 2 threads per core`.
 pub fn topology_text(g: &GuestTopology) -> String {

@@ -645,21 +645,8 @@ fn sweep(housekeeping: Option<&CpuSet>, ledger: &Mutex<Ledger>, proc_root: &Path
         .lock()
         .map(|l| l.entries().map(|(t, _)| t).collect())
         .unwrap_or_default();
-    if housekeeping.is_some()
-        && let Ok(entries) = std::fs::read_dir(proc_root)
-    {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid == KTHREADD || stat_of(proc_root, pid).is_some_and(|(p, _)| p == KTHREADD) {
-                tids.push(pid);
-            }
-        }
+    if housekeeping.is_some() {
+        tids.extend(kernel_threads(proc_root));
     }
     tids.sort_unstable();
     tids.dedup();
@@ -693,6 +680,32 @@ fn sweep(housekeeping: Option<&CpuSet>, ledger: &Mutex<Ledger>, proc_root: &Path
             "unbound kernel threads: {narrowed} kept to the housekeeping CPUs, {restored} put back as they were"
         );
     }
+}
+
+/// kthreadd and its children. `/proc/2/task/2/children` (CONFIG_PROC_CHILDREN, set by the
+/// distributions' kernels) lists them in one read, so a sweep costs the same whatever number
+/// of processes the host runs, where reading every process's parent (below) grows with
+/// them. A child forked while the file is read may be missed: the fork listener looks at each new one anyway. Without that file, every
+/// process's parent is read.
+fn kernel_threads(proc_root: &Path) -> Vec<u32> {
+    if let Ok(list) =
+        std::fs::read_to_string(proc_root.join(format!("{KTHREADD}/task/{KTHREADD}/children")))
+    {
+        let mut tids = vec![KTHREADD];
+        tids.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+        return tids;
+    }
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid == KTHREADD || child_of_kthreadd(proc_root, pid))
+        .collect()
 }
 
 /// Whether `tid` is (still) a child of kthreadd: after a delay, the thread may have exited and
@@ -836,6 +849,26 @@ mod tests {
         assert_eq!(pinned_affinity(&s("0-3"), &s("0-1,4-5")), Some(s("0-1")));
         assert_eq!(pinned_affinity(&s("0-1"), &s("0-1,4-5")), None);
         assert_eq!(pinned_affinity(&s("2-3"), &s("0-1,4-5")), None);
+    }
+
+    #[test]
+    fn kernel_threads_come_from_kthreadds_children_or_a_scan() {
+        let proc = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = proc.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write("2/stat", "2 (kthreadd) S 0 0 0");
+        write("3/stat", "3 (pool_workqueue_) I 2 0 0");
+        write("90/stat", "90 (bash) S 1 90 90");
+        write("91/stat", "91 (rcu_gp) I 2 0 0");
+        let mut scanned = kernel_threads(proc.path());
+        scanned.sort_unstable();
+        assert_eq!(scanned, vec![2, 3, 91]);
+        // With the children file, it alone is read (a stat-less 4 is listed; 91 is not).
+        write("2/task/2/children", "3 4 ");
+        assert_eq!(kernel_threads(proc.path()), vec![2, 3, 4]);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! than cgroups under systemd's tree, and it asks systemd (not cgroupfs) to move processes
 //! between units.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -96,16 +98,33 @@ trait Unit {
 #[derive(Clone)]
 pub struct Systemd {
     conn: Connection,
+    /// Whether `Subscribe` was answered: systemd keeps a subscription for as long as the
+    /// connection lives, so it is asked once, not before every job.
+    subscribed: Arc<AtomicBool>,
 }
 
 impl Systemd {
     /// Wraps a connection to the bus systemd is on.
     pub fn new(conn: Connection) -> Self {
-        Self { conn }
+        Self {
+            conn,
+            subscribed: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     async fn manager(&self) -> zbus::Result<ManagerProxy<'static>> {
         ManagerProxy::new(&self.conn).await
+    }
+
+    /// The manager, subscribed to its job signals, and a stream of `JobRemoved` opened before
+    /// any job is queued (so its end cannot be missed).
+    async fn manager_for_jobs(&self) -> zbus::Result<(ManagerProxy<'static>, JobRemovedStream)> {
+        let manager = self.manager().await?;
+        if !self.subscribed.load(Ordering::Relaxed) && manager.subscribe().await.is_ok() {
+            self.subscribed.store(true, Ordering::Relaxed);
+        }
+        let removed = manager.receive_job_removed().await?;
+        Ok((manager, removed))
     }
 
     /// The unit object at `path`, read one property at a time: a cached proxy would first
@@ -190,9 +209,7 @@ impl Systemd {
         description: &str,
         nodes_mask: &[u8],
     ) -> Result<(), SystemdError> {
-        let manager = self.manager().await?;
-        manager.subscribe().await.ok();
-        let mut removed = manager.receive_job_removed().await?;
+        let (manager, mut removed) = self.manager_for_jobs().await?;
         let props: Vec<(&str, Variant<'_>)> = vec![
             ("Description", Variant::from(description)),
             ("AllowedMemoryNodes", Variant::from(nodes_mask.to_vec())),
@@ -211,9 +228,7 @@ impl Systemd {
         description: &str,
         pids: &[u32],
     ) -> Result<String, SystemdError> {
-        let manager = self.manager().await?;
-        manager.subscribe().await.ok();
-        let mut removed = manager.receive_job_removed().await?;
+        let (manager, mut removed) = self.manager_for_jobs().await?;
         let props: Vec<(&str, Variant<'_>)> = vec![
             ("Description", Variant::from(description)),
             ("Slice", Variant::from(SLICE)),
@@ -230,9 +245,7 @@ impl Systemd {
 
     /// Stops `unit` (ignoring a unit that is already gone) and waits for the job.
     pub async fn stop_unit(&self, unit: &str) -> Result<(), SystemdError> {
-        let manager = self.manager().await?;
-        manager.subscribe().await.ok();
-        let mut removed = manager.receive_job_removed().await?;
+        let (manager, mut removed) = self.manager_for_jobs().await?;
         match manager.stop_unit(unit, "replace").await {
             Ok(job) => wait_job(&mut removed, &job, unit).await,
             Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {
@@ -293,10 +306,8 @@ impl Systemd {
     /// `systemctl daemon-reload`, then `systemctl try-restart unit` (waiting for the job): a
     /// changed drop-in takes effect.
     pub async fn reload_and_restart(&self, unit: &str) -> Result<(), SystemdError> {
-        let manager = self.manager().await?;
+        let (manager, mut removed) = self.manager_for_jobs().await?;
         manager.reload().await?;
-        manager.subscribe().await.ok();
-        let mut removed = manager.receive_job_removed().await?;
         let job = manager.try_restart_unit(unit, "replace").await?;
         wait_job(&mut removed, &job, unit).await
     }
