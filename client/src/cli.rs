@@ -31,7 +31,8 @@ Authorization:
   a unit in your user-UID.slice whose processes all are yours), org.kvmisolate.isolate-any for
   anything else (root's or other users' processes, system units, libvirt domains), and
   org.kvmisolate.tune-host as well for RT throttling off (rt-throttling, fair-server, the
-  realtime profile) or a hugepage pool larger than half of what the host can spare.
+  realtime profile), the split-lock mitigation off (split-lock) or a hugepage pool larger than
+  half of what the host can spare.
   org.kvmisolate.release ends another user's isolation. Names starting with libvirt- or
   hugepages- are the libvirt hook's (root only). On a terminal kvmisolate starts pkttyagent so
   that a password can be asked for. To let groups do it without a password, install
@@ -276,7 +277,7 @@ pub struct IsolateArgs {
     /// Host tunings: a profile (none, default, realtime) or a comma-separated list of tuning
     /// names (irq-affinity, irqbalance, workqueue-unbound, workqueue-writeback,
     /// vmstat-interval, timer-migration, watchdog-cpumask, rt-throttling, fair-server,
-    /// cpu-governor, thp). Default: the service's configuration (profile default).
+    /// energy-perf, cpu-governor, split-lock, numa-balancing, cpu-idle, thp). Default: the service's configuration (profile default).
     #[arg(long, value_name = "PROFILE|LIST")]
     pub tunings: Option<String>,
 

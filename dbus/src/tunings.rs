@@ -36,6 +36,17 @@ pub enum Tuning {
     FairServer,
     /// The `performance` CPU frequency governor on the policies covering isolated CPUs.
     CpuGovernor,
+    /// `energy_performance_preference` = `performance` on the EPP-capable cpufreq policies
+    /// (`intel_pstate`/`amd-pstate` active mode) covering isolated CPUs.
+    EnergyPerf,
+    /// `kernel.split_lock_mitigate=0`: a guest's split lock is no longer punished by slowing
+    /// its vCPU thread down for milliseconds. Re-opens a denial-of-service vector from
+    /// untrusted guests: only in the `realtime` profile or by name.
+    SplitLock,
+    /// `kernel.numa_balancing=0`: no NUMA hinting faults stalling guest memory accesses.
+    NumaBalancing,
+    /// Per-CPU PM QoS resume latency limit on the isolated CPUs: no deep idle states there.
+    CpuIdle,
     /// Transparent hugepages `enabled`/`defrag` set to the configured values.
     Thp,
     /// A hugepage pool for the guest's memory (from the `hugepages` option).
@@ -55,7 +66,14 @@ impl Tuning {
         Tuning::WatchdogCpumask,
         Tuning::RtThrottling,
         Tuning::FairServer,
+        // Before the governor: with `performance` as governor, intel_pstate and amd-pstate
+        // force the preference to `performance` and refuse other writes, so its original is
+        // read (and journalled) first; restoring goes the other way round.
+        Tuning::EnergyPerf,
         Tuning::CpuGovernor,
+        Tuning::SplitLock,
+        Tuning::NumaBalancing,
+        Tuning::CpuIdle,
         Tuning::Thp,
     ];
 
@@ -72,6 +90,10 @@ impl Tuning {
             Self::RtThrottling => "rt-throttling",
             Self::FairServer => "fair-server",
             Self::CpuGovernor => "cpu-governor",
+            Self::EnergyPerf => "energy-perf",
+            Self::SplitLock => "split-lock",
+            Self::NumaBalancing => "numa-balancing",
+            Self::CpuIdle => "cpu-idle",
             Self::Thp => "thp",
             Self::Hugepages => "hugepages",
         }
@@ -114,10 +136,12 @@ pub enum Profile {
     /// No tuning: only the partition.
     None,
     /// The safe, fully reversible set: IRQs, irqbalance, workqueues, vmstat interval, timer
-    /// migration, watchdog mask, CPU governor (and hugepages when asked for).
+    /// migration, watchdog mask, CPU governor and energy/performance preference (and
+    /// hugepages when asked for).
     #[default]
     Default,
-    /// Everything: `default` plus RT throttling off, the fair server off on isolated CPUs and
+    /// Everything: `default` plus RT throttling off, the fair server off on isolated CPUs,
+    /// split-lock mitigation off, NUMA balancing off, no deep idle states on isolated CPUs and
     /// THP.
     Realtime,
 }
@@ -147,13 +171,21 @@ impl Profile {
             TimerMigration,
             WatchdogCpumask,
             CpuGovernor,
+            EnergyPerf,
         ];
         match self {
             Self::None => Vec::new(),
             Self::Default => default.to_vec(),
             Self::Realtime => {
                 let mut all = default.to_vec();
-                all.extend([RtThrottling, FairServer, Thp]);
+                all.extend([
+                    RtThrottling,
+                    FairServer,
+                    SplitLock,
+                    NumaBalancing,
+                    CpuIdle,
+                    Thp,
+                ]);
                 all
             }
         }
@@ -357,6 +389,10 @@ impl fmt::Display for HugepageSpec {
     }
 }
 
+/// The default resume latency limit of the `cpu-idle` tuning, in µs: shallow idle states (C1,
+/// C1E: a few µs to exit) stay allowed, deep ones (C6 and below: 100 µs and more) do not.
+pub const DEFAULT_CPU_IDLE_LATENCY_US: u32 = 20;
+
 /// In a tuning's reason (`Tunings`, `Status()`), the words before the files the kernel refused
 /// to change and that were left as they are; for `irq-affinity`, the IRQs it would not move
 /// (`left as they are: IRQ 0 timer (...), IRQ 24 nvme0q1 (...)`); their numbers are in
@@ -390,6 +426,10 @@ mod tests {
         assert!(d.iter().all(|t| r.contains(t)));
         assert!(!d.contains(&Tuning::RtThrottling));
         assert!(r.contains(&Tuning::RtThrottling));
+        assert!(d.contains(&Tuning::EnergyPerf));
+        for t in [Tuning::SplitLock, Tuning::NumaBalancing, Tuning::CpuIdle] {
+            assert!(!d.contains(&t) && r.contains(&t), "{t}");
+        }
         assert!(Profile::None.tunings().is_empty());
     }
 

@@ -19,6 +19,7 @@
 //! thp-defrag = "never"
 //! governor = "performance"
 //! fair-server-runtime-ns = 0
+//! cpu-idle-latency-us = 20      # cpu-idle: µs of idle exit latency allowed ("n/a": none, poll)
 //! irq-exclude = ["*timer*"]     # IRQ names (as in /proc/interrupts) never moved
 //! hugepages-compact = false     # drop caches and compact memory before growing a pool
 //!
@@ -92,8 +93,36 @@ struct RawTunings {
     thp_defrag: Option<String>,
     governor: Option<String>,
     fair_server_runtime_ns: Option<u64>,
+    cpu_idle_latency_us: Option<RawLatency>,
     irq_exclude: Option<Vec<String>>,
     hugepages_compact: Option<bool>,
+}
+
+/// `cpu-idle-latency-us`: a number of µs, or the kernel's word `n/a`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawLatency {
+    Us(i64),
+    Word(String),
+}
+
+impl RawLatency {
+    /// The value `pm_qos_resume_latency_us` takes. `0` is refused: the kernel reads it as "no
+    /// limit at all", the opposite of what someone writing 0 here would mean.
+    fn to_kernel(&self) -> Result<String, String> {
+        match self {
+            Self::Us(n) if (1..=1_000_000).contains(n) => Ok(n.to_string()),
+            Self::Word(w) if w == "n/a" => Ok(w.clone()),
+            Self::Us(0) => Err("[tunings] cpu-idle-latency-us = 0: the kernel reads 0 as \
+                 \"no limit\"; give µs between 1 and 1000000, or \"n/a\" to allow no idle \
+                 exit latency at all (the CPUs then poll when idle)"
+                .into()),
+            other => Err(format!(
+                "[tunings] cpu-idle-latency-us = {other:?}: give µs between 1 and 1000000, or \
+                 \"n/a\""
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +316,9 @@ impl Config {
         if let Some(v) = t.fair_server_runtime_ns {
             s.fair_server_runtime_ns = v;
         }
+        if let Some(v) = t.cpu_idle_latency_us {
+            s.cpu_idle_latency = v.to_kernel()?;
+        }
         if let Some(list) = t.irq_exclude {
             s.irq_exclude = list
                 .iter()
@@ -369,6 +401,7 @@ mod tests {
         assert_eq!(c.min_housekeeping, Some(2));
         assert_eq!(c.default_selection, Selection::Profile(Profile::Default));
         assert_eq!(c.settings.vmstat_interval, 120);
+        assert_eq!(c.settings.cpu_idle_latency, "20");
         assert!(c.settings.irq_exclude[0].matches("local timer"));
         let w = c.isolation("win11").unwrap();
         assert_eq!(w.cpus.as_ref().unwrap().to_string(), "2-7");
@@ -380,6 +413,15 @@ mod tests {
             vm.on_conflict,
             Some(kvmisolate_dbus::libvirt::OnConflict::Fail)
         );
+    }
+
+    #[test]
+    fn cpu_idle_latency_takes_micros_or_na() {
+        let c = Config::parse("[tunings]\ncpu-idle-latency-us = 5\n").unwrap();
+        assert_eq!(c.settings.cpu_idle_latency, "5");
+        let c = Config::parse("[tunings]\ncpu-idle-latency-us = \"n/a\"\n").unwrap();
+        assert_eq!(c.settings.cpu_idle_latency, "n/a");
+        assert_eq!(Config::parse("").unwrap().settings.cpu_idle_latency, "20");
     }
 
     #[test]
@@ -406,6 +448,15 @@ mod tests {
             ),
             ("[tunings]\nvmstat-intervall = 5\n", "line 2"),
             ("[tunings]\nvmstat-interval = 0\n", "between 1 and 3600"),
+            ("[tunings]\ncpu-idle-latency-us = 0\n", "reads 0 as"),
+            (
+                "[tunings]\ncpu-idle-latency-us = -5\n",
+                "between 1 and 1000000",
+            ),
+            (
+                "[tunings]\ncpu-idle-latency-us = \"off\"\n",
+                "between 1 and 1000000",
+            ),
             ("[tunings]\nthp-enabled = \"never; rm\"\n", "not a word"),
             ("[tunings]\nirq-exclude = [\"[\"]\n", "not a pattern"),
             ("[isolation.\"a/b\"]\ncpus = \"1\"\n", "[isolation.a/b]"),

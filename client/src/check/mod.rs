@@ -5,7 +5,8 @@
 //! One file per group of checks: `cgroup` (cgroup v2, kernel features, partitions, which CPUs
 //! to audit), `tasks` (threads allowed on isolated CPUs, RT throttling), `irq` (IRQ affinities,
 //! irqbalance), `knobs` (workqueue masks, sysctls, boot parameters, SMT, THP, governor,
-//! hugepages), `vm` (`--vm NAME`: a libvirt domain's pins, memory and leaves; its XML found by
+//! hugepages), `power` (idle states, energy/performance preference, split-lock mitigation,
+//! NUMA balancing), `vm` (`--vm NAME`: a libvirt domain's pins, memory and leaves; its XML found by
 //! `domain_source`), `daemon` (kvmisolated's `Status()`, when it is on the bus). Every path
 //! goes through [`host::Host`], whose roots tests point at fake trees.
 
@@ -16,6 +17,7 @@ pub mod domain_source;
 pub mod host;
 pub mod irq;
 pub mod knobs;
+pub mod power;
 pub mod tasks;
 pub mod vm;
 
@@ -270,8 +272,10 @@ pub fn audit_with(roots: Roots, input: AuditInput) -> Report {
         findings.extend(tasks::findings(&ctx));
         findings.extend(irq::findings(&ctx));
         findings.extend(knobs::cpu_findings(&ctx));
+        findings.extend(power::cpu_findings(&ctx));
     }
     findings.extend(knobs::host_findings(&host, &cpus));
+    findings.extend(power::host_findings(&host));
     let unreadable = host.unreadable();
     if !unreadable.is_empty() {
         findings.push(

@@ -14,14 +14,15 @@ pub const METADATA_NS: &str = "https://kvmisolate.org/xmlns/libvirt/1";
 /// The metadata element that opts a domain in to isolation by kvmisolate, with the tunings
 /// that make `kvmisolate check` clean for the planned CPUs: the `default` profile's plus `thp`
 /// (THP `always`, the usual kernel default, is a check warning: khugepaged and compaction
-/// stalls); with `--fifo` the `realtime` profile, which also turns RT throttling off (the hook
+/// stalls), `cpu-idle` (deep idle states enabled on the isolated CPUs are one too) and
+/// `numa-balancing` (a warning on hosts with several nodes); with `--fifo` the `realtime` profile, which also turns RT throttling off (the hook
 /// refuses SCHED_FIFO vCPUs without that) and the fair server on the isolated CPUs.
 pub fn metadata_element(opts: LibvirtOptions) -> String {
     let what = if opts.fifo {
         format!("profile=\"{}\"", Profile::Realtime)
     } else {
         let mut list = Profile::Default.tunings();
-        list.push(Tuning::Thp);
+        list.extend([Tuning::NumaBalancing, Tuning::CpuIdle, Tuning::Thp]);
         let names: Vec<&str> = Tuning::ALL
             .iter()
             .filter(|t| list.contains(t))
@@ -277,6 +278,7 @@ mod tests {
                 other => panic!("{other:?}"),
             };
             assert!(tunings.contains(&Tuning::Thp), "{tunings:?}");
+            assert!(tunings.contains(&Tuning::CpuIdle), "{tunings:?}");
             for t in Profile::Default.tunings() {
                 assert!(tunings.contains(&t), "{t} missing from {tunings:?}");
             }

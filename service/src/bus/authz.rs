@@ -9,8 +9,9 @@
 //!   units, system libvirt domains, hugepage reservations for a domain). It replaces
 //!   `isolate`; an administrator grants it separately.
 //! - `org.kvmisolate.tune-host`, in addition: what puts the whole host at risk, i.e. RT
-//!   throttling off (`rt-throttling`, `fair-server`, a profile with them such as `realtime`)
-//!   and a hugepage pool larger than the host can spare ([`MemInfo::spare_kib`]).
+//!   throttling off (`rt-throttling`, `fair-server`, a profile with them such as `realtime`),
+//!   the split-lock mitigation off (`split-lock`: a guest may then hog the memory bus) and a
+//!   hugepage pool larger than the host can spare ([`MemInfo::spare_kib`]).
 //!
 //! Only what the caller asks for counts: CPUs, tunings and pools an administrator wrote into
 //! `[isolation.NAME]` of the configuration are the administrator's choice. uid 0 needs nothing
@@ -71,7 +72,12 @@ pub fn risky_tunings(req: &IsolateRequest) -> Vec<Tuning> {
     };
     asked
         .into_iter()
-        .filter(|t| matches!(t, Tuning::RtThrottling | Tuning::FairServer))
+        .filter(|t| {
+            matches!(
+                t,
+                Tuning::RtThrottling | Tuning::FairServer | Tuning::SplitLock
+            )
+        })
         .collect()
 }
 
@@ -319,6 +325,7 @@ mod tests {
         for risky in [
             req(&[pids(), ("profile", Variant::from("realtime"))]),
             req(&[pids(), ("tunings", Variant::from(vec!["rt-throttling"]))]),
+            req(&[pids(), ("tunings", Variant::from(vec!["split-lock"]))]),
             req(&[
                 pids(),
                 ("tunings", Variant::from(vec!["thp", "fair-server"])),
@@ -338,7 +345,10 @@ mod tests {
             &own,
             None,
         );
-        assert_eq!(get(&a[1], detail::TUNINGS), "rt-throttling,fair-server");
+        assert_eq!(
+            get(&a[1], detail::TUNINGS),
+            "rt-throttling,fair-server,split-lock"
+        );
         for fine in [
             req(&[pids(), ("profile", Variant::from("default"))]),
             req(&[pids(), ("tunings", Variant::from(vec!["thp"]))]),

@@ -38,6 +38,8 @@ const SYSFS_FILES: &[&str] = &[
     "devices/virtual/workqueue/cpumask",
     "bus/workqueue/devices/writeback/cpumask",
     "devices/system/cpu/cpufreq/policy*/scaling_governor",
+    "devices/system/cpu/cpufreq/policy*/energy_performance_preference",
+    "devices/system/cpu/cpu*/power/pm_qos_resume_latency_us",
     "kernel/mm/transparent_hugepage/enabled",
     "kernel/mm/transparent_hugepage/defrag",
     "kernel/mm/hugepages/hugepages-*/nr_hugepages",
@@ -124,6 +126,10 @@ pub struct Settings {
     pub governor: String,
     /// The fair-server runtime on isolated CPUs (ns).
     pub fair_server_runtime_ns: u64,
+    /// The PM QoS resume latency limit of isolated CPUs (`cpu-idle`), as the kernel's
+    /// `pm_qos_resume_latency_us` takes it: µs (at least 1), or `n/a` (no latency at all:
+    /// polling only).
+    pub cpu_idle_latency: String,
     /// IRQs whose names match one of these stay untouched.
     pub irq_exclude: Vec<glob::Pattern>,
     /// Drop caches and compact memory before growing a hugepage pool.
@@ -138,6 +144,7 @@ impl Default for Settings {
             thp_defrag: "never".into(),
             governor: "performance".into(),
             fair_server_runtime_ns: 0,
+            cpu_idle_latency: kvmisolate_dbus::tunings::DEFAULT_CPU_IDLE_LATENCY_US.to_string(),
             irq_exclude: Vec::new(),
             hugepages_compact: false,
         }

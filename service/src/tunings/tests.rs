@@ -950,3 +950,322 @@ fn an_irq_want_names_its_irq() {
         None
     );
 }
+
+/// Copies a fixture tree from `service/tests/fixtures/` into the fake tree at `to`.
+fn copy_fixture(f: &Fake, fixture: &str, to: &str) {
+    fn walk(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, &to.join(e.file_name()));
+            } else if p.extension().is_none_or(|x| x != "md") {
+                std::fs::copy(&p, to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
+    walk(&from, &f.path(to));
+}
+
+fn holder_with(name: &str, cpus: &str, tunings: &[Tuning]) -> Holder {
+    Holder {
+        tunings: tunings.iter().copied().collect(),
+        ..holder(name, cpus, Profile::None)
+    }
+}
+
+#[test]
+fn split_lock_and_numa_balancing_follow_the_realtime_isolations() {
+    let f = Fake::new(8);
+    f.put("proc/sys/kernel/split_lock_mitigate", "1\n");
+    f.put("proc/sys/kernel/numa_balancing", "1\n");
+    let before = f.snapshot();
+    let e = f.plain();
+    // Not in the default profile: a default isolation leaves both alone.
+    e.reconcile(&[holder("d", "6", Profile::Default)]).unwrap();
+    assert_eq!(f.get("proc/sys/kernel/split_lock_mitigate"), "1\n");
+    assert_eq!(f.get("proc/sys/kernel/numa_balancing"), "1\n");
+    let a = holder("a", "2-3", Profile::Realtime);
+    let b = holder("b", "4", Profile::Realtime);
+    let r = e.reconcile(&[a.clone(), b.clone()]).unwrap();
+    for (file, t) in [
+        ("split_lock_mitigate", Tuning::SplitLock),
+        ("numa_balancing", Tuning::NumaBalancing),
+    ] {
+        assert_eq!(f.get(&format!("proc/sys/kernel/{file}")), "0", "{file}");
+        let rep = report(&r, t);
+        assert_eq!(
+            (rep.state, rep.original.as_str(), rep.current.as_str()),
+            (TuningState::Applied, "1", "0"),
+            "{t}"
+        );
+    }
+    // One of the two goes: the other still holds them.
+    e.reconcile(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(f.get("proc/sys/kernel/split_lock_mitigate"), "0");
+    assert_eq!(f.get("proc/sys/kernel/numa_balancing"), "0");
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+    // NUMA balancing in memory-tiering mode (2) comes back as 2, not as 1.
+    f.put("proc/sys/kernel/numa_balancing", "2\n");
+    e.reconcile(std::slice::from_ref(&a)).unwrap();
+    assert_eq!(f.get("proc/sys/kernel/numa_balancing"), "0");
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.get("proc/sys/kernel/numa_balancing"), "2");
+}
+
+#[test]
+fn split_lock_and_numa_balancing_are_skipped_where_the_kernel_lacks_them() {
+    let f = Fake::new(4);
+    let before = f.snapshot();
+    let e = f.plain();
+    let r = e
+        .reconcile(&[holder_with(
+            "vm",
+            "2-3",
+            &[Tuning::SplitLock, Tuning::NumaBalancing],
+        )])
+        .unwrap();
+    let split = report(&r, Tuning::SplitLock);
+    assert_eq!(split.state, TuningState::Skipped);
+    assert!(
+        split.reason.contains("kernel.split_lock_mitigate") && split.reason.contains("6.2+"),
+        "{}",
+        split.reason
+    );
+    let numa = report(&r, Tuning::NumaBalancing);
+    assert_eq!(numa.state, TuningState::Skipped);
+    assert!(
+        numa.reason.contains("kernel.numa_balancing"),
+        "{}",
+        numa.reason
+    );
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+/// `pm_qos_resume_latency_us` of each CPU, as the kernel prints it without a limit
+/// (Documentation/ABI/testing/sysfs-devices-power: "0" means no restriction, "n/a" no
+/// latency accepted at all; drivers/base/power/sysfs.c prints either with a newline).
+fn put_pm_qos(f: &Fake, cpus: u32) {
+    for c in 0..cpus {
+        f.put(
+            &format!("sys/devices/system/cpu/cpu{c}/power/pm_qos_resume_latency_us"),
+            "0\n",
+        );
+    }
+}
+
+fn pm_qos(f: &Fake, cpu: u32) -> String {
+    f.get(&format!(
+        "sys/devices/system/cpu/cpu{cpu}/power/pm_qos_resume_latency_us"
+    ))
+}
+
+#[test]
+fn cpu_idle_limits_the_isolated_cpus_only_and_restores_them() {
+    let f = Fake::new(8);
+    put_pm_qos(&f, 8);
+    // One CPU had a limit of its own before: it comes back as it was.
+    f.put(
+        "sys/devices/system/cpu/cpu4/power/pm_qos_resume_latency_us",
+        "n/a\n",
+    );
+    let before = f.snapshot();
+    let e = f.plain();
+    let a = holder("a", "2-3", Profile::Realtime);
+    let b = holder_with("b", "4-5", &[Tuning::CpuIdle]);
+    e.reconcile(std::slice::from_ref(&a)).unwrap();
+    assert_eq!(pm_qos(&f, 2), "20");
+    assert_eq!(pm_qos(&f, 3), "20");
+    assert_eq!(pm_qos(&f, 4), "n/a\n");
+    let r = e.reconcile(&[a.clone(), b.clone()]).unwrap();
+    for c in 2..=5 {
+        assert_eq!(pm_qos(&f, c), "20", "CPU {c}");
+    }
+    for c in [0, 1, 6, 7] {
+        assert_eq!(pm_qos(&f, c), "0\n", "CPU {c} is not isolated");
+    }
+    let rep = report(&r, Tuning::CpuIdle);
+    assert_eq!(rep.state, TuningState::Applied);
+    assert!(rep.original.contains("cpu4=n/a"), "{}", rep.original);
+    // a goes: its CPUs come back, b's stay limited.
+    e.reconcile(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(pm_qos(&f, 2), "0");
+    assert_eq!(pm_qos(&f, 4), "20");
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn cpu_idle_takes_the_configured_limit_and_skips_without_the_files() {
+    let f = Fake::new(4);
+    let e = f.engine(
+        Settings {
+            cpu_idle_latency: "n/a".into(),
+            ..Settings::default()
+        },
+        Box::new(NoServices {
+            proc: f.path("proc"),
+        }),
+    );
+    let h = holder_with("vm", "2-3", &[Tuning::CpuIdle]);
+    let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+    let rep = report(&r, Tuning::CpuIdle);
+    assert_eq!(rep.state, TuningState::Skipped);
+    assert!(
+        rep.reason.contains("pm_qos_resume_latency_us") && rep.reason.contains("CPUs 2-3"),
+        "{}",
+        rep.reason
+    );
+    e.reconcile(&[]).unwrap();
+    put_pm_qos(&f, 4);
+    let before = f.snapshot();
+    e.reconcile(std::slice::from_ref(&h)).unwrap();
+    assert_eq!(pm_qos(&f, 2), "n/a");
+    assert_eq!(pm_qos(&f, 1), "0\n");
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+fn epp(f: &Fake, policy: u32) -> String {
+    f.get(&format!(
+        "sys/devices/system/cpu/cpufreq/policy{policy}/energy_performance_preference"
+    ))
+}
+
+#[test]
+fn energy_perf_sets_the_policies_of_isolated_cpus_with_the_governor() {
+    let f = Fake::new(4);
+    copy_fixture(&f, "sysfs/cpufreq-epp", "sys/devices/system/cpu/cpufreq");
+    let before = f.snapshot();
+    let e = f.plain();
+    let a = holder("a", "3", Profile::Default);
+    let r = e.reconcile(std::slice::from_ref(&a)).unwrap();
+    assert_eq!(epp(&f, 2), "performance");
+    assert_eq!(
+        f.get("sys/devices/system/cpu/cpufreq/policy2/scaling_governor"),
+        "performance"
+    );
+    assert_eq!(
+        epp(&f, 0),
+        "balance_performance\n",
+        "policy0 has no isolated CPU"
+    );
+    let rep = report(&r, Tuning::EnergyPerf);
+    assert_eq!(
+        (rep.state, rep.original.as_str(), rep.current.as_str()),
+        (TuningState::Applied, "balance_performance", "performance")
+    );
+    // With the performance governor, intel_pstate and amd-pstate force the preference to
+    // `performance` and refuse other writes: the preference is applied (its original read)
+    // before the governor, and restored after it (files are restored in reverse path order,
+    // and `energy_performance_preference` sorts before `scaling_governor`).
+    let at = |t| Tuning::ALL.iter().position(|x| *x == t).unwrap();
+    assert!(at(Tuning::EnergyPerf) < at(Tuning::CpuGovernor));
+    assert!(
+        Path::new("policy2/energy_performance_preference") < Path::new("policy2/scaling_governor")
+    );
+    // A second isolation on policy0's CPUs: the union.
+    let b = holder("b", "1", Profile::Default);
+    e.reconcile(&[a, b.clone()]).unwrap();
+    assert_eq!(epp(&f, 0), "performance");
+    e.reconcile(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(epp(&f, 2), "balance_performance");
+    assert_eq!(epp(&f, 0), "performance");
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn energy_perf_skips_drivers_without_a_preference() {
+    let f = Fake::new(4);
+    let e = f.plain();
+    let h = holder_with("vm", "2-3", &[Tuning::EnergyPerf]);
+    // No cpufreq at all (a VM).
+    let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+    let rep = report(&r, Tuning::EnergyPerf);
+    assert_eq!(rep.state, TuningState::Skipped);
+    assert!(
+        rep.reason.contains("energy_performance_preference"),
+        "{}",
+        rep.reason
+    );
+    e.reconcile(&[]).unwrap();
+    // acpi-cpufreq: policies, but no preference file.
+    f.put(
+        "sys/devices/system/cpu/cpufreq/policy2/affected_cpus",
+        "2 3\n",
+    );
+    f.put(
+        "sys/devices/system/cpu/cpufreq/policy2/scaling_driver",
+        "acpi-cpufreq\n",
+    );
+    let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+    assert_eq!(report(&r, Tuning::EnergyPerf).state, TuningState::Skipped);
+    e.reconcile(&[]).unwrap();
+    // A preference file without `performance` offered: noted, left alone.
+    copy_fixture(&f, "sysfs/cpufreq-epp", "sys/devices/system/cpu/cpufreq");
+    f.put(
+        "sys/devices/system/cpu/cpufreq/policy2/energy_performance_available_preferences",
+        "default balance_performance \n",
+    );
+    let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+    let rep = report(&r, Tuning::EnergyPerf);
+    assert!(
+        rep.reason.contains("policy2") && rep.reason.contains("not offered"),
+        "{}",
+        rep.reason
+    );
+    assert_eq!(epp(&f, 2), "balance_performance\n");
+}
+
+#[test]
+fn the_new_tunings_files_may_be_touched() {
+    let f = Fake::new(4);
+    let p = f.paths();
+    for rel in [
+        "sys/devices/system/cpu/cpu3/power/pm_qos_resume_latency_us",
+        "sys/devices/system/cpu/cpufreq/policy2/energy_performance_preference",
+        "proc/sys/kernel/split_lock_mitigate",
+        "proc/sys/kernel/numa_balancing",
+    ] {
+        assert!(p.may_touch(&f.path(rel), Codec::Text).is_ok(), "{rel}");
+    }
+    for rel in [
+        "sys/devices/system/cpu/cpu3/power/control",
+        "sys/devices/system/cpu/cpu3/cpuidle/state2/disable",
+        "sys/devices/system/cpu/cpufreq/policy2/scaling_max_freq",
+    ] {
+        assert!(p.may_touch(&f.path(rel), Codec::Text).is_err(), "{rel}");
+    }
+}
+
+#[test]
+fn a_crash_between_cpu_idle_writes_is_adopted_or_restored() {
+    // The journal test above for the per-CPU files: SIGKILL after each write.
+    for n in 1..=3 {
+        let f = Fake::new(4);
+        put_pm_qos(&f, 4);
+        f.put("proc/sys/kernel/split_lock_mitigate", "1\n");
+        let before = f.snapshot();
+        let h = holder_with("vm", "2-3", &[Tuning::SplitLock, Tuning::CpuIdle]);
+        let mut e = f.plain();
+        e.set_test_hooks(crate::test_hooks::TestHooks::simulated_crash_after_tuning(
+            n,
+        ));
+        assert!(e.reconcile(std::slice::from_ref(&h)).is_err());
+        f.plain().reconcile(std::slice::from_ref(&h)).unwrap();
+        assert_eq!(
+            (pm_qos(&f, 2), pm_qos(&f, 3)),
+            ("20".into(), "20".into()),
+            "crash after write {n}"
+        );
+        assert_eq!(f.get("proc/sys/kernel/split_lock_mitigate"), "0");
+        f.plain().reconcile(&[]).unwrap();
+        assert_eq!(f.snapshot(), before, "crash after write {n}");
+    }
+}

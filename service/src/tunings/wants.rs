@@ -183,6 +183,23 @@ pub fn wants(tuning: Tuning, holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outco
         }
         Tuning::FairServer => fair_server(&cpus, ctx),
         Tuning::CpuGovernor => governor(&cpus, ctx),
+        Tuning::EnergyPerf => energy_perf(&cpus, ctx),
+        Tuning::SplitLock => sysctl_or_skip(
+            tuning,
+            ctx,
+            "kernel/split_lock_mitigate",
+            "0",
+            "this kernel has no kernel.split_lock_mitigate (Linux 6.2+ on x86 with split lock \
+             detection): split locks are not slowed down here",
+        ),
+        Tuning::NumaBalancing => sysctl_or_skip(
+            tuning,
+            ctx,
+            "kernel/numa_balancing",
+            "0",
+            "this kernel has no kernel.numa_balancing (built without NUMA balancing)",
+        ),
+        Tuning::CpuIdle => cpu_idle(&cpus, ctx),
         Tuning::Thp => thp(ctx),
         Tuning::Hugepages => hugepages(holders, ctx),
     }
@@ -269,6 +286,20 @@ fn sysctl(tuning: Tuning, ctx: &Ctx<'_>, name: &str, value: String) -> Result<Ou
         }],
         Vec::new(),
     ))
+}
+
+/// A sysctl set to `value`, or skipped with `why` where the kernel lacks it.
+fn sysctl_or_skip(
+    tuning: Tuning,
+    ctx: &Ctx<'_>,
+    name: &str,
+    value: &str,
+    why: &str,
+) -> Result<Outcome, FileError> {
+    match sysctl(tuning, ctx, name, value.to_owned())? {
+        Outcome::Skip(_) => Ok(Outcome::Skip(why.to_owned())),
+        wants => Ok(wants),
+    }
 }
 
 /// The IRQ numbers under `/proc/irq` with their action names from `/proc/interrupts`.
@@ -433,20 +464,7 @@ fn fair_server(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
 }
 
 fn governor(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
-    let dir = ctx.paths.sys.join("devices/system/cpu/cpufreq");
-    let mut policies: Vec<PathBuf> = fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("policy"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    policies.sort();
+    let policies = cpufreq_policies(ctx);
     if policies.is_empty() {
         return Ok(Outcome::Skip(
             "no CPU frequency scaling on this host (no cpufreq policies: a virtual machine, or no driver loaded)"
@@ -457,22 +475,10 @@ fn governor(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
     let mut notes = Vec::new();
     let governor = &ctx.settings.governor;
     for p in policies {
-        let label = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("policy")
-            .to_owned();
-        let Ok(affected) = fs::read_to_string(p.join("affected_cpus")) else {
+        let label = label_of(&p);
+        let Some(affected) = policy_cpus(&p) else {
             continue;
         };
-        // affected_cpus is space-separated.
-        let affected: CpuSet = affected
-            .split_whitespace()
-            .filter_map(|c| c.parse::<u32>().ok())
-            .fold(CpuSet::new(), |mut s, c| {
-                s.insert(c);
-                s
-            });
         if affected.is_disjoint(cpus) {
             continue;
         }
@@ -494,6 +500,122 @@ fn governor(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
         });
     }
     Ok(Outcome::Wants(wants, notes))
+}
+
+/// The cpufreq policy directories (`.../cpufreq/policyN`), sorted.
+fn cpufreq_policies(ctx: &Ctx<'_>) -> Vec<PathBuf> {
+    let dir = ctx.paths.sys.join("devices/system/cpu/cpufreq");
+    let mut policies: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("policy"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    policies.sort();
+    policies
+}
+
+/// The CPUs of a policy (`affected_cpus` is space-separated), `None` when unreadable.
+fn policy_cpus(policy: &Path) -> Option<CpuSet> {
+    let text = fs::read_to_string(policy.join("affected_cpus")).ok()?;
+    Some(
+        text.split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .fold(CpuSet::new(), |mut s, c| {
+                s.insert(c);
+                s
+            }),
+    )
+}
+
+fn label_of(p: &Path) -> String {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("policy")
+        .to_owned()
+}
+
+/// `energy_performance_preference` exists only where the driver runs the hardware's own
+/// P-state selection (intel_pstate with HWP, amd-pstate in active mode): there the governor
+/// is one of two words and the preference is what steers the frequency.
+fn energy_perf(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
+    const VALUE: &str = "performance";
+    let mut wants = Vec::new();
+    let mut notes = Vec::new();
+    let mut capable = 0;
+    for p in cpufreq_policies(ctx) {
+        let path = p.join("energy_performance_preference");
+        if ctx.orig(&path, Codec::Text).or_else(absent)?.is_none() {
+            continue;
+        }
+        capable += 1;
+        let Some(affected) = policy_cpus(&p) else {
+            continue;
+        };
+        if affected.is_disjoint(cpus) {
+            continue;
+        }
+        let label = label_of(&p);
+        let available = fs::read_to_string(p.join("energy_performance_available_preferences"))
+            .unwrap_or_default();
+        if !available.split_whitespace().any(|w| w == VALUE) {
+            notes.push(format!(
+                "{label}: preference {VALUE:?} is not offered (available: {})",
+                available.trim()
+            ));
+            continue;
+        }
+        wants.push(Want {
+            tuning: Tuning::EnergyPerf,
+            path,
+            codec: Codec::Text,
+            value: VALUE.into(),
+            label,
+        });
+    }
+    if capable == 0 {
+        return Ok(Outcome::Skip(
+            "no cpufreq policy has an energy/performance preference (energy_performance_preference: \
+             intel_pstate or amd-pstate in active mode only; none in a virtual machine)"
+                .into(),
+        ));
+    }
+    Ok(Outcome::Wants(wants, notes))
+}
+
+/// The per-CPU PM QoS resume latency limit (drivers/base/power/sysfs.c): every cpuidle
+/// governor keeps the CPU out of idle states whose exit latency exceeds it. Reads `0` for "no
+/// limit" (what writing `0` means too) and `n/a` for "no latency at all".
+fn cpu_idle(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
+    let mut wants = Vec::new();
+    for cpu in cpus.iter() {
+        let path = ctx.paths.sys.join(format!(
+            "devices/system/cpu/cpu{cpu}/power/pm_qos_resume_latency_us"
+        ));
+        if ctx.orig(&path, Codec::Text).or_else(absent)?.is_none() {
+            continue;
+        }
+        wants.push(Want {
+            tuning: Tuning::CpuIdle,
+            path,
+            codec: Codec::Text,
+            value: ctx.settings.cpu_idle_latency.clone(),
+            label: format!("cpu{cpu}"),
+        });
+    }
+    if wants.is_empty() {
+        return Ok(Outcome::Skip(format!(
+            "this kernel has no per-CPU PM QoS limit for CPUs {cpus} \
+             (devices/system/cpu/cpuN/power/pm_qos_resume_latency_us)"
+        )));
+    }
+    Ok(Outcome::Wants(wants, Vec::new()))
 }
 
 fn thp(ctx: &Ctx<'_>) -> Result<Outcome, FileError> {

@@ -259,11 +259,12 @@ all_cpus_online() {
 # ---------------------------------------------------------------------------------------------
 # snapshots of every value kvmisolate may change
 # ---------------------------------------------------------------------------------------------
-SNAP_SYSCTLS="vm/stat_interval kernel/timer_migration kernel/sched_rt_runtime_us kernel/watchdog_cpumask"
+SNAP_SYSCTLS="vm/stat_interval kernel/timer_migration kernel/sched_rt_runtime_us kernel/watchdog_cpumask kernel/split_lock_mitigate kernel/numa_balancing"
 # snapshot FILE: "PATH<TAB>VALUE" lines, sorted (an empty value is written "(empty)"). Covers every cpuset.* file and
 # cgroup.subtree_control under the cgroup root (recursively), the workqueue masks, IRQ
 # affinities, default_smp_affinity, THP, hugepage pools, the fair server (when debugfs is
-# mounted), kvmisolate's irqbalance drop-in and the sysctls above.
+# mounted), the CPUs' PM QoS resume latency limits, the cpufreq energy/performance
+# preferences, kvmisolate's irqbalance drop-in and the sysctls above.
 snapshot() {
     local out=$1 f v
     {
@@ -278,6 +279,8 @@ snapshot() {
                  /proc/irq/*/smp_affinity_list /sys/kernel/mm/transparent_hugepage/enabled \
                  /sys/kernel/mm/transparent_hugepage/defrag /sys/kernel/mm/hugepages/*/nr_hugepages \
                  /sys/kernel/debug/sched/fair_server/cpu*/runtime \
+                 /sys/devices/system/cpu/cpu[0-9]*/power/pm_qos_resume_latency_us \
+                 /sys/devices/system/cpu/cpufreq/policy*/energy_performance_preference \
                  /run/systemd/system/irqbalance.service.d/50-kvmisolate.conf; do
             [ -e "$f" ] || continue
             v=; IFS= read -r v 2>/dev/null < "$f" || true

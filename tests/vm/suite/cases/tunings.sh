@@ -2,15 +2,19 @@
 #  1. realtime profile + 64M of hugepages on 2-3: every tuning the VM's kernel has is changed as
 #     specified (sysctls, IRQs off 2-3 but the ones the kernel refuses to move, which must be
 #     reported, default_smp_affinity, workqueue masks, THP, RT throttling, the fair server when
-#     the kernel has it) and the governor is skipped cleanly (no cpufreq in the VM);
-#  2. a second isolation (default profile) on 4: host-wide values follow the union; releasing
-#     the first brings back its own values (RT throttling, THP, hugepages) while the shared ones
-#     follow the second; releasing the second restores every value byte for byte;
+#     the kernel has it, split-lock mitigation and NUMA balancing off, the PM QoS resume
+#     latency limit of 2-3 only) and the governor and energy/performance preference are
+#     skipped cleanly (no cpufreq in the VM);
+#  2. a second isolation (default profile plus split-lock, numa-balancing, cpu-idle) on 4:
+#     host-wide values follow the union; releasing the first brings back its own values (RT
+#     throttling, THP, hugepages, the limits of 2-3) while the shared ones follow the second;
+#     releasing the second restores every value byte for byte;
 #  3. hugepages: more than the VM's memory is refused with a clear error; more than
 #     MemAvailable minus the margin is refused naming that cap, before the pool is touched; the
 #     pool is unchanged both times;
 #  4. the daemon SIGKILLed after the N-th tuning write: started again, the isolation is complete
-#     (adopted, every tuning in force), then released to the original values;
+#     (adopted, every tuning in force), then released to the original values; the same with
+#     split-lock, numa-balancing and cpu-idle alone, killed between the per-CPU writes;
 #  5. (systemd) irqbalance running: it is restarted with the isolated CPUs banned, and again
 #     without the ban on release.
 # timeout: 300
@@ -39,6 +43,24 @@ tuning() {
     case $3 in state) i=1 ;; reason) i=2 ;; original) i=3 ;; current) i=4 ;; esac
     kstatus | jq -r --arg n "$1" --arg t "$2" --argjson i "$i" \
         '.isolations[] | select(.name == $n) | .tunings[] | select(.[0] == $t) | .[$i]'
+}
+pmqos() { cat "/sys/devices/system/cpu/cpu$1/power/pm_qos_resume_latency_us"; }
+# pmqos_are VALUE CPU...: the PM QoS resume latency limit of each CPU is VALUE
+pmqos_are() {
+    local want=$1 c; shift
+    for c in "$@"; do
+        [ "$(pmqos "$c")" = "$want" ] || fail "pm_qos_resume_latency_us of CPU $c is $(pmqos "$c"), expected $want"
+    done
+}
+# sysctl_if NAME VALUE TUNING ISOLATION: NAME is VALUE where the kernel has it, else TUNING is
+# skipped with a reason naming it
+sysctl_if() {
+    if [ -e "/proc/sys/$1" ]; then
+        sysctl_is "$1" "$2"
+    else
+        [ "$(tuning "$4" "$3" state)" = skipped ] || fail "$3 without /proc/sys/$1: $(tuning "$4" "$3" state)"
+        [[ $(tuning "$4" "$3" reason) == *"${1//\//.}"* ]] || fail "$3's reason does not name ${1//\//.}: $(tuning "$4" "$3" reason)"
+    fi
 }
 sysctl_is() { # NAME VALUE
     local v; v=$(cat "/proc/sys/$1")
@@ -83,6 +105,13 @@ run() {
     snapshot "$before"
     hp0=$(cat $pool); wd0=$(cat /proc/sys/kernel/watchdog_cpumask); rt0=$(cat /proc/sys/kernel/sched_rt_runtime_us)
     thp0=$(cat /sys/kernel/mm/transparent_hugepage/enabled)
+    local sl0=absent nb0=absent q0
+    [ -e /proc/sys/kernel/split_lock_mitigate ] && sl0=$(cat /proc/sys/kernel/split_lock_mitigate)
+    [ -e /proc/sys/kernel/numa_balancing ] && nb0=$(cat /proc/sys/kernel/numa_balancing)
+    [ -e /sys/devices/system/cpu/cpu2/power/pm_qos_resume_latency_us ] \
+        || fail "no pm_qos_resume_latency_us for CPU 2: the cpu-idle tuning cannot be exercised"
+    q0=$(pmqos 2)
+    note "before: kernel.split_lock_mitigate=$sl0 kernel.numa_balancing=$nb0 pm_qos_resume_latency_us(2-4)=$(pmqos 2)/$(pmqos 3)/$(pmqos 4) cpuidle states of CPU 2: $(cat /sys/devices/system/cpu/cpu2/cpuidle/state*/name 2>/dev/null | tr '\n' ' ')"
 
     # 1. realtime + hugepages
     isolate_ok --name tu-a --cpus 2-3 --pid "$pid" --tunings realtime --hugepages 64M
@@ -100,6 +129,15 @@ run() {
     [ "$(tuning tu-a hugepages state)" = applied ] || fail "hugepages: $(tuning tu-a hugepages state): $(tuning tu-a hugepages reason)"
     [ "$(tuning tu-a cpu-governor state)" = skipped ] || fail "the governor should be skipped without cpufreq: $(tuning tu-a cpu-governor state)"
     note "cpu-governor: $(tuning tu-a cpu-governor reason)"
+    sysctl_if kernel/split_lock_mitigate 0 split-lock tu-a
+    sysctl_if kernel/numa_balancing 0 numa-balancing tu-a
+    pmqos_are 20 2 3
+    pmqos_are "$q0" 0 1 4 5
+    [ "$(tuning tu-a cpu-idle state)" = applied ] || fail "cpu-idle: $(tuning tu-a cpu-idle state): $(tuning tu-a cpu-idle reason)"
+    [ "$(tuning tu-a energy-perf state)" = skipped ] || fail "energy-perf without cpufreq: $(tuning tu-a energy-perf state)"
+    [[ $(tuning tu-a energy-perf reason) == *energy_performance_preference* ]] || fail "energy-perf's reason: $(tuning tu-a energy-perf reason)"
+    note "energy-perf: $(tuning tu-a energy-perf reason)"
+    note "after isolate: split-lock $(tuning tu-a split-lock state) ($(tuning tu-a split-lock original) -> $(tuning tu-a split-lock current)), numa-balancing $(tuning tu-a numa-balancing state) ($(tuning tu-a numa-balancing original) -> $(tuning tu-a numa-balancing current)), cpu-idle $(tuning tu-a cpu-idle current)"
     if [ -d /sys/kernel/debug/sched/fair_server ]; then
         for n in 2 3; do
             [ "$(cat /sys/kernel/debug/sched/fair_server/cpu$n/runtime)" = 0 ] || fail "fair server runtime of CPU $n: $(cat /sys/kernel/debug/sched/fair_server/cpu$n/runtime)"
@@ -111,7 +149,8 @@ run() {
     fi
 
     # 2. a second isolation: the union, then back in order
-    isolate_ok --name tu-b --cpus 4 --pid "$pid2" --tunings default
+    isolate_ok --name tu-b --cpus 4 --pid "$pid2" --tunings irq-affinity,irqbalance,workqueue-unbound,workqueue-writeback,vmstat-interval,timer-migration,watchdog-cpumask,energy-perf,cpu-governor,split-lock,numa-balancing,cpu-idle
+    pmqos_are 20 2 3 4
     cpulist_eq "$(cat /proc/sys/kernel/watchdog_cpumask)" "$(cpulist_minus "$wd0" 2-4)" \
         || fail "with two isolations watchdog_cpumask is $(cat /proc/sys/kernel/watchdog_cpumask), expected $wd0 without 2-4"
     mask_has_any /sys/bus/workqueue/devices/writeback/cpumask 2 3 4 && fail "writeback mask with two isolations: $(cat /sys/bus/workqueue/devices/writeback/cpumask)"
@@ -121,6 +160,10 @@ run() {
     [ "$(cat /sys/kernel/mm/transparent_hugepage/enabled)" = "$thp0" ] || fail "THP not restored: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
     [ "$(cat $pool)" = "$hp0" ] || fail "hugepage pool $(cat $pool) after release, expected $hp0"
     sysctl_is vm/stat_interval 120
+    sysctl_if kernel/split_lock_mitigate 0 split-lock tu-b
+    sysctl_if kernel/numa_balancing 0 numa-balancing tu-b
+    pmqos_are "$q0" 2 3
+    pmqos_are 20 4
     cpulist_eq "$(cat /proc/sys/kernel/watchdog_cpumask)" "$(cpulist_minus "$wd0" 4)" \
         || fail "after releasing tu-a watchdog_cpumask is $(cat /proc/sys/kernel/watchdog_cpumask), expected $wd0 without 4"
     mask_has_any /sys/bus/workqueue/devices/writeback/cpumask 2 3 || fail "writeback mask did not get 2-3 back"
@@ -160,6 +203,24 @@ run() {
         release_ok tu-k
         wait_restored "$before" --semantic
         note "crash after tuning write $n: adopted with every tuning in force, then restored"
+    done
+    # split-lock, numa-balancing, cpu-idle alone: write 3 is CPU 2's limit (CPU 3's where the
+    # kernel lacks one of the sysctls), so the kill falls between the per-CPU writes.
+    for n in 1 3; do
+        daemon_start KVMISOLATED_CRASH_AFTER_TUNING="$n" || fail "write $n: the daemon did not start with the crash hook"
+        rc=$(kvmi_rc isolate --no-ask-password --name tu-k --cpus 2-3 --pid "$pid" --tunings split-lock,numa-balancing,cpu-idle)
+        [ "$rc" != 0 ] || fail "write $n: isolate succeeded although the daemon should have crashed"
+        note "killed after write $n: split_lock_mitigate=$(cat /proc/sys/kernel/split_lock_mitigate 2>/dev/null || echo absent) numa_balancing=$(cat /proc/sys/kernel/numa_balancing 2>/dev/null || echo absent) pm_qos 2/3=$(pmqos 2)/$(pmqos 3)"
+        daemon_clear_env
+        daemon_start || fail "write $n: the daemon did not start again"
+        iso_exists tu-k || fail "write $n: the isolation was not adopted after the crash"
+        sysctl_if kernel/split_lock_mitigate 0 split-lock tu-k
+        sysctl_if kernel/numa_balancing 0 numa-balancing tu-k
+        pmqos_are 20 2 3
+        release_ok tu-k
+        pmqos_are "$q0" 2 3
+        wait_restored "$before" --semantic
+        note "crash after write $n of split-lock/numa-balancing/cpu-idle: adopted complete, then restored"
     done
 
     # 5. irqbalance
