@@ -106,9 +106,10 @@ impl SystemdEffects {
             if !in_scope {
                 continue;
             }
-            let attached = self
-                .handle
-                .block_on(self.systemd.attach_processes(unit, "", &[pid]));
+            let attached = crate::timing::time("release", "scope-attach-back", || {
+                self.handle
+                    .block_on(self.systemd.attach_processes(unit, "", &[pid]))
+            });
             if let Err(e) = attached {
                 tracing::warn!(pid, unit, error = %e, "systemd would not move the process back; writing cgroup.procs");
                 let back = CgroupPath::new(cgroup).map_err(failed).and_then(|cg| {
@@ -127,7 +128,11 @@ impl SystemdEffects {
                 stuck.join(", ")
             )));
         }
-        if self.slice_only_holds(&scope_cg)? {
+        let only = crate::timing::time("release", "scope-slice-check", || {
+            self.slice_only_holds(&scope_cg)
+        })?;
+        let _stop = crate::timing::phase("release", "scope-stop");
+        if only {
             // Stopping the slice stops the scope in it first (a unit requires its slice): one
             // job instead of two, and no waiting for the scope's cgroup to go in between.
             return self
@@ -227,10 +232,10 @@ impl ExternalEffects for SystemdEffects {
                     let cgroup = cgroup_of_pid(&self.proc_root, pid).map_err(|_| {
                         Error::TargetNotFound(format!("process {pid} does not exist"))
                     })?;
-                    let unit = self
-                        .handle
-                        .block_on(self.systemd.unit_of_pid(pid))
-                        .map_err(failed)?;
+                    let unit = crate::timing::time("isolate", "scope-unit-of-pid", || {
+                        self.handle.block_on(self.systemd.unit_of_pid(pid))
+                    })
+                    .map_err(failed)?;
                     data.origins
                         .insert(pid.to_string(), (unit, cgroup.as_str().to_owned()));
                 }
