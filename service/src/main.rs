@@ -161,16 +161,19 @@ async fn run(args: Args, file: kvmisolated::config::Config) -> anyhow::Result<()
             _ = idle_wait => {
                 if shared.is_idle().await {
                     tracing::info!("idle for {} s with no isolation; exiting", idle.as_secs());
+                    shared.settle().await;
                     return Ok(());
                 }
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: finishing the operations in progress, then exiting; active isolations stay and are adopted on the next start");
                 let _held = shared.stop().await;
+                shared.settle().await;
                 return Ok(());
             }
             _ = tokio::signal::ctrl_c() => {
                 let _held = shared.stop().await;
+                shared.settle().await;
                 return Ok(());
             }
         }

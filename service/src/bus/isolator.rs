@@ -438,6 +438,12 @@ impl Shared {
         Ok(call)
     }
 
+    /// Waits for work the last Release left running after its reply (systemd stopping the
+    /// emptied scope), so the daemon exits with nothing of its own half-done.
+    pub async fn settle(&self) {
+        self.orchestrator.settle().await;
+    }
+
     /// SIGTERM: refuses new operations, waits for those in progress to finish (an Isolate
     /// completes or rolls back, a Release restores), then holds the lease lock so nothing
     /// starts after. Held isolations stay; the next start adopts them.

@@ -662,6 +662,15 @@ impl Orchestrator {
         }
     }
 
+    /// Waits for what the last release left running after its reply (see
+    /// [`crate::engine::effects::ExternalEffects::settle`]): before the daemon exits.
+    pub async fn settle(&self) {
+        let engine = self.engine.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || engine.settle()).await {
+            tracing::warn!(error = %e, "waiting for the last release's unit stops failed");
+        }
+    }
+
     /// Reads the partition states and whether the target still runs.
     pub fn health(&self, lease: &Lease) -> Health {
         let target = lease.record.request.target.cgroup();

@@ -115,10 +115,17 @@ impl Engine {
         }
     }
 
+    /// Waits for what the last release left running after its reply (systemd stopping the
+    /// emptied scope): blocks; call it off the async threads.
+    pub fn settle(&self) {
+        crate::timing::time("engine", "wait-last-release", || self.effects.settle());
+    }
+
     /// Reads what [`crate::engine::plan::plan`] needs about `target`: the files of every existing
     /// cgroup from the root down to the target ([`Snapshot::FILES`]) and, for engine-created
     /// pids targets, each pid's cgroup (`TargetNotFound` if a process does not exist).
     pub fn snapshot(&self, target: &Target) -> Result<Snapshot, Error> {
+        self.settle();
         let mut snap = Snapshot::default();
         for p in target.snapshot_cgroups() {
             if !self.fs.exists(&p) {
@@ -207,6 +214,7 @@ impl Engine {
         plan: &Plan,
         hook: &mut dyn FnMut(Point) -> bool,
     ) -> Result<Record, Option<Error>> {
+        self.settle();
         let name = &request.name;
         if self.journal.contains(name) {
             return Err(Some(Error::NameExists(format!(
@@ -397,6 +405,7 @@ impl Engine {
         record: &Record,
         stop_after: Option<usize>,
     ) -> Result<(), ReleaseError> {
+        self.settle();
         let name = record.name().to_string();
         let mut failures = Vec::new();
         let others = match self.others(record.name()) {
@@ -448,6 +457,7 @@ impl Engine {
     /// Start-up: records that are `active` and whose target `is_target_alive` are returned
     /// for adoption; every other record (applying, releasing, or target gone) is released.
     pub fn replay(&self, is_target_alive: impl Fn(&Record) -> bool) -> ReplayReport {
+        self.settle();
         let mut report = ReplayReport::default();
         let loaded = match self.journal.load_all() {
             Ok(l) => l,

@@ -18,6 +18,10 @@ pub trait ExternalEffects {
     fn perform(&self, step: &ExternalStep) -> Result<(), Error>;
     /// Undoes the step.
     fn undo(&self, step: &ExternalStep) -> Result<(), Error>;
+    /// Waits for work an `undo` left running after it returned (see
+    /// [`crate::daemon::systemd_effects`]): the engine calls it before it reads or changes
+    /// anything, and the daemon before it exits.
+    fn settle(&self) {}
 }
 
 /// Accepts every external step and does nothing (hosts without systemd, tests).
