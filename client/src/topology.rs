@@ -116,6 +116,47 @@ pub struct Topology {
     pub nodes: Vec<Node>,
     /// Whether this is a hybrid CPU (both `cpu_core` and `cpu_atom` PMUs exist).
     pub hybrid: bool,
+    /// The CPU's feature flags from `cpuinfo` ([`Topology::read_cpu_flags`]).
+    pub cpu_flags: CpuFlags,
+}
+
+/// The CPU's feature flags (the `flags` line of the first processor in `/proc/cpuinfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CpuFlags {
+    /// Not read (only [`Topology::read`] ran).
+    #[default]
+    NotRead,
+    /// `cpuinfo` could not be read or has no `flags` line: why.
+    Unknown(String),
+    /// The flags, as the kernel names them (`tsc_deadline_timer`).
+    Known(Vec<String>),
+}
+
+impl CpuFlags {
+    /// Reads them from `PROC_ROOT/cpuinfo` (normally `/proc/cpuinfo`).
+    pub fn read(proc_root: &Path) -> Self {
+        let path = proc_root.join("cpuinfo");
+        match fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text).unwrap_or_else(|| {
+                Self::Unknown(format!("{} has no \"flags\" line", path.display()))
+            }),
+            Err(e) => Self::Unknown(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// The flags of the first `flags : ...` line of a cpuinfo text (x86).
+    pub fn parse(text: &str) -> Option<Self> {
+        text.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == "flags")
+                .then(|| Self::Known(value.split_whitespace().map(str::to_owned).collect()))
+        })
+    }
+
+    /// Whether the flag is known to be there.
+    pub fn has(&self, flag: &str) -> bool {
+        matches!(self, Self::Known(flags) if flags.iter().any(|f| f == flag))
+    }
 }
 
 /// The online CPUs below `root` (normally [`DEFAULT_ROOT`]): `devices/system/cpu/online`.
@@ -200,7 +241,14 @@ impl Topology {
             l3,
             nodes,
             hybrid,
+            cpu_flags: CpuFlags::NotRead,
         })
+    }
+
+    /// Adds the CPU's feature flags from `PROC_ROOT/cpuinfo` (normally `/proc`); a cpuinfo
+    /// that cannot be read leaves them [`CpuFlags::Unknown`] with the reason.
+    pub fn read_cpu_flags(&mut self, proc_root: &Path) {
+        self.cpu_flags = CpuFlags::read(proc_root);
     }
 
     /// The core holding `cpu`, if it is online.
@@ -387,6 +435,36 @@ pub(crate) mod fixture;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_flags_from_cpuinfo() {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc/xeon-tsc-deadline");
+        let flags = CpuFlags::read(&fixture);
+        assert!(
+            flags.has("tsc_deadline_timer") && flags.has("fpu"),
+            "{flags:?}"
+        );
+        assert!(!flags.has("tsc_deadline"), "{flags:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = CpuFlags::read(dir.path());
+        assert!(
+            matches!(&missing, CpuFlags::Unknown(why) if why.contains("cpuinfo")),
+            "{missing:?}"
+        );
+        assert!(!missing.has("tsc_deadline_timer"));
+        std::fs::write(
+            dir.path().join("cpuinfo"),
+            "processor\t: 0\nFeatures\t: fp asimd\n",
+        )
+        .unwrap();
+        let arm = CpuFlags::read(dir.path());
+        assert!(
+            matches!(&arm, CpuFlags::Unknown(why) if why.contains("no \"flags\" line")),
+            "{arm:?}"
+        );
+        assert_eq!(CpuFlags::default(), CpuFlags::NotRead);
+    }
 
     fn read(name: &str) -> Topology {
         let dir = fixture::tree(name);

@@ -22,11 +22,17 @@ fn sysfs(name: &str) -> tempfile::TempDir {
     sysfs_fixture::tree(name)
 }
 
+/// The procfs fixture with a `cpuinfo` whose CPU has `tsc_deadline_timer`.
+fn proc_root() -> PathBuf {
+    tests_dir().join("fixtures/proc/xeon-tsc-deadline")
+}
+
 fn plan(root: &Path, args: &[&str]) -> Output {
     std::process::Command::new(BIN)
         .arg("plan")
         .args(args)
         .env("KVMISOLATE_SYSFS_ROOT", root)
+        .env("KVMISOLATE_PROC_ROOT", proc_root())
         .env_remove("KVMISOLATE_BUS_ADDRESS")
         .output()
         .unwrap()
@@ -271,6 +277,7 @@ fn apply_dry_run_prints_a_diff_and_changes_nothing() {
         .current_dir(dir.path())
         .args(["plan", "--vcpus", "8", "--apply", "win11.xml", "--dry-run"])
         .env("KVMISOLATE_SYSFS_ROOT", root.path())
+        .env("KVMISOLATE_PROC_ROOT", proc_root())
         .output()
         .unwrap();
     let diff = stdout_ok(&out);
@@ -312,6 +319,11 @@ fn apply_writes_a_backup_and_only_cpu_elements() {
         "<cache mode",
         "<model fallback",
         "<kvmisolate:isolate",
+        // The guest-side half.
+        "<nosharepages/>",
+        "<pmu state='off'/>",
+        "<feature policy='require' name='tsc-deadline'/>",
+        "<driver ",
     ];
     for change in similar::TextDiff::from_lines(&original, &applied).iter_all_changes() {
         if change.tag() == similar::ChangeTag::Equal {
@@ -329,7 +341,7 @@ fn apply_writes_a_backup_and_only_cpu_elements() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), applied);
 
     // --hugepages 1G: the <hugepages/> of its <memoryBacking> gets the page size, <locked/>
-    // stays, nothing else changes.
+    // and <nosharepages/> stay, nothing else changes.
     with_page_sizes(root.path(), &[2048, 1 << 20]);
     stdout_ok(&plan(
         root.path(),
@@ -338,7 +350,7 @@ fn apply_writes_a_backup_and_only_cpu_elements() {
     let huge = std::fs::read_to_string(&path).unwrap();
     assert!(
         huge.contains(
-            "  <memoryBacking>\n    <hugepages><page size='1048576' unit='KiB'/></hugepages>\n    <locked/>\n  </memoryBacking>\n"
+            "  <memoryBacking>\n    <hugepages><page size='1048576' unit='KiB'/></hugepages>\n    <locked/>\n    <nosharepages/>\n  </memoryBacking>\n"
         ),
         "{huge}"
     );
@@ -354,6 +366,197 @@ fn apply_writes_a_backup_and_only_cpu_elements() {
             "+<hugepages><page size='1048576' unit='KiB'/></hugepages>"
         ]
     );
+}
+
+#[test]
+fn windows_guest() {
+    case(
+        "x3d-windows",
+        "x3d-16c32t",
+        &["--vcpus", "8", "--guest", "windows"],
+    );
+}
+
+/// A host CPU without `tsc_deadline_timer`: no `tsc-deadline` feature, and the reason says so.
+#[test]
+fn no_tsc_deadline_on_the_host() {
+    let root = sysfs("recipe-6c");
+    let proc = tempfile::tempdir().unwrap();
+    let cpuinfo = std::fs::read_to_string(proc_root().join("cpuinfo")).unwrap();
+    assert!(cpuinfo.contains(" tsc_deadline_timer "));
+    std::fs::write(
+        proc.path().join("cpuinfo"),
+        cpuinfo.replace(" tsc_deadline_timer ", " "),
+    )
+    .unwrap();
+    let run = |proc: &Path, args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("plan")
+            .args(args)
+            .env("KVMISOLATE_SYSFS_ROOT", root.path())
+            .env("KVMISOLATE_PROC_ROOT", proc)
+            .output()
+            .unwrap();
+        stdout_ok(&out)
+    };
+    let xml = run(proc.path(), &["--libvirt"]);
+    assert!(!xml.contains("tsc-deadline"), "{xml}");
+    assert!(xml.contains("<pmu state='off'/>"), "{xml}");
+    let text = run(proc.path(), &[]);
+    assert!(
+        text.contains("- TSC deadline: the host CPU has no tsc_deadline_timer (/proc/cpuinfo)"),
+        "{text}"
+    );
+    // No cpuinfo at all: not required, and why.
+    let text = run(&proc.path().join("absent"), &[]);
+    assert!(
+        text.contains(
+            "- TSC deadline: not required, the host's CPU flags are unknown (cannot read "
+        ) && text.contains("absent/cpuinfo"),
+        "{text}"
+    );
+}
+
+/// `--apply --guest windows` on the virt-manager-style XMLs: every line that changes belongs
+/// to an element the plan sets, everything the plan does not set inside `<features>`,
+/// `<clock>`, `<memoryBacking>` and the disks' `<driver>` stays, and `check --vm` finds
+/// nothing of the guest side missing afterwards.
+#[test]
+fn apply_windows_on_virt_manager_xml_changes_only_planned_elements() {
+    let root = sysfs("x3d-16c32t");
+    let dir = tempfile::tempdir().unwrap();
+    for fixture in ["domains/win11.xml", "libvirt/virt-manager-default.xml"] {
+        let path = dir.path().join("d.xml");
+        std::fs::copy(tests_dir().join("fixtures").join(fixture), &path).unwrap();
+        let original = std::fs::read_to_string(&path).unwrap();
+        let arg = path.to_str().unwrap();
+        stdout_ok(&plan(
+            root.path(),
+            &["--vcpus", "8", "--guest", "windows", "--apply", arg],
+        ));
+        let applied = std::fs::read_to_string(&path).unwrap();
+        if fixture.starts_with("domains/") {
+            golden("win11-x3d-windows.applied.xml", &applied);
+        }
+        let planned = [
+            "<metadata",
+            "</metadata>",
+            "<kvmisolate:isolate",
+            "<memoryBacking",
+            "</memoryBacking>",
+            "<nosharepages/>",
+            "<locked/>",
+            "<vcpu",
+            "<iothreads>",
+            "<cputune>",
+            "</cputune>",
+            "<vcpupin",
+            "<emulatorpin",
+            "<iothreadpin",
+            "<numatune>",
+            "</numatune>",
+            "<memory mode=",
+            "<features",
+            "</features>",
+            "<pmu ",
+            "<hyperv",
+            "</hyperv>",
+            "<relaxed ",
+            "<vapic ",
+            "<spinlocks ",
+            "<vpindex ",
+            "<synic ",
+            "<stimer ",
+            "<direct ",
+            "</stimer>",
+            "<frequencies ",
+            "<tlbflush ",
+            "<ipi ",
+            "<cpu ",
+            "</cpu>",
+            "<topology",
+            "<cache mode",
+            "<model fallback",
+            "<feature policy='require' name='tsc-deadline'/>",
+            "<clock",
+            "</clock>",
+            "<timer name=\"rtc\"",
+            "<timer name='hpet'",
+            "<timer name='hypervclock'",
+            "<driver ",
+        ];
+        for change in similar::TextDiff::from_lines(&original, &applied).iter_all_changes() {
+            if change.tag() == similar::ChangeTag::Equal {
+                continue;
+            }
+            let line = change.value().trim();
+            assert!(
+                planned.iter().any(|p| line.starts_with(p)),
+                "{fixture}: changed line {line:?} is not a planned element"
+            );
+        }
+        // Kept inside the merged elements.
+        for kept in [
+            "<acpi/>",
+            "<apic/>",
+            "<timer name=\"rtc\" tickpolicy=\"catchup\"/>",
+            "discard=",
+        ] {
+            if original.contains(kept) {
+                assert!(applied.contains(kept), "{fixture}: {kept} lost:\n{applied}");
+            }
+        }
+        // check --vm: nothing of the guest side missing.
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--no-daemon", "--json", "--vm"])
+            .arg(if fixture.starts_with("domains/") {
+                "win11"
+            } else {
+                "debian12"
+            })
+            .arg("--domain-xml")
+            .arg(&path)
+            .env("KVMISOLATE_PROC_ROOT", proc_root())
+            .env("KVMISOLATE_CONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let f = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "vm-guest-side")
+            .unwrap_or_else(|| panic!("no vm-guest-side in {v}"));
+        assert_eq!(f["severity"], "ok", "{fixture}: {f}");
+        // And before: information naming what lacks.
+        std::fs::write(&path, &original).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--no-daemon", "--json", "--vm"])
+            .arg(if fixture.starts_with("domains/") {
+                "win11"
+            } else {
+                "debian12"
+            })
+            .arg("--domain-xml")
+            .arg(&path)
+            .env("KVMISOLATE_PROC_ROOT", proc_root())
+            .env("KVMISOLATE_CONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let f = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "vm-guest-side")
+            .unwrap();
+        assert_eq!(f["severity"], "info", "{fixture}: {f}");
+        assert!(
+            f["fix"].as_str().unwrap().contains("kvmisolate plan"),
+            "{f}"
+        );
+    }
 }
 
 #[test]

@@ -148,6 +148,7 @@ pub fn load_domain(
         domain,
         source,
         settings,
+        xml: unwrap_domstatus(&text).to_owned(),
     })
 }
 

@@ -14,6 +14,7 @@ pub mod args;
 pub mod cgroup;
 pub mod daemon;
 pub mod domain_source;
+pub mod guest_side;
 pub mod host;
 pub mod irq;
 pub mod knobs;

@@ -25,6 +25,8 @@ pub struct VmInput {
     pub source: String,
     /// Whether and how it opts in (`Err`: its opt-in is invalid, the message says why).
     pub settings: Result<Option<Settings>, String>,
+    /// The XML as read (for what the parsed [`Domain`] does not hold).
+    pub xml: String,
 }
 
 /// The domain part of the `--json` report (`vm`).
@@ -103,6 +105,7 @@ pub fn audit(
     }
     out.extend(rt_finding(host, d, running, settings));
     out.extend(hugepage_finding(host, d, running, settings));
+    out.extend(super::guest_side::finding(host, &d.name, &input.xml));
 
     let mut isolated = CpuSet::new();
     if running {
@@ -660,6 +663,7 @@ mod tests {
             domain,
             source: "test".into(),
             settings,
+            xml: xml.to_owned(),
         }
     }
 

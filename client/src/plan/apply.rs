@@ -1,15 +1,17 @@
-//! Puts a plan into an existing libvirt domain XML, changing only the CPU-related elements.
+//! Puts a plan into an existing libvirt domain XML, changing only the elements it plans.
 //!
 //! The top-level `<vcpu>`, `<iothreads>`, `<cputune>`, `<numatune>` and `<cpu>` are replaced (or
 //! inserted where libvirt would write them), the kvmisolate opt-in is put into `<metadata>`,
 //! and a `<vcpus>` list (per-vCPU settings for the old count) is removed. Inside `<cputune>`,
 //! `<numatune>` and `<cpu>`, children the plan does not set (`<shares>`, `<feature>`,
-//! comments...) are kept; attributes of `<cpu>` other than `mode` are kept. Every byte outside
-//! those elements stays as it was.
+//! comments...) are kept; attributes of `<cpu>` other than `mode` are kept. The guest-side
+//! elements ([`super::guest`]: `<memoryBacking>`, `<features>`, `<clock>`, the `<driver>` of
+//! virtio disks) are merged: only the children and attributes the plan sets are written, in
+//! place. Every byte outside those elements stays as it was.
 
-use super::Plan;
 use super::libvirt::{self, Body, LibvirtOptions, METADATA_NS, Managed};
 use super::xml_spans::{self, Element, Item, SpanError};
+use super::{Plan, guest};
 
 /// Why a domain XML could not be changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,15 +65,18 @@ const ORDER: &[&str] = &[
     "devices",
 ];
 
-fn order_of(name: &str) -> usize {
+/// Where `name` comes in libvirt's order of a domain's top-level elements.
+pub fn order_of(name: &str) -> usize {
     ORDER.iter().position(|n| *n == name).unwrap_or(ORDER.len())
 }
 
-/// One replacement of `start..end` by `text`; `seq` orders insertions at the same place.
+/// One replacement of `start..end` by `text`; `rank` (libvirt's order of the element it
+/// inserts), then `seq`, order insertions at the same place.
 struct Edit {
     start: usize,
     end: usize,
     text: String,
+    rank: usize,
     seq: usize,
 }
 
@@ -91,11 +96,12 @@ pub fn apply(original: &str, plan: &Plan, opts: LibvirtOptions) -> Result<String
     let unit = child_indent[base.len()..].to_owned();
     let mut edits = Vec::new();
     let mut seq = 0;
-    let mut push = |start: usize, end: usize, text: String| {
+    let mut push_ranked = |rank: usize, start: usize, end: usize, text: String| {
         edits.push(Edit {
             start,
             end,
             text,
+            rank,
             seq,
         });
         seq += 1;
@@ -105,23 +111,25 @@ pub fn apply(original: &str, plan: &Plan, opts: LibvirtOptions) -> Result<String
     match root.elements().filter(|e| e.name == "metadata").last() {
         Some(m) if m.empty => {
             let ind = xml_spans::indent_at(original, m.start).unwrap_or(&child_indent);
-            push(
+            push_ranked(
+                0,
                 m.start,
                 m.end,
                 format!("<metadata>\n{ind}{unit}{metadata}\n{ind}</metadata>"),
             );
         }
         Some(m) => match m.elements().find(|e| is_kvmisolate_isolate(e)) {
-            Some(old) => push(old.start, old.end, metadata),
+            Some(old) => push_ranked(0, old.start, old.end, metadata),
             None => {
                 let ind = xml_spans::indent_at(original, m.start).unwrap_or(&child_indent);
                 let after = m.children.iter().map(item_end).max().unwrap_or(m.open_end);
-                push(after, after, format!("\n{ind}{unit}{metadata}"));
+                push_ranked(0, after, after, format!("\n{ind}{unit}{metadata}"));
             }
         },
         None => {
             let at = insertion_point(&root, "metadata");
-            push(
+            push_ranked(
+                order_of("metadata"),
                 at,
                 at,
                 format!(
@@ -136,12 +144,45 @@ pub fn apply(original: &str, plan: &Plan, opts: LibvirtOptions) -> Result<String
             Some(old) => {
                 let ind = xml_spans::indent_at(original, old.start).unwrap_or(&child_indent);
                 let (attrs, kept) = kept_parts(original, &m, old);
-                push(old.start, old.end, m.render(ind, &unit, &attrs, &kept));
+                push_ranked(0, old.start, old.end, m.render(ind, &unit, &attrs, &kept));
             }
             None => {
                 let at = insertion_point(&root, m.name);
                 let text = m.render(&child_indent, &unit, &[], &[]);
-                push(at, at, format!("\n{child_indent}{text}"));
+                push_ranked(order_of(m.name), at, at, format!("\n{child_indent}{text}"));
+            }
+        }
+    }
+
+    let side = &plan.guest_side;
+    for want in guest::wants(side, plan.hugepages.as_ref()) {
+        match root.elements().filter(|e| want.matches(e)).last() {
+            Some(old) => {
+                let mut splices = Vec::new();
+                guest::merge(original, old, &want, &unit, &mut splices);
+                for (start, end, text) in splices {
+                    push_ranked(0, start, end, text);
+                }
+            }
+            None => {
+                let at = insertion_point(&root, want.name);
+                let text = want.render(&child_indent, &unit, false);
+                push_ranked(
+                    order_of(want.name),
+                    at,
+                    at,
+                    format!("\n{child_indent}{text}"),
+                );
+            }
+        }
+    }
+    if side.disk_iothreads > 0 {
+        for (i, disk) in guest::iothread_disks(&root).into_iter().enumerate() {
+            let n = u32::try_from(i).unwrap_or(0) % side.disk_iothreads + 1;
+            let mut splices = Vec::new();
+            guest::merge(original, disk, &guest::disk_want(n), &unit, &mut splices);
+            for (start, end, text) in splices {
+                push_ranked(0, start, end, text);
             }
         }
     }
@@ -154,10 +195,15 @@ pub fn apply(original: &str, plan: &Plan, opts: LibvirtOptions) -> Result<String
         } else {
             old.start
         };
-        push(from, old.end, String::new());
+        push_ranked(0, from, old.end, String::new());
     }
 
-    edits.sort_by(|a, b| b.start.cmp(&a.start).then(b.seq.cmp(&a.seq)));
+    edits.sort_by(|a, b| {
+        b.start
+            .cmp(&a.start)
+            .then(b.rank.cmp(&a.rank))
+            .then(b.seq.cmp(&a.seq))
+    });
     let mut out = original.to_owned();
     for e in edits {
         out.replace_range(e.start..e.end, &e.text);
@@ -202,7 +248,7 @@ fn kept_parts(text: &str, m: &Managed, old: &Element) -> (Vec<String>, Vec<Strin
             .children
             .iter()
             .filter_map(|item| match item {
-                Item::Element(e) if m.replaces.contains(&e.name.as_str()) => None,
+                Item::Element(e) if m.replaces(e) => None,
                 Item::Element(e) => Some(text[e.start..e.end].to_owned()),
                 Item::Comment { start, end } => Some(text[*start..*end].to_owned()),
             })
@@ -255,12 +301,28 @@ mod tests {
     /// and its line break) cut out: what must not change.
     fn skeleton(text: &str) -> String {
         let root = xml_spans::parse(text).unwrap();
-        let managed = ["vcpu", "iothreads", "cputune", "numatune", "cpu"];
+        let managed = [
+            "memoryBacking",
+            "vcpu",
+            "iothreads",
+            "cputune",
+            "numatune",
+            "features",
+            "cpu",
+            "clock",
+        ];
         let mut cuts: Vec<(usize, usize)> = root
             .elements()
             .filter(|e| managed.contains(&e.name.as_str()))
             .map(|e| (e.start, e.end))
             .collect();
+        for disk in guest::iothread_disks(&root) {
+            cuts.extend(
+                disk.elements()
+                    .filter(|e| e.name == "driver")
+                    .map(|e| (e.start, e.end)),
+            );
+        }
         for m in root.elements().filter(|e| e.name == "metadata") {
             cuts.extend(
                 m.elements()
@@ -305,6 +367,53 @@ mod tests {
     }
 
     #[test]
+    fn the_guest_side_is_merged_into_what_is_there() {
+        let dir = fixture::tree("x3d-16c32t");
+        let mut topo = Topology::read(dir.path()).unwrap();
+        topo.cpu_flags = crate::topology::CpuFlags::Known(vec!["tsc_deadline_timer".to_owned()]);
+        let opts = PlanOptions {
+            size: Size::Vcpus(8),
+            guest: crate::plan::GuestOs::Windows,
+            ..PlanOptions::default()
+        };
+        let p = plan(&topo, &opts).unwrap();
+        let out = apply(WIN11, &p, LibvirtOptions::default()).unwrap();
+        assert_eq!(skeleton(&out), skeleton(WIN11));
+        assert!(out.contains("  <memoryBacking>\n    <hugepages/>\n    <locked/>\n    <nosharepages/>\n  </memoryBacking>\n"), "{out}");
+        assert!(out.contains("<driver name='qemu' type='qcow2' cache='none' io='threads' discard='unmap' iothread='1'/>"), "{out}");
+        assert!(out.contains("      <spinlocks state='on' retries='8191'/>\n      <vendor_id state='on' value='0123456789ab'/>\n      <vpindex state='on'/>\n      <synic state='on'/>\n      <stimer state='on'>\n        <direct state='on'/>\n      </stimer>\n"), "{out}");
+        assert!(
+            out.contains("    <smm state='on'/>\n    <pmu state='off'/>\n  </features>"),
+            "{out}"
+        );
+        assert!(out.contains("    <cache mode='passthrough'/>\n    <feature policy='require' name='tsc-deadline'/>\n    <!-- needed for SMT"), "{out}");
+        // The clock already had both timers: untouched.
+        let clock = |t: &str| t[t.find("<clock").unwrap()..t.find("</clock>").unwrap()].to_owned();
+        assert_eq!(clock(&out), clock(WIN11));
+        // Every line outside the planned elements is the original's.
+        let lines = |t: &str| t.lines().map(str::to_owned).collect::<Vec<_>>();
+        let (old, new) = (lines(WIN11), lines(&out));
+        let removed: Vec<&String> = old.iter().filter(|l| !new.contains(l)).collect();
+        for l in removed {
+            let l = l.trim();
+            assert!(
+                [
+                    "<vcpu",
+                    "<vcpupin",
+                    "<emulatorpin",
+                    "<cpu ",
+                    "<model",
+                    "<driver"
+                ]
+                .iter()
+                .any(|p| l.starts_with(p)),
+                "removed: {l}"
+            );
+        }
+        assert_eq!(apply(&out, &p, LibvirtOptions::default()).unwrap(), out);
+    }
+
+    #[test]
     fn missing_elements_go_where_libvirt_puts_them() {
         let bare = "<domain type='kvm'>\n\t<name>t</name>\n\t<memory unit='KiB'>1048576</memory>\n\t<os>\n\t\t<type>hvm</type>\n\t</os>\n\t<devices/>\n</domain>\n";
         let p = x3d_plan(Size::Vcpus(2));
@@ -320,11 +429,13 @@ mod tests {
                 "name",
                 "metadata",
                 "memory",
+                "memoryBacking",
                 "vcpu",
                 "iothreads",
                 "cputune",
                 "numatune",
                 "os",
+                "features",
                 "cpu",
                 "devices"
             ]

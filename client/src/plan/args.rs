@@ -6,7 +6,7 @@ use kvmisolate_dbus::tunings::PageSize;
 
 use clap::{Args, ValueEnum};
 
-use super::{EmulatorMode, Prefer};
+use super::{EmulatorMode, GuestOs, Prefer};
 
 /// `kvmisolate plan`.
 #[derive(Debug, Args)]
@@ -48,6 +48,11 @@ pub struct PlanArgs {
           value_parser = parse_page_size)]
     pub hugepages: Option<PageSize>,
 
+    /// The guest's operating system: `windows` adds the Hyper-V enlightenments and the
+    /// hypervclock timer (HPET off) to the libvirt XML.
+    #[arg(long, value_enum, value_name = "OS", default_value_t = GuestArg::Any)]
+    pub guest: GuestArg,
+
     /// Print the plan as JSON (stable, "version": 1; see docs/ARCHITECTURE.md).
     #[arg(long, conflicts_with_all = ["libvirt", "apply"])]
     pub json: bool,
@@ -64,6 +69,16 @@ pub struct PlanArgs {
     /// With --apply: print a unified diff instead of changing the file.
     #[arg(long, requires = "apply")]
     pub dry_run: bool,
+
+    /// Read cpuinfo below this directory instead of /proc (for tests).
+    #[arg(
+        long,
+        value_name = "DIR",
+        hide = true,
+        env = "KVMISOLATE_PROC_ROOT",
+        default_value = "/proc"
+    )]
+    pub proc_root: PathBuf,
 
     /// Read the topology below this directory instead of /sys (for tests).
     #[arg(long, value_name = "DIR", hide = true, env = "KVMISOLATE_SYSFS_ROOT",
@@ -85,6 +100,24 @@ impl From<PreferArg> for Prefer {
         match p {
             PreferArg::Cache => Prefer::Cache,
             PreferArg::Frequency => Prefer::Frequency,
+        }
+    }
+}
+
+/// `--guest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GuestArg {
+    /// Any guest.
+    Any,
+    /// A Windows guest.
+    Windows,
+}
+
+impl From<GuestArg> for GuestOs {
+    fn from(g: GuestArg) -> Self {
+        match g {
+            GuestArg::Any => GuestOs::Any,
+            GuestArg::Windows => GuestOs::Windows,
         }
     }
 }
@@ -154,6 +187,8 @@ mod tests {
             "--iothreads",
             "2",
             "--fifo",
+            "--guest",
+            "windows",
             "--apply",
             "d.xml",
             "--dry-run",
@@ -167,6 +202,7 @@ mod tests {
         assert_eq!(o.prefer, Prefer::Frequency);
         assert_eq!(o.emulator, EmulatorMode::Shared);
         assert_eq!(o.iothreads, 2);
+        assert_eq!(o.guest, GuestOs::Windows);
         assert!(a.fifo && a.dry_run);
         assert_eq!(a.sysfs_root, std::path::Path::new("/tmp/s"));
         let a = parse(&["--vcpus", "6"]).unwrap();
@@ -192,6 +228,7 @@ mod tests {
         assert_eq!(kind(&["--dry-run"]), ErrorKind::MissingRequiredArgument);
         assert_eq!(kind(&["--iothreads", "65"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["--prefer", "cores"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["--guest", "macos"]), ErrorKind::InvalidValue);
         assert_eq!(kind(&["--vcpus", "-1"]), ErrorKind::UnknownArgument);
     }
 

@@ -273,6 +273,11 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Result<Plan, PlanError> {
         hugepages: opts
             .hugepages
             .map(|size| super::Hugepages::new(size, domain.node)),
+        guest_side: super::GuestSide {
+            os: opts.guest,
+            tsc_deadline: topo.cpu_flags.has(super::guest::TSC_DEADLINE_FLAG),
+            disk_iothreads: opts.iothreads,
+        },
         reasons: Vec::new(),
     };
     plan.reasons = super::reasons::reasons(&super::reasons::Why {

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use kvmisolate_dbus::tunings::{Profile, Tuning};
 
-use super::{EmulatorMode, Plan};
+use super::xml_spans::Element;
+use super::{EmulatorMode, Plan, guest};
 
 /// The namespace of kvmisolate's libvirt metadata.
 pub const METADATA_NS: &str = "https://kvmisolate.org/xmlns/libvirt/1";
@@ -60,7 +61,8 @@ pub struct Managed {
     pub body: Body,
     /// Whether attributes of an existing element that the plan does not set are kept.
     pub keep_other_attrs: bool,
-    /// The children of an existing element that the plan replaces; other children are kept.
+    /// The children of an existing element that the plan replaces, by name (`feature
+    /// name=tsc-deadline`: only those with that attribute value); other children are kept.
     pub replaces: Vec<&'static str>,
     /// Whether kept children go before the plan's own (libvirt writes `<shares>` before
     /// `<vcpupin>`, but `<topology>` before `<feature>`).
@@ -68,6 +70,19 @@ pub struct Managed {
 }
 
 impl Managed {
+    /// Whether `e`, a child of an existing element, is one the plan replaces.
+    pub fn replaces(&self, e: &Element) -> bool {
+        self.replaces.iter().any(|spec| match spec.split_once(' ') {
+            Some((name, attr)) => {
+                e.name == name
+                    && attr
+                        .split_once('=')
+                        .is_some_and(|(k, v)| e.attr(k) == Some(v))
+            }
+            None => e.name == *spec,
+        })
+    }
+
     /// The element as XML: the first line unindented, inner lines indented by `base` plus
     /// `unit`, the closing tag by `base`; `kept` are children of an existing element to keep,
     /// written before or after the plan's own as [`Managed::kept_first`] says.
@@ -115,24 +130,6 @@ pub fn elements(plan: &Plan, opts: LibvirtOptions) -> Vec<Managed> {
         replaces: Vec::new(),
         kept_first: false,
     }];
-    if let Some(h) = &plan.hugepages {
-        // Before <vcpu> in libvirt's order; other backing settings (<locked/>, <source>,
-        // <access>...) are kept after it.
-        out.insert(
-            0,
-            Managed {
-                name: "memoryBacking",
-                attrs: Vec::new(),
-                body: Body::Children(vec![format!(
-                    "<hugepages><page size='{}' unit='KiB'/></hugepages>",
-                    h.page_kib
-                )]),
-                keep_other_attrs: false,
-                replaces: vec!["hugepages"],
-                kept_first: false,
-            },
-        );
-    }
     if !plan.iothreads.is_empty() {
         out.push(Managed {
             name: "iothreads",
@@ -188,18 +185,24 @@ pub fn elements(plan: &Plan, opts: LibvirtOptions) -> Vec<Managed> {
         });
     }
     let g = &plan.guest;
+    let mut cpu = vec![
+        format!(
+            "<topology sockets='{}' dies='{}' cores='{}' threads='{}'/>",
+            g.sockets, g.dies, g.cores, g.threads
+        ),
+        "<cache mode='passthrough'/>".to_owned(),
+    ];
+    let mut replaces = vec!["topology", "cache", "model", "vendor", "numa"];
+    if plan.guest_side.tsc_deadline {
+        cpu.push(guest::TSC_DEADLINE_FEATURE.to_owned());
+        replaces.push("feature name=tsc-deadline");
+    }
     out.push(Managed {
         name: "cpu",
         attrs: vec!["mode='host-passthrough'".to_owned()],
-        body: Body::Children(vec![
-            format!(
-                "<topology sockets='{}' dies='{}' cores='{}' threads='{}'/>",
-                g.sockets, g.dies, g.cores, g.threads
-            ),
-            "<cache mode='passthrough'/>".to_owned(),
-        ]),
+        body: Body::Children(cpu),
         keep_other_attrs: true,
-        replaces: vec!["topology", "cache", "model", "vendor", "numa"],
+        replaces,
         kept_first: false,
     });
     out
@@ -218,8 +221,32 @@ pub fn snippet(plan: &Plan, opts: LibvirtOptions) -> String {
         plan.housekeeping
     );
     let _ = writeln!(s, "<metadata>\n  {}\n</metadata>", metadata_element(opts));
-    for e in elements(plan, opts) {
-        let _ = writeln!(s, "{}", e.render("", "  ", &[], &[]));
+    let mut parts: Vec<(&str, String)> = elements(plan, opts)
+        .iter()
+        .map(|e| (e.name, e.render("", "  ", &[], &[])))
+        .collect();
+    for w in guest::wants(&plan.guest_side, plan.hugepages.as_ref()) {
+        parts.push((w.name, w.render("", "  ", false)));
+    }
+    parts.sort_by_key(|(name, _)| super::apply::order_of(name));
+    for (_, text) in parts {
+        let _ = writeln!(s, "{text}");
+    }
+    if plan.guest_side.disk_iothreads > 0 {
+        let which = if plan.guest_side.disk_iothreads == 1 {
+            "iothread='1'".to_owned()
+        } else {
+            format!("iothread='1'..'{}' in turn", plan.guest_side.disk_iothreads)
+        };
+        let _ = writeln!(
+            s,
+            "<!-- and in <devices>, the <driver> of each virtio <disk>: io='threads' {which} -->\n{}",
+            guest::disk_want(1)
+                .children
+                .iter()
+                .map(|d| d.render("", "  ", false))
+                .collect::<String>()
+        );
     }
     s
 }

@@ -8,12 +8,13 @@
 pub mod apply;
 pub mod args;
 pub mod choose;
+pub mod guest;
 pub mod libvirt;
 pub mod reasons;
 pub mod render;
 pub mod run;
 mod words;
-mod xml_spans;
+pub(crate) mod xml_spans;
 
 use kvmisolate_dbus::cpulist::CpuSet;
 use kvmisolate_dbus::tunings::PageSize;
@@ -51,6 +52,17 @@ pub enum EmulatorMode {
     Shared,
 }
 
+/// The guest's operating system, for what only it uses (Hyper-V enlightenments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestOs {
+    /// Any guest: only what every guest benefits from.
+    #[default]
+    Any,
+    /// Windows: also the Hyper-V enlightenments and its clock.
+    Windows,
+}
+
 /// What the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanOptions {
@@ -66,6 +78,8 @@ pub struct PlanOptions {
     pub iothreads: u32,
     /// Hugepages of this size back the guest's memory.
     pub hugepages: Option<PageSize>,
+    /// The guest's operating system.
+    pub guest: GuestOs,
 }
 
 impl Default for PlanOptions {
@@ -77,6 +91,7 @@ impl Default for PlanOptions {
             emulator: EmulatorMode::Separate,
             iothreads: 1,
             hugepages: None,
+            guest: GuestOs::Any,
         }
     }
 }
@@ -147,6 +162,17 @@ impl Hugepages {
     }
 }
 
+/// The guest-side half of a plan: what the domain XML asks of QEMU besides the CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct GuestSide {
+    /// The guest's operating system (`windows`: Hyper-V enlightenments, `hypervclock`, no HPET).
+    pub os: GuestOs,
+    /// Whether the guest must get the TSC deadline timer (the host CPU has it).
+    pub tsc_deadline: bool,
+    /// The I/O threads the domain's virtio disks are bound to, in turn (0: none).
+    pub disk_iothreads: u32,
+}
+
 /// A proposed split of the host's CPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -170,6 +196,8 @@ pub struct Plan {
     pub l3: Option<CacheInfo>,
     /// The hugepages backing the guest's memory, if asked for.
     pub hugepages: Option<Hugepages>,
+    /// The guest-side settings of the domain (features, clock, memory, disks).
+    pub guest_side: GuestSide,
     /// One line per choice, saying why.
     pub reasons: Vec<String>,
 }

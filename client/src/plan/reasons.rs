@@ -4,8 +4,8 @@
 use kvmisolate_dbus::cpulist::CpuSet;
 
 use super::words::topology_text;
-use super::{EmulatorMode, Plan, PlanOptions, Prefer, Size};
-use crate::topology::{CoreKind, Topology};
+use super::{EmulatorMode, GuestOs, Plan, PlanOptions, Prefer, Size};
+use crate::topology::{CoreKind, CpuFlags, Topology};
 use crate::words::plural;
 
 /// What the reasons are made from.
@@ -174,17 +174,70 @@ pub fn reasons(w: &Why<'_>) -> Vec<String> {
     });
     out.push(match p.iothreads.first() {
         Some(io) => format!(
-            "I/O threads: {} on housekeeping CPUs {} near the guest (not latency-critical); give \
-             disks <driver iothread='N'/>",
+            "I/O threads: {} on housekeeping CPUs {} near the guest (not latency-critical)",
             p.iothreads.len(),
             io.cpus
         ),
         None => "I/O threads: none (--iothreads 0)".to_owned(),
     });
+    out.extend(guest_reasons(w));
     out.push(format!(
         "guest topology: {}, matching the host's SMT so the guest's scheduler sees real siblings",
         topology_text(&p.guest)
     ));
+    out
+}
+
+/// The reasons of the guest-side half (features, memory, disks, Windows).
+fn guest_reasons(w: &Why<'_>) -> Vec<String> {
+    let side = &w.plan.guest_side;
+    let mut out = Vec::new();
+    out.push(match side.disk_iothreads {
+        0 => "disks: on the emulator thread (no I/O thread to bind them to)".to_owned(),
+        1 => "disks: each virtio disk's <driver io='threads' iothread='1'/>: its I/O runs on the \
+              I/O thread, off the emulator and the vCPUs"
+            .to_owned(),
+        n => format!(
+            "disks: the virtio disks' <driver io='threads' iothread='N'/> on I/O threads 1-{n} in \
+             turn: their I/O runs there, off the emulator and the vCPUs"
+        ),
+    });
+    out.push(
+        "PMU: <pmu state='off'/>: no virtual performance counters, whose MSR exits and NMIs \
+         interrupt the vCPUs (turn it on to profile inside the guest)"
+            .to_owned(),
+    );
+    out.push(match (&w.topo.cpu_flags, side.tsc_deadline) {
+        (_, true) => "TSC deadline: the host CPU has tsc_deadline_timer, so the guest's timer is \
+                      required to be the TSC deadline one (<feature policy='require' \
+                      name='tsc-deadline'/>): one MSR write per timer, no APIC timer counting"
+            .to_owned(),
+        (CpuFlags::Known(_), false) => "TSC deadline: the host CPU has no tsc_deadline_timer \
+                                        (/proc/cpuinfo), so the guest cannot be given it"
+            .to_owned(),
+        (CpuFlags::Unknown(why), false) => {
+            format!("TSC deadline: not required, the host's CPU flags are unknown ({why})")
+        }
+        (CpuFlags::NotRead, false) => {
+            "TSC deadline: not required, the host's CPU flags were not read".to_owned()
+        }
+    });
+    out.push(
+        "memory: <locked/> keeps the guest's memory in RAM (never swapped out or reclaimed \
+         under it), <nosharepages/> keeps KSM from merging its pages (no scanning, no copy-on-write \
+         faults)"
+            .to_owned(),
+    );
+    if side.os == GuestOs::Windows {
+        out.push(
+            "Windows (--guest windows): Hyper-V enlightenments (relaxed, vapic, spinlocks, \
+             vpindex, synic, stimer in direct mode, frequencies, tlbflush, ipi) replace timer, \
+             APIC and TLB-flush exits with cheaper paravirtual ones; <timer name='hypervclock' \
+             present='yes'/> gives it a stable clock and <timer name='hpet' present='no'/> \
+             keeps it off the slow emulated HPET"
+                .to_owned(),
+        );
+    }
     out
 }
 

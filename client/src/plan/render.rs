@@ -6,7 +6,9 @@ use kvmisolate_dbus::cpulist::CpuSet;
 use serde::Serialize;
 
 use super::words::topology_text;
-use super::{CacheInfo, EmulatorMode, GuestTopology, Hugepages, IothreadPin, Plan, VcpuPin};
+use super::{
+    CacheInfo, EmulatorMode, GuestSide, GuestTopology, Hugepages, IothreadPin, Plan, VcpuPin,
+};
 use crate::topology::Topology;
 use crate::words::plural;
 
@@ -122,6 +124,8 @@ pub struct JsonPlan<'a> {
     /// The hugepages backing the guest's memory (only with `--hugepages`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hugepages: Option<&'a Hugepages>,
+    /// The guest-side settings (`os`, `tsc_deadline`, `disk_iothreads`).
+    pub guest_side: &'a GuestSide,
     /// One line per choice.
     pub reasons: &'a [String],
 }
@@ -202,6 +206,7 @@ pub fn json(topo: &Topology, plan: &Plan) -> String {
         numa_node: plan.numa_node,
         l3: plan.l3.as_ref(),
         hugepages: plan.hugepages.as_ref(),
+        guest_side: &plan.guest_side,
         reasons: &plan.reasons,
     };
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();

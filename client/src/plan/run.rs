@@ -22,13 +22,15 @@ pub fn options(args: &PlanArgs) -> PlanOptions {
         emulator: args.emulator.into(),
         iothreads: args.iothreads,
         hugepages: args.hugepages,
+        guest: args.guest.into(),
     }
 }
 
 /// Runs `kvmisolate plan`; returns what to print on stdout.
 pub fn run(args: &PlanArgs, quiet: bool) -> Result<String, Failure> {
-    let topo = Topology::read(&args.sysfs_root)
+    let mut topo = Topology::read(&args.sysfs_root)
         .map_err(|e| Failure::other(format!("cannot read the CPU topology: {e}")))?;
+    topo.read_cpu_flags(&args.proc_root);
     let plan = plan(&topo, &options(args))
         .map_err(|e| Failure::new(ExitCode::BadRequest, format!("cannot plan: {e}")))?;
     if let Some(size) = args.hugepages {

@@ -7,7 +7,8 @@
 # printed). Induced faults: a second
 # domain whose vCPU shares the emulator's CPU → vm-shared-cpus; a third backed by hugepages the
 # pool cannot hold → vm-hugepages error; an IRQ moved by hand onto vCPU CPU 3 → irq-affinity
-# names it.
+# names it. The domain lacks the guest side `plan` writes: vm-guest-side is information naming
+# <pmu state='off'/> with the fix.
 # needs: libvirt
 # timeout: 600
 ck_sev() { jq -r --arg i "$2" '[.findings[] | select(.id == $i)][0].severity // ""' <<<"$1"; }
@@ -77,6 +78,10 @@ run() {
     ! jq -e '.findings[] | select((.id | startswith("vm-")) and (.severity == "warning" or .severity == "error"))' >/dev/null <<<"$j" \
         || fail "domain findings with the domain isolated: $(problems "$j")"
     note "running (exit $rc): $(ck_found "$j" vm-partitions)"
+    # The guest side the plan would add (no <pmu state='off'/>, <locked/>...): information, with the fix.
+    [ "$(ck_sev "$j" vm-guest-side)" = info ] || fail "vm-guest-side $(ck_sev "$j" vm-guest-side), want info: $(jq -c '.findings[] | select(.id == "vm-guest-side")' <<<"$j")"
+    jq -e '.findings[] | select(.id == "vm-guest-side") | select(.fix | contains("kvmisolate plan")) | .details[] | select(. == "<features><pmu state='"'"'off'"'"'/>")' >/dev/null <<<"$j" \
+        || fail "vm-guest-side does not name <pmu> and the fix: $(jq -c '.findings[] | select(.id == "vm-guest-side")' <<<"$j")"
     jq -r '.findings[] | select(.severity == "info") | .id as $i | .details[] | "    info \($i): \(.)"' <<<"$j" | awk 'NR <= 20'  # reads it all: no SIGPIPE for jq under pipefail
 
     # 3a. A second domain, its vCPU on the emulator's CPU.

@@ -7,12 +7,27 @@
 # wrote, every host task leaves the guest's CPUs, and `kvmisolate check --cpus <the plan's
 # CPUs>` reports nothing worse than information; `virsh destroy` → everything restored. Then
 # the same with `--fifo`: SCHED_FIFO vCPUs, the realtime profile, check still clean.
+# The guest-side half: the planned domain (with a virtio disk) gets `<pmu state='off'/>`,
+# `<locked/>`, `<nosharepages/>` and its disk on I/O thread 1 with io='threads'; libvirt
+# defines and starts it and QEMU's command line carries each (pmu=off, mem-merge=off,
+# mem-lock, the disk on iothread1 with aio threads); `check --vm` then finds nothing of the
+# guest side missing (information before the apply). tsc-deadline and `--guest windows`: TCG's
+# `-cpu max` has no tsc_deadline_timer, so plan omits the feature here (asserted) and a
+# cpuinfo with the flag added (KVMISOLATE_PROC_ROOT) makes it require it. Each such domain is
+# defined (libvirt validates it) and its dumpxml keeps every element; its start is tried: it
+# either starts, and QEMU's command line then carries tsc-deadline=on, or hv-stimer(-direct),
+# hv-time and HPET off (libvirt 11/QEMU 10 and libvirt 12/QEMU 11 start both under TCG,
+# 2026-12-04; whether TCG's guest makes use of the Hyper-V features is not measured here), or
+# the refusal must name the feature TCG lacks (the case prints which).
 # needs: libvirt
 # smp: 8,sockets=1,cores=4,threads=2
 # timeout: 600
 
 DOM=kvmi-plan
 RT=kvmi-plan-rt
+TSC=kvmi-plan-tsc
+WIN=kvmi-plan-win
+IMAGES=/var/lib/libvirt/images   # where libvirt's QEMU user may open a disk image
 
 # A domain with no CPU element at all (no disk: it sits in SeaBIOS).
 bare_domain() { # NAME
@@ -29,6 +44,43 @@ bare_domain() { # NAME
   </devices>
 </domain>
 EOT
+}
+
+# disk_domain NAME: bare_domain with a virtio disk (a sparse raw file), for the I/O thread
+disk_domain() {
+    truncate -s 8M "$IMAGES/$1.img"
+    bare_domain "$1" | sed "s|    <memballoon model='none'/>|    <disk type='file' device='disk'>\\n      <driver name='qemu' type='raw'/>\\n      <source file='$IMAGES/$1.img'/>\\n      <target dev='vda' bus='virtio'/>\\n    </disk>\\n&|"
+}
+
+# has_elements FILE WHAT PATTERN...: every extended regex is in FILE, else fail naming WHAT
+has_elements() {
+    local file=$1 what=$2 p
+    shift 2
+    for p in "$@"; do
+        grep -qE "$p" "$file" || fail "$what has no $p: $(grep -vE '^ *$' "$file" | head -c 1500)"
+    done
+}
+
+# GUEST_SIDE: what plan --apply writes for any guest; HYPERV: and for --guest windows
+GUEST_SIDE=("<pmu state='off'/>" "<locked/>" "<nosharepages/>" "<driver name='qemu' type='raw' io='threads' iothread='1'/>")
+HYPERV=("<hyperv mode='custom'>" "<relaxed state='on'/>" "<vapic state='on'/>" "<spinlocks state='on' retries='8191'/>"
+    "<vpindex state='on'/>" "<synic state='on'/>" "<stimer state='on'>" "<direct state='on'/>" "<frequencies state='on'/>"
+    "<tlbflush state='on'/>" "<ipi state='on'/>" "<timer name='hpet' present='no'/>" "<timer name='hypervclock' present='yes'/>")
+TSC_FEATURE="<feature policy='require' name='tsc-deadline'/>"
+
+# try_start NAME: start the defined domain NAME; START_RESULT is "started" or "refused: WHY"
+# (libvirt's error, which names what TCG lacks); a started domain is destroyed and its
+# isolation waited out
+try_start() {
+    local out
+    if out=$(timeout -k 5 120 $VIRSH start "$1" 2>&1); then
+        START_RESULT=started
+        START_CMD=$(tr '\0' ' ' < "/proc/$(qemu_pid "$1")/cmdline")
+        destroy "$1"
+        wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after virsh destroy $1"
+    else
+        START_RESULT="refused: $(tr '\n' ' ' <<<"$out" | cut -c1-400)"
+    fi
 }
 
 # sysfs_cores: one line per core, its CPUs (thread_siblings_list), sorted, unique
@@ -151,13 +203,21 @@ run() {
     grep -q '<kvmisolate:isolate xmlns:kvmisolate="https://kvmisolate.org/xmlns/libvirt/1"' "$lv" \
         || fail "plan --libvirt has no opt-in metadata"
 
-    # 2. --apply --dry-run, then --apply
-    bare_domain "$DOM" > "$xml"; cp "$xml" "$orig"
+    # 2. --apply --dry-run, then --apply (a domain with a virtio disk, for the I/O thread)
+    disk_domain "$DOM" > "$xml"; cp "$xml" "$orig"
+    # The guest side is missing before: check --vm says so, as information with the fix.
+    local cj
+    cj=$(timeout -k 5 60 kvmisolate check --vm "$DOM" --domain-xml "$orig" --json 2>/dev/null) || true
+    [ "$(jq -r '.findings[] | select(.id == "vm-guest-side") | .severity' <<<"$cj")" = info ] \
+        || fail "check --vm of the bare domain: vm-guest-side $(jq -c '.findings[] | select(.id == "vm-guest-side")' <<<"$cj")"
+    jq -e '.findings[] | select(.id == "vm-guest-side") | select(.fix | contains("kvmisolate plan")) | .details[] | select(. == "<features><pmu state='"'"'off'"'"'/>")' >/dev/null <<<"$cj" \
+        || fail "vm-guest-side does not name <pmu> or the fix: $(jq -c '.findings[] | select(.id == "vm-guest-side")' <<<"$cj")"
+    note "check --vm before the apply: $(jq -r '.findings[] | select(.id == "vm-guest-side") | "\(.found): \(.details | join("; "))"' <<<"$cj")"
     kvmi plan --hugepages --apply "$xml" --dry-run || fail "plan --apply --dry-run failed"
     local diffout=$KT_STATE/plan.diff; cp "$KT_STATE/last-output" "$diffout"
     cmp -s "$xml" "$orig" || fail "--dry-run changed $xml"
     [ ! -e "$xml.bak" ] || fail "--dry-run wrote $xml.bak"
-    local allowed="^[+-] *(</?(metadata|memoryBacking|hugepages|vcpu|iothreads|cputune|vcpupin|emulatorpin|iothreadpin|vcpusched|numatune|cpu|topology|cache)[ />]|<memory mode=|<kvmisolate:isolate )"
+    local allowed="^[+-] *(</?(metadata|memoryBacking|hugepages|nosharepages|locked|vcpu|iothreads|cputune|vcpupin|emulatorpin|iothreadpin|vcpusched|numatune|cpu|topology|cache|features|pmu|driver)[ />]|<memory mode=|<kvmisolate:isolate |<feature policy='require' name='tsc-deadline'/>)"
     local other
     other=$(grep -E '^[+-]' "$diffout" | grep -vE '^(\+\+\+|---) ' | grep -vE "$allowed" || true)
     [ -z "$other" ] || fail "the dry-run diff touches more than CPU elements: $(echo $other | cut -c1-300)"
@@ -168,9 +228,17 @@ run() {
     diff -u "$orig" "$xml" | tail -n +3 > "$KT_STATE/applied.diff" || true
     tail -n +3 "$diffout" | diff -q - "$KT_STATE/applied.diff" >/dev/null \
         || fail "what --apply wrote differs from what --dry-run showed"
-    # Nothing of the original is lost.
-    ! diff "$orig" "$xml" | grep -q '^<' || fail "--apply removed lines: $(diff "$orig" "$xml" | grep '^<' | head -3)"
-    note "--apply: $(grep -c '^+' "$KT_STATE/applied.diff") lines added, none removed, $xml.bak kept"
+    # Nothing of the original is lost (the disk's <driver> gains attributes).
+    ! diff "$orig" "$xml" | grep '^<' | grep -vq "^< *<driver name='qemu' type='raw'/>$" \
+        || fail "--apply removed lines: $(diff "$orig" "$xml" | grep '^<' | head -3)"
+    has_elements "$xml" "the applied XML" "${GUEST_SIDE[@]}"
+    if grep -qw tsc_deadline_timer /proc/cpuinfo; then
+        has_elements "$xml" "the applied XML (this CPU has tsc_deadline_timer)" "$TSC_FEATURE"
+    else
+        ! grep -q tsc-deadline "$xml" || fail "plan requires tsc-deadline on a CPU without tsc_deadline_timer"
+        note "this CPU (TCG -cpu max) has no tsc_deadline_timer: plan does not require tsc-deadline"
+    fi
+    note "--apply: $(grep -c '^+' "$KT_STATE/applied.diff") lines added, only the disk's <driver> line rewritten, $xml.bak kept"
 
     # The guest here is TCG (no nested KVM): libvirt refuses host-passthrough for a 'qemu'
     # domain, so only for this environment the CPU mode becomes 'maximum' (same topology).
@@ -213,6 +281,18 @@ run() {
     [ "$got" = "$want" ] || fail "virsh iothreadinfo: $(echo $got), plan: $(echo $want)"
     note "virsh: vcpupin, emulatorpin and iothreadinfo match the plan"
 
+    # the guest side reached libvirt and QEMU
+    timeout -k 5 30 $VIRSH dumpxml "$DOM" > "$KT_STATE/$DOM.live.xml" || fail "virsh dumpxml $DOM failed"
+    has_elements "$KT_STATE/$DOM.live.xml" "the running domain's XML" "<pmu state='off'/>" "<locked/>" "<nosharepages/>" "io='threads'" "iothread='1'"
+    local cmd; cmd=$(tr '\0' ' ' < "/proc/$(qemu_pid "$DOM")/cmdline")
+    note "QEMU: $(grep -oE -- "-cpu [^ ]+|mem-merge=[a-z]+|mem-lock=[a-z]+|-object [^ ]*iothread[^ ]*|-blockdev [^ ]*|-device [^ ]*virtio-blk[^ ]*" <<<"$cmd" | paste -sd ' ' - | cut -c1-900)"
+    grep -qE -- "-cpu [^ ]*pmu=off" <<<"$cmd" || fail "QEMU's -cpu has no pmu=off: $(grep -oE -- '-cpu [^ ]+' <<<"$cmd")"
+    grep -q "mem-merge=off" <<<"$cmd" || fail "QEMU has no mem-merge=off (<nosharepages/>)"
+    grep -q "mem-lock=on" <<<"$cmd" || fail "QEMU has no mem-lock=on (<locked/>)"
+    grep -qE '"iothread":"iothread1"|iothread=iothread1' <<<"$cmd" || fail "the virtio disk is not on iothread1"
+    grep -qE '"aio":"threads"|aio=threads' <<<"$cmd" || fail "the disk's aio is not threads"
+    note "QEMU runs with pmu=off, mem-merge=off, mem-lock=on, the disk on iothread1 with aio threads"
+
     # the leaves: cpuset.cpus = the pins; vCPUs and emulator isolated, the iothread a member
     local scope leaf v c
     scope=$(scope_of "$DOM") || fail "no scope for $DOM under machine.slice"
@@ -232,8 +312,12 @@ run() {
 
     kvmi status >/dev/null || fail "kvmisolate status failed"
 
-    # 5. kvmisolate check on the plan's CPUs
+    # 5. kvmisolate check on the plan's CPUs, and of the domain's guest side
     check_clean "$iso" "$hk"
+    cj=$(timeout -k 5 60 kvmisolate check --vm "$DOM" --json 2>/dev/null) || true
+    [ "$(jq -r '.findings[] | select(.id == "vm-guest-side") | .severity' <<<"$cj")" = ok ] \
+        || fail "check --vm $DOM after the apply: $(jq -c '.findings[] | select(.id == "vm-guest-side")' <<<"$cj")"
+    note "check --vm $DOM: $(jq -r '.findings[] | select(.id == "vm-guest-side") | .found' <<<"$cj")"
 
     # 6. destroy: everything back
     destroy "$DOM"
@@ -268,9 +352,59 @@ run() {
     wait_for "[ \"\$(iso_count)\" = 0 ]" 20 0.5 || fail "still isolated 20 s after virsh destroy $RT"
     wait_restored "$before" 20
     note "virsh destroy $RT: released, every value restored"
+
+    # 8. tsc-deadline and --guest windows: defined by libvirt with every element kept; started
+    # where TCG can (else the refusal names the feature)
+    local fakeproc=$KT_STATE/proc-tsc res
+    mkdir -p "$fakeproc"
+    if grep -qw tsc_deadline_timer /proc/cpuinfo; then
+        cp /proc/cpuinfo "$fakeproc/cpuinfo"
+    else
+        sed -E 's/^(flags[[:space:]]*:)/\1 tsc_deadline_timer/' /proc/cpuinfo > "$fakeproc/cpuinfo"
+    fi
+    disk_domain "$TSC" > "$KT_STATE/$TSC.xml"
+    KVMISOLATE_PROC_ROOT=$fakeproc kvmi plan --apply "$KT_STATE/$TSC.xml" || fail "plan --apply with tsc_deadline_timer failed"
+    has_elements "$KT_STATE/$TSC.xml" "the plan with tsc_deadline_timer" "$TSC_FEATURE" "${GUEST_SIDE[@]}"
+    sed "s/mode='host-passthrough'/mode='maximum'/" "$KT_STATE/$TSC.xml" > "$KT_STATE/$TSC.define.xml"
+    out=$(timeout -k 5 60 $VIRSH define "$KT_STATE/$TSC.define.xml" 2>&1) || fail "virsh define $TSC (tsc-deadline required) failed: $out"
+    timeout -k 5 30 $VIRSH dumpxml --inactive "$TSC" > "$KT_STATE/$TSC.dump.xml"
+    has_elements "$KT_STATE/$TSC.dump.xml" "virsh dumpxml $TSC" "policy='require' name='tsc-deadline'" "<pmu state='off'/>"
+    try_start "$TSC"; res=$START_RESULT
+    case $res in
+        started)
+            grep -qE -- "-cpu [^ ]*tsc-deadline=on" <<<"$START_CMD" || fail "$TSC started without tsc-deadline=on: $(grep -oE -- '-cpu [^ ]+' <<<"$START_CMD")"
+            note "$TSC: defined and started with tsc-deadline required: $(grep -oE -- '-cpu [^ ]+' <<<"$START_CMD")" ;;
+        refused:*tsc*|refused:*TSC*) note "$TSC: defined (dumpxml keeps the feature); start $res" ;;
+        *) fail "$TSC: start $res (want started, or a refusal naming tsc-deadline)" ;;
+    esac
+
+    disk_domain "$WIN" > "$KT_STATE/$WIN.xml"
+    kvmi plan --guest windows --apply "$KT_STATE/$WIN.xml" || fail "plan --guest windows --apply failed"
+    has_elements "$KT_STATE/$WIN.xml" "the --guest windows plan" "${HYPERV[@]}" "${GUEST_SIDE[@]}"
+    sed "s/mode='host-passthrough'/mode='maximum'/" "$KT_STATE/$WIN.xml" > "$KT_STATE/$WIN.define.xml"
+    out=$(timeout -k 5 60 $VIRSH define "$KT_STATE/$WIN.define.xml" 2>&1) || fail "virsh define $WIN (Hyper-V enlightenments) failed: $out"
+    timeout -k 5 30 $VIRSH dumpxml --inactive "$WIN" > "$KT_STATE/$WIN.dump.xml"
+    has_elements "$KT_STATE/$WIN.dump.xml" "virsh dumpxml $WIN" "<hyperv mode='custom'>" "<stimer state='on'>" "<direct state='on'/>" \
+        "<spinlocks state='on' retries='8191'/>" "<ipi state='on'/>" "<timer name='hypervclock' present='yes'/>" "<timer name='hpet' present='no'/>"
+    cj=$(timeout -k 5 60 kvmisolate check --vm "$WIN" --json 2>/dev/null) || true
+    [ "$(jq -r '.findings[] | select(.id == "vm-guest-side") | .severity' <<<"$cj")" = ok ] \
+        || fail "check --vm $WIN: $(jq -c '.findings[] | select(.id == "vm-guest-side")' <<<"$cj")"
+    try_start "$WIN"; res=$START_RESULT
+    case $res in
+        started)
+            local p
+            for p in "-cpu [^ ]*hv[-_]stimer" "-cpu [^ ]*hv[-_]stimer[-_]direct" "-cpu [^ ]*hv[-_]time" "hpet=off|-no-hpet"; do
+                grep -qE -- "$p" <<<"$START_CMD" || fail "$WIN started, but QEMU's command line has no $p: $(grep -oE -- '-(cpu|machine) [^ ]+' <<<"$START_CMD" | paste -sd ' ' -)"
+            done
+            note "$WIN: defined and started with the Hyper-V enlightenments: $(grep -oE -- '-(cpu|machine) [^ ]+' <<<"$START_CMD" | paste -sd ' ' - | cut -c1-700)" ;;
+        refused:*hv*|refused:*hyperv*|refused:*Hyper*|refused:*KVM*|refused:*kvm*) note "$WIN: defined (dumpxml keeps every enlightenment); start $res" ;;
+        *) fail "$WIN: start $res (want started, or a refusal naming the Hyper-V features)" ;;
+    esac
+    wait_restored "$before" 20
 }
 
 cleanup() {
-    lv_forget "$DOM" "$RT" kvmi-pwarm
+    lv_forget "$DOM" "$RT" "$TSC" "$WIN" kvmi-pwarm
+    rm -f "$IMAGES/$DOM.img" "$IMAGES/$TSC.img" "$IMAGES/$WIN.img"
     KT_EXTRA_TARGETS=()
 }
