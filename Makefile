@@ -37,6 +37,8 @@ GNOME_UUID  := kvmisolate@kvmisolate.org
 GNOME_SRC   := desktop/gnome-shell
 GNOME_FILES := metadata.json extension.js client.js format.js stylesheet.css icons/kvmisolate-symbolic.svg
 CARGO       ?= cargo
+# --frozen for offline package builds (after cargo fetch, or with the vendor tarball).
+CARGO_FLAGS ?= --locked
 VERSION     := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 PKGDIR      := target/packages
 RELEASE     := target/release
@@ -48,7 +50,7 @@ GEN         := target/generated
 all: build
 
 build:
-	$(CARGO) build --release --workspace --locked
+	$(CARGO) build --release --workspace $(CARGO_FLAGS)
 
 $(GEN)/stamp: build
 	rm -rf $(GEN) && mkdir -p $(GEN)/man $(GEN)/completions
@@ -97,7 +99,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)
 
 # Everything CI runs (.ci/run calls exactly this).
-test: test-host lint unit-test test-packages test-vm
+test: test-host lint unit-test test-packages test-vm test-vm-deb
 
 # Host packages the tests need (a fresh machine has none of them).
 test-host:
@@ -169,7 +171,11 @@ deb: build
 	packaging/setup deb
 	packaging/debian/build $(VERSION)-$(DEB_REVISION) $(PKGDIR)
 
-packages: deb
+arch: dist
+	packaging/setup arch
+	packaging/arch/build $(VERSION) $(PKGDIR)
+
+packages: deb arch
 
 # Every package built, lintian clean (errors and warnings fail; each override in
 # packaging/debian/kvmisolate.lintian-overrides says why), and holding exactly the files
