@@ -183,6 +183,8 @@ packages: deb arch
 test-packages: packages
 	lintian --fail-on error,warning --info $(PKGDIR)/kvmisolate_$(VERSION)-$(DEB_REVISION)_amd64.deb
 	packaging/check-filelist deb $(PKGDIR)/kvmisolate_$(VERSION)-$(DEB_REVISION)_amd64.deb
+	packaging/check-filelist arch $(PKGDIR)/kvmisolate-$(VERSION)-1-x86_64.pkg.tar.zst
+	bsdtar -xOf $(PKGDIR)/kvmisolate-$(VERSION)-1-x86_64.pkg.tar.zst .INSTALL | grep -q 'release --all'
 
 # The VM suite once against the installed .deb (dpkg -i in the guest instead of make install),
 # with the package's own case (install starts nothing; upgrade keeps and adopts an isolation;
