@@ -175,7 +175,11 @@ arch: dist
 	packaging/setup arch
 	packaging/arch/build $(VERSION) $(PKGDIR)
 
-packages: deb arch
+rpm: dist
+	packaging/setup rpm
+	packaging/rpm/build $(VERSION) $(PKGDIR)
+
+packages: deb arch rpm
 
 # Every package built, lintian clean (errors and warnings fail; each override in
 # packaging/debian/kvmisolate.lintian-overrides says why), and holding exactly the files
@@ -185,6 +189,8 @@ test-packages: packages
 	packaging/check-filelist deb $(PKGDIR)/kvmisolate_$(VERSION)-$(DEB_REVISION)_amd64.deb
 	packaging/check-filelist arch $(PKGDIR)/kvmisolate-$(VERSION)-1-x86_64.pkg.tar.zst
 	bsdtar -xOf $(PKGDIR)/kvmisolate-$(VERSION)-1-x86_64.pkg.tar.zst .INSTALL | grep -q 'release --all'
+	packaging/check-filelist rpm $(PKGDIR)/kvmisolate-$(VERSION)-1.x86_64.rpm
+	packaging/rpm/check-scripts $(PKGDIR)/kvmisolate-$(VERSION)-1.x86_64.rpm
 
 # The VM suite once against the installed .deb (dpkg -i in the guest instead of make install),
 # with the package's own case (install starts nothing; upgrade keeps and adopts an isolation;
