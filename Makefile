@@ -7,6 +7,14 @@
 #   make gnome-extension-zip   the GNOME Shell extension as a zip (gnome-extensions pack)
 #   make demo             boot the test VM and show an isolation before/after (host untouched)
 #   make fuzz             fuzz the parsers with cargo-fuzz (FUZZ_TIME=120 seconds per target)
+#   make dist             target/packages/kvmisolate-VERSION.tar.gz + -vendor.tar.xz (offline builds)
+#   make packages         the .deb, the Arch package and the RPM into target/packages/
+#   make test-packages    build them, lintian, and each package's file list against `make install`
+#
+# The install layout is defined here, once: the variables below. Every package installs with
+# `make install DESTDIR=... PREFIX=/usr` (packaging/debian/rules, packaging/arch/PKGBUILD,
+# packaging/rpm/kvmisolate.spec), and packaging/check-filelist compares each package's files
+# with what `make install` installs. The version is defined once too: the workspace Cargo.toml.
 
 PREFIX      ?= /usr/local
 BINDIR      ?= $(PREFIX)/bin
@@ -29,15 +37,20 @@ GNOME_UUID  := kvmisolate@kvmisolate.org
 GNOME_SRC   := desktop/gnome-shell
 GNOME_FILES := metadata.json extension.js client.js format.js stylesheet.css icons/kvmisolate-symbolic.svg
 CARGO       ?= cargo
+# --frozen for offline package builds (after cargo fetch, or with the vendor tarball).
+CARGO_FLAGS ?= --locked
+VERSION     := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+PKGDIR      := target/packages
 RELEASE     := target/release
 GEN         := target/generated
 
-.PHONY: all build generate install uninstall test test-host lint lint-js unit-test js-test test-vm demo fuzz clean gnome-extension-zip
+.PHONY: all build generate install uninstall test test-host lint lint-js unit-test js-test test-vm demo fuzz clean gnome-extension-zip \
+	version dist deb arch rpm packages test-packages test-vm-deb
 
 all: build
 
 build:
-	$(CARGO) build --release --workspace --locked
+	$(CARGO) build --release --workspace $(CARGO_FLAGS)
 
 $(GEN)/stamp: build
 	rm -rf $(GEN) && mkdir -p $(GEN)/man $(GEN)/completions
@@ -62,6 +75,7 @@ install: $(GEN)/stamp
 	install -Dm0644 polkit/50-kvmisolate.rules.example $(DESTDIR)$(DOCDIR)/50-kvmisolate.rules.example
 	install -Dm0644 service/kvmisolate.toml.example $(DESTDIR)$(DOCDIR)/kvmisolate.toml.example
 	install -Dm0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -Dm0644 CHANGELOG.md $(DESTDIR)$(DOCDIR)/CHANGELOG.md
 	for f in $(GEN)/man/*.1; do install -Dm0644 $$f $(DESTDIR)$(MANDIR)/man1/$$(basename $$f); done
 	for f in $(GEN)/man/*.8; do install -Dm0644 $$f $(DESTDIR)$(MANDIR)/man8/$$(basename $$f); done
 	install -Dm0644 $(GEN)/completions/kvmisolate.bash $(DESTDIR)$(BASHCOMPDIR)/kvmisolate
@@ -85,7 +99,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)
 
 # Everything CI runs (.ci/run calls exactly this).
-test: test-host lint unit-test test-vm
+test: test-host lint unit-test test-packages test-vm test-vm-deb
 
 # Host packages the tests need (a fresh machine has none of them).
 test-host:
@@ -129,6 +143,61 @@ test-vm:
 
 demo:
 	tests/vm/run --demo
+
+version:
+	@echo $(VERSION)
+
+# Source release: the tracked files of the working tree, and every crate they need
+# (`cargo vendor`) with the .cargo/config.toml that points cargo at them. Both unpack into
+# kvmisolate-VERSION/, after which `cargo build --frozen` needs no network.
+DIST     := kvmisolate-$(VERSION)
+DISTWORK := target/dist
+dist:
+	rm -rf $(DISTWORK) && mkdir -p $(DISTWORK)/$(DIST)/.cargo $(PKGDIR)
+	git ls-files -z | LC_ALL=C sort -z | tar --null --no-recursion --transform 's,^,$(DIST)/,' \
+		--owner=0 --group=0 --numeric-owner --mtime='@$(shell git log -1 --format=%ct)' \
+		-czf $(PKGDIR)/$(DIST).tar.gz -T -
+	$(CARGO) vendor --locked --versioned-dirs $(DISTWORK)/$(DIST)/vendor > $(DISTWORK)/$(DIST)/.cargo/config.toml
+	sed -i 's|directory = ".*"|directory = "vendor"|' $(DISTWORK)/$(DIST)/.cargo/config.toml
+	cd $(DISTWORK) && find $(DIST) -print0 | LC_ALL=C sort -z | tar --null --no-recursion \
+		--owner=0 --group=0 --numeric-owner --mtime='@$(shell git log -1 --format=%ct)' \
+		-cJf $(CURDIR)/$(PKGDIR)/$(DIST)-vendor.tar.xz -T -
+	@ls -l $(PKGDIR)/$(DIST).tar.gz $(PKGDIR)/$(DIST)-vendor.tar.xz
+
+# The packages (packaging/README.md). Each installs the build tools it needs (packaging/setup).
+# DEB_REVISION: the Debian revision (the VM's upgrade test builds revision+1).
+DEB_REVISION ?= 1
+deb: build
+	packaging/setup deb
+	packaging/debian/build $(VERSION)-$(DEB_REVISION) $(PKGDIR)
+
+arch: dist
+	packaging/setup arch
+	packaging/arch/build $(VERSION) $(PKGDIR)
+
+rpm: dist
+	packaging/setup rpm
+	packaging/rpm/build $(VERSION) $(PKGDIR)
+
+packages: deb arch rpm
+
+# Every package built, lintian clean (errors and warnings fail; each override in
+# packaging/debian/kvmisolate.lintian-overrides says why), and holding exactly the files
+# `make install` installs.
+test-packages: packages
+	lintian --fail-on error,warning --info $(PKGDIR)/kvmisolate_$(VERSION)-$(DEB_REVISION)_amd64.deb
+	packaging/check-filelist deb $(PKGDIR)/kvmisolate_$(VERSION)-$(DEB_REVISION)_amd64.deb
+	packaging/check-filelist arch $(PKGDIR)/kvmisolate-$(VERSION)-1-x86_64.pkg.tar.zst
+	bsdtar -xOf $(PKGDIR)/kvmisolate-$(VERSION)-1-x86_64.pkg.tar.zst .INSTALL | grep -q 'release --all'
+	packaging/check-filelist rpm $(PKGDIR)/kvmisolate-$(VERSION)-1.x86_64.rpm
+	packaging/rpm/check-scripts $(PKGDIR)/kvmisolate-$(VERSION)-1.x86_64.rpm
+
+# The VM suite once against the installed .deb (dpkg -i in the guest instead of make install),
+# with the package's own case (install starts nothing; upgrade keeps and adopts an isolation;
+# removal releases it).
+test-vm-deb: deb
+	tests/vm/run --deb $(PKGDIR)/kvmisolate_$(VERSION)-$(DEB_REVISION)_amd64.deb --kernel 6.12 --libvirt \
+		--only env,isolate-affinities,release-restores,polkit-deny,polkit-group-rule,libvirt,tunings,deb-package
 
 # Fuzz the contract crate's parsers (fuzz/: cpulist, isolation_name), FUZZ_TIME seconds each.
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and libFuzzer's nightly-only flags; on a
