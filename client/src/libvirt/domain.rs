@@ -47,6 +47,8 @@ pub struct Metadata {
     pub hugepages: Option<String>,
     /// `on-conflict`.
     pub on_conflict: Option<String>,
+    /// `vfio-irqs`.
+    pub vfio_irqs: Option<String>,
 }
 
 /// A domain, as far as the hook is concerned.
@@ -264,6 +266,7 @@ impl Domain {
                                 tunings: attr(e, "tunings")?,
                                 hugepages: attr(e, "hugepages")?,
                                 on_conflict: attr(e, "on-conflict")?,
+                                vfio_irqs: attr(e, "vfio-irqs")?,
                             });
                         }
                         _ => {}

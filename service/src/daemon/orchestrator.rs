@@ -138,6 +138,11 @@ impl Orchestrator {
                 sys: config.sysfs_root.clone(),
                 debugfs: config.sysfs_root.join("kernel/debug"),
                 systemd_runtime: config.systemd_runtime_dir.clone(),
+                libvirt_run: config
+                    .hooks
+                    .libvirt_run_dir()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_else(|| LIBVIRT_QEMU_RUN_DIR.into()),
             },
             config.file.settings.clone(),
             &config.run_dir,
@@ -212,7 +217,14 @@ impl Orchestrator {
                 .hugepages_best_effort
                 .or(section.and_then(|s| s.hugepages_best_effort))
                 .unwrap_or(false),
+            vfio_irqs: req.tunings.vfio_irqs,
         };
+        let mut selected = selected;
+        if req.tunings.vfio_irqs.is_some() {
+            selected
+                .tunings
+                .insert(kvmisolate_dbus::tunings::Tuning::VfioIrqs);
+        }
         Ok((cpus, selected))
     }
 
