@@ -43,7 +43,7 @@ run() {
     local before=$KT_STATE/vf-before.snap rc out
 
     # Warm-up (what libvirt makes once belongs in the snapshot).
-    define kvmi-vf2 0 3 4
+    EMU=2 define kvmi-vf2 0 3 4
     lv_warm_up kvmi-vf2
     snapshot "$before"
 
@@ -57,7 +57,6 @@ run() {
     wait_restored "$before" 20
 
     # 2. No opt-in: isolate --vm with --vfio-irqs.
-    EMU=2 define kvmi-vf2 0 3 4
     start_ok kvmi-vf2
     rc=0; out=$(kvmisolate isolate --vm kvmi-vf2 --vfio-irqs vcpu --tunings irq-affinity 2>&1) || rc=$?
     [ "$rc" = 0 ] || fail "isolate --vm kvmi-vf2 --vfio-irqs vcpu exited $rc: $out"
