@@ -752,7 +752,10 @@ impl HostTunings {
                 }
                 Ok(true)
             }
-            Err(e) if w.irq().is_some() && e.errno().is_some() => {
+            Err(e)
+                if matches!(w.tuning, Tuning::IrqAffinity | Tuning::VfioIrqs)
+                    && e.errno().is_some() =>
+            {
                 // The kernel refused: a managed IRQ (EIO), one it cannot move (EINVAL, EPERM
                 // for the timer on x86), no vector left (ENOSPC). Nothing changed.
                 state.files.remove(&w.path);
