@@ -4,7 +4,7 @@
 # vfio-irqs selected, `status` names it skipped because the domain has no PCI <hostdev>, while
 # irq-affinity is applied; `virsh destroy` → restored. A domain without the opt-in isolated by
 # `kvmisolate isolate --vm D --vfio-irqs vcpu --tunings irq-affinity`: the same report;
-# released → restored. `--vfio-irqs` without `--vm` → usage error, nothing changed; a bad
+# released → restored. `--vfio-irqs` without `--vm` → exit 3 naming --vm, nothing changed; a bad
 # metadata value (vfio-irqs='gpu') → `virsh start` refused naming vfio-irqs. The placement
 # itself is covered by unit tests over a fake sysfs (service/src/tunings/fixtures/vfio).
 # needs: libvirt
@@ -68,7 +68,7 @@ run() {
 
     # 3. Bad input: --vfio-irqs without --vm; a metadata value that is not a placement.
     rc=0; out=$(kvmisolate isolate --cpus 2-3 --pid $$ --vfio-irqs vcpu 2>&1) || rc=$?
-    [ "$rc" = 2 ] || fail "--vfio-irqs with --pid exited $rc, want 2 (usage): $out"
+    [ "$rc" = 3 ] || fail "--vfio-irqs with --pid exited $rc, want 3 (bad request): $out"
     grep -q -- "--vm" <<<"$out" || fail "--vfio-irqs with --pid: the error does not name --vm: $out"
     EMU=2 PROFILE=default META_EXTRA="vfio-irqs='gpu'" define kvmi-vf3 1 3 4
     start_refused kvmi-vf3 "vfio-irqs"
