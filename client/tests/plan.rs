@@ -325,16 +325,7 @@ fn apply_writes_a_backup_and_only_cpu_elements() {
         "<feature policy='require' name='tsc-deadline'/>",
         "<driver ",
     ];
-    for change in similar::TextDiff::from_lines(&original, &applied).iter_all_changes() {
-        if change.tag() == similar::ChangeTag::Equal {
-            continue;
-        }
-        let line = change.value().trim();
-        assert!(
-            cpu_related.iter().any(|p| line.starts_with(p)),
-            "changed line {line:?} is not CPU-related"
-        );
-    }
+    assert_changes_only(&original, &applied, &cpu_related, "the domain XML");
     // Applying again changes nothing.
     let msg = stdout_ok(&plan(root.path(), &["--vcpus", "8", "--apply", arg]));
     assert!(msg.contains("already matches"), "{msg}");
@@ -485,16 +476,7 @@ fn apply_windows_on_virt_manager_xml_changes_only_planned_elements() {
             "<timer name='hypervclock'",
             "<driver ",
         ];
-        for change in similar::TextDiff::from_lines(&original, &applied).iter_all_changes() {
-            if change.tag() == similar::ChangeTag::Equal {
-                continue;
-            }
-            let line = change.value().trim();
-            assert!(
-                planned.iter().any(|p| line.starts_with(p)),
-                "{fixture}: changed line {line:?} is not a planned element"
-            );
-        }
+        assert_changes_only(&original, &applied, &planned, fixture);
         // Kept inside the merged elements.
         for kept in [
             "<acpi/>",
@@ -583,4 +565,18 @@ fn apply_rejects_what_is_not_a_domain() {
     let out = plan(root.path(), &["--apply", "/nonexistent/domain.xml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/domain.xml"));
+}
+
+/// Every line `applied` changed from `original` starts with one of `planned` (trimmed).
+fn assert_changes_only(original: &str, applied: &str, planned: &[&str], what: &str) {
+    for change in similar::TextDiff::from_lines(original, applied).iter_all_changes() {
+        if change.tag() == similar::ChangeTag::Equal {
+            continue;
+        }
+        let line = change.value().trim();
+        assert!(
+            planned.iter().any(|p| line.starts_with(p)),
+            "{what}: changed line {line:?} is not a planned element"
+        );
+    }
 }
