@@ -325,16 +325,7 @@ fn apply_writes_a_backup_and_only_cpu_elements() {
         "<feature policy='require' name='tsc-deadline'/>",
         "<driver ",
     ];
-    for change in similar::TextDiff::from_lines(&original, &applied).iter_all_changes() {
-        if change.tag() == similar::ChangeTag::Equal {
-            continue;
-        }
-        let line = change.value().trim();
-        assert!(
-            cpu_related.iter().any(|p| line.starts_with(p)),
-            "changed line {line:?} is not CPU-related"
-        );
-    }
+    assert_changes_only(&original, &applied, &cpu_related, "the domain XML");
     // Applying again changes nothing.
     let msg = stdout_ok(&plan(root.path(), &["--vcpus", "8", "--apply", arg]));
     assert!(msg.contains("already matches"), "{msg}");
@@ -485,16 +476,7 @@ fn apply_windows_on_virt_manager_xml_changes_only_planned_elements() {
             "<timer name='hypervclock'",
             "<driver ",
         ];
-        for change in similar::TextDiff::from_lines(&original, &applied).iter_all_changes() {
-            if change.tag() == similar::ChangeTag::Equal {
-                continue;
-            }
-            let line = change.value().trim();
-            assert!(
-                planned.iter().any(|p| line.starts_with(p)),
-                "{fixture}: changed line {line:?} is not a planned element"
-            );
-        }
+        assert_changes_only(&original, &applied, &planned, fixture);
         // Kept inside the merged elements.
         for kept in [
             "<acpi/>",
@@ -507,50 +489,11 @@ fn apply_windows_on_virt_manager_xml_changes_only_planned_elements() {
             }
         }
         // check --vm: nothing of the guest side missing.
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--no-daemon", "--json", "--vm"])
-            .arg(if fixture.starts_with("domains/") {
-                "win11"
-            } else {
-                "debian12"
-            })
-            .arg("--domain-xml")
-            .arg(&path)
-            .env("KVMISOLATE_PROC_ROOT", proc_root())
-            .env("KVMISOLATE_CONFIG", "/nonexistent")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        let f = v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["id"] == "vm-guest-side")
-            .unwrap_or_else(|| panic!("no vm-guest-side in {v}"));
+        let f = guest_side_finding(&path, fixture);
         assert_eq!(f["severity"], "ok", "{fixture}: {f}");
         // And before: information naming what lacks.
         std::fs::write(&path, &original).unwrap();
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--no-daemon", "--json", "--vm"])
-            .arg(if fixture.starts_with("domains/") {
-                "win11"
-            } else {
-                "debian12"
-            })
-            .arg("--domain-xml")
-            .arg(&path)
-            .env("KVMISOLATE_PROC_ROOT", proc_root())
-            .env("KVMISOLATE_CONFIG", "/nonexistent")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let f = v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["id"] == "vm-guest-side")
-            .unwrap();
+        let f = guest_side_finding(&path, fixture);
         assert_eq!(f["severity"], "info", "{fixture}: {f}");
         assert!(
             f["fix"].as_str().unwrap().contains("kvmisolate plan"),
@@ -583,4 +526,44 @@ fn apply_rejects_what_is_not_a_domain() {
     let out = plan(root.path(), &["--apply", "/nonexistent/domain.xml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/domain.xml"));
+}
+
+/// Every line `applied` changed from `original` starts with one of `planned` (trimmed).
+fn assert_changes_only(original: &str, applied: &str, planned: &[&str], what: &str) {
+    for change in similar::TextDiff::from_lines(original, applied).iter_all_changes() {
+        if change.tag() == similar::ChangeTag::Equal {
+            continue;
+        }
+        let line = change.value().trim();
+        assert!(
+            planned.iter().any(|p| line.starts_with(p)),
+            "{what}: changed line {line:?} is not a planned element"
+        );
+    }
+}
+
+/// `check --vm`'s `vm-guest-side` finding for the domain XML at `path` (a copy of `fixture`).
+fn guest_side_finding(path: &std::path::Path, fixture: &str) -> serde_json::Value {
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--no-daemon", "--json", "--vm"])
+        .arg(if fixture.starts_with("domains/") {
+            "win11"
+        } else {
+            "debian12"
+        })
+        .arg("--domain-xml")
+        .arg(path)
+        .env("KVMISOLATE_PROC_ROOT", proc_root())
+        .env("KVMISOLATE_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "vm-guest-side")
+        .cloned()
+        .unwrap_or_else(|| panic!("no vm-guest-side in {v}"))
 }
