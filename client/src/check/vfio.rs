@@ -130,7 +130,7 @@ pub fn finding(
             ),
         )
         .why("a device interrupt on another CPU than the chosen one either interrupts the isolated vCPUs (housekeeping) or takes a cross-CPU hop before the guest sees it (vcpu)")
-        .fix("isolate the domain with the vfio-irqs tuning (the opt-in's vfio-irqs attribute, or kvmisolate isolate --vm NAME --vfio-irqs vcpu|housekeeping); an IRQ the guest enabled since is placed at the next isolate or release")
+        .fix("isolate the domain with the vfio-irqs tuning (the opt-in's vfio-irqs attribute, or kvmisolate isolate --vm NAME --vfio-irqs vcpu|housekeeping); while it holds, a vector the guest enables later is placed within 2 s")
     } else if seen == 0 {
         Finding::new(
             "vm-vfio-irqs",

@@ -251,6 +251,34 @@ impl Orchestrator {
             .collect()
     }
 
+    /// Whether a held isolation's `vfio-irqs` follows a libvirt domain's VFIO IRQs.
+    pub fn follows_vfio(&self) -> bool {
+        HostTunings::follows_vfio(&Self::all_holders(&self.held()))
+    }
+
+    /// Whether the MSI vectors of the followed domains' devices changed since the last
+    /// reconcile (read without the lease lock: a cheap check before taking it).
+    pub fn vfio_irqs_moved(&self) -> bool {
+        self.tunings
+            .vfio_irqs_moved(&Self::all_holders(&self.held()))
+    }
+
+    /// Places the VFIO IRQs a guest enabled since the last reconcile: every held isolation's
+    /// tunings are reconciled again (what is already in place is not written). `Ok(false)`:
+    /// nothing moved. Called with the lease lock held.
+    pub async fn follow_vfio(&self) -> Result<bool, Error> {
+        let holders = Self::all_holders(&self.held());
+        if !self.tunings.vfio_irqs_moved(&holders) {
+            return Ok(false);
+        }
+        self.reconcile(holders).await.map(|_| true)
+    }
+
+    /// The tunings holders of every isolation in `held`.
+    fn all_holders(held: &[Record]) -> Vec<Holder> {
+        held.iter().map(holder_of).collect()
+    }
+
     /// The current state of `lease`'s tunings.
     pub fn tuning_reports(&self, lease: &Lease) -> Vec<TuningReport> {
         self.tunings.reports_for(&lease.holder())

@@ -339,6 +339,9 @@ pub struct HostTunings {
     /// every save, so a report (`Status()`, `Tunings`) reads no journal and never waits for a
     /// reconcile in flight (the lock is held only to copy or swap it).
     mirror: std::sync::Mutex<Option<State>>,
+    /// The VFIO MSI vectors the last reconcile saw ([`vfio::msi_signature`]): when the
+    /// host's differ, the guest enabled or dropped vectors since and a reconcile is due.
+    vfio_seen: std::sync::Mutex<BTreeSet<(String, u32)>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -362,7 +365,27 @@ impl HostTunings {
             hooks: TestHooks::none(),
             writes: std::sync::atomic::AtomicUsize::new(0),
             mirror: std::sync::Mutex::new(None),
+            vfio_seen: std::sync::Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Whether any of `holders` has `vfio-irqs` place a libvirt domain's IRQs: then the
+    /// daemon follows that domain's MSI vectors ([`HostTunings::vfio_irqs_moved`]).
+    pub fn follows_vfio(holders: &[Holder]) -> bool {
+        holders
+            .iter()
+            .any(|h| h.selects(Tuning::VfioIrqs) && h.vfio.is_some())
+    }
+
+    /// Whether the MSI vectors of `holders`' assigned devices differ from those the last
+    /// reconcile placed (a guest enables MSI when its driver loads, after the domain started
+    /// and was isolated): then a reconcile places the new ones.
+    pub fn vfio_irqs_moved(&self, holders: &[Holder]) -> bool {
+        let now = vfio::msi_signature(&self.paths, holders);
+        self.vfio_seen
+            .lock()
+            .map(|seen| *seen != now)
+            .unwrap_or(true)
     }
 
     /// The test hooks (`KVMISOLATED_CRASH_AFTER_TUNING`: SIGKILL right after the N-th file
@@ -538,6 +561,11 @@ impl HostTunings {
         } else {
             BTreeSet::new()
         };
+        // Read before the placement: a vector enabled during it is then seen as new.
+        let vfio_seen = vfio::msi_signature(&self.paths, holders);
+        if let Ok(mut seen) = self.vfio_seen.lock() {
+            *seen = vfio_seen;
+        }
         let mut out = Reconciled::default();
         let mut wanted: BTreeSet<PathBuf> = BTreeSet::new();
         let mut own_file_changed = false;

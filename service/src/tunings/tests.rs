@@ -1383,6 +1383,69 @@ fn vfio_irqs_vcpu_puts_the_devices_irqs_on_the_vcpus_and_irq_affinity_agrees() {
 }
 
 #[test]
+fn vfio_irqs_placed_when_the_guest_enables_msi_after_the_isolation() {
+    let f = vfio_fixture();
+    let before = f.snapshot();
+    let e = f.plain();
+    let h = vfio_holder("win11", VfioIrqPlacement::Vcpu, &[Tuning::VfioIrqs]);
+    let holders = std::slice::from_ref(&h);
+    assert!(HostTunings::follows_vfio(holders));
+    assert!(!HostTunings::follows_vfio(&[holder_with(
+        "x",
+        "2-3",
+        &[Tuning::IrqAffinity]
+    )]));
+    e.reconcile(holders).unwrap();
+    assert!(
+        !e.vfio_irqs_moved(holders),
+        "nothing changed since the reconcile"
+    );
+
+    // The guest's driver loads: vfio-pci allocates a vector for 0000:02:00.0 (on every CPU).
+    f.put("sys/bus/pci/devices/0000:02:00.0/msi_irqs/160", "msi\n");
+    f.put("proc/irq/160/smp_affinity_list", "0-7\n");
+    let interrupts = f.get("proc/interrupts").replace(
+        "NMI:",
+        "160:          0          0          0          0          0          0          0          0  IR-PCI-MSI-0000:02:00.0    0-edge      vfio-msi[0](0000:02:00.0)\nNMI:",
+    );
+    f.put("proc/interrupts", &interrupts);
+    assert!(e.vfio_irqs_moved(holders));
+    let r = e.reconcile(holders).unwrap();
+    assert_eq!(f.get("proc/irq/160/smp_affinity_list"), "3-5");
+    assert_eq!(f.get("proc/irq/146/smp_affinity_list"), "3-5");
+    assert!(
+        !report(&r, Tuning::VfioIrqs)
+            .reason
+            .contains("no IRQ allocated yet"),
+        "{}",
+        report(&r, Tuning::VfioIrqs).reason
+    );
+    assert!(!e.vfio_irqs_moved(holders));
+
+    // The guest drops the vector again (driver unloaded): its IRQ is gone with it.
+    std::fs::remove_file(f.path("sys/bus/pci/devices/0000:02:00.0/msi_irqs/160")).unwrap();
+    std::fs::remove_dir_all(f.path("proc/irq/160")).unwrap();
+    f.put(
+        "proc/interrupts",
+        &interrupts
+            .lines()
+            .filter(|l| !l.starts_with("160:"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    );
+    assert!(e.vfio_irqs_moved(holders));
+    let r = e.reconcile(holders).unwrap();
+    assert!(
+        r.warnings.iter().any(|w| w.contains("disappeared")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(!e.vfio_irqs_moved(holders));
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
 fn vfio_irqs_housekeeping_keeps_them_off_the_isolated_cpus() {
     let f = vfio_fixture();
     let before = f.snapshot();
@@ -1479,7 +1542,9 @@ fn vfio_irqs_skips_with_the_reason() {
     assert_eq!(rep.state, TuningState::Skipped);
     assert!(
         rep.reason.contains("0000:01:00.0: no IRQ allocated yet")
-            && rep.reason.contains("next reconcile"),
+            && rep
+                .reason
+                .contains("places them when the guest's driver enables them"),
         "{}",
         rep.reason
     );

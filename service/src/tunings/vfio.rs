@@ -131,6 +131,27 @@ pub fn owned(paths: &Paths, holders: &[Holder]) -> BTreeSet<u32> {
         .collect()
 }
 
+/// What the daemon compares to notice that a guest enabled (or dropped) MSI vectors after
+/// the isolation: each followed domain's PCI devices and their `msi_irqs` entries. Cheaper
+/// than [`owned`] (no `/proc/interrupts`), so it can be read every few seconds; an INTx line
+/// is fixed per device and placed at every reconcile.
+pub fn msi_signature(paths: &Paths, holders: &[Holder]) -> BTreeSet<(String, u32)> {
+    let empty = BTreeMap::new();
+    holders
+        .iter()
+        .filter(|h| h.tunings.contains(&Tuning::VfioIrqs))
+        .filter_map(|h| h.vfio.as_ref())
+        .filter_map(|v| domain_devices(paths, &v.domain).ok())
+        .flatten()
+        .flat_map(|addr| {
+            device_irqs(&paths.sys, &empty, &addr)
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |n| (addr.clone(), n))
+        })
+        .collect()
+}
+
 /// The wants of `vfio-irqs` for `holders`.
 pub fn wants(holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
     let names = irq_names(&ctx.paths.proc);
@@ -172,8 +193,8 @@ pub fn wants(holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
             if irqs.is_empty() {
                 notes.push(format!(
                     "{addr}: no IRQ allocated yet (the guest has not enabled MSI/MSI-X or INTx): \
-                     placed at the next reconcile of the tunings (any isolate or release, or a \
-                     restart of kvmisolated)"
+                     kvmisolated lists the device's vectors every 2 s and places them when the \
+                     guest's driver enables them"
                 ));
                 continue;
             }
