@@ -136,7 +136,7 @@ gnome-extension-zip:
 # refusal users see). `tests/vm/run --all` adds no-systemd on both kernels and the 6.1 suite.
 test-vm:
 	tests/vm/run
-	tests/vm/run --libvirt --only libvirt,libvirt-names,check-vm,plan-libvirt,top-vm
+	tests/vm/run --libvirt --only libvirt,libvirt-names,check-vm,plan-libvirt,top-vm,vfio-irqs
 	tests/vm/run --libvirt --kernel 6.1 --only libvirt
 	tests/vm/run --gnome --kernel 6.12 --only gnome-shell
 	tests/vm/run --gnome --kernel newest --only gnome-shell

@@ -203,6 +203,24 @@ impl From<PartitionArg> for PartitionType {
     }
 }
 
+/// Where a libvirt domain's VFIO device IRQs go, as a command line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VfioIrqsArg {
+    /// Off the isolated CPUs, as irq-affinity does with every IRQ.
+    Housekeeping,
+    /// On the CPUs of the domain's vCPUs.
+    Vcpu,
+}
+
+impl From<VfioIrqsArg> for kvmisolate_dbus::tunings::VfioIrqPlacement {
+    fn from(v: VfioIrqsArg) -> Self {
+        match v {
+            VfioIrqsArg::Housekeeping => Self::Housekeeping,
+            VfioIrqsArg::Vcpu => Self::Vcpu,
+        }
+    }
+}
+
 /// When an isolation ends, as a command line value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UntilArg {
@@ -277,7 +295,7 @@ pub struct IsolateArgs {
     /// Host tunings: a profile (none, default, realtime) or a comma-separated list of tuning
     /// names (irq-affinity, irqbalance, workqueue-unbound, workqueue-writeback,
     /// vmstat-interval, timer-migration, watchdog-cpumask, rt-throttling, fair-server,
-    /// energy-perf, cpu-governor, split-lock, numa-balancing, cpu-idle, thp). Default: the service's configuration (profile default).
+    /// energy-perf, cpu-governor, split-lock, numa-balancing, cpu-idle, thp, vfio-irqs). Default: the service's configuration (profile default).
     #[arg(long, value_name = "PROFILE|LIST")]
     pub tunings: Option<String>,
 
@@ -289,6 +307,12 @@ pub struct IsolateArgs {
     /// Keep the isolation when the kernel allocates fewer hugepages than asked.
     #[arg(long)]
     pub hugepages_best_effort: bool,
+
+    /// With --vm: where the host IRQs of the domain's assigned PCI devices (<hostdev>, VFIO)
+    /// go: housekeeping (off the isolated CPUs, as irq-affinity does with every IRQ) or vcpu
+    /// (on the CPUs of the domain's vCPUs). Selects the vfio-irqs tuning.
+    #[arg(long, value_enum, value_name = "WHERE", requires = "vm")]
+    pub vfio_irqs: Option<VfioIrqsArg>,
 }
 
 /// `kvmisolate release`.

@@ -2,7 +2,7 @@
 
 use kvmisolate_dbus::options::{self, IsolateOptions, PartitionType, ReleaseWhen};
 use kvmisolate_dbus::target::TargetText;
-use kvmisolate_dbus::tunings::{HugepageSpec, Profile, Tuning};
+use kvmisolate_dbus::tunings::{HugepageSpec, Profile, Tuning, VfioIrqPlacement};
 use kvmisolate_dbus::{CpuSet, IsolationName};
 
 use crate::failure::{ExitCode, Failure};
@@ -39,6 +39,8 @@ pub struct IsolateRequest {
     pub hugepages: Option<HugepageSpec>,
     /// Keep the isolation when fewer hugepages than asked can be allocated.
     pub hugepages_best_effort: bool,
+    /// Where a libvirt domain's VFIO device IRQs go (`--vfio-irqs`).
+    pub vfio_irqs: Option<VfioIrqPlacement>,
 }
 
 /// `--tunings`: a profile name or a comma-separated list of tunings.
@@ -137,6 +139,7 @@ impl IsolateRequest {
             tunings: None,
             hugepages: None,
             hugepages_best_effort: false,
+            vfio_irqs: None,
         })
     }
 
@@ -164,6 +167,27 @@ impl IsolateRequest {
         Ok(self)
     }
 
+    /// Adds `--vfio-irqs` (already validated).
+    pub fn with_vfio_irqs(mut self, placement: Option<VfioIrqPlacement>) -> Self {
+        self.vfio_irqs = placement;
+        self
+    }
+
+    /// Adds `--vfio-irqs`, which only a `--vm` target takes.
+    pub fn with_vfio_irqs_arg(self, placement: Option<VfioIrqPlacement>) -> Result<Self, Failure> {
+        let Some(placement) = placement else {
+            return Ok(self);
+        };
+        if !matches!(self.target, Target::Libvirt(_)) {
+            return Err(Failure::new(
+                ExitCode::BadRequest,
+                "--vfio-irqs places a libvirt domain's assigned PCI device IRQs: give it with \
+                 --vm DOMAIN (for other targets, the irq-affinity tuning moves every IRQ)",
+            ));
+        }
+        Ok(self.with_vfio_irqs(Some(placement)))
+    }
+
     /// The `options` argument of `Isolate`.
     pub fn options(&self) -> IsolateOptions {
         let mut o = IsolateOptions::default();
@@ -186,6 +210,7 @@ impl IsolateRequest {
             o.hugepages = Some(h.to_string());
             o.hugepages_best_effort = self.hugepages_best_effort.then_some(true);
         }
+        o.vfio_irqs = self.vfio_irqs.map(|v| v.as_str().to_owned());
         o
     }
 }

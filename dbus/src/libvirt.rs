@@ -92,6 +92,8 @@ pub struct VmSection {
     pub hugepages: Option<String>,
     /// `on-conflict`: fail or warn.
     pub on_conflict: Option<OnConflict>,
+    /// `vfio-irqs`: housekeeping or vcpu (where the domain's VFIO device IRQs go).
+    pub vfio_irqs: Option<String>,
 }
 
 impl VmSection {
@@ -113,6 +115,10 @@ impl VmSection {
         if let Some(h) = &self.hugepages {
             h.parse::<VmHugepages>()
                 .map_err(|e| format!("hugepages: {e}"))?;
+        }
+        if let Some(v) = &self.vfio_irqs {
+            v.parse::<crate::tunings::VfioIrqPlacement>()
+                .map_err(|e| format!("vfio-irqs: {e}"))?;
         }
         Ok(())
     }

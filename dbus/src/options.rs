@@ -32,6 +32,10 @@ pub const HUGEPAGES: &str = "hugepages";
 /// `hugepages-best-effort` (b): keep the isolation when the kernel allocates fewer hugepages
 /// than asked (default false: a shortfall fails the isolation and rolls everything back).
 pub const HUGEPAGES_BEST_EFFORT: &str = "hugepages-best-effort";
+/// `vfio-irqs` (s): where the host IRQs of a libvirt domain's assigned PCI devices go,
+/// `housekeeping` or `vcpu` ([`crate::tunings::VfioIrqPlacement`]); selects the `vfio-irqs`
+/// tuning. Only with `libvirt-domain`.
+pub const VFIO_IRQS: &str = "vfio-irqs";
 
 /// Every key the service accepts today.
 pub const KNOWN: &[&str] = &[
@@ -45,6 +49,7 @@ pub const KNOWN: &[&str] = &[
     TUNINGS,
     HUGEPAGES,
     HUGEPAGES_BEST_EFFORT,
+    VFIO_IRQS,
 ];
 
 /// The most PIDs one request may carry.
@@ -190,4 +195,6 @@ pub struct IsolateOptions {
     pub hugepages: Option<String>,
     /// [`HUGEPAGES_BEST_EFFORT`].
     pub hugepages_best_effort: Option<bool>,
+    /// [`VFIO_IRQS`].
+    pub vfio_irqs: Option<String>,
 }

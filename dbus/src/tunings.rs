@@ -51,6 +51,10 @@ pub enum Tuning {
     Thp,
     /// A hugepage pool for the guest's memory (from the `hugepages` option).
     Hugepages,
+    /// The host IRQs of a libvirt domain's assigned PCI devices (`<hostdev>`, VFIO) placed
+    /// where the `vfio-irqs` option says: off the isolated CPUs (`housekeeping`, what
+    /// `irq-affinity` does with every IRQ) or on the domain's vCPU CPUs (`vcpu`).
+    VfioIrqs,
 }
 
 impl Tuning {
@@ -58,6 +62,7 @@ impl Tuning {
     pub const ALL: &'static [Tuning] = &[
         Tuning::Hugepages,
         Tuning::IrqAffinity,
+        Tuning::VfioIrqs,
         Tuning::Irqbalance,
         Tuning::WorkqueueUnbound,
         Tuning::WorkqueueWriteback,
@@ -96,6 +101,7 @@ impl Tuning {
             Self::CpuIdle => "cpu-idle",
             Self::Thp => "thp",
             Self::Hugepages => "hugepages",
+            Self::VfioIrqs => "vfio-irqs",
         }
     }
 }
@@ -209,6 +215,52 @@ impl FromStr for Profile {
                 let shown: String = s.chars().take(64).collect();
                 format!("unknown profile {shown:?}; profiles: none, default, realtime")
             })
+    }
+}
+
+/// Where the `vfio-irqs` tuning puts a libvirt domain's VFIO device IRQs.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum VfioIrqPlacement {
+    /// Off the isolated CPUs, like every other IRQ under `irq-affinity` (the default).
+    #[default]
+    Housekeeping,
+    /// On the CPUs of the domain's vCPUs, so a device's interrupts land where the guest runs.
+    Vcpu,
+}
+
+impl VfioIrqPlacement {
+    /// The word used on the bus, on the command line and in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Housekeeping => "housekeeping",
+            Self::Vcpu => "vcpu",
+        }
+    }
+}
+
+impl fmt::Display for VfioIrqPlacement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VfioIrqPlacement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "housekeeping" => Ok(Self::Housekeeping),
+            "vcpu" => Ok(Self::Vcpu),
+            other => {
+                let shown: String = other.chars().take(64).collect();
+                Err(format!(
+                    "vfio-irqs must be 'housekeeping' (off the isolated CPUs) or 'vcpu' (on the \
+                     domain's vCPU CPUs), not {shown:?}"
+                ))
+            }
+        }
     }
 }
 

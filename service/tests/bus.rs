@@ -2014,3 +2014,73 @@ async fn presets_are_listed_and_started_like_isolate_of_their_target() {
     assert_eq!(proxy.presets().await.unwrap(), idle);
     assert_eq!(e.host.snapshot(), before);
 }
+
+/// `vfio-irqs`: a guest enables its assigned device's MSI vector after the domain was isolated
+/// (its driver loads during boot); the service notices within a few seconds, puts the new IRQ
+/// on the vCPUs' CPUs, shows it in `Tunings`, and the release restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vfio_irqs_follow_a_vector_the_guest_enables_after_the_isolation() {
+    let host_dir = tempfile::tempdir().unwrap();
+    let run = host_dir.path().join("libvirt-qemu");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("win10.pid"), "5000\n").unwrap();
+    let live = domain_xml("win10", &["3", "4"], "2", false).replace(
+        "</cputune>",
+        "</cputune><devices><hostdev mode='subsystem' type='pci' managed='yes'><source>\
+         <address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev>\
+         </devices>",
+    );
+    std::fs::write(
+        run.join("win10.xml"),
+        format!("<domstatus>{live}</domstatus>"),
+    )
+    .unwrap();
+    let run_text = run.to_str().unwrap().to_owned();
+    let e = env_full(
+        &[("KVMISOLATED_TEST_LIBVIRT_RUN_DIR", run_text.as_str())],
+        &[],
+        |h| {
+            libvirt_domain(h);
+            h.put("sys/bus/pci/devices/0000:01:00.0/irq", "0\n");
+            std::fs::create_dir_all(h.sys().join("bus/pci/devices/0000:01:00.0/msi_irqs")).unwrap();
+        },
+    )
+    .await;
+    let proxy = Isolator1Proxy::new(&e.conn).await.unwrap();
+    let opts = HashMap::from([
+        ("libvirt-domain", Variant::from("win10".to_owned())),
+        ("vfio-irqs", Variant::from("vcpu")),
+        ("tunings", Variant::from(vec!["vfio-irqs"])),
+    ]);
+    let path = proxy.isolate("libvirt-win10", "", opts).await.unwrap();
+    let iso = Isolation1Proxy::builder(&e.conn)
+        .path(path)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let t = iso.tunings().await.unwrap();
+    assert_eq!(rows(&t)[0].1, "skipped", "{t:?}");
+    assert!(t[0].2.contains("no IRQ allocated yet"), "{}", t[0].2);
+
+    // The guest's driver enables MSI: vfio-pci's vector 160, on every CPU.
+    e.host.put("proc/irq/160/smp_affinity_list", "0-5\n");
+    e.host
+        .put("sys/bus/pci/devices/0000:01:00.0/msi_irqs/160", "msi\n");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while e.host.get("proc/irq/160/smp_affinity_list") != "3-4" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "IRQ 160 still on {:?} 10 s after the guest enabled it",
+            e.host.get("proc/irq/160/smp_affinity_list")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = iso.tunings().await.unwrap();
+    assert_eq!(rows(&t)[0].1, "applied", "{t:?}");
+    assert!(t[0].4.contains("IRQ 160"), "{t:?}");
+
+    proxy.release("libvirt-win10").await.unwrap();
+    // The fake file holds what was written; the kernel's reads back with a newline.
+    assert_eq!(e.host.get("proc/irq/160/smp_affinity_list").trim(), "0-5");
+}

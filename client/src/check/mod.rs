@@ -20,6 +20,7 @@ pub mod irq;
 pub mod knobs;
 pub mod power;
 pub mod tasks;
+pub mod vfio;
 pub mod vm;
 
 use std::fmt::Write as _;

@@ -106,6 +106,12 @@ pub fn audit(
     out.extend(rt_finding(host, d, running, settings));
     out.extend(hugepage_finding(host, d, running, settings));
     out.extend(super::guest_side::finding(host, &d.name, &input.xml));
+    out.extend(super::vfio::finding(
+        host,
+        d,
+        settings.and_then(|s| s.vfio_irqs),
+        &pinned,
+    ));
 
     let mut isolated = CpuSet::new();
     if running {
@@ -689,6 +695,52 @@ mod tests {
 
     fn get<'a>(a: &'a VmAudit, id: &str) -> &'a Finding {
         a.findings.iter().find(|f| f.id == id).unwrap()
+    }
+
+    #[test]
+    fn vfio_irqs_against_the_choice() {
+        let hostdev = "<devices><hostdev mode='subsystem' type='pci' managed='yes'><source>\
+                       <address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>\
+                       <address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>\
+                       </hostdev></devices>";
+        let f = host6();
+        f.write("sys/bus/pci/devices/0000:01:00.0/msi_irqs/146", "msix\n")
+            .write("sys/bus/pci/devices/0000:01:00.0/irq", "0\n")
+            .write(
+                "proc/interrupts",
+                "           CPU0       CPU1\n146:  1894  0  IR-PCI-MSIX-0000:01:00.0    0-edge      vfio-msix[0](0000:01:00.0)\n",
+            )
+            .write("proc/irq/146/smp_affinity_list", "0-1,5\n");
+        // Housekeeping (no choice): off the domain's CPUs 2-4 is right.
+        let a = audit(
+            &f.host(),
+            &input(&xml(Some(1), true, "3", "4", "2", hostdev)),
+        );
+        let v = get(&a, "vm-vfio-irqs");
+        assert_eq!(v.severity, Severity::Ok, "{v:#?}");
+        assert!(
+            v.details[0].contains("IRQ 146 vfio-msix[0](0000:01:00.0) on CPUs 0-1,5"),
+            "{v:#?}"
+        );
+        // vcpu: the same placement contradicts it.
+        let vcpu = xml(Some(1), false, "3", "4", "2", hostdev).replace(
+            "<memory",
+            "<metadata><k:isolate xmlns:k='https://kvmisolate.org/xmlns/libvirt/1' vfio-irqs='vcpu'/></metadata><memory",
+        );
+        let a = audit(&f.host(), &input(&vcpu));
+        let v = get(&a, "vm-vfio-irqs");
+        assert_eq!(v.severity, Severity::Warning, "{v:#?}");
+        assert!(
+            v.found.contains("IRQ 146") && v.found.contains("vfio-irqs=vcpu"),
+            "{}",
+            v.found
+        );
+        f.write("proc/irq/146/smp_affinity_list", "3-4\n");
+        let a = audit(&f.host(), &input(&vcpu));
+        assert_eq!(sev(&a, "vm-vfio-irqs"), Severity::Ok);
+        // Without a hostdev: no finding at all.
+        let a = audit(&f.host(), &input(&xml(Some(1), true, "3", "4", "2", "")));
+        assert!(a.findings.iter().all(|f| f.id != "vm-vfio-irqs"));
     }
 
     #[test]

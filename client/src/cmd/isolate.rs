@@ -41,7 +41,8 @@ pub async fn cmd(ctx: &Context<'_>, args: IsolateArgs) -> Result<(), Failure> {
         args.tunings.as_deref(),
         args.hugepages.as_deref(),
         args.hugepages_best_effort,
-    )?;
+    )?
+    .with_vfio_irqs_arg(args.vfio_irqs.map(Into::into))?;
     let conn = ctx.connect().await?;
     if args.until != Some(UntilArg::Disconnect) {
         let (_path, line) = ctx.isolate(&conn, &req).await?;

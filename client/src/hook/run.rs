@@ -149,7 +149,8 @@ async fn hook_operation(
                 None,
                 None,
             )?
-            .with_tunings(tunings.as_deref(), None, false)?;
+            .with_tunings(tunings.as_deref(), None, false)?
+            .with_vfio_irqs(settings.vfio_irqs);
             let (_, line) = ctx.isolate(&conn, &req).await?;
             ctx.say(&line);
             Ok(())

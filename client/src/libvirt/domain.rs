@@ -47,6 +47,8 @@ pub struct Metadata {
     pub hugepages: Option<String>,
     /// `on-conflict`.
     pub on_conflict: Option<String>,
+    /// `vfio-irqs`.
+    pub vfio_irqs: Option<String>,
 }
 
 /// A domain, as far as the hook is concerned.
@@ -74,6 +76,9 @@ pub struct Domain {
     pub numa_nodes: Option<CpuSet>,
     /// kvmisolate's metadata element, if present.
     pub metadata: Option<Metadata>,
+    /// The host PCI addresses (`DDDD:BB:SS.F`) of its `<hostdev mode='subsystem' type='pci'>`
+    /// devices (their `<source><address>`).
+    pub hostdevs: Vec<String>,
 }
 
 /// Parses libvirt's cpuset syntax: `0-3,8`, with `^N` exclusions (`0-5,^3`).
@@ -111,6 +116,32 @@ pub fn size_kib(value: &str, unit: Option<&str>) -> Result<u64, String> {
     };
     u64::try_from(u128::from(n) * bytes / 1024)
         .map_err(|_| format!("{value} {unit:?} is too large"))
+}
+
+/// A PCI `<address domain= bus= slot= function=/>` as `DDDD:BB:SS.F`.
+fn pci_address(e: &BytesStart<'_>) -> Result<String, DomainError> {
+    let field = |name: &str, max: u32| -> Result<u32, DomainError> {
+        let text = attr(e, name)?.unwrap_or_else(|| "0".into());
+        let (digits, radix) = match text.strip_prefix("0x") {
+            Some(hex) => (hex, 16),
+            None => (text.as_str(), 10),
+        };
+        u32::from_str_radix(digits, radix)
+            .ok()
+            .filter(|v| *v <= max)
+            .ok_or_else(|| {
+                DomainError::Invalid(format!(
+                    "has a PCI <hostdev> source address with {name}={text:?}, not a number up to {max:#x}"
+                ))
+            })
+    };
+    Ok(format!(
+        "{:04x}:{:02x}:{:02x}.{:x}",
+        field("domain", 0xffff)?,
+        field("bus", 0xff)?,
+        field("slot", 0x1f)?,
+        field("function", 7)?
+    ))
 }
 
 fn attr(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, DomainError> {
@@ -177,6 +208,7 @@ impl Domain {
         let mut text = String::new();
         let mut memory_unit: Option<String> = None;
         let mut seen_domain = false;
+        let mut in_pci_hostdev = false;
         loop {
             let pos = reader.buffer_position();
             let (ns, event) = reader.read_resolved_event().map_err(|e| DomainError::Xml {
@@ -206,6 +238,18 @@ impl Domain {
                         (Some("cputune"), "vcpupin") => {
                             let v = number(&required(e, "vcpu", "vcpupin")?, "a vcpupin vcpu")?;
                             d.vcpupins.insert(v, cpus_attr(e, "vcpupin")?);
+                        }
+                        (Some("devices"), "hostdev") => {
+                            in_pci_hostdev = matches!(event, Event::Start(_))
+                                && attr(e, "mode")?.as_deref() == Some("subsystem")
+                                && attr(e, "type")?.as_deref() == Some("pci");
+                        }
+                        (Some("source"), "address")
+                            if in_pci_hostdev
+                                && path.len() >= 2
+                                && path[path.len() - 2] == "hostdev" =>
+                        {
+                            d.hostdevs.push(pci_address(e)?);
                         }
                         (Some("cputune"), "emulatorpin") => {
                             d.emulatorpin = Some(cpus_attr(e, "emulatorpin")?);
@@ -264,6 +308,7 @@ impl Domain {
                                 tunings: attr(e, "tunings")?,
                                 hugepages: attr(e, "hugepages")?,
                                 on_conflict: attr(e, "on-conflict")?,
+                                vfio_irqs: attr(e, "vfio-irqs")?,
                             });
                         }
                         _ => {}
@@ -281,6 +326,9 @@ impl Domain {
                 }
                 Event::End(_) => {
                     let local = path.pop().unwrap_or_default();
+                    if local == "hostdev" {
+                        in_pci_hostdev = false;
+                    }
                     let parent = path.last().map(String::as_str);
                     match (parent, local.as_str()) {
                         (Some("domain"), "name") => d.name = text.trim().to_owned(),

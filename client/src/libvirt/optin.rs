@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kvmisolate_dbus::libvirt::{OnConflict, VmHugepages, VmSection};
-use kvmisolate_dbus::tunings::{HugepageSpec, PageSize, Profile, Tuning};
+use kvmisolate_dbus::tunings::{HugepageSpec, PageSize, Profile, Tuning, VfioIrqPlacement};
 
 use super::domain::Domain;
 
@@ -24,6 +24,8 @@ pub struct Settings {
     pub hugepages: VmHugepages,
     /// What a conflict at `prepare` does.
     pub on_conflict: OnConflict,
+    /// Where the domain's VFIO device IRQs go (absent: the service's default, housekeeping).
+    pub vfio_irqs: Option<VfioIrqPlacement>,
 }
 
 impl Settings {
@@ -214,6 +216,9 @@ pub fn settings(domain: &Domain, section: Option<&VmSection>) -> Result<Option<S
     }
     if let Some(h) = merge(meta.hugepages, conf.hugepages) {
         out.hugepages = h.parse().map_err(|e| bad("hugepages", e))?;
+    }
+    if let Some(v) = merge(meta.vfio_irqs, conf.vfio_irqs) {
+        out.vfio_irqs = Some(v.parse().map_err(|e| bad("vfio-irqs", e))?);
     }
     out.on_conflict = match conf.on_conflict {
         Some(c) => c,

@@ -45,7 +45,14 @@ pub struct Shared {
     in_flight: AtomicUsize,
     /// Set at SIGTERM: no new operation starts.
     stopping: AtomicBool,
+    /// Woken when the isolations change: the VFIO IRQ follower sleeps on it while no
+    /// isolation has `vfio-irqs` follow a domain.
+    vfio_wake: tokio::sync::Notify,
 }
+
+/// How often the MSI vectors of followed VFIO devices are listed: no kernel event announces a
+/// vector the guest enables (its driver loads after the domain started and was isolated).
+const VFIO_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One operation in progress (see [`Shared::begin`]); ends when dropped.
 struct InFlight<'a> {
@@ -353,6 +360,7 @@ impl Shared {
             warnings: std::sync::Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            vfio_wake: tokio::sync::Notify::new(),
         });
         let server = conn.object_server();
         server.at(names::OBJECT_PATH, fdo::ObjectManager).await?;
@@ -397,6 +405,8 @@ impl Shared {
         });
         let s = shared.clone();
         tokio::spawn(async move { s.follow_callers(owner_changes).await });
+        let s = shared.clone();
+        tokio::spawn(async move { s.follow_vfio_irqs().await });
         match crate::daemon::hotplug::start() {
             Ok(mut hotplug) => {
                 let s = shared.clone();
@@ -712,7 +722,42 @@ impl Shared {
         }
     }
 
+    /// Places the VFIO IRQs guests enable after their isolation: while an isolation's
+    /// `vfio-irqs` follows a domain, its devices' MSI vectors are listed every [`VFIO_POLL`]
+    /// and the tunings reconciled when they change; otherwise it sleeps until the isolations
+    /// change.
+    async fn follow_vfio_irqs(self: Arc<Self>) {
+        loop {
+            if !self.orchestrator.follows_vfio() {
+                self.vfio_wake.notified().await;
+                continue;
+            }
+            tokio::time::sleep(VFIO_POLL).await;
+            if !self.orchestrator.vfio_irqs_moved() {
+                continue;
+            }
+            let Ok(_call) = self.begin() else {
+                return;
+            };
+            let change = self.registry.change().await;
+            match self.orchestrator.follow_vfio().await {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(
+                        "VFIO IRQs changed (a guest enabled or dropped MSI vectors); placed them"
+                    );
+                    drop(change);
+                    self.tunings_changed().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "placing the VFIO IRQs a guest enabled failed; retried when they change again or at the next isolate or release");
+                }
+            }
+        }
+    }
+
     async fn manager_changed(&self) {
+        self.vfio_wake.notify_one();
         self.follow_kthreads().await;
         let Ok(iface) = self
             .conn
@@ -730,6 +775,11 @@ impl Shared {
         let _ = obj.presets_changed(emitter).await;
         drop(obj);
         // Host-wide tunings follow the union of all isolations: every Tunings may differ now.
+        self.tunings_changed().await;
+    }
+
+    /// Announces that every isolation's `Tunings` may have changed.
+    async fn tunings_changed(&self) {
         let paths: Vec<OwnedObjectPath> = self.registry.leases().iter().map(path_of).collect();
         for path in paths {
             if let Ok(iface) = self

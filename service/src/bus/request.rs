@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use kvmisolate_dbus::options::{self, PartitionType, ReleaseWhen};
 use kvmisolate_dbus::target::TargetText;
-use kvmisolate_dbus::tunings::{HugepageSpec, Profile, Tuning};
+use kvmisolate_dbus::tunings::{HugepageSpec, Profile, Tuning, VfioIrqPlacement};
 use kvmisolate_dbus::{CpuSet, Error, IsolationName};
 use zbus::OwnedVariant;
 
@@ -66,6 +66,8 @@ pub struct TuningsRequest {
     pub hugepages: Option<HugepageSpec>,
     /// `hugepages-best-effort`.
     pub hugepages_best_effort: Option<bool>,
+    /// `vfio-irqs` (selects the `vfio-irqs` tuning).
+    pub vfio_irqs: Option<VfioIrqPlacement>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -166,6 +168,13 @@ pub fn parse(
                         invalid("option \"hugepages-best-effort\" must be a boolean (type b)")
                     })?);
             }
+            options::VFIO_IRQS => {
+                tunings.vfio_irqs = Some(
+                    string_option(key, value)?
+                        .parse::<VfioIrqPlacement>()
+                        .map_err(|e| invalid(format!("option \"vfio-irqs\": {e}")))?,
+                );
+            }
             options::LIBVIRT_DOMAIN => {
                 let d = string_option(key, value)?;
                 crate::libvirt::validate_domain_name(&d).map_err(invalid)?;
@@ -215,6 +224,12 @@ pub fn parse(
             release_when: ReleaseWhen::Released,
             tunings,
         });
+    }
+    if tunings.vfio_irqs.is_some() && (reserve.is_some() || domain.is_none()) {
+        return Err(invalid(
+            "\"vfio-irqs\" places the IRQs of a libvirt domain's assigned PCI devices: give it \
+             with \"libvirt-domain\" only (for other targets, irq-affinity moves every IRQ)",
+        ));
     }
     let target = match (unit, pids, domain) {
         (Some(u), None, None) => TargetRequest::Unit(u),
@@ -420,6 +435,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.tunings.profile, Some(Profile::Realtime));
+    }
+
+    #[test]
+    fn vfio_irqs_only_with_a_libvirt_domain() {
+        let dom = || ("libvirt-domain", Variant::from("win11"));
+        let r = parse(
+            "vm",
+            "",
+            &opts(&[dom(), ("vfio-irqs", Variant::from("vcpu"))]),
+        )
+        .unwrap();
+        assert_eq!(r.tunings.vfio_irqs, Some(VfioIrqPlacement::Vcpu));
+        for (bad, says) in [
+            (
+                vec![
+                    ("pids", Variant::from(vec![10u32])),
+                    ("vfio-irqs", Variant::from("vcpu")),
+                ],
+                "with \"libvirt-domain\" only",
+            ),
+            (
+                vec![dom(), ("vfio-irqs", Variant::from("gpu"))],
+                "'housekeeping'",
+            ),
+            (vec![dom(), ("vfio-irqs", Variant::from(1u32))], "type s"),
+        ] {
+            match parse("vm", "2", &opts(&bad)) {
+                Err(Error::InvalidOption(m)) => assert!(m.contains(says), "{m}"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -138,6 +138,11 @@ impl Orchestrator {
                 sys: config.sysfs_root.clone(),
                 debugfs: config.sysfs_root.join("kernel/debug"),
                 systemd_runtime: config.systemd_runtime_dir.clone(),
+                libvirt_run: config
+                    .hooks
+                    .libvirt_run_dir()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_else(|| LIBVIRT_QEMU_RUN_DIR.into()),
             },
             config.file.settings.clone(),
             &config.run_dir,
@@ -212,7 +217,14 @@ impl Orchestrator {
                 .hugepages_best_effort
                 .or(section.and_then(|s| s.hugepages_best_effort))
                 .unwrap_or(false),
+            vfio_irqs: req.tunings.vfio_irqs,
         };
+        let mut selected = selected;
+        if req.tunings.vfio_irqs.is_some() {
+            selected
+                .tunings
+                .insert(kvmisolate_dbus::tunings::Tuning::VfioIrqs);
+        }
         Ok((cpus, selected))
     }
 
@@ -237,6 +249,34 @@ impl Orchestrator {
             .filter(|r| r.name() != except)
             .map(holder_of)
             .collect()
+    }
+
+    /// Whether a held isolation's `vfio-irqs` follows a libvirt domain's VFIO IRQs.
+    pub fn follows_vfio(&self) -> bool {
+        HostTunings::follows_vfio(&Self::all_holders(&self.held()))
+    }
+
+    /// Whether the MSI vectors of the followed domains' devices changed since the last
+    /// reconcile (read without the lease lock: a cheap check before taking it).
+    pub fn vfio_irqs_moved(&self) -> bool {
+        self.tunings
+            .vfio_irqs_moved(&Self::all_holders(&self.held()))
+    }
+
+    /// Places the VFIO IRQs a guest enabled since the last reconcile: every held isolation's
+    /// tunings are reconciled again (what is already in place is not written). `Ok(false)`:
+    /// nothing moved. Called with the lease lock held.
+    pub async fn follow_vfio(&self) -> Result<bool, Error> {
+        let holders = Self::all_holders(&self.held());
+        if !self.tunings.vfio_irqs_moved(&holders) {
+            return Ok(false);
+        }
+        self.reconcile(holders).await.map(|_| true)
+    }
+
+    /// The tunings holders of every isolation in `held`.
+    fn all_holders(held: &[Record]) -> Vec<Holder> {
+        held.iter().map(holder_of).collect()
     }
 
     /// The current state of `lease`'s tunings.

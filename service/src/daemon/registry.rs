@@ -152,12 +152,40 @@ impl Lease {
 
 /// The tunings engine's view of the isolation `record` holds.
 pub fn holder_of(record: &Record) -> Holder {
-    Holder::new(
+    let holder = Holder::new(
         record.name().as_str(),
         record.cpus(),
         &record.request.tunings,
     )
-    .with_isolated_partition(record.partition == kvmisolate_dbus::options::PartitionType::Isolated)
+    .with_isolated_partition(record.partition == kvmisolate_dbus::options::PartitionType::Isolated);
+    match &record.request.target {
+        Target::Libvirt { domain, leaves, .. } => holder.with_vfio(
+            domain,
+            record.request.tunings.vfio_irqs.unwrap_or_default(),
+            vcpu_cpus(record.cpus(), leaves),
+        ),
+        _ => holder,
+    }
+}
+
+/// The CPUs of a domain's vCPU leaves (`libvirt/vcpuN`); without any, the isolation's CPUs
+/// minus those of its other leaves (emulator), or all of them when nothing is left.
+fn vcpu_cpus(cpus: &CpuSet, leaves: &[crate::engine::model::LeafPartition]) -> CpuSet {
+    let is_vcpu =
+        |l: &&crate::engine::model::LeafPartition| l.cgroup.file_name().starts_with("vcpu");
+    let vcpus = leaves
+        .iter()
+        .filter(is_vcpu)
+        .fold(CpuSet::new(), |a, l| a.union(&l.cpus));
+    if !vcpus.is_empty() {
+        return vcpus;
+    }
+    let others = leaves
+        .iter()
+        .filter(|l| !is_vcpu(l))
+        .fold(CpuSet::new(), |a, l| a.union(&l.cpus));
+    let rest = cpus.difference(&others);
+    if rest.is_empty() { cpus.clone() } else { rest }
 }
 
 /// The leases held, and the lock that orders their changes.

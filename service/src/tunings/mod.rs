@@ -12,6 +12,7 @@
 //! The journal is one file, `<run-dir>/tunings.json`, written atomically before every change.
 
 pub mod files;
+pub mod vfio;
 pub mod wants;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,6 +112,9 @@ pub struct Paths {
     pub debugfs: PathBuf,
     /// systemd's runtime unit directory (`/run/systemd/system`), for drop-ins.
     pub systemd_runtime: PathBuf,
+    /// libvirt's QEMU run directory (`/run/libvirt/qemu`): the running domains' live XML,
+    /// read by `vfio-irqs` (never written).
+    pub libvirt_run: PathBuf,
 }
 
 /// The configured values of the tunings.
@@ -162,6 +166,10 @@ pub struct Selected {
     pub hugepages: Option<HugepageSpec>,
     /// Keep the isolation when fewer hugepages than asked are allocated.
     pub hugepages_best_effort: bool,
+    /// Where `vfio-irqs` puts a libvirt domain's VFIO IRQs (`None`: the default,
+    /// housekeeping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio_irqs: Option<kvmisolate_dbus::tunings::VfioIrqPlacement>,
 }
 
 /// One active isolation, as far as tunings are concerned.
@@ -180,6 +188,9 @@ pub struct Holder {
     /// Its partition is `isolated` (the kernel may do some duties itself there).
     #[serde(default)]
     pub isolated_partition: bool,
+    /// A libvirt domain's: what `vfio-irqs` needs (`None` for other targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio: Option<vfio::VfioHolder>,
 }
 
 impl Holder {
@@ -192,7 +203,24 @@ impl Holder {
             hugepages: selected.hugepages,
             hugepages_best_effort: selected.hugepages_best_effort,
             isolated_partition: false,
+            vfio: None,
         }
+    }
+
+    /// The same holder, of libvirt domain `domain` whose vCPUs run on `vcpu_cpus`, with its
+    /// VFIO IRQs placed as `placement` says.
+    pub fn with_vfio(
+        mut self,
+        domain: &str,
+        placement: kvmisolate_dbus::tunings::VfioIrqPlacement,
+        vcpu_cpus: CpuSet,
+    ) -> Self {
+        self.vfio = Some(vfio::VfioHolder {
+            domain: domain.to_owned(),
+            placement,
+            vcpu_cpus,
+        });
+        self
     }
 
     /// The same holder, marked as holding an `isolated` partition (or not).
@@ -311,6 +339,9 @@ pub struct HostTunings {
     /// every save, so a report (`Status()`, `Tunings`) reads no journal and never waits for a
     /// reconcile in flight (the lock is held only to copy or swap it).
     mirror: std::sync::Mutex<Option<State>>,
+    /// The VFIO MSI vectors the last reconcile saw ([`vfio::msi_signature`]): when the
+    /// host's differ, the guest enabled or dropped vectors since and a reconcile is due.
+    vfio_seen: std::sync::Mutex<BTreeSet<(String, u32)>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {
@@ -334,7 +365,27 @@ impl HostTunings {
             hooks: TestHooks::none(),
             writes: std::sync::atomic::AtomicUsize::new(0),
             mirror: std::sync::Mutex::new(None),
+            vfio_seen: std::sync::Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Whether any of `holders` has `vfio-irqs` place a libvirt domain's IRQs: then the
+    /// daemon follows that domain's MSI vectors ([`HostTunings::vfio_irqs_moved`]).
+    pub fn follows_vfio(holders: &[Holder]) -> bool {
+        holders
+            .iter()
+            .any(|h| h.selects(Tuning::VfioIrqs) && h.vfio.is_some())
+    }
+
+    /// Whether the MSI vectors of `holders`' assigned devices differ from those the last
+    /// reconcile placed (a guest enables MSI when its driver loads, after the domain started
+    /// and was isolated): then a reconcile places the new ones.
+    pub fn vfio_irqs_moved(&self, holders: &[Holder]) -> bool {
+        let now = vfio::msi_signature(&self.paths, holders);
+        self.vfio_seen
+            .lock()
+            .map(|seen| *seen != now)
+            .unwrap_or(true)
     }
 
     /// The test hooks (`KVMISOLATED_CRASH_AFTER_TUNING`: SIGKILL right after the N-th file
@@ -505,6 +556,16 @@ impl HostTunings {
         } else {
             Irqbalance::NotRunning
         };
+        let vfio_owned = if holders.iter().any(|h| h.selects(Tuning::VfioIrqs)) {
+            vfio::owned(&self.paths, holders)
+        } else {
+            BTreeSet::new()
+        };
+        // Read before the placement: a vector enabled during it is then seen as new.
+        let vfio_seen = vfio::msi_signature(&self.paths, holders);
+        if let Ok(mut seen) = self.vfio_seen.lock() {
+            *seen = vfio_seen;
+        }
         let mut out = Reconciled::default();
         let mut wanted: BTreeSet<PathBuf> = BTreeSet::new();
         let mut own_file_changed = false;
@@ -529,6 +590,7 @@ impl HostTunings {
                     isolated: isolated.clone(),
                     irqbalance: irqbalance.clone(),
                     original: &original,
+                    vfio_owned: &vfio_owned,
                 };
                 wants::wants(t, &hs, &ctx)
             };
@@ -707,6 +769,10 @@ impl HostTunings {
             Ok(found) => {
                 if let Some(e) = state.files.get_mut(&w.path) {
                     e.written = Some(w.value.clone());
+                    // An IRQ passes from vfio-irqs to irq-affinity (or back) when one of the
+                    // two stops wanting it: the file is the new one's, its original the same.
+                    e.tuning = w.tuning;
+                    e.label = w.label.clone();
                 }
                 self.save(state).map_err(WantError::Fatal)?;
                 if w.codec == Codec::Count {
@@ -714,7 +780,10 @@ impl HostTunings {
                 }
                 Ok(true)
             }
-            Err(e) if w.tuning == Tuning::IrqAffinity && e.errno().is_some() => {
+            Err(e)
+                if matches!(w.tuning, Tuning::IrqAffinity | Tuning::VfioIrqs)
+                    && e.errno().is_some() =>
+            {
                 // The kernel refused: a managed IRQ (EIO), one it cannot move (EINVAL, EPERM
                 // for the timer on x86), no vector left (ENOSPC). Nothing changed.
                 state.files.remove(&w.path);
@@ -821,7 +890,9 @@ fn summarize(state: &State, t: Tuning, value: impl Fn(&Entry, &Path) -> String) 
         state.files.iter().filter(|(_, e)| e.tuning == t).collect();
     match entries.as_slice() {
         [] => String::new(),
-        [(p, e)] if t != Tuning::IrqAffinity => value(e, p).trim().to_owned(),
+        [(p, e)] if !matches!(t, Tuning::IrqAffinity | Tuning::VfioIrqs) => {
+            value(e, p).trim().to_owned()
+        }
         many => {
             let mut parts: Vec<String> = many
                 .iter()

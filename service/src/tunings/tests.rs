@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
-use kvmisolate_dbus::tunings::Profile;
+use kvmisolate_dbus::tunings::{Profile, VfioIrqPlacement};
 
 struct Fake {
     dir: tempfile::TempDir,
@@ -99,6 +99,7 @@ impl Fake {
 
     fn paths(&self) -> Paths {
         Paths {
+            libvirt_run: self.path("run/libvirt/qemu"),
             proc: self.path("proc"),
             sys: self.path("sys"),
             debugfs: self.path("sys/kernel/debug"),
@@ -161,6 +162,7 @@ fn holder(name: &str, cpus: &str, profile: Profile) -> Holder {
         hugepages: None,
         hugepages_best_effort: false,
         isolated_partition: false,
+        vfio: None,
     }
 }
 
@@ -1268,4 +1270,283 @@ fn a_crash_between_cpu_idle_writes_is_adopted_or_restored() {
         f.plain().reconcile(&[]).unwrap();
         assert_eq!(f.snapshot(), before, "crash after write {n}");
     }
+}
+
+/// The fake tree with `fixtures/vfio` overlaid (see its README): domain `win11` with two MSI-X
+/// vectors (146, 147), an INTx line (17) and a device that enabled nothing; every IRQ on 0-7.
+fn vfio_fixture() -> Fake {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        for entry in std::fs::read_dir(from).unwrap().flatten() {
+            let target = to.join(entry.file_name());
+            if entry.path().is_dir() {
+                std::fs::create_dir_all(&target).unwrap();
+                copy(&entry.path(), &target);
+            } else if entry.file_name() != ".keep" {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let f = Fake::new(8);
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tunings/fixtures/vfio");
+    copy(&fixture, f.dir.path());
+    let extra = f.get("proc/interrupts.vfio");
+    std::fs::remove_file(f.path("proc/interrupts.vfio")).unwrap();
+    let interrupts = f.get("proc/interrupts");
+    let (head, tail) = interrupts.split_once("NMI:").unwrap();
+    f.put("proc/interrupts", &format!("{head}{extra}NMI:{tail}"));
+    for n in [17, 18, 146, 147] {
+        f.put(&format!("proc/irq/{n}/smp_affinity_list"), "0-7\n");
+    }
+    f
+}
+
+fn vfio_holder(domain: &str, placement: VfioIrqPlacement, tunings: &[Tuning]) -> Holder {
+    holder_with("libvirt-win11", "2-5", tunings).with_vfio(
+        domain,
+        placement,
+        CpuSet::parse("3-5").unwrap(),
+    )
+}
+
+#[test]
+fn hostdev_addresses_of_a_live_domain_xml() {
+    let xml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/tunings/fixtures/vfio/run/libvirt/qemu/win11.xml"),
+    )
+    .unwrap();
+    // The host's addresses, not the guest's; the USB hostdev is not a PCI one.
+    assert_eq!(
+        super::vfio::hostdev_addresses(&xml).unwrap(),
+        vec!["0000:01:00.0", "0000:01:00.1", "0000:02:00.0"]
+    );
+    let bad = "<domain><devices><hostdev mode='subsystem' type='pci'><source>\
+               <address domain='0x0000' bus='0x100' slot='0x00' function='0x0'/>\
+               </source></hostdev></devices></domain>";
+    let e = super::vfio::hostdev_addresses(bad).unwrap_err();
+    assert!(e.contains("bus=\"0x100\""), "{e}");
+    assert!(super::vfio::hostdev_addresses("<domain>").is_err());
+}
+
+#[test]
+fn vfio_irqs_vcpu_puts_the_devices_irqs_on_the_vcpus_and_irq_affinity_agrees() {
+    let f = vfio_fixture();
+    let before = f.snapshot();
+    let e = f.plain();
+    let h = vfio_holder(
+        "win11",
+        VfioIrqPlacement::Vcpu,
+        &[Tuning::IrqAffinity, Tuning::VfioIrqs],
+    );
+    let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+    // MSI-X vectors and the vfio INTx line on the vCPUs' CPUs, not back to housekeeping.
+    for n in [146, 147, 17] {
+        assert_eq!(
+            f.get(&format!("proc/irq/{n}/smp_affinity_list")),
+            "3-5",
+            "IRQ {n}"
+        );
+    }
+    // Everything else (line 18 too: another driver's) off the isolated CPUs.
+    for n in [18, 24] {
+        assert_eq!(
+            f.get(&format!("proc/irq/{n}/smp_affinity_list")),
+            "0-1,6-7",
+            "IRQ {n}"
+        );
+    }
+    let vfio = report(&r, Tuning::VfioIrqs);
+    assert_eq!(vfio.state, TuningState::Applied);
+    assert!(
+        vfio.reason.contains("0000:02:00.0: no IRQ allocated yet"),
+        "{}",
+        vfio.reason
+    );
+    assert!(
+        vfio.current
+            .contains("IRQ 146 vfio-msix[0](0000:01:00.0)=3-5"),
+        "{}",
+        vfio.current
+    );
+    let irq = &report(&r, Tuning::IrqAffinity).reason;
+    assert!(
+        irq.contains("placed by vfio-irqs") && irq.contains("17, 146, 147"),
+        "{irq}"
+    );
+    // Reconciling again (adoption, another isolation) changes nothing.
+    let applied = f.snapshot();
+    e.reconcile(std::slice::from_ref(&h)).unwrap();
+    assert_eq!(f.snapshot(), applied);
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn vfio_irqs_placed_when_the_guest_enables_msi_after_the_isolation() {
+    let f = vfio_fixture();
+    let before = f.snapshot();
+    let e = f.plain();
+    let h = vfio_holder("win11", VfioIrqPlacement::Vcpu, &[Tuning::VfioIrqs]);
+    let holders = std::slice::from_ref(&h);
+    assert!(HostTunings::follows_vfio(holders));
+    assert!(!HostTunings::follows_vfio(&[holder_with(
+        "x",
+        "2-3",
+        &[Tuning::IrqAffinity]
+    )]));
+    e.reconcile(holders).unwrap();
+    assert!(
+        !e.vfio_irqs_moved(holders),
+        "nothing changed since the reconcile"
+    );
+
+    // The guest's driver loads: vfio-pci allocates a vector for 0000:02:00.0 (on every CPU).
+    f.put("sys/bus/pci/devices/0000:02:00.0/msi_irqs/160", "msi\n");
+    f.put("proc/irq/160/smp_affinity_list", "0-7\n");
+    let interrupts = f.get("proc/interrupts").replace(
+        "NMI:",
+        "160:          0          0          0          0          0          0          0          0  IR-PCI-MSI-0000:02:00.0    0-edge      vfio-msi[0](0000:02:00.0)\nNMI:",
+    );
+    f.put("proc/interrupts", &interrupts);
+    assert!(e.vfio_irqs_moved(holders));
+    let r = e.reconcile(holders).unwrap();
+    assert_eq!(f.get("proc/irq/160/smp_affinity_list"), "3-5");
+    assert_eq!(f.get("proc/irq/146/smp_affinity_list"), "3-5");
+    assert!(
+        !report(&r, Tuning::VfioIrqs)
+            .reason
+            .contains("no IRQ allocated yet"),
+        "{}",
+        report(&r, Tuning::VfioIrqs).reason
+    );
+    assert!(!e.vfio_irqs_moved(holders));
+
+    // The guest drops the vector again (driver unloaded): its IRQ is gone with it.
+    std::fs::remove_file(f.path("sys/bus/pci/devices/0000:02:00.0/msi_irqs/160")).unwrap();
+    std::fs::remove_dir_all(f.path("proc/irq/160")).unwrap();
+    f.put(
+        "proc/interrupts",
+        &interrupts
+            .lines()
+            .filter(|l| !l.starts_with("160:"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    );
+    assert!(e.vfio_irqs_moved(holders));
+    let r = e.reconcile(holders).unwrap();
+    assert!(
+        r.warnings.iter().any(|w| w.contains("disappeared")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(!e.vfio_irqs_moved(holders));
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn vfio_irqs_housekeeping_keeps_them_off_the_isolated_cpus() {
+    let f = vfio_fixture();
+    let before = f.snapshot();
+    let e = f.plain();
+    // Alone (no irq-affinity): only the domain's IRQs move.
+    let h = vfio_holder("win11", VfioIrqPlacement::Housekeeping, &[Tuning::VfioIrqs]);
+    e.reconcile(std::slice::from_ref(&h)).unwrap();
+    for n in [146, 147, 17] {
+        assert_eq!(
+            f.get(&format!("proc/irq/{n}/smp_affinity_list")),
+            "0-1,6-7",
+            "IRQ {n}"
+        );
+    }
+    assert_eq!(f.get("proc/irq/18/smp_affinity_list"), "0-7\n");
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn without_vfio_irqs_irq_affinity_moves_the_vfio_irqs_as_before() {
+    let f = vfio_fixture();
+    let e = f.plain();
+    let h = vfio_holder("win11", VfioIrqPlacement::Vcpu, &[Tuning::IrqAffinity]);
+    e.reconcile(std::slice::from_ref(&h)).unwrap();
+    assert_eq!(f.get("proc/irq/146/smp_affinity_list"), "0-1,6-7");
+}
+
+#[test]
+fn vfio_irqs_union_with_another_isolation_and_release_in_order() {
+    let f = vfio_fixture();
+    let before = f.snapshot();
+    let e = f.plain();
+    let vm = vfio_holder(
+        "win11",
+        VfioIrqPlacement::Vcpu,
+        &[Tuning::IrqAffinity, Tuning::VfioIrqs],
+    );
+    let other = holder_with("other", "6", &[Tuning::IrqAffinity]);
+    e.reconcile(&[vm.clone(), other.clone()]).unwrap();
+    assert_eq!(f.get("proc/irq/146/smp_affinity_list"), "3-5");
+    assert_eq!(f.get("proc/irq/24/smp_affinity_list"), "0-1,7");
+    // The domain goes: its IRQs pass to irq-affinity (off CPU 6, from the same original).
+    let r = e.reconcile(std::slice::from_ref(&other)).unwrap();
+    assert_eq!(f.get("proc/irq/146/smp_affinity_list"), "0-5,7");
+    assert!(
+        report(&r, Tuning::IrqAffinity)
+            .current
+            .contains("vfio-msix[0]")
+    );
+    e.reconcile(&[]).unwrap();
+    assert_eq!(f.snapshot(), before);
+}
+
+#[test]
+fn vfio_irqs_skips_with_the_reason() {
+    let f = vfio_fixture();
+    f.put(
+        "run/libvirt/qemu/plain.xml",
+        "<domstatus><domain type='kvm'><name>plain</name><devices/></domain></domstatus>",
+    );
+    let e = f.plain();
+    let cases = [
+        (
+            "plain",
+            "has no assigned PCI device (<hostdev mode='subsystem' type='pci'>)",
+        ),
+        ("gone", "its live XML"),
+    ];
+    for (domain, why) in cases {
+        let h = vfio_holder(domain, VfioIrqPlacement::Vcpu, &[Tuning::VfioIrqs]);
+        let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+        let rep = report(&r, Tuning::VfioIrqs);
+        assert_eq!(rep.state, TuningState::Skipped, "{domain}");
+        assert!(rep.reason.contains(why), "{domain}: {}", rep.reason);
+    }
+    // Not a libvirt domain.
+    let h = holder_with("pids", "2-5", &[Tuning::VfioIrqs]);
+    let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+    assert!(
+        report(&r, Tuning::VfioIrqs)
+            .reason
+            .contains("not a libvirt domain")
+    );
+    // A device that has not enabled its interrupts yet.
+    std::fs::remove_dir_all(f.path("sys/bus/pci/devices/0000:01:00.0/msi_irqs")).unwrap();
+    f.put(
+        "proc/interrupts",
+        &f.get("proc/interrupts").replace("vfio-intx", "other"),
+    );
+    let h = vfio_holder("win11", VfioIrqPlacement::Vcpu, &[Tuning::VfioIrqs]);
+    let r = e.reconcile(std::slice::from_ref(&h)).unwrap();
+    let rep = report(&r, Tuning::VfioIrqs);
+    assert_eq!(rep.state, TuningState::Skipped);
+    assert!(
+        rep.reason.contains("0000:01:00.0: no IRQ allocated yet")
+            && rep
+                .reason
+                .contains("places them when the guest's driver enables them"),
+        "{}",
+        rep.reason
+    );
+    e.reconcile(&[]).unwrap();
 }

@@ -1,7 +1,7 @@
 //! What each tuning wants written, for a set of isolations: pure computations over the host's
 //! files (read through a closure that returns the journalled original where there is one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -27,9 +27,9 @@ pub struct Want {
 }
 
 impl Want {
-    /// The IRQ an `irq-affinity` want moves (`/proc/irq/N/smp_affinity_list`).
+    /// The IRQ an `irq-affinity` or `vfio-irqs` want moves (`/proc/irq/N/smp_affinity_list`).
     pub fn irq(&self) -> Option<u32> {
-        if self.tuning != Tuning::IrqAffinity {
+        if !matches!(self.tuning, Tuning::IrqAffinity | Tuning::VfioIrqs) {
             return None;
         }
         let dir = self.path.parent()?;
@@ -75,6 +75,8 @@ pub struct Ctx<'a> {
     pub irqbalance: Irqbalance,
     /// The original value of a file: the journalled one when it is tuned already.
     pub original: OriginalOf<'a>,
+    /// The IRQs `vfio-irqs` places ([`super::vfio::owned`]): `irq-affinity` leaves them.
+    pub vfio_owned: &'a BTreeSet<u32>,
 }
 
 impl Ctx<'_> {
@@ -83,7 +85,7 @@ impl Ctx<'_> {
     }
 
     /// `original ∖ isolated`, or every housekeeping CPU when nothing would be left.
-    fn off_isolated(&self, original: &CpuSet, isolated: &CpuSet) -> CpuSet {
+    pub(super) fn off_isolated(&self, original: &CpuSet, isolated: &CpuSet) -> CpuSet {
         let kept = original.difference(isolated);
         if kept.is_empty() {
             self.housekeeping()
@@ -92,7 +94,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn orig(&self, path: &Path, codec: Codec) -> Result<Option<String>, FileError> {
+    pub(super) fn orig(&self, path: &Path, codec: Codec) -> Result<Option<String>, FileError> {
         (self.original)(path, codec)
     }
 }
@@ -105,7 +107,7 @@ fn mask_of(path: &Path, text: &str) -> Result<CpuSet, FileError> {
     })
 }
 
-fn list_of(path: &Path, text: &str) -> Result<CpuSet, FileError> {
+pub(super) fn list_of(path: &Path, text: &str) -> Result<CpuSet, FileError> {
     CpuSet::parse(text).map_err(|_| FileError::Format {
         path: path.to_owned(),
         text: text.to_owned(),
@@ -202,11 +204,12 @@ pub fn wants(tuning: Tuning, holders: &[&Holder], ctx: &Ctx<'_>) -> Result<Outco
         Tuning::CpuIdle => cpu_idle(&cpus, ctx),
         Tuning::Thp => thp(ctx),
         Tuning::Hugepages => hugepages(holders, ctx),
+        Tuning::VfioIrqs => super::vfio::wants(holders, ctx),
     }
 }
 
 /// Turns "file not found" into `None`.
-fn absent(e: FileError) -> Result<Option<String>, FileError> {
+pub(super) fn absent(e: FileError) -> Result<Option<String>, FileError> {
     if e.is_not_found() { Ok(None) } else { Err(e) }
 }
 
@@ -302,8 +305,8 @@ fn sysctl_or_skip(
     }
 }
 
-/// The IRQ numbers under `/proc/irq` with their action names from `/proc/interrupts`.
-pub fn irqs(proc: &Path) -> Vec<(u32, String)> {
+/// Each IRQ's action names from `/proc/interrupts` (`vfio-msix[0](0000:06:00.0)`...).
+pub fn irq_names(proc: &Path) -> BTreeMap<u32, String> {
     let mut names = BTreeMap::new();
     if let Ok(text) = fs::read_to_string(proc.join("interrupts")) {
         for line in text.lines() {
@@ -326,6 +329,12 @@ pub fn irqs(proc: &Path) -> Vec<(u32, String)> {
             names.insert(n, name);
         }
     }
+    names
+}
+
+/// The IRQ numbers under `/proc/irq` with their action names from `/proc/interrupts`.
+pub fn irqs(proc: &Path) -> Vec<(u32, String)> {
+    let names = irq_names(proc);
     let mut out = Vec::new();
     if let Ok(dir) = fs::read_dir(proc.join("irq")) {
         for entry in dir.flatten() {
@@ -361,6 +370,7 @@ fn irq_affinity(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
         });
     }
     let mut excluded = Vec::new();
+    let mut to_vfio = Vec::new();
     for (n, name) in irqs(proc) {
         let path = proc.join(format!("irq/{n}/smp_affinity_list"));
         let Some(orig) = ctx.orig(&path, Codec::CpuList).or_else(absent)? else {
@@ -368,6 +378,10 @@ fn irq_affinity(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
         };
         let orig_set = list_of(&path, &orig)?;
         if orig_set.is_disjoint(cpus) {
+            continue;
+        }
+        if ctx.vfio_owned.contains(&n) {
+            to_vfio.push(n.to_string());
             continue;
         }
         if ctx.settings.irq_exclude.iter().any(|p| p.matches(&name)) {
@@ -390,6 +404,12 @@ fn irq_affinity(cpus: &CpuSet, ctx: &Ctx<'_>) -> Result<Outcome, FileError> {
         notes.push(format!(
             "left alone by the exclusion list: IRQ {}",
             excluded.join(", ")
+        ));
+    }
+    if !to_vfio.is_empty() {
+        notes.push(format!(
+            "placed by vfio-irqs (a libvirt domain's assigned devices): IRQ {}",
+            to_vfio.join(", ")
         ));
     }
     Ok(Outcome::Wants(wants, notes))
