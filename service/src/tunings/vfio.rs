@@ -116,16 +116,25 @@ pub fn device_irqs(sys: &Path, names: &BTreeMap<u32, String>, addr: &str) -> Opt
     Some(irqs.into_iter().collect())
 }
 
-/// The IRQs `vfio-irqs` places for `holders` (those that selected it): `irq-affinity`
-/// leaves these alone, so the two never write the same file.
-pub fn owned(paths: &Paths, holders: &[Holder]) -> BTreeSet<u32> {
-    let names = irq_names(&paths.proc);
+/// The PCI addresses of the devices assigned to the domains of `holders` that select
+/// `vfio-irqs` (a domain whose live XML cannot be read has none here; `wants` says why).
+fn followed_devices<'a>(
+    paths: &'a Paths,
+    holders: &'a [Holder],
+) -> impl Iterator<Item = String> + 'a {
     holders
         .iter()
         .filter(|h| h.tunings.contains(&Tuning::VfioIrqs))
         .filter_map(|h| h.vfio.as_ref())
         .filter_map(|v| domain_devices(paths, &v.domain).ok())
         .flatten()
+}
+
+/// The IRQs `vfio-irqs` places for `holders` (those that selected it): `irq-affinity`
+/// leaves these alone, so the two never write the same file.
+pub fn owned(paths: &Paths, holders: &[Holder]) -> BTreeSet<u32> {
+    let names = irq_names(&paths.proc);
+    followed_devices(paths, holders)
         .filter_map(|addr| device_irqs(&paths.sys, &names, &addr))
         .flatten()
         .collect()
@@ -137,12 +146,7 @@ pub fn owned(paths: &Paths, holders: &[Holder]) -> BTreeSet<u32> {
 /// is fixed per device and placed at every reconcile.
 pub fn msi_signature(paths: &Paths, holders: &[Holder]) -> BTreeSet<(String, u32)> {
     let empty = BTreeMap::new();
-    holders
-        .iter()
-        .filter(|h| h.tunings.contains(&Tuning::VfioIrqs))
-        .filter_map(|h| h.vfio.as_ref())
-        .filter_map(|v| domain_devices(paths, &v.domain).ok())
-        .flatten()
+    followed_devices(paths, holders)
         .flat_map(|addr| {
             device_irqs(&paths.sys, &empty, &addr)
                 .unwrap_or_default()
