@@ -92,6 +92,7 @@ install: $(GEN)/stamp
 	install -Dm0755 $(GEN)/libvirt-hook $(DESTDIR)$(LIBVIRTHOOKDIR)/kvmisolate
 	for f in $(GNOME_FILES); do install -Dm0644 $(GNOME_SRC)/$$f $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)/$$f; done
 	install -Dm0644 dbus/org.kvmisolate.Isolator1.xml $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)/dbus/org.kvmisolate.Isolator1.xml
+	for f in $(PLASMA_FILES); do install -Dm0644 $(PLASMA_SRC)/$$f $(DESTDIR)$(PLASMOIDDIR)/$(PLASMA_ID)/$$f; done
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/kvmisolate $(DESTDIR)$(LIBEXECDIR)/kvmisolated
@@ -105,6 +106,7 @@ uninstall:
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/kvmisolate $(DESTDIR)$(ZSHCOMPDIR)/_kvmisolate $(DESTDIR)$(FISHCOMPDIR)/kvmisolate.fish
 	rm -f $(DESTDIR)$(LIBVIRTHOOKDIR)/kvmisolate
 	rm -rf $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)
+	rm -rf $(DESTDIR)$(PLASMOIDDIR)/$(PLASMA_ID)
 
 # Everything CI runs (.ci/run calls exactly this).
 test: test-host lint unit-test test-packages test-vm test-vm-deb
