@@ -59,6 +59,15 @@ test('isolationsOf normalizes and sorts what Status() gave', () => {
     assert.equal(L.objectPathText(null), '');
 });
 
+test('unwrap drops the module\'s value wrappers', () => {
+    assert.deepEqual(L.unwrap({ value: [{ value: 'a' }, 2] }), ['a', 2]);
+    assert.deepEqual(L.unwrap({ isolations: { value: [{ name: { value: 'x' } }] } }), { isolations: [{ name: 'x' }] });
+    assert.deepEqual(L.unwrap({ 0: 'a', 1: 'b', length: 2 }), ['a', 'b']);
+    assert.equal(L.unwrap(null), null);
+    assert.deepEqual(L.isolationsOf({ isolations: { value: [{ name: { value: 'w' }, cpus: '2' }] } })
+        .map(i => i.name), ['w']);
+});
+
 test('summary', () => {
     assert.equal(L.summary([], tr), 'No CPUs isolated');
     assert.equal(L.summary([iso('win11', '2-5')], tr), 'CPUs 2-5 · win11');

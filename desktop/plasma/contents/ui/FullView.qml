@@ -5,6 +5,8 @@
 // per configured preset (disabled with the reason while its name or CPUs are in use). A
 // separate file so that the VM test can show it next to a Backend and grab it.
 
+pragma ComponentBehavior: Bound
+
 import QtQuick
 import QtQuick.Layouts
 import org.kde.plasma.components as PlasmaComponents3

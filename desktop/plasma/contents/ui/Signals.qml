@@ -4,6 +4,8 @@
 // org.kde.plasma.workspace.dbus): `changed` for any PropertiesChanged of the manager or of an
 // isolation and for InterfacesAdded/Removed, `released` for Released(name, path, reason).
 
+pragma ComponentBehavior: Bound
+
 import QtQuick
 import org.kde.plasma.workspace.dbus as DBus
 

@@ -96,6 +96,30 @@ export function objectPathText(value) {
 }
 
 /**
+ * A decoded D-Bus value without the module's wrappers: a variant (or another typed wrapper)
+ * arrives as an object whose only property is `value`; lists and dictionaries are unwrapped
+ * all the way down.
+ *
+ * @param {*} v the decoded value
+ * @returns {*} the plain value
+ */
+export function unwrap(v) {
+    if (v === null || typeof v !== 'object')
+        return v;
+    if (Array.isArray(v))
+        return v.map(unwrap);
+    const keys = Object.keys(v);
+    if (keys.length === 1 && keys[0] === 'value')
+        return unwrap(v.value);
+    if (typeof v.length === 'number' && keys.every(k => /^\d+$/.test(k) || k === 'length'))
+        return Array.from(v, unwrap);
+    const out = {};
+    for (const k of keys)
+        out[k] = unwrap(v[k]);
+    return out;
+}
+
+/**
  * Normalizes what the D-Bus module decoded from Status(): a list of isolation records sorted
  * by name, every key present.
  *
@@ -103,7 +127,8 @@ export function objectPathText(value) {
  * @returns {object[]} the records
  */
 export function isolationsOf(status) {
-    const list = Array.isArray(status?.isolations) ? status.isolations : [];
+    const plain = unwrap(status);
+    const list = Array.isArray(plain?.isolations) ? plain.isolations : [];
     return list.map(i => ({
         name: `${i.name ?? ''}`,
         cpus: `${i.cpus ?? ''}`,

@@ -7,6 +7,8 @@
 // the calls are Backend.qml's; logic.mjs words everything and decides the notifications,
 // which go to the session's notification server (org.freedesktop.Notifications).
 
+pragma ComponentBehavior: Bound
+
 import QtQuick
 import org.kde.plasma.plasmoid
 import org.kde.plasma.core as PlasmaCore
