@@ -25,7 +25,12 @@ PlasmaExtras.Representation {
         return translate ? translate(text) : text;
     }
 
-    readonly property var compact: Logic.compactState(backend, t => view.tr(t))
+    // The properties are read here, so that the binding follows them (reads inside the module are not tracked).
+    readonly property var compact: Logic.compactState({
+        running: backend.running,
+        activatable: backend.activatable,
+        isolations: backend.isolations,
+    }, t => view.tr(t))
 
     Layout.minimumWidth: Kirigami.Units.gridUnit * 18
     Layout.minimumHeight: Kirigami.Units.gridUnit * 12

@@ -21,7 +21,12 @@ PlasmoidItem {
     id: root
 
     readonly property var tr: text => i18n(text)
-    readonly property var compact: Logic.compactState(isolator, tr)
+    // The properties are read here, so that the binding follows them (reads inside the module are not tracked).
+    readonly property var compact: Logic.compactState({
+        running: isolator.running,
+        activatable: isolator.activatable,
+        isolations: isolator.isolations,
+    }, tr)
 
     Plasmoid.icon: compact.icon
     Plasmoid.status: {
