@@ -104,7 +104,7 @@ Item {
             tryVerify(() => top.iso("web") !== undefined, 120000, "web appears");
             log("SEEN web " + top.seenAt["web"]);
             tryVerify(() => top.iso("web").state === "active", 10000, "web active");
-            compare(label("summary"), "CPUs 2-3 · web");
+            tryVerify(() => label("summary") === "CPUs 2-3 · web", 5000, "summary " + label("summary") + " / compact " + JSON.stringify(top.view.compact));
             verify(findChild(top.view, "isolation-web") !== null, "a row for web");
             verify(top.iso("web").target.startsWith("pids:"), "web's target " + top.iso("web").target);
             grab("active");
