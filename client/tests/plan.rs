@@ -489,50 +489,11 @@ fn apply_windows_on_virt_manager_xml_changes_only_planned_elements() {
             }
         }
         // check --vm: nothing of the guest side missing.
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--no-daemon", "--json", "--vm"])
-            .arg(if fixture.starts_with("domains/") {
-                "win11"
-            } else {
-                "debian12"
-            })
-            .arg("--domain-xml")
-            .arg(&path)
-            .env("KVMISOLATE_PROC_ROOT", proc_root())
-            .env("KVMISOLATE_CONFIG", "/nonexistent")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        let f = v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["id"] == "vm-guest-side")
-            .unwrap_or_else(|| panic!("no vm-guest-side in {v}"));
+        let f = guest_side_finding(&path, fixture);
         assert_eq!(f["severity"], "ok", "{fixture}: {f}");
         // And before: information naming what lacks.
         std::fs::write(&path, &original).unwrap();
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--no-daemon", "--json", "--vm"])
-            .arg(if fixture.starts_with("domains/") {
-                "win11"
-            } else {
-                "debian12"
-            })
-            .arg("--domain-xml")
-            .arg(&path)
-            .env("KVMISOLATE_PROC_ROOT", proc_root())
-            .env("KVMISOLATE_CONFIG", "/nonexistent")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let f = v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["id"] == "vm-guest-side")
-            .unwrap();
+        let f = guest_side_finding(&path, fixture);
         assert_eq!(f["severity"], "info", "{fixture}: {f}");
         assert!(
             f["fix"].as_str().unwrap().contains("kvmisolate plan"),
@@ -579,4 +540,30 @@ fn assert_changes_only(original: &str, applied: &str, planned: &[&str], what: &s
             "{what}: changed line {line:?} is not a planned element"
         );
     }
+}
+
+/// `check --vm`'s `vm-guest-side` finding for the domain XML at `path` (a copy of `fixture`).
+fn guest_side_finding(path: &std::path::Path, fixture: &str) -> serde_json::Value {
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--no-daemon", "--json", "--vm"])
+        .arg(if fixture.starts_with("domains/") {
+            "win11"
+        } else {
+            "debian12"
+        })
+        .arg("--domain-xml")
+        .arg(path)
+        .env("KVMISOLATE_PROC_ROOT", proc_root())
+        .env("KVMISOLATE_CONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "vm-guest-side")
+        .cloned()
+        .unwrap_or_else(|| panic!("no vm-guest-side in {v}"))
 }
