@@ -40,8 +40,17 @@ GNOME_FILES := metadata.json extension.js client.js format.js stylesheet.css ico
 PLASMOIDDIR ?= $(PREFIX)/share/plasma/plasmoids
 PLASMA_ID   := org.kvmisolate.applet
 PLASMA_SRC  := desktop/plasma
-PLASMA_FILES := metadata.json contents/ui/main.qml contents/ui/Backend.qml contents/ui/Signals.qml \
+PLASMA_FILES := metadata.json contents/ui/main.qml contents/ui/Backend.qml \
 	contents/ui/FullView.qml contents/ui/logic.mjs
+# The applet's QML module org.kvmisolate.client (desktop/plasma/plugin: C++, Qt 6 Qml + DBus,
+# built with CMake into target/plasma-plugin). Qt finds QML modules only in its own QML
+# directory (or QML_IMPORT_PATH), so it goes there whatever PREFIX is; QMLDIR overrides it.
+CMAKE       ?= cmake
+QTPATHS     ?= $(firstword $(foreach p,qtpaths6 qtpaths-qt6 /usr/lib/qt6/bin/qtpaths,$(shell command -v $(p) 2>/dev/null)))
+QMLDIR      ?= $(shell $(QTPATHS) --query QT_INSTALL_QML 2>/dev/null)
+PLUGIN_BUILD := target/plasma-plugin
+PLUGIN_DIR  := org/kvmisolate/client
+PLUGIN_FILES := qmldir kvmisolateclient.qmltypes libkvmisolateclient.so
 # qmllint from Debian's qt6-declarative-dev-tools (tests/setup-host installs it).
 QMLLINT     ?= /usr/lib/qt6/bin/qmllint
 CARGO       ?= cargo
@@ -52,13 +61,17 @@ PKGDIR      := target/packages
 RELEASE     := target/release
 GEN         := target/generated
 
-.PHONY: all build generate install uninstall test test-host lint lint-js lint-qml unit-test js-test test-vm demo fuzz clean gnome-extension-zip \
+.PHONY: all build plasma-plugin generate install uninstall test test-host lint lint-js lint-qml unit-test js-test test-vm demo fuzz clean gnome-extension-zip \
 	version dist deb arch rpm packages test-packages test-vm-deb
 
 all: build
 
-build:
+build: plasma-plugin
 	$(CARGO) build --release --workspace $(CARGO_FLAGS)
+
+plasma-plugin:
+	$(CMAKE) -S $(PLASMA_SRC)/plugin -B $(PLUGIN_BUILD) -DCMAKE_BUILD_TYPE=Release
+	$(CMAKE) --build $(PLUGIN_BUILD)
 
 $(GEN)/stamp: build
 	rm -rf $(GEN) && mkdir -p $(GEN)/man $(GEN)/completions
@@ -72,7 +85,8 @@ $(GEN)/stamp: build
 
 generate: $(GEN)/stamp
 
-install: $(GEN)/stamp
+install: $(GEN)/stamp plasma-plugin
+	@test -n "$(QMLDIR)" || { echo "make install: Qt's QML directory is unknown (no qtpaths6): pass QMLDIR=..." >&2; exit 1; }
 	install -Dm0755 $(RELEASE)/kvmisolate $(DESTDIR)$(BINDIR)/kvmisolate
 	install -Dm0755 $(RELEASE)/kvmisolated $(DESTDIR)$(LIBEXECDIR)/kvmisolated
 	install -Dm0644 $(GEN)/kvmisolated.service $(DESTDIR)$(UNITDIR)/kvmisolated.service
@@ -93,6 +107,7 @@ install: $(GEN)/stamp
 	for f in $(GNOME_FILES); do install -Dm0644 $(GNOME_SRC)/$$f $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)/$$f; done
 	install -Dm0644 dbus/org.kvmisolate.Isolator1.xml $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)/dbus/org.kvmisolate.Isolator1.xml
 	for f in $(PLASMA_FILES); do install -Dm0644 $(PLASMA_SRC)/$$f $(DESTDIR)$(PLASMOIDDIR)/$(PLASMA_ID)/$$f; done
+	for f in $(PLUGIN_FILES); do install -Dm0644 $(PLUGIN_BUILD)/qml/$(PLUGIN_DIR)/$$f $(DESTDIR)$(QMLDIR)/$(PLUGIN_DIR)/$$f; done
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/kvmisolate $(DESTDIR)$(LIBEXECDIR)/kvmisolated
@@ -107,6 +122,8 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBVIRTHOOKDIR)/kvmisolate
 	rm -rf $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)
 	rm -rf $(DESTDIR)$(PLASMOIDDIR)/$(PLASMA_ID)
+	test -z "$(QMLDIR)" || rm -rf $(DESTDIR)$(QMLDIR)/$(PLUGIN_DIR)
+	test -z "$(QMLDIR)" || rmdir --ignore-fail-on-non-empty $(DESTDIR)$(QMLDIR)/org/kvmisolate 2>/dev/null || true
 
 # Everything CI runs (.ci/run calls exactly this).
 test: test-host lint unit-test test-packages test-vm test-vm-deb

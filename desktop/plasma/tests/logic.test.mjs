@@ -59,13 +59,15 @@ test('isolationsOf normalizes and sorts what Status() gave', () => {
     assert.equal(L.objectPathText(null), '');
 });
 
-test('unwrap drops the module\'s value wrappers', () => {
-    assert.deepEqual(L.unwrap({ value: [{ value: 'a' }, 2] }), ['a', 2]);
-    assert.deepEqual(L.unwrap({ isolations: { value: [{ name: { value: 'x' } }] } }), { isolations: [{ name: 'x' }] });
-    assert.deepEqual(L.unwrap({ 0: 'a', 1: 'b', length: 2 }), ['a', 'b']);
-    assert.equal(L.unwrap(null), null);
-    assert.deepEqual(L.isolationsOf({ isolations: { value: [{ name: { value: 'w' }, cpus: '2' }] } })
+test('plain turns Qt\'s array-like sequences into Arrays', () => {
+    assert.deepEqual(L.plain({ 0: 'a', 1: 'b', length: 2 }), ['a', 'b']);
+    assert.deepEqual(L.plain({ isolations: { 0: { name: 'x', tunings: { length: 0 } }, length: 1 } }),
+        { isolations: [{ name: 'x', tunings: [] }] });
+    assert.equal(L.plain(null), null);
+    assert.deepEqual(L.isolationsOf({ isolations: { 0: { name: 'w', cpus: '2' }, length: 1 } })
         .map(i => i.name), ['w']);
+    assert.deepEqual(L.isolationsOf({ isolations: 'nonsense' }), []);
+    assert.deepEqual(L.isolationsOf(null), []);
 });
 
 test('summary', () => {

@@ -18,14 +18,13 @@ import "logic.mjs" as Logic
 PlasmaExtras.Representation {
     id: view
 
-    required property var backend
+    required property Backend backend
     property var translate: null
 
     function tr(text: string): string {
         return translate ? translate(text) : text;
     }
 
-    // The properties are read here, so that the binding follows them (reads inside the module are not tracked).
     readonly property var compact: Logic.compactState({
         running: backend.running,
         activatable: backend.activatable,
@@ -134,11 +133,11 @@ PlasmaExtras.Representation {
             }
 
             PlasmaComponents3.Label {
-                visible: !view.backend.live
+                visible: view.backend.running && view.backend.lastError !== ""
                 Layout.fillWidth: true
                 wrapMode: Text.Wrap
-                opacity: 0.7
-                text: view.tr("Live updates need Plasma 6.7 or newer; the view is read when it opens.")
+                color: Kirigami.Theme.negativeTextColor
+                text: view.backend.lastError
             }
         }
     }

@@ -96,39 +96,35 @@ export function objectPathText(value) {
 }
 
 /**
- * A decoded D-Bus value without the module's wrappers: a variant (or another typed wrapper)
- * arrives as an object whose only property is `value`; lists and dictionaries are unwrapped
- * all the way down.
+ * A value from the org.kvmisolate.client module as plain JavaScript: the module hands over
+ * plain maps, lists, strings and numbers, but Qt may pass a list as an array-like sequence
+ * object rather than an Array; those become Arrays, all the way down.
  *
- * @param {*} v the decoded value
+ * @param {*} v the value
  * @returns {*} the plain value
  */
-export function unwrap(v) {
+export function plain(v) {
     if (v === null || typeof v !== 'object')
         return v;
-    if (Array.isArray(v))
-        return v.map(unwrap);
-    const keys = Object.keys(v);
-    if (keys.length === 1 && keys[0] === 'value')
-        return unwrap(v.value);
-    if (typeof v.length === 'number' && keys.every(k => /^\d+$/.test(k) || k === 'length'))
-        return Array.from(v, unwrap);
+    if (Array.isArray(v) || typeof v.length === 'number')
+        return Array.from(v, plain);
     const out = {};
-    for (const k of keys)
-        out[k] = unwrap(v[k]);
+    for (const k of Object.keys(v))
+        out[k] = plain(v[k]);
     return out;
 }
 
 /**
- * Normalizes what the D-Bus module decoded from Status(): a list of isolation records sorted
+ * Normalizes the Status() dictionary: a list of isolation records sorted
  * by name, every key present.
  *
  * @param {object|null} status the Status() dictionary (or null when unknown)
  * @returns {object[]} the records
  */
 export function isolationsOf(status) {
-    const plain = unwrap(status);
-    const list = Array.isArray(plain?.isolations) ? plain.isolations : [];
+    const list = plain(status?.isolations);
+    if (!Array.isArray(list))
+        return [];
     return list.map(i => ({
         name: `${i.name ?? ''}`,
         cpus: `${i.cpus ?? ''}`,

@@ -21,7 +21,6 @@ PlasmoidItem {
     id: root
 
     readonly property var tr: text => i18n(text)
-    // The properties are read here, so that the binding follows them (reads inside the module are not tracked).
     readonly property var compact: Logic.compactState({
         running: isolator.running,
         activatable: isolator.activatable,
@@ -43,7 +42,7 @@ PlasmoidItem {
         onNotice: (title, body) => root.notify(title, body)
     }
 
-    // The popup reads the state when it opens (Plasma without SignalWatcher follows nothing else).
+    // The popup re-reads the state when it opens (cheap; the signals keep it current anyway).
     onExpandedChanged: {
         if (expanded && !isolator.live)
             isolator.refresh();

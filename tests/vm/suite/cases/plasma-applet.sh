@@ -5,11 +5,15 @@
 #     the real Plasma modules (its findings printed);
 #   - plasmoidviewer loads the applet headless (offscreen, Qt Quick's software renderer)
 #     without a QML error;
+#   - the applet's QML module org.kvmisolate.client (C++, QtDBus; built on the host against its
+#     Qt) loads in the image's newer Qt;
 #   - qmltestrunner runs plasma/tst_applet.qml, which loads the applet's Backend.qml and
 #     FullView.qml (the popup) as installed, while this side acts with the CLI:
 #     an isolation made with `kvmisolate isolate` shows within 1 s of the CLI's return
 #     (the applet follows signals); Release from the popup's button is refused without a
-#     polkit rule (a notification with polkit's answer; still isolated) and works with the
+#     polkit rule (a notification with polkit's answer; still isolated; answered AccessDenied,
+#     as busctl's call with ALLOW_INTERACTIVE_AUTHORIZATION is, where the same call without
+#     the flag gets InteractiveAuthorizationRequired) and works with the
 #     example rule; a CPU of an isolation offline raises exactly one notification; the
 #     service stopped → "kvmisolated not running", activated again → back;
 #   - the popup grabbed as PNG artifacts (active, degraded), their size checked.
@@ -69,6 +73,9 @@ run() {
     local qtr=/usr/lib/qt6/bin/qmltestrunner pid pid2 pid3 t_cli seen lat out rc f
 
     [ -f "$APPLET/metadata.json" ] || fail "make install did not install the applet into $APPLET"
+    f=$(ls /usr/lib/*/qt6/qml/org/kvmisolate/client/libkvmisolateclient.so 2>/dev/null | head -1)
+    [ -n "$f" ] || fail "make install did not install the org.kvmisolate.client QML module"
+    note "QML module: $f ($(stat -c %s "$f") bytes, built against Qt $(strings "$f" | grep -m1 -oE 'Qt_6\.[0-9]+' || echo '?'))"
     install -d -o alice -g alice -m 700 "$PRUN"
     note "plasma-workspace $(dpkg-query -W -f '${Version}' plasma-workspace), Qt $(dpkg-query -W -f '${Version}' libqt6core6t64 2>/dev/null || dpkg-query -W -f '${Version}' libqt6core6)"
 
@@ -127,6 +134,20 @@ run() {
     # 2. Release from the popup: denied, then allowed with the example rule.
     wait_line DENIED 90 || fail "no refused Release"
     note "without a rule: $(line DENIED); $(line 'NOTICE Release web')"
+    iso_exists web || fail "web released although polkit refused"
+    # What the applet's answer proves: the same call as alice without and with
+    # ALLOW_INTERACTIVE_AUTHORIZATION (busctl): kvmisolated tells them apart by the flag.
+    out=$(as_user alice busctl --system --allow-interactive-authorization=no call org.kvmisolate.Isolator1 \
+        /org/kvmisolate/Isolator1 org.kvmisolate.Isolator1 Release s web 2>&1) && fail "busctl Release allowed: $out"
+    note "busctl without the flag: $out"
+    grep -q 'needs authentication' <<<"$out" || fail "without the flag, expected InteractiveAuthorizationRequired: $out"
+    out=$(as_user alice busctl --system --allow-interactive-authorization=yes call org.kvmisolate.Isolator1 \
+        /org/kvmisolate/Isolator1 org.kvmisolate.Isolator1 Release s web 2>&1) && fail "busctl Release allowed: $out"
+    note "busctl with the flag: $out"
+    grep -q 'polkit denied' <<<"$out" || fail "with the flag, expected AccessDenied: $out"
+    grep -q 'KT DENIED org.freedesktop.DBus.Error.AccessDenied' "$PLOG" \
+        || fail "the applet's Release was not answered like a call with the flag: $(line DENIED)"
+    note "the applet's Release carried ALLOW_INTERACTIVE_AUTHORIZATION (answered AccessDenied like busctl's with the flag, not InteractiveAuthorizationRequired)"
     iso_exists web || fail "web released although polkit refused"
     install -D -m 0644 "$POLKIT_RULE_EXAMPLE" "$POLKIT_RULE"
     sleep 2
