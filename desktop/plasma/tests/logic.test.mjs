@@ -67,6 +67,12 @@ test('plain turns Qt\'s array-like sequences into Arrays', () => {
     assert.deepEqual(L.isolationsOf({ isolations: { 0: { name: 'w', cpus: '2' }, length: 1 } })
         .map(i => i.name), ['w']);
     assert.deepEqual(L.isolationsOf({ isolations: 'nonsense' }), []);
+    // A Qt sequence object (array-like, no flatMap): what a var property hands to another component.
+    const seq = { 0: iso('web', '2-3'), length: 1 };
+    assert.equal(L.summary(seq, tr), 'CPUs 2-3 · web');
+    assert.equal(L.compactState({ running: true, activatable: true, isolations: seq }, tr).text, 'CPUs 2-3 · web');
+    assert.deepEqual(L.listOf(null), []);
+    assert.deepEqual(L.listOf('ab'), []);
     assert.deepEqual(L.isolationsOf(null), []);
 });
 

@@ -115,6 +115,20 @@ export function plain(v) {
 }
 
 /**
+ * A list as an Array: QML hands a JavaScript array kept in a `var` property to another
+ * component as a Qt sequence object (array-like, without every Array method: no flatMap in Qt
+ * 6.11); anything that is no list is an empty one.
+ *
+ * @param {*} v the list
+ * @returns {Array} the Array
+ */
+export function listOf(v) {
+    if (Array.isArray(v))
+        return v;
+    return v !== null && typeof v === 'object' && typeof v.length === 'number' ? Array.from(v) : [];
+}
+
+/**
  * Normalizes the Status() dictionary: a list of isolation records sorted
  * by name, every key present.
  *
@@ -132,7 +146,7 @@ export function isolationsOf(status) {
         state: `${i.state ?? ''}`,
         'state-reason': `${i['state-reason'] ?? ''}`,
         profile: `${i.profile ?? ''}`,
-        tunings: Array.isArray(i.tunings) ? i.tunings : [],
+        tunings: listOf(i.tunings),
         created: Number(i.created ?? 0),
         path: objectPathText(i['object-path']),
     })).sort((a, b) => a.name.localeCompare(b.name));
@@ -145,7 +159,8 @@ export function isolationsOf(status) {
  * @param {Function} tr translation
  * @returns {string} the line
  */
-export function summary(isolations, tr) {
+export function summary(list, tr) {
+    const isolations = listOf(list);
     const withCpus = isolations.filter(i => parseCpuList(i.cpus).length > 0);
     if (withCpus.length === 0) {
         return isolations.length === 0
@@ -175,8 +190,9 @@ export function compactState(view, tr) {
             active: false,
         };
     }
-    const degraded = view.isolations.some(isDegraded);
-    const active = view.isolations.length > 0;
+    const isolations = listOf(view.isolations);
+    const degraded = isolations.some(isDegraded);
+    const active = isolations.length > 0;
     let status = 'passive';
     if (degraded)
         status = 'needsattention';
@@ -185,7 +201,7 @@ export function compactState(view, tr) {
     return {
         status,
         icon: degraded ? 'dialog-warning' : 'cpu',
-        text: summary(view.isolations, tr),
+        text: summary(isolations, tr),
         degraded,
         active,
     };
@@ -200,7 +216,7 @@ export function compactState(view, tr) {
  */
 export function tuningsLine(iso, tr) {
     const counts = new Map();
-    for (const t of iso.tunings ?? [])
+    for (const t of listOf(iso.tunings))
         counts.set(t[1], (counts.get(t[1]) ?? 0) + 1);
     const words = { applied: tr('applied'), skipped: tr('skipped'), failed: tr('failed') };
     const parts = ['applied', 'skipped', 'failed']
@@ -288,7 +304,7 @@ export function isolationKey(iso) {
 export function degradedNotices(seen, isolations, primed, tr) {
     const notices = [];
     const now = new Set();
-    for (const iso of isolations.filter(isDegraded)) {
+    for (const iso of listOf(isolations).filter(isDegraded)) {
         const key = isolationKey(iso);
         now.add(key);
         if (seen.has(key) || !primed)
