@@ -67,7 +67,7 @@ test('plain turns Qt\'s array-like sequences into Arrays', () => {
     assert.deepEqual(L.isolationsOf({ isolations: { 0: { name: 'w', cpus: '2' }, length: 1 } })
         .map(i => i.name), ['w']);
     assert.deepEqual(L.isolationsOf({ isolations: 'nonsense' }), []);
-    // A Qt sequence object (array-like, no flatMap): what a var property hands to another component.
+    // An array-like Qt sequence object.
     const seq = { 0: iso('web', '2-3'), length: 1 };
     assert.equal(L.summary(seq, tr), 'CPUs 2-3 · web');
     assert.equal(L.compactState({ running: true, activatable: true, isolations: seq }, tr).text, 'CPUs 2-3 · web');
@@ -181,4 +181,12 @@ test('released and failure notices', () => {
         title: 'Start db failed', body: 'CPUs held (org.kvmisolate.Error.Busy)',
     });
     assert.deepEqual(L.failureNotice('Start db', '', 'timeout', tr), { title: 'Start db failed', body: 'timeout' });
+});
+
+test('uses nothing Qt\'s JavaScript engine lacks (node has it, V4 does not)', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const source = await readFile(new URL('../contents/ui/logic.mjs', import.meta.url), 'utf8');
+    const code = source.replace(/\/\*[\s\S]*?\*\/|\/\/.*$/gm, '');
+    for (const missing of ['.flatMap(', '.flat(', 'Object.fromEntries(', '.findLast(', '.toSorted('])
+        assert.ok(!code.includes(missing), `logic.mjs uses ${missing}`);
 });

@@ -115,9 +115,8 @@ export function plain(v) {
 }
 
 /**
- * A list as an Array: QML hands a JavaScript array kept in a `var` property to another
- * component as a Qt sequence object (array-like, without every Array method: no flatMap in Qt
- * 6.11); anything that is no list is an empty one.
+ * A list as an Array: Qt may hand a list over as an array-like sequence object rather than an
+ * Array; anything that is no list is an empty one.
  *
  * @param {*} v the list
  * @returns {Array} the Array
@@ -167,7 +166,8 @@ export function summary(list, tr) {
             ? tr('No CPUs isolated')
             : isolations.map(i => i.name).join(', ');
     }
-    const all = formatCpuList(withCpus.flatMap(i => parseCpuList(i.cpus)));
+    // Not flatMap: Qt's JavaScript engine (V4, Qt 6.11 too) has no Array.prototype.flatMap.
+    const all = formatCpuList([].concat(...withCpus.map(i => parseCpuList(i.cpus))));
     const text = `${cpusLabel(all, tr)} · ${withCpus.map(i => i.name).join(', ')}`;
     return isolations.some(isDegraded) ? fmt(tr('%s (degraded)'), text) : text;
 }
