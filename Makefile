@@ -180,6 +180,7 @@ test-vm:
 	tests/vm/run --libvirt --kernel 6.1 --only libvirt
 	tests/vm/run --gnome --kernel 6.12 --only gnome-shell
 	tests/vm/run --gnome --kernel newest --only gnome-shell
+	tests/vm/run --plasma --kernel newest --only plasma-applet
 
 demo:
 	tests/vm/run --demo
