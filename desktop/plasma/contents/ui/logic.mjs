@@ -154,7 +154,7 @@ export function isolationsOf(status) {
 /**
  * The summary line: what is isolated ("CPUs 2-5 · win11"), or that nothing is.
  *
- * @param {object[]} isolations the isolation records
+ * @param {object[]} list the isolation records (an Array or an array-like)
  * @param {Function} tr translation
  * @returns {string} the line
  */
