@@ -36,6 +36,23 @@ GNOMEEXTDIR ?= $(PREFIX)/share/gnome-shell/extensions
 GNOME_UUID  := kvmisolate@kvmisolate.org
 GNOME_SRC   := desktop/gnome-shell
 GNOME_FILES := metadata.json extension.js client.js format.js stylesheet.css icons/kvmisolate-symbolic.svg
+# Plasma reads system-wide applets from $XDG_DATA_DIRS/plasma/plasmoids (KPackage Plasma/Applet).
+PLASMOIDDIR ?= $(PREFIX)/share/plasma/plasmoids
+PLASMA_ID   := org.kvmisolate.applet
+PLASMA_SRC  := desktop/plasma
+PLASMA_FILES := metadata.json contents/ui/main.qml contents/ui/Backend.qml \
+	contents/ui/FullView.qml contents/ui/logic.mjs
+# The applet's QML module org.kvmisolate.client (desktop/plasma/plugin: C++, Qt 6 Qml + DBus,
+# built with CMake into target/plasma-plugin). Qt finds QML modules only in its own QML
+# directory (or QML_IMPORT_PATH), so it goes there whatever PREFIX is; QMLDIR overrides it.
+CMAKE       ?= cmake
+QTPATHS     ?= $(firstword $(foreach p,qtpaths6 qtpaths-qt6 /usr/lib/qt6/bin/qtpaths,$(shell command -v $(p) 2>/dev/null)))
+QMLDIR      ?= $(shell $(QTPATHS) --query QT_INSTALL_QML 2>/dev/null)
+PLUGIN_BUILD := target/plasma-plugin
+PLUGIN_DIR  := org/kvmisolate/client
+PLUGIN_FILES := qmldir kvmisolateclient.qmltypes libkvmisolateclient.so
+# qmllint from Debian's qt6-declarative-dev-tools (tests/setup-host installs it).
+QMLLINT     ?= /usr/lib/qt6/bin/qmllint
 CARGO       ?= cargo
 # --frozen for offline package builds (after cargo fetch, or with the vendor tarball).
 CARGO_FLAGS ?= --locked
@@ -44,13 +61,17 @@ PKGDIR      := target/packages
 RELEASE     := target/release
 GEN         := target/generated
 
-.PHONY: all build generate install uninstall test test-host lint lint-js unit-test js-test test-vm demo fuzz clean gnome-extension-zip \
+.PHONY: all build plasma-plugin generate install uninstall test test-host lint lint-js lint-qml unit-test js-test test-vm demo fuzz clean gnome-extension-zip \
 	version dist deb arch rpm packages test-packages test-vm-deb
 
 all: build
 
-build:
+build: plasma-plugin
 	$(CARGO) build --release --workspace $(CARGO_FLAGS)
+
+plasma-plugin:
+	$(CMAKE) -S $(PLASMA_SRC)/plugin -B $(PLUGIN_BUILD) -DCMAKE_BUILD_TYPE=Release
+	$(CMAKE) --build $(PLUGIN_BUILD)
 
 $(GEN)/stamp: build
 	rm -rf $(GEN) && mkdir -p $(GEN)/man $(GEN)/completions
@@ -64,7 +85,8 @@ $(GEN)/stamp: build
 
 generate: $(GEN)/stamp
 
-install: $(GEN)/stamp
+install: $(GEN)/stamp plasma-plugin
+	@test -n "$(QMLDIR)" || { echo "make install: Qt's QML directory is unknown (no qtpaths6): pass QMLDIR=..." >&2; exit 1; }
 	install -Dm0755 $(RELEASE)/kvmisolate $(DESTDIR)$(BINDIR)/kvmisolate
 	install -Dm0755 $(RELEASE)/kvmisolated $(DESTDIR)$(LIBEXECDIR)/kvmisolated
 	install -Dm0644 $(GEN)/kvmisolated.service $(DESTDIR)$(UNITDIR)/kvmisolated.service
@@ -84,6 +106,8 @@ install: $(GEN)/stamp
 	install -Dm0755 $(GEN)/libvirt-hook $(DESTDIR)$(LIBVIRTHOOKDIR)/kvmisolate
 	for f in $(GNOME_FILES); do install -Dm0644 $(GNOME_SRC)/$$f $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)/$$f; done
 	install -Dm0644 dbus/org.kvmisolate.Isolator1.xml $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)/dbus/org.kvmisolate.Isolator1.xml
+	for f in $(PLASMA_FILES); do install -Dm0644 $(PLASMA_SRC)/$$f $(DESTDIR)$(PLASMOIDDIR)/$(PLASMA_ID)/$$f; done
+	for f in $(PLUGIN_FILES); do install -Dm0644 $(PLUGIN_BUILD)/qml/$(PLUGIN_DIR)/$$f $(DESTDIR)$(QMLDIR)/$(PLUGIN_DIR)/$$f; done
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/kvmisolate $(DESTDIR)$(LIBEXECDIR)/kvmisolated
@@ -97,6 +121,9 @@ uninstall:
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/kvmisolate $(DESTDIR)$(ZSHCOMPDIR)/_kvmisolate $(DESTDIR)$(FISHCOMPDIR)/kvmisolate.fish
 	rm -f $(DESTDIR)$(LIBVIRTHOOKDIR)/kvmisolate
 	rm -rf $(DESTDIR)$(GNOMEEXTDIR)/$(GNOME_UUID)
+	rm -rf $(DESTDIR)$(PLASMOIDDIR)/$(PLASMA_ID)
+	test -z "$(QMLDIR)" || rm -rf $(DESTDIR)$(QMLDIR)/$(PLUGIN_DIR)
+	test -z "$(QMLDIR)" || rmdir --ignore-fail-on-non-empty $(DESTDIR)$(QMLDIR)/org/kvmisolate 2>/dev/null || true
 
 # Everything CI runs (.ci/run calls exactly this).
 test: test-host lint unit-test test-packages test-vm test-vm-deb
@@ -105,7 +132,7 @@ test: test-host lint unit-test test-packages test-vm test-vm-deb
 test-host:
 	tests/setup-host
 
-lint: lint-js
+lint: lint-js lint-qml
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
@@ -113,14 +140,27 @@ lint: lint-js
 # desktop/gnome-shell/package-lock.json; tests/setup-host installs it).
 lint-js:
 	cd $(GNOME_SRC) && ./node_modules/.bin/eslint .
+	cd $(PLASMA_SRC) && ../gnome-shell/node_modules/.bin/eslint --max-warnings 0 \
+		--resolve-plugins-relative-to ../gnome-shell --ext .mjs .
+
+# The Plasma applet's QML. Debian 12's qmllint (Qt 6.4) has no Plasma or QtQuick modules to
+# resolve types against, so the checks that need them are off here (syntax, unused imports,
+# deprecations, with, multiline strings stay); the plasma VM case lints against the real ones.
+QMLLINT_HOST := --import disable --type disable --property disable --unqualified disable \
+	--signal disable --required disable --compiler disable --alias disable \
+	--deferred-property-id disable --multiple-attached-objects disable
+lint-qml:
+	$(QMLLINT) $(QMLLINT_HOST) $(PLASMA_SRC)/contents/ui/*.qml
 
 # Unit tests and the bus tests (real dbus-daemon on a private socket).
 unit-test: js-test
 	$(CARGO) test --workspace --locked
 
-# The extension's pure logic (subtitle, rows, notifications) under gjs, no shell needed.
+# The extension's pure logic (subtitle, rows, notifications) under gjs, no shell needed; the
+# Plasma applet's (logic.mjs) under node's test runner.
 js-test:
 	gjs -m $(GNOME_SRC)/tests/format.test.js
+	node --test $(PLASMA_SRC)/tests/
 
 # The extension as extensions.gnome.org takes it (needs gnome-extensions, from gnome-shell).
 gnome-extension-zip:
@@ -140,6 +180,7 @@ test-vm:
 	tests/vm/run --libvirt --kernel 6.1 --only libvirt
 	tests/vm/run --gnome --kernel 6.12 --only gnome-shell
 	tests/vm/run --gnome --kernel newest --only gnome-shell
+	tests/vm/run --plasma --kernel newest --only plasma-applet
 
 demo:
 	tests/vm/run --demo

@@ -1,0 +1,188 @@
+# plasma-applet: the Plasma 6 applet (desktop/plasma, installed by `make install` into
+# /usr/share/plasma/plasmoids/org.kvmisolate.applet) in Debian's Plasma, as alice, on the real
+# system bus with the real polkitd and kvmisolated:
+#   - kpackagetool6 installs the package from its directory and lists it; qmllint against
+#     the real Plasma modules (its findings printed);
+#   - plasmoidviewer loads the applet headless (offscreen, Qt Quick's software renderer)
+#     without a QML error;
+#   - the applet's QML module org.kvmisolate.client (C++, QtDBus; built on the host against its
+#     Qt) loads in the image's newer Qt;
+#   - qmltestrunner runs plasma/tst_applet.qml, which loads the applet's Backend.qml and
+#     FullView.qml (the popup) as installed, while this side acts with the CLI:
+#     an isolation made with `kvmisolate isolate` shows within 1 s of the CLI's return
+#     (the applet follows signals); Release from the popup's button is refused without a
+#     polkit rule (a notification with polkit's answer; still isolated; answered AccessDenied,
+#     as busctl's call with ALLOW_INTERACTIVE_AUTHORIZATION is, where the same call without
+#     the flag gets InteractiveAuthorizationRequired) and works with the
+#     example rule; a CPU of an isolation offline raises exactly one notification; the
+#     service stopped → "kvmisolated not running", activated again → back;
+#   - the popup grabbed as PNG artifacts (active, degraded), their size checked.
+# needs: plasma
+# timeout: 900
+
+PRUN=/run/kvmi-plasma
+PLOG=$KT_STATE/plasma-test.log
+APPLET=/usr/share/plasma/plasmoids/org.kvmisolate.applet
+
+as_alice_qt() {
+    setpriv --reuid=alice --regid=alice --init-groups --reset-env -- \
+        env HOME=/home/alice XDG_RUNTIME_DIR="$PRUN" DBUS_SYSTEM_BUS_ADDRESS="$DBUS_SYSTEM_BUS_ADDRESS" \
+        QT_QPA_PLATFORM=offscreen QT_QUICK_BACKEND=software LANG=C.UTF-8 "$@"
+}
+
+# wait_line PATTERN SECS: the driver printed a "KT PATTERN..." line
+wait_line() {
+    wait_for "grep -q 'KT $1' '$PLOG'" "$2" 0.2
+}
+line() { grep -m1 "KT $1" "$PLOG" | sed 's/.*KT //'; }
+
+# png_artifact NAME: the driver's grab as an artifact, checked to be a real picture
+png_artifact() {
+    local f=/tmp/kvmi-plasma-$1.png w h size
+    [ -s "$f" ] || fail "no screenshot $f"
+    [ "$(head -c 8 "$f" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "$f is not a PNG"
+    w=$(od -An -tu1 -j16 -N4 "$f" | awk '{print $1*16777216+$2*65536+$3*256+$4}')
+    h=$(od -An -tu1 -j20 -N4 "$f" | awk '{print $1*16777216+$2*65536+$3*256+$4}')
+    size=$(stat -c %s "$f")
+    note "screenshot $1: ${w}x${h}, $size bytes"
+    [ "$w" -ge 400 ] && [ "$h" -ge 400 ] || fail "screenshot $1 is ${w}x${h}, want at least 400x400"
+    [ "$size" -gt 8000 ] || fail "screenshot $1 is only $size bytes: not a real picture"
+    echo "KVMISOLATE-ARTIFACT-BEGIN plasma-$1.png"
+    base64 -w 76 "$f"
+    echo "KVMISOLATE-ARTIFACT-END"
+}
+
+cleanup() {
+    if [ -s "$KT_RESULT" ] && [ -s "$PLOG" ]; then
+        echo "  qmltestrunner's output (last lines):"
+        tail -40 "$PLOG" | sed 's/^/    qml| /'
+    fi
+    [ -s "$KT_STATE/plasma-test.pid" ] && kill -- "-$(cat "$KT_STATE/plasma-test.pid")" 2>/dev/null
+    pkill -u alice -x qmltestrunner 2>/dev/null || true
+    pkill -u alice -x plasmoidviewer 2>/dev/null || true
+    rm -f "$KT_STATE/plasma-test.pid" "$POLKIT_RULE"
+    all_cpus_online
+    daemon_restart >/dev/null 2>&1 || true
+}
+
+run() {
+    need_kvmisolate
+    command -v qmltestrunner >/dev/null || [ -x /usr/lib/qt6/bin/qmltestrunner ] \
+        || skip "no Plasma in this image (tests/vm/run --plasma)"
+    have_systemd || skip "needs systemd (systemctl stop)"
+    local qtr=/usr/lib/qt6/bin/qmltestrunner pid pid2 pid3 t_cli seen lat out rc f
+
+    [ -f "$APPLET/metadata.json" ] || fail "make install did not install the applet into $APPLET"
+    f=$(ls /usr/lib/*/qt6/qml/org/kvmisolate/client/libkvmisolateclient.so 2>/dev/null | head -1)
+    [ -n "$f" ] || fail "make install did not install the org.kvmisolate.client QML module"
+    note "QML module: $f ($(stat -c %s "$f") bytes)"
+    install -d -o alice -g alice -m 700 "$PRUN"
+    note "plasma-workspace $(dpkg-query -W -f '${Version}' plasma-workspace), Qt $(dpkg-query -W -f '${Version}' libqt6core6t64 2>/dev/null || dpkg-query -W -f '${Version}' libqt6core6)"
+
+    # kpackagetool6 installs the package from its directory (as from the source tree).
+    out=$(as_alice_qt kpackagetool6 --type Plasma/Applet --install "$APPLET" 2>&1) \
+        || fail "kpackagetool6 --install failed: $out"
+    as_alice_qt kpackagetool6 --type Plasma/Applet --list 2>&1 | grep -q 'org.kvmisolate.applet' \
+        || fail "kpackagetool6 --list does not list org.kvmisolate.applet"
+    [ -f /home/alice/.local/share/plasma/plasmoids/org.kvmisolate.applet/contents/ui/logic.mjs ] \
+        || fail "kpackagetool6 did not install logic.mjs"
+    as_alice_qt kpackagetool6 --type Plasma/Applet --remove org.kvmisolate.applet >/dev/null 2>&1 \
+        || fail "kpackagetool6 --remove failed"
+    note "kpackagetool6: installed, listed and removed from $APPLET"
+
+    # qmllint against the real modules: printed, not judged (Plasma's modules ship no full
+    # type information for everything).
+    out=$(cd "$APPLET/contents/ui" && /usr/lib/qt6/bin/qmllint ./*.qml 2>&1) && rc=0 || rc=$?
+    note "qmllint (Plasma's modules): exit $rc, $(grep -c '^Warning' <<<"$out") warnings"
+    grep '^Warning' <<<"$out" | sort | uniq -c | sort -rn | head -12 | sed 's/^/    qmllint| /'
+
+    # The service on the bus (it exits when idle; the driver waits for it too).
+    kvmi status >/dev/null || fail "kvmisolate status failed"
+
+    # plasmoidviewer loads the applet (headless); no QML error about its files.
+    as_alice_qt timeout -k 5 40 dbus-run-session -- plasmoidviewer -a org.kvmisolate.applet \
+        > "$KT_STATE/plasmoidviewer.log" 2>&1 && rc=0 || rc=$?
+    [ "$rc" = 124 ] || [ "$rc" = 0 ] || { tail -20 "$KT_STATE/plasmoidviewer.log" | sed 's/^/    pv| /'; fail "plasmoidviewer exited $rc"; }
+    if grep -E 'org\.kvmisolate\.applet|kvmisolate' "$KT_STATE/plasmoidviewer.log" | grep -i -E 'error|not installed|is not a type|unavailable|failed'; then
+        fail "plasmoidviewer reported errors about the applet"
+    fi
+    note "plasmoidviewer ran the applet for 40 s, no error about it ($(wc -l < "$KT_STATE/plasmoidviewer.log") log lines)"
+
+    # The driver, on a session bus of its own.
+    rm -f "$POLKIT_RULE" /tmp/kvmi-plasma-*.png
+    : > "$PLOG"; chmod 666 "$PLOG"
+    as_alice_qt setsid dbus-run-session -- "$qtr" -input "$KT_DIR/plasma/tst_applet.qml" \
+        > "$PLOG" 2>&1 < /dev/null &
+    echo $! > "$KT_STATE/plasma-test.pid"
+    wait_line STARTED 300 || fail "the driver did not start within 300 s"
+    note "driver: $(line STARTED)"
+    # The service exits when idle: have it on the bus now (the driver follows by itself).
+    kvmi status >/dev/null || fail "kvmisolate status failed"
+    wait_line READY 120 || fail "the driver did not see the service within 120 s"
+    note "driver: $(line READY)"
+
+    # 1. CLI isolate → in the applet within 1 s of the CLI's return.
+    pid=$(start_fake_vm 2)
+    isolate_ok --cpus 2-3 --pid "$pid" --name web --partition root
+    t_cli=$(date +%s%3N)
+    wait_line 'SEEN web' 60 || fail "web not seen by the applet within 60 s"
+    seen=$(line 'SEEN web' | awk '{print $3}')
+    lat=$((seen - t_cli)); [ "$lat" -lt 0 ] && lat=0
+    note "web shown by the applet $lat ms after the CLI returned"
+    [ "$lat" -le 1000 ] || fail "the applet showed web $lat ms after the CLI returned, want within 1 s"
+
+    # 2. Release from the popup: denied, then allowed with the example rule.
+    wait_line DENIED 90 || fail "no refused Release"
+    note "without a rule: $(line DENIED); $(line 'NOTICE Release web')"
+    iso_exists web || fail "web released although polkit refused"
+    # What the applet's answer proves: the same Release as alice with the CLI, without and with
+    # ALLOW_INTERACTIVE_AUTHORIZATION (--no-ask-password clears it; stdin not a terminal, so no
+    # text agent): kvmisolated tells them apart by the flag alone.
+    kvmi_as alice release --no-ask-password web < /dev/null && fail "the CLI's Release allowed without a rule"
+    grep -q 'InteractiveAuthorizationRequired' "$KT_STATE/last-output" \
+        || fail "without the flag, expected InteractiveAuthorizationRequired: $(tail -1 "$KT_STATE/last-output")"
+    kvmi_as alice release web < /dev/null && fail "the CLI's Release allowed without a rule"
+    grep -q 'AccessDenied' "$KT_STATE/last-output" && ! grep -q 'InteractiveAuthorizationRequired' "$KT_STATE/last-output" \
+        || fail "with the flag, expected AccessDenied: $(tail -1 "$KT_STATE/last-output")"
+    grep -q 'KT DENIED org.freedesktop.DBus.Error.AccessDenied' "$PLOG" \
+        || fail "the applet's Release was not answered like a call with the flag: $(line DENIED)"
+    note "the applet's Release carried ALLOW_INTERACTIVE_AUTHORIZATION (answered AccessDenied like the CLI's call with the flag, not InteractiveAuthorizationRequired like the one without)"
+    iso_exists web || fail "web released although polkit refused"
+    install -D -m 0644 "$POLKIT_RULE_EXAMPLE" "$POLKIT_RULE"
+    sleep 2
+    pid2=$(start_fake_vm 1)
+    isolate_ok --cpus 4 --pid "$pid2" --name go --partition root
+    wait_line 'RELEASED web' 90 || fail "Release from the popup did not release web with the rule"
+    iso_exists web && fail "web still isolated after the allowed Release"
+    note "with the example rule: released"
+    stop_fake_vm "$pid"
+    release_ok go
+    stop_fake_vm "$pid2"
+
+    # 3. A CPU of an isolation offline → exactly one notification.
+    pid3=$(start_fake_vm 2)
+    isolate_ok --cpus 2-3 --pid "$pid3" --name deg --partition root
+    cpu_offline 3 || fail "could not offline CPU 3"
+    wait_state deg degraded 20 || fail "deg not degraded after CPU 3 went offline"
+    wait_line DEGRADED 90 || fail "the driver saw no degraded isolation"
+    note "$(line DEGRADED)"
+    wait_line 'GRAB degraded' 60 || fail "no degraded screenshot"
+    cpu_online 3
+    release_ok deg
+    stop_fake_vm "$pid3"
+
+    # 4. The service stopped → absent; a CLI call activates it → back.
+    systemctl stop kvmisolated.service
+    wait_line ABSENT 60 || fail "the applet did not follow the service stopping"
+    kvmi status >/dev/null || fail "kvmisolate status did not activate the service"
+    wait_line BACK 60 || fail "the applet did not follow the service coming back"
+    note "service stop/start followed"
+
+    f=$(cat "$KT_STATE/plasma-test.pid")
+    wait_for "! kill -0 $f 2>/dev/null" 60 0.5 || fail "qmltestrunner did not finish"
+    grep -E '^Totals:' "$PLOG" | sed 's/^/  /'
+    grep -q '^FAIL!' "$PLOG" && fail "the driver failed: $(grep -A2 -m1 '^FAIL!' "$PLOG" | tr '\n' ' ')"
+    grep -qE '^Totals: [0-9]+ passed, 0 failed' "$PLOG" || fail "the driver did not pass"
+    png_artifact active
+    png_artifact degraded
+}

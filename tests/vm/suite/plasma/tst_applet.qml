@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//
+// The plasma-applet case's driver, run by qmltestrunner as alice against the real system bus,
+// polkitd and kvmisolated: the applet's own Backend.qml and FullView.qml, loaded from where
+// `make install` put them, with no stand-in. The shell side (cases/plasma-applet.sh) acts with
+// the CLI and waits for the "KT ..." lines this prints; this side acts through the applet
+// (the Release button of the popup) and checks what the applet shows and tells.
+
+import QtQuick
+import QtTest
+
+Item {
+    id: top
+    width: 480
+    height: 600
+
+    readonly property string ui: "file:///usr/share/plasma/plasmoids/org.kvmisolate.applet/contents/ui/"
+    property var backend: null
+    property var view: null
+    property var notices: []
+    property var calls: []
+    property var seenAt: ({})
+
+    function log(line) {
+        console.log("KT " + line);
+    }
+
+    function iso(name) {
+        return backend ? backend.isolations.find(i => i.name === name) : undefined;
+    }
+
+    TestCase {
+        id: tc
+        name: "PlasmaApplet"
+        when: windowShown
+
+        function grab(name) {
+            let saved = null;
+            top.view.grabToImage(result => {
+                saved = result.saveToFile("/tmp/kvmi-plasma-" + name + ".png");
+            });
+            tryVerify(() => saved !== null, 20000, "grab " + name);
+            verify(saved, "saving the " + name + " screenshot");
+            tc.log("GRAB " + name);
+        }
+
+        function log(line) {
+            top.log(line);
+        }
+
+        function label(objectName) {
+            const item = findChild(top.view, objectName);
+            return item ? item.text : null;
+        }
+
+        function initTestCase() {
+            const bc = Qt.createComponent(top.ui + "Backend.qml");
+            verify(bc.status === Component.Ready, "Backend.qml: " + bc.errorString());
+            top.backend = bc.createObject(top);
+            top.backend.notice.connect((title, body) => {
+                top.notices.push(title + " | " + body);
+                top.log("NOTICE " + title + " | " + body);
+            });
+            top.backend.callFinished.connect((what, ok, errorName, message) => {
+                top.calls.push({ what: what, ok: ok, errorName: errorName });
+                top.log("CALL " + what + " ok=" + ok + " " + errorName + " " + message);
+            });
+            top.backend.isolationsChanged.connect(() => {
+                for (const i of top.backend.isolations) {
+                    if (top.seenAt[i.name] === undefined)
+                        top.seenAt[i.name] = Date.now();
+                }
+                for (const n of Object.keys(top.seenAt)) {
+                    if (!top.iso(n))
+                        delete top.seenAt[n];
+                }
+            });
+            const vc = Qt.createComponent(top.ui + "FullView.qml");
+            verify(vc.status === Component.Ready, "FullView.qml: " + vc.errorString());
+            top.view = vc.createObject(top, { backend: top.backend, width: top.width, height: top.height });
+            verify(top.view !== null, "FullView created");
+            log("STARTED running=" + top.backend.running + " activatable=" + top.backend.activatable);
+        }
+
+        function test_applet() {
+            tryVerify(() => top.backend.running && top.backend.refreshes > 0, 120000,
+                "the service on the bus (running=" + top.backend.running + " refreshes=" + top.backend.refreshes + ")");
+            log("READY live=" + top.backend.live + " summary=" + label("summary"));
+            verify(top.backend.live, "signals followed (org.kvmisolate.client subscribed)");
+            compare(label("summary"), "No CPUs isolated");
+            const presets = top.backend.presets.map(p => p.label).join("; ");
+            log("PRESETS " + presets);
+            top.backend.refreshesChanged.connect(() => top.log("REFRESH " + top.backend.refreshes + " isolations=" + top.backend.isolations.map(i => i.name + ":" + i.state).join(",")));
+            // 1. An isolation made with the CLI appears (the shell compares the times).
+            tryVerify(() => top.iso("web") !== undefined, 120000, "web appears");
+            log("SEEN web " + top.seenAt["web"]);
+            tryVerify(() => top.iso("web").state === "active", 10000, "web active");
+            tryVerify(() => label("summary") === "CPUs 2-3 · web", 5000, "summary " + label("summary") + " / compact " + JSON.stringify(top.view.compact));
+            verify(findChild(top.view, "isolation-web") !== null, "a row for web");
+            verify(top.iso("web").target.startsWith("pids:"), "web's target " + top.iso("web").target);
+            grab("active");
+
+            // 2. Release from the popup: denied without a polkit rule...
+            let button = findChild(top.view, "release-web");
+            verify(button !== null, "a Release web button");
+            button.clicked();
+            tryVerify(() => top.calls.length === 1, 60000, "the Release call answered");
+            verify(!top.calls[0].ok, "Release web allowed without a rule");
+            log("DENIED " + top.calls[0].errorName + " notices=" + top.notices.filter(n => n.startsWith("Release web: not authorized")).length);
+            verify(top.notices.some(n => n.startsWith("Release web: not authorized")), "a refusal notification");
+            // kvmisolated answers InteractiveAuthorizationRequired when polkit wants a password
+            // and the call did not allow interaction; AccessDenied when it did (polkit found no
+            // agent to ask): the call carried ALLOW_INTERACTIVE_AUTHORIZATION.
+            compare(top.calls[0].errorName, "org.freedesktop.DBus.Error.AccessDenied");
+            verify(top.iso("web") !== undefined, "web still listed");
+
+            // ... allowed with the example rule (the shell installs it, then isolates `go`).
+            tryVerify(() => top.iso("go") !== undefined, 120000, "go appears (the rule is in place)");
+            button = findChild(top.view, "release-web");
+            verify(button !== null, "a Release web button");
+            button.clicked();
+            tryVerify(() => top.calls.length === 2, 60000, "the second Release call answered");
+            verify(top.calls[1].ok, "Release web with the example rule: " + JSON.stringify(top.calls[1]));
+            tryVerify(() => top.iso("web") === undefined, 20000, "web gone from the applet");
+            log("RELEASED web");
+
+            // 3. Degraded (the shell isolates `deg` on 2-3 and takes CPU 3 offline): one notice.
+            tryVerify(() => top.iso("deg") !== undefined && top.iso("deg").state === "degraded", 120000, "deg degraded");
+            wait(4000);
+            const deg = top.notices.filter(n => n.startsWith("CPU isolation deg degraded"));
+            log("DEGRADED count=" + deg.length + " " + deg.join(" / "));
+            compare(deg.length, 1, "degraded notifications");
+            compare(top.view.compact.status, "needsattention");
+            verify(label("summary").endsWith("(degraded)"), "summary " + label("summary"));
+            grab("degraded");
+
+            // 4. The service stopped, then activated again.
+            tryVerify(() => !top.backend.running, 120000, "the service gone");
+            compare(label("summary"), "kvmisolated not running");
+            compare(top.backend.isolations.length, 0);
+            log("ABSENT");
+            tryVerify(() => top.backend.running, 120000, "the service back");
+            tryVerify(() => top.view.compact.text === "No CPUs isolated", 20000, "summary after the service came back");
+            log("BACK");
+        }
+    }
+}
