@@ -114,15 +114,40 @@ Item {
             compare(top.calls[0].errorName, "org.freedesktop.DBus.Error.AccessDenied");
             verify(top.iso("web") !== undefined, "web still listed");
 
-            // ... allowed with the example rule (the shell installs it, then isolates `go`).
-            tryVerify(() => top.iso("go") !== undefined, 120000, "go appears (the rule is in place)");
+            // ... with a real polkit agent registered for this process (the shell runs polkit's
+            // pkttyagent in a pseudo-terminal, then isolates `ask` as the sign): the agent asks
+            // for an administrator's password. Answered wrong: refused, with a notification...
+            tryVerify(() => top.iso("ask") !== undefined, 120000, "ask appears (the agent is registered)");
             button = findChild(top.view, "release-web");
             verify(button !== null, "a Release web button");
             button.clicked();
-            tryVerify(() => top.calls.length === 2, 60000, "the second Release call answered");
-            verify(top.calls[1].ok, "Release web with the example rule: " + JSON.stringify(top.calls[1]));
+            tryVerify(() => top.calls.length === 2, 90000, "the Release call with the agent answered");
+            verify(!top.calls[1].ok, "Release web allowed with a wrong password");
+            const refusals = top.notices.filter(n => n.startsWith("Release web: not authorized"));
+            log("REFUSED " + top.calls[1].errorName + " notices=" + refusals.length + " " + refusals[refusals.length - 1]);
+            compare(refusals.length, 2, "a second refusal notification");
+            verify(top.iso("web") !== undefined, "web still listed after the wrong password");
+            // ... answered right (the shell checked and released `ask`): released.
+            tryVerify(() => top.iso("ask") === undefined, 120000, "ask gone (the shell checked the refusal)");
+            button = findChild(top.view, "release-web");
+            verify(button !== null, "a Release web button");
+            button.clicked();
+            tryVerify(() => top.calls.length === 3, 90000, "the second Release call with the agent answered");
+            verify(top.calls[2].ok, "Release web with the right password: " + JSON.stringify(top.calls[2]));
             tryVerify(() => top.iso("web") === undefined, 20000, "web gone from the applet");
+            tryVerify(() => label("summary") === "No CPUs isolated", 5000, "summary " + label("summary"));
             log("RELEASED web");
+
+            // ... and with the example rule (the shell stops the agent, installs the rule, then
+            // isolates `go`): released without anyone asked.
+            tryVerify(() => top.iso("go") !== undefined, 120000, "go appears (the rule is in place)");
+            button = findChild(top.view, "release-go");
+            verify(button !== null, "a Release go button");
+            button.clicked();
+            tryVerify(() => top.calls.length === 4, 60000, "the Release go call answered");
+            verify(top.calls[3].ok, "Release go with the example rule: " + JSON.stringify(top.calls[3]));
+            tryVerify(() => top.iso("go") === undefined, 20000, "go gone from the applet");
+            log("RELEASED go");
 
             // 3. Degraded (the shell isolates `deg` on 2-3 and takes CPU 3 offline): one notice.
             tryVerify(() => top.iso("deg") !== undefined && top.iso("deg").state === "degraded", 120000, "deg degraded");
