@@ -21,6 +21,9 @@
 #         FAILED, the call refused AccessDenied with a notification, still isolated; the right
 #         one → AUTHENTICATION COMPLETE, released, gone from the popup;
 #       - the agent gone, the example rule: released without a prompt;
+#     a configured preset (alice's unit, CPUs 4-5) started from the popup's Start button
+#     (isolated for alice, the summary "CPUs 4-5 · game", the button disabled while it runs),
+#     then "Release all" with another isolation of root's → nothing left, the button hidden;
 #     a CPU of an isolation offline raises exactly one notification; the
 #     service stopped → "kvmisolated not running", activated again → back;
 #   - the popup grabbed as PNG artifacts (active, degraded), their size checked.
@@ -32,6 +35,7 @@ PLOG=$KT_STATE/plasma-test.log
 APPLET=/usr/share/plasma/plasmoids/org.kvmisolate.applet
 AGENT_LOG=$KT_STATE/ttyagent.log
 SHADOW_SAVED=$KT_STATE/shadow.saved
+CONF=/etc/kvmisolate/kvmisolate.toml
 ROOT_PW=kvmi-plasma-root
 
 as_alice_qt() {
@@ -72,7 +76,8 @@ cleanup() {
     pkill -u alice -x plasmoidviewer 2>/dev/null || true
     [ -s "$KT_STATE/ttyagent.pid" ] && kill "$(cat "$KT_STATE/ttyagent.pid")" 2>/dev/null
     [ -s "$SHADOW_SAVED" ] && cat "$SHADOW_SAVED" > /etc/shadow
-    rm -f "$KT_STATE/plasma-test.pid" "$KT_STATE/ttyagent.pid" "$SHADOW_SAVED" "$POLKIT_RULE"
+    systemctl stop kvmi-game.service 2>/dev/null || true
+    rm -f "$KT_STATE/plasma-test.pid" "$KT_STATE/ttyagent.pid" "$SHADOW_SAVED" "$POLKIT_RULE" "$CONF"
     all_cpus_online
     daemon_restart >/dev/null 2>&1 || true
 }
@@ -119,6 +124,14 @@ run() {
         fail "plasmoidviewer reported errors about the applet"
     fi
     note "plasmoidviewer ran the applet for 40 s, no error about it ($(wc -l < "$KT_STATE/plasmoidviewer.log") log lines)"
+
+    # A preset for the popup's Start button: alice's own delegated unit (in her user-1000.slice),
+    # CPUs 4-5 (as in the gnome-shell case).
+    mkdir -p "${CONF%/*}"
+    printf '[isolation.game]\ncpus = "4-5"\nunit = "kvmi-game.service"\nprofile = "none"\n' > "$CONF"
+    systemd-run --quiet --unit=kvmi-game.service --slice=user-1000.slice -p User=alice -p Delegate=yes sleep infinity \
+        || fail "could not start the preset's unit"
+    daemon_restart || fail "kvmisolated did not restart with the preset"
 
     # The driver, on a session bus of its own.
     rm -f "$POLKIT_RULE" /tmp/kvmi-plasma-*.png
@@ -183,7 +196,7 @@ run() {
     # Answered with a wrong password: refused, web stays.
     wait_line REFUSED 90 || { sed 's/^/    agent| /' "$AGENT_LOG"; fail "no refused Release with the agent"; }
     note "wrong password: $(line REFUSED)"
-    tr -d '\r' < "$AGENT_LOG" | grep -v '^$' | sed 's/^/    agent| /'
+    tr -d '\r' < "$AGENT_LOG" | sed 's/\x1b\[[0-9;]*m//g' | grep -v '^$' | sed 's/^/    agent| /'
     grep -q 'AUTHENTICATING FOR org.kvmisolate.release' "$AGENT_LOG" \
         || fail "the agent was not asked for org.kvmisolate.release"
     grep -q 'Authentication is required to end a CPU isolation that another user created' "$AGENT_LOG" \
@@ -201,6 +214,7 @@ run() {
     iso_exists web && fail "web still isolated after the authenticated Release"
     [ "$(grep -c 'KTA ANSWER' "$AGENT_LOG")" = 2 ] || fail "want a second password prompt"
     grep -q 'AUTHENTICATION COMPLETE' "$AGENT_LOG" || fail "the agent did not report the authentication complete"
+    tr -d '\r' < "$AGENT_LOG" | sed 's/\x1b\[[0-9;]*m//g' | grep -v '^$' | awk 'f; /AUTHENTICATION FAILED/ {f = 1}' | sed 's/^/    agent| /'
     note "the right password: the agent reported AUTHENTICATION COMPLETE, web released, gone from the applet"
     kill "$(cat "$KT_STATE/ttyagent.pid")" 2>/dev/null
     wait_for "grep -q 'KTA EXIT' '$AGENT_LOG'" 10 0.2 || fail "the agent did not stop"
@@ -215,6 +229,21 @@ run() {
     iso_exists go && fail "go still isolated after the allowed Release"
     note "with the example rule: released, nobody asked"
     stop_fake_vm "$pid2"
+
+    # 2d. The preset from the popup, then Release all (the example rule still in place).
+    wait_line 'PRESET-ACTIVE game' 90 || fail "the preset was not started from the popup"
+    note "$(line 'PRESET-ACTIVE game')"
+    [ "$(iso_field game cpus)" = 4-5 ] && [ "$(iso_field game target)" = unit:kvmi-game.service ] \
+        || fail "preset isolation: $(kstatus | jq -c '.isolations[] | select(.name == "game")')"
+    [ "$(iso_field game owner-uid)" = 1000 ] || fail "preset started by uid $(iso_field game owner-uid), want alice"
+    pid2=$(start_fake_vm 2)
+    isolate_ok --cpus 2-3 --pid "$pid2" --name web2 --partition root
+    wait_line 'RELEASED-ALL' 90 || fail "Release all from the popup did not empty the applet"
+    note "$(line 'RELEASED-ALL')"
+    iso_exists game && fail "game still isolated after Release all"
+    iso_exists web2 && fail "web2 still isolated after Release all"
+    stop_fake_vm "$pid2"
+    systemctl stop kvmi-game.service
 
     # 3. A CPU of an isolation offline → exactly one notification.
     pid3=$(start_fake_vm 2)
