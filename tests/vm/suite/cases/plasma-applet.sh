@@ -214,6 +214,7 @@ run() {
     iso_exists web && fail "web still isolated after the authenticated Release"
     [ "$(grep -c 'KTA ANSWER' "$AGENT_LOG")" = 2 ] || fail "want a second password prompt"
     grep -q 'AUTHENTICATION COMPLETE' "$AGENT_LOG" || fail "the agent did not report the authentication complete"
+    grep -q -- "$ROOT_PW" "$AGENT_LOG" && fail "a password was echoed on the agent's terminal"
     tr -d '\r' < "$AGENT_LOG" | sed 's/\x1b\[[0-9;]*m//g' | grep -v '^$' | awk 'f; /AUTHENTICATION FAILED/ {f = 1}' | sed 's/^/    agent| /'
     note "the right password: the agent reported AUTHENTICATION COMPLETE, web released, gone from the applet"
     kill "$(cat "$KT_STATE/ttyagent.pid")" 2>/dev/null

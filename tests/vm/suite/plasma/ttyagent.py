@@ -18,6 +18,8 @@ import re
 import select
 import signal
 import sys
+import termios
+import time
 
 log_path, target_pid, passwords = sys.argv[1], sys.argv[2], sys.argv[3:]
 notify_r, notify_w = os.pipe()
@@ -33,6 +35,15 @@ log = open(log_path, "a", buffering=1, errors="replace")
 
 def note(line):
     log.write("\nKTA " + line + "\n")
+
+
+def type_secret(secret):
+    """Types SECRET once pkttyagent has turned the terminal's echo off (it prints the prompt
+    first: typed at once, it would be echoed into LOG)."""
+    end = time.monotonic() + 5
+    while termios.tcgetattr(master)[3] & termios.ECHO and time.monotonic() < end:
+        time.sleep(0.02)
+    os.write(master, (secret + "\n").encode())
 
 
 def stop(signum, frame):
@@ -72,7 +83,7 @@ while True:
             pending = ""
         elif re.search(r"[Pp]assword: *$", pending):
             if answered < len(passwords):
-                os.write(master, (passwords[answered] + "\n").encode())
+                type_secret(passwords[answered])
                 answered += 1
                 note("ANSWER %d" % answered)
             pending = ""
