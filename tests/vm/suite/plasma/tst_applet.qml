@@ -4,7 +4,7 @@
 // polkitd and kvmisolated: the applet's own Backend.qml and FullView.qml, loaded from where
 // `make install` put them, with no stand-in. The shell side (cases/plasma-applet.sh) acts with
 // the CLI and waits for the "KT ..." lines this prints; this side acts through the applet
-// (the Release button of the popup) and checks what the applet shows and tells.
+// (the popup's Release, Start and Release all buttons) and checks what the applet shows and tells.
 
 import QtQuick
 import QtTest
@@ -114,15 +114,68 @@ Item {
             compare(top.calls[0].errorName, "org.freedesktop.DBus.Error.AccessDenied");
             verify(top.iso("web") !== undefined, "web still listed");
 
-            // ... allowed with the example rule (the shell installs it, then isolates `go`).
-            tryVerify(() => top.iso("go") !== undefined, 120000, "go appears (the rule is in place)");
+            // ... with a real polkit agent registered for this process (the shell runs polkit's
+            // pkttyagent in a pseudo-terminal, then isolates `ask` as the sign): the agent asks
+            // for an administrator's password. Answered wrong: refused, with a notification...
+            tryVerify(() => top.iso("ask") !== undefined, 120000, "ask appears (the agent is registered)");
             button = findChild(top.view, "release-web");
             verify(button !== null, "a Release web button");
             button.clicked();
-            tryVerify(() => top.calls.length === 2, 60000, "the second Release call answered");
-            verify(top.calls[1].ok, "Release web with the example rule: " + JSON.stringify(top.calls[1]));
+            tryVerify(() => top.calls.length === 2, 90000, "the Release call with the agent answered");
+            verify(!top.calls[1].ok, "Release web allowed with a wrong password");
+            const refusals = top.notices.filter(n => n.startsWith("Release web: not authorized"));
+            log("REFUSED " + top.calls[1].errorName + " notices=" + refusals.length + " " + refusals[refusals.length - 1]);
+            compare(refusals.length, 2, "a second refusal notification");
+            verify(top.iso("web") !== undefined, "web still listed after the wrong password");
+            // ... answered right (the shell checked and released `ask`): released.
+            tryVerify(() => top.iso("ask") === undefined, 120000, "ask gone (the shell checked the refusal)");
+            button = findChild(top.view, "release-web");
+            verify(button !== null, "a Release web button");
+            button.clicked();
+            tryVerify(() => top.calls.length === 3, 90000, "the second Release call with the agent answered");
+            verify(top.calls[2].ok, "Release web with the right password: " + JSON.stringify(top.calls[2]));
             tryVerify(() => top.iso("web") === undefined, 20000, "web gone from the applet");
+            tryVerify(() => label("summary") === "No CPUs isolated", 5000, "summary " + label("summary"));
             log("RELEASED web");
+
+            // ... and with the example rule (the shell stops the agent, installs the rule, then
+            // isolates `go`): released without anyone asked.
+            tryVerify(() => top.iso("go") !== undefined, 120000, "go appears (the rule is in place)");
+            button = findChild(top.view, "release-go");
+            verify(button !== null, "a Release go button");
+            button.clicked();
+            tryVerify(() => top.calls.length === 4, 60000, "the Release go call answered");
+            verify(top.calls[3].ok, "Release go with the example rule: " + JSON.stringify(top.calls[3]));
+            tryVerify(() => top.iso("go") === undefined, 20000, "go gone from the applet");
+            log("RELEASED go");
+
+            // ... and the configured preset (the shell set up `game`: CPUs 4-5, alice's unit)
+            // started from the popup, then "Release all" with another isolation (`web2`, root's).
+            let start = findChild(top.view, "start-game");
+            verify(start !== null, "a Start game button");
+            compare(start.text, "Start game (CPUs 4-5, unit:kvmi-game.service)");
+            verify(start.enabled, "Start game enabled with nothing isolated");
+            start.clicked();
+            tryVerify(() => top.calls.length === 5, 60000, "the StartPreset call answered");
+            verify(top.calls[4].ok, "Start game with the example rule: " + JSON.stringify(top.calls[4]));
+            tryVerify(() => top.iso("game") !== undefined && top.iso("game").state === "active", 20000, "game active");
+            tryVerify(() => label("summary") === "CPUs 4-5 · game", 5000, "summary " + label("summary"));
+            // (the Repeater makes its buttons anew on each refresh: look them up each time)
+            tryVerify(() => findChild(top.view, "start-game") !== null && !findChild(top.view, "start-game").enabled,
+                5000, "Start game disabled while game runs");
+            log("PRESET-ACTIVE game summary=" + label("summary") + " button=" + findChild(top.view, "start-game").text);
+            tryVerify(() => top.iso("web2") !== undefined, 120000, "web2 appears");
+            button = findChild(top.view, "release-all");
+            verify(button !== null && button.visible, "a visible Release all button");
+            button.clicked();
+            tryVerify(() => top.calls.length === 6, 60000, "the ReleaseAll call answered");
+            verify(top.calls[5].ok, "Release all with the example rule: " + JSON.stringify(top.calls[5]));
+            tryVerify(() => top.backend.isolations.length === 0, 20000, "nothing left in the applet");
+            tryVerify(() => label("summary") === "No CPUs isolated", 5000, "summary " + label("summary"));
+            verify(!findChild(top.view, "release-all").visible, "Release all hidden with nothing isolated");
+            tryVerify(() => findChild(top.view, "start-game") !== null && findChild(top.view, "start-game").enabled,
+                5000, "Start game enabled again");
+            log("RELEASED-ALL summary=" + label("summary") + " calls=" + top.calls.map(c => c.what + ":" + c.ok).join(","));
 
             // 3. Degraded (the shell isolates `deg` on 2-3 and takes CPU 3 offline): one notice.
             tryVerify(() => top.iso("deg") !== undefined && top.iso("deg").state === "degraded", 120000, "deg degraded");
